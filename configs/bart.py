@@ -1,0 +1,21 @@
+"""BART denoising pretraining (text infilling + sentence permutation by default).
+
+  ssl-jax train --config configs/bart.py:tiny --workdir /tmp/bart_tiny      # 2 CPU cores, minutes
+  ssl-jax train --config configs/bart.py:base --workdir $WORKDIR            # BART base, 140M
+
+Each noise has its rate under `config.data.denoising` (mask_ratio, random_ratio, delete_ratio,
+infill_ratio, poisson_lambda, permute_sentence_ratio, rotate_ratio); they compose.
+"""
+from ssl_jax import config as config_lib
+
+
+def get_config(arg: str = "tiny"):
+  config = config_lib.base_config(objective="denoising", family="bart", preset=arg)
+  if arg == "tiny":
+    config_lib.use_tiny_run(config)
+  else:
+    config_lib.use_pod_run(config, vocab_kind="sentencepiece", sequence_length=1024,
+                           global_batch_size=256, num_steps=500_000, learning_rate=4e-4,
+                           warmup_steps=10_000)
+  config.data.targets_length = config.data.sequence_length  # targets are the whole document
+  return config

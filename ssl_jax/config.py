@@ -1,0 +1,163 @@
+"""The experiment config schema: every section with its defaults, and validation of every value.
+
+Config files in `configs/` start from `base_config(...)` and change what differs, so every run has
+every key (and `--config.a.b=v` overrides can only name keys that exist). `validate(config)` runs
+before anything is built or compiled and raises a `ValueError` that names the setting, the value
+and the fix.
+"""
+import ml_collections
+
+from ssl_jax import objectives
+from ssl_jax.models import config as model_config_lib
+
+_SCHEDULES = ("linear", "cosine", "inverse_sqrt", "constant")
+_SOURCES = ("default_corpus", "text_files", "tfds")
+_ON_NONFINITE = ("skip", "abort")
+_SENTENCE_TASKS = ("nsp", "sop", "none")
+_VOCAB_KINDS = ("default", "wordpiece", "sentencepiece", "byte")
+
+DEFAULT_LOGICAL_AXIS_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("vocab", "tensor"),
+    ("length", None),
+    ("layers", None),
+)
+
+
+def base_config(objective: str, family: str, preset: str) -> ml_collections.ConfigDict:
+  """All sections with defaults; the model section is the named preset of `family`."""
+  c = ml_collections.ConfigDict()
+  c.objective = objective
+  c.model = model_config_lib.config_to_dict(model_config_lib.get_preset(family, preset))
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "default_corpus"
+  c.data.text_files = ""
+  c.data.tfds_name = "c4/en:3.1.0"
+  c.data.mixture = ""
+  c.data.seed = 0
+  c.data.shuffle_buffer = 1024
+  c.data.pack = True
+  # Logical input shards; the batch stream depends on this, not on the process count (0 = one per
+  # process of the run that starts it). See ssl_jax/data/shards.py.
+  c.data.num_shards = 0
+  c.data.sequence_length = 128
+  c.data.targets_length = 32
+  c.data.corpus = ml_collections.ConfigDict(dict(num_documents=20_000, seed=0))
+  c.data.vocab = ml_collections.ConfigDict(
+      dict(kind="default", path="", extra_ids=100, lower_case=True))
+  c.data.mlm = ml_collections.ConfigDict(dict(
+      mask_rate=0.15, mask_token_ratio=0.8, random_token_ratio=0.1, whole_word=False,
+      max_predictions=20, sentence_task="nsp"))
+  c.data.span_corruption = ml_collections.ConfigDict(dict(
+      noise_density=0.15, mean_span_length=3.0))
+  c.data.denoising = ml_collections.ConfigDict(dict(
+      mask_ratio=0.0, random_ratio=0.0, delete_ratio=0.0, infill_ratio=0.3, poisson_lambda=3.0,
+      permute_sentence_ratio=1.0, rotate_ratio=0.0))
+
+  c.train = ml_collections.ConfigDict(dict(
+      global_batch_size=32, num_steps=1000, microbatches=1, log_every=50, eval_every=250,
+      eval_steps=10, save_every=500, keep_checkpoints=3, log_spaced_checkpoints=False, seed=0,
+      on_nonfinite="skip"))
+  c.optim = ml_collections.ConfigDict(dict(
+      learning_rate=1e-3, warmup_steps=100, schedule="linear", weight_decay=0.01, b1=0.9,
+      b2=0.999, eps=1e-6, grad_clip_norm=1.0))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.logical_axis_rules = DEFAULT_LOGICAL_AXIS_RULES
+  return c
+
+
+def use_tiny_run(config: ml_collections.ConfigDict, learning_rate: float = 2e-3) -> None:
+  """A run that shows learning in minutes on 2 CPU cores: default corpus, no dropout, 300 steps."""
+  config.model.vocab_size = -1  # the default corpus vocabulary
+  config.model.dropout_rate = config.model.attention_dropout_rate = 0.0
+  config.data.sequence_length = 128
+  config.train.update(global_batch_size=32, num_steps=300, log_every=25, eval_every=100,
+                      save_every=100)
+  config.optim.update(learning_rate=learning_rate, warmup_steps=30)
+
+
+def use_pod_run(config: ml_collections.ConfigDict, *, vocab_kind: str, sequence_length: int,
+                global_batch_size: int, num_steps: int, learning_rate: float,
+                warmup_steps: int) -> None:
+  """A published-size run: real text from TFDS, a real vocabulary, parameters sharded (FSDP)."""
+  config.data.vocab.kind = vocab_kind
+  config.data.source = "tfds"
+  config.data.sequence_length = sequence_length
+  config.train.update(global_batch_size=global_batch_size, num_steps=num_steps,
+                      save_every=10_000, eval_every=10_000)
+  config.optim.update(learning_rate=learning_rate, warmup_steps=warmup_steps)
+  config.mesh.update(data=1, fsdp=-1)
+
+
+def _check(ok: bool, setting: str, value, fix: str) -> None:
+  if not ok:
+    raise ValueError(f"config.{setting}={value!r} is invalid: {fix}")
+
+
+def _one_of(setting: str, value, choices) -> None:
+  _check(value in choices, setting, value, f"use one of {', '.join(map(repr, choices))}.")
+
+
+def validate(config: ml_collections.ConfigDict):
+  """Checks every value that does not need devices or files; returns the model dataclass.
+
+  Mesh/device and batch/device checks live in `partitioning`, vocabulary and file checks in
+  `data`; all of them run before the first compile.
+  """
+  _one_of("objective", config.objective, objectives.NAMES)
+  model_cfg = model_config_lib.config_from_dict(dict(config.model))
+  family = model_config_lib.family_of(model_cfg)
+  objective = objectives.get(config.objective)
+  _check(family in objective.family, "model.family", family,
+         f"objective {config.objective!r} trains {' or '.join(objective.family)} models; pick a "
+         "config of that family (see configs/).")
+
+  d = config.data
+  _one_of("data.source", d.source, _SOURCES)
+  _one_of("data.vocab.kind", d.vocab.kind, _VOCAB_KINDS)
+  _check(d.num_shards >= 0, "data.num_shards", d.num_shards,
+         "use 0 (one shard per process) or a positive number of shards.")
+  _check(d.sequence_length > 0, "data.sequence_length", d.sequence_length, "use a positive length.")
+  _check(d.targets_length > 0, "data.targets_length", d.targets_length, "use a positive length.")
+  if family != "t5":  # T5 uses relative positions: any length works.
+    _check(d.sequence_length <= model_cfg.max_length, "data.sequence_length", d.sequence_length,
+           f"the model has {model_cfg.max_length} positions (config.model.max_length); use a "
+           "sequence length at most that, or a model with more positions.")
+  _check(0 < d.mlm.mask_rate < 1, "data.mlm.mask_rate", d.mlm.mask_rate, "use a rate in (0, 1).")
+  _check(d.mlm.mask_token_ratio + d.mlm.random_token_ratio <= 1, "data.mlm.random_token_ratio",
+         d.mlm.random_token_ratio, "mask_token_ratio + random_token_ratio must be at most 1.")
+  _check(d.mlm.max_predictions > 0, "data.mlm.max_predictions", d.mlm.max_predictions,
+         "use a positive number.")
+  _one_of("data.mlm.sentence_task", d.mlm.sentence_task, _SENTENCE_TASKS)
+  _check(0 < d.span_corruption.noise_density < 1, "data.span_corruption.noise_density",
+         d.span_corruption.noise_density, "use a density in (0, 1).")
+  _check(d.span_corruption.mean_span_length >= 1, "data.span_corruption.mean_span_length",
+         d.span_corruption.mean_span_length, "use a mean span length of at least 1.")
+  for name in ("mask_ratio", "random_ratio", "delete_ratio", "infill_ratio",
+               "permute_sentence_ratio", "rotate_ratio"):
+    value = d.denoising[name]
+    _check(0 <= value <= 1, f"data.denoising.{name}", value, "use a ratio in [0, 1].")
+
+  t = config.train
+  for name in ("global_batch_size", "num_steps", "microbatches", "log_every", "eval_every",
+               "save_every", "keep_checkpoints"):
+    _check(t[name] > 0, f"train.{name}", t[name], "use a positive integer.")
+  _check(t.eval_steps >= 0, "train.eval_steps", t.eval_steps, "use 0 (no eval) or more.")
+  _check(t.global_batch_size % t.microbatches == 0, "train.microbatches", t.microbatches,
+         f"it must divide train.global_batch_size={t.global_batch_size}.")
+  _one_of("train.on_nonfinite", t.on_nonfinite, _ON_NONFINITE)
+
+  o = config.optim
+  _check(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "use a positive rate.")
+  _one_of("optim.schedule", o.schedule, _SCHEDULES)
+  _check(0 <= o.warmup_steps <= t.num_steps, "optim.warmup_steps", o.warmup_steps,
+         f"use 0..train.num_steps={t.num_steps}.")
+  _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "use 0 or more.")
+  _check(o.grad_clip_norm >= 0, "optim.grad_clip_norm", o.grad_clip_norm,
+         "use 0 (off) or a positive norm.")
+  return model_cfg

@@ -1,0 +1,401 @@
+"""seqio Tasks and Mixtures for the four objectives over the default corpus, text files and TFDS.
+
+    task = get_task(config)                      # registered once per distinct setting
+    ds = task.get_dataset(task_feature_lengths(config), split="train", shuffle=False)
+
+Every source yields documents `{"doc_index": int64, "text": string, "sentences": string vector}`; the
+objective's preprocessor (`ssl_jax.data.preprocessors`) turns them into examples:
+
+| objective        | preprocessor       | task features (lengths from config.data)                       |
+|------------------|--------------------|----------------------------------------------------------------|
+| mlm              | bert_pretraining   | input_tokens, token_type_ids (L); masked_* (max_predictions);  |
+|                  |                    | sentence_label (scalar)                                        |
+| causal_lm        | tokenize+EOS, then causal_lm | targets (L)                                          |
+| span_corruption  | span_corruption    | inputs (L), targets (targets_length or the length it needs)    |
+| denoising        | bart_denoising     | inputs (L), targets (L)                                        |
+
+Sources (`config.data.source`):
+- 'default_corpus': `ssl_jax.data.corpora`; train = documents [0, num_documents), validation = the next
+  `num_validation_documents` (default max(16, num_documents // 20)). The train split is an endless stream
+  of epochs, each (with shuffle) a fresh permutation; `doc_index = epoch * num_documents + i`, so each
+  epoch corrupts a document differently (dynamic masking, as RoBERTa). Validation is one fixed pass.
+- 'text_files': `config.data.text_files` (comma-separated; read into memory when the dataset is built):
+  documents are separated by blank lines; sentences are lines, further split after . ! or ? followed by
+  a space. Validation = every 20th document (19, 39, ...), or the last one for files with < 20.
+  Train is an endless stream as for the corpus.
+- 'tfds': `seqio.TfdsDataSource(config.data.tfds_name)` (e.g. 'c4/en:3.1.0', 'wikipedia/20230601.en:1.0.0');
+  documents are the `text` field, sentences split as above, `doc_index` a fingerprint of the text.
+`config.data.mixture = 'src:rate,...'` (src a source name or a TFDS name) makes a `seqio.Mixture`.
+"""
+import functools
+import hashlib
+import json
+import re
+
+import seqio
+import tensorflow as tf
+
+from ssl_jax.data import corpora
+from ssl_jax.data import preprocessors
+from ssl_jax.data import vocabularies
+
+OBJECTIVES = ("mlm", "causal_lm", "span_corruption", "denoising")
+SOURCES = ("default_corpus", "text_files", "tfds")
+SPLITS = ("train", "validation")
+AUTOTUNE = tf.data.AUTOTUNE
+_TFDS_SPLITS = {  # datasets without a validation split hold out the end of train
+    "wikipedia": {"train": "train[:99%]", "validation": "train[99%:]"},
+}
+_TEXT_FILES_HOLDOUT = 20  # every 20th document of text files is validation
+# Sentence boundary: . ! ? (with closing quotes/brackets) followed by whitespace; also any line break.
+_SENTENCE_END = r"""([.!?]['"’”)\]]*)\s+"""
+
+
+def _get(cfg, key, default=None):
+  return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+
+
+# ----------------------------------------------------------------------------- documents
+
+
+def split_sentences(text):
+  """String scalar -> string vector: the text's sentences (lines, split after . ! ? + space), stripped."""
+  text = tf.strings.regex_replace(text, _SENTENCE_END, "\\1\n")
+  sentences = tf.strings.strip(tf.strings.split(text, "\n"))
+  return tf.boolean_mask(sentences, tf.strings.length(sentences) > 0)
+
+
+def _document(doc_index, sentences):
+  return {"doc_index": tf.cast(doc_index, tf.int64), "text": tf.strings.reduce_join(sentences, separator=" "),
+          "sentences": sentences}
+
+
+def _endless_epochs(num_documents, shuffle, seed):
+  """(doc_index, i) pairs: epoch after epoch over documents 0..n-1, permuted anew each epoch if `shuffle`."""
+  ids = tf.data.Dataset.range(num_documents)
+  if shuffle:
+    ids = ids.shuffle(num_documents, seed=seed, reshuffle_each_iteration=True)
+  return ids.repeat().enumerate().map(
+      lambda position, i: ((position // num_documents) * num_documents + i, i))
+
+
+def _in_memory_documents(make_document, num_documents, split, shuffle, seed, endless):
+  """Documents by index from in-memory tensors: endless epochs for train, one ordered pass otherwise."""
+  if split == "train" and endless:
+    pairs = _endless_epochs(num_documents, shuffle, 0 if seed is None else seed)
+  else:
+    pairs = tf.data.Dataset.range(num_documents).map(lambda i: (i, i))
+  return pairs.map(make_document, num_parallel_calls=AUTOTUNE)
+
+
+@functools.lru_cache(maxsize=8)
+def _corpus_tensors(start, count, seed):
+  docs = corpora.generate_documents(count, seed, start=start)
+  sentences = [corpora.sentence_text(s) for doc in docs for s in doc]
+  splits = [0]
+  for doc in docs:
+    splits.append(splits[-1] + len(doc))
+  return tf.constant(sentences), tf.constant(splits, tf.int64)
+
+
+def _corpus_split(corpus_cfg, split):
+  """(first document index, number of documents) of a default-corpus split."""
+  num_documents = int(corpus_cfg.num_documents)
+  if num_documents < 1:
+    raise ValueError(f"config.data.corpus.num_documents={num_documents}; it must be >= 1.")
+  if split == "train":
+    return 0, num_documents
+  return num_documents, int(_get(corpus_cfg, "num_validation_documents", 0) or max(16, num_documents // 20))
+
+
+def _corpus_dataset(split, shuffle_files, seed=None, *, corpus_cfg, endless=True):
+  start, count = _corpus_split(corpus_cfg, split)
+  with tf.init_scope():
+    sentences, row_splits = _corpus_tensors(start, count, int(corpus_cfg.seed))
+
+  def make_document(doc_index, i):
+    return _document(doc_index + start, sentences[row_splits[i]:row_splits[i + 1]])
+  return _in_memory_documents(make_document, count, split, shuffle_files, seed, endless)
+
+
+def _text_file_paths(text_files):
+  paths = [p.strip() for p in (text_files or "").split(",") if p.strip()]
+  if not paths:
+    raise ValueError("config.data.source='text_files' needs config.data.text_files (comma-separated paths).")
+  for path in paths:
+    if not tf.io.gfile.exists(path):
+      raise FileNotFoundError(
+          f"config.data.text_files names {path!r}, which does not exist; fix the path or use "
+          "config.data.source='default_corpus'.")
+  return tuple(paths)
+
+
+def _text_file_documents(paths):
+  """Documents (texts) of the files, split at blank lines; raises if there are none."""
+  stamps = tuple((s.length, s.mtime_nsec) for s in map(tf.io.gfile.stat, paths))
+  return _read_text_file_documents(paths, stamps)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_text_file_documents(paths, stamps):  # `stamps` (size, mtime) re-read files that changed
+  del stamps
+  documents = []
+  for path in paths:
+    with tf.io.gfile.GFile(path, "r") as f:
+      documents += [d.strip() for d in re.split(r"\n[ \t\r\f\v]*\n", f.read()) if d.strip()]
+  if not documents:
+    raise ValueError(
+        f"config.data.text_files={','.join(paths)!r} holds no text; give files with documents separated "
+        "by blank lines.")
+  return documents
+
+
+def _text_file_split(paths, split):
+  documents = _text_file_documents(paths)
+  n = len(documents)
+  if n < _TEXT_FILES_HOLDOUT:
+    held_out = {n - 1} if n > 1 else set()  # a single document serves both splits
+  else:
+    held_out = set(range(_TEXT_FILES_HOLDOUT - 1, n, _TEXT_FILES_HOLDOUT))
+  if split == "validation":
+    indices = sorted(held_out) if held_out else [0]
+  else:
+    indices = [i for i in range(n) if i not in held_out]
+  return [documents[i] for i in indices], indices
+
+
+def _text_files_dataset(split, shuffle_files, seed=None, *, paths, endless=True):
+  texts, indices = _text_file_split(paths, split)
+  with tf.init_scope():
+    texts, indices = tf.constant(texts), tf.constant(indices, tf.int64)
+  n = int(texts.shape[0])
+
+  def make_document(doc_index, i):
+    # doc_index: the file-order index, offset by whole epochs for train (see the module docstring).
+    index = indices[i] + (doc_index - i)
+    return _document(index, split_sentences(texts[i]))
+  return _in_memory_documents(make_document, n, split, shuffle_files, seed, endless)
+
+
+def _tfds_documents(ds):
+  def make_document(ex):
+    doc_index = tf.strings.to_hash_bucket_fast(ex["text"], 2 ** 62)
+    return _document(doc_index, split_sentences(ex["text"]))
+  return ds.map(make_document, num_parallel_calls=AUTOTUNE)
+
+
+def _tfds_source(tfds_name):
+  if not tfds_name or ":" not in tfds_name:
+    raise ValueError(
+        f"config.data.tfds_name={tfds_name!r} must name a TFDS dataset with its version, e.g. "
+        "'c4/en:3.1.0' or 'wikipedia/20230601.en:1.0.0'.")
+  base = tfds_name.split("/")[0].split(":")[0]
+  return seqio.TfdsDataSource(tfds_name, splits=_TFDS_SPLITS.get(base, {s: s for s in SPLITS}))
+
+
+def _source(config, source, tfds_name):
+  data = config.data
+  if source == "default_corpus":
+    return seqio.FunctionDataSource(
+        functools.partial(_corpus_dataset, corpus_cfg=data.corpus), splits=SPLITS)
+  if source == "text_files":
+    return seqio.FunctionDataSource(
+        functools.partial(_text_files_dataset, paths=_text_file_paths(_get(data, "text_files"))),
+        splits=SPLITS)
+  if source == "tfds":
+    return _tfds_source(tfds_name)
+  raise ValueError(f"config.data.source={source!r} is not a source; use one of {', '.join(SOURCES)}.")
+
+
+def _as_documents(ds):
+  """Source examples -> documents: TFDS examples get sentences and a doc_index; all keep 3 fields."""
+  if "sentences" not in ds.element_spec:
+    ds = _tfds_documents(ds)
+  ds = ds.map(lambda d: {k: d[k] for k in ("doc_index", "text", "sentences")})
+  return ds.filter(lambda d: tf.size(d["sentences"]) > 0)
+
+
+def document_dataset(config, split, source=None):
+  """One in-order pass over the documents of `config.data.source` (or `source`) for `split`.
+
+  For vocabulary training, probes and tests; tasks read the same documents (train: endless, shuffled).
+  """
+  source = source or config.data.source
+  if source == "default_corpus":
+    ds = _corpus_dataset(split, False, corpus_cfg=config.data.corpus, endless=False)
+  elif source == "text_files":
+    ds = _text_files_dataset(split, False, paths=_text_file_paths(_get(config.data, "text_files")),
+                             endless=False)
+  else:
+    ds = _source(config, source, _get(config.data, "tfds_name")).get_dataset(split, shuffle=False)
+  return _as_documents(ds)
+
+
+# ----------------------------------------------------------------------------- objectives
+
+
+def _targets_length(config):
+  data = config.data
+  if config.objective == "span_corruption":
+    cfg = data.span_corruption
+    needed = preprocessors.span_corruption_lengths(
+        data.sequence_length, cfg.noise_density, cfg.mean_span_length)[1]
+    return int(_get(data, "targets_length", 0) or needed)
+  return data.sequence_length
+
+
+def task_feature_lengths(config) -> dict:
+  """Task feature -> length, the `task_feature_lengths` of the objective's feature converter."""
+  data, length = config.data, config.data.sequence_length
+  if config.objective == "mlm":
+    from ssl_jax.objectives import mlm  # pylint: disable=g-import-not-at-top  (imports the model stack)
+    return dict(mlm.BertFeatureConverter.task_feature_lengths(length, data.mlm.max_predictions))
+  if config.objective == "causal_lm":
+    return {"targets": length}
+  if config.objective in ("span_corruption", "denoising"):
+    return {"inputs": length, "targets": _targets_length(config)}
+  raise ValueError(
+      f"config.objective={config.objective!r} is not an objective; use one of {', '.join(OBJECTIVES)}.")
+
+
+def _output_features(config, vocab):
+  if config.objective == "mlm":
+    ids = seqio.PassThroughVocabulary(size=vocab.vocab_size)
+    feature = functools.partial(seqio.Feature, add_eos=False)
+    return {"input_tokens": feature(vocab), "token_type_ids": feature(ids), "masked_positions": feature(ids),
+            "masked_targets": feature(vocab), "masked_weights": feature(ids, dtype=tf.float32),
+            "masked_kinds": feature(ids), "sentence_label": feature(ids, rank=0)}
+  if config.objective == "causal_lm":
+    return {"targets": seqio.Feature(vocab, add_eos=True)}
+  return {"inputs": seqio.Feature(vocab, add_eos=True), "targets": seqio.Feature(vocab, add_eos=True)}
+
+
+def _tokenize_with_eos(ds, *, vocab):
+  """Documents -> {"targets": the text's tokens + EOS} (EOS keeps documents apart once concatenated)."""
+  eos = [] if vocab.eos_id is None else [vocab.eos_id]
+
+  def tokenize(doc):
+    return {"targets": tf.concat([tf.cast(vocab.encode_tf(doc["text"]), tf.int32), eos], 0)}
+  return ds.map(tokenize, num_parallel_calls=AUTOTUNE)
+
+
+def _objective_preprocessors(config, vocab):
+  """The objective's preprocessor chain (documents -> examples), keyword arguments bound."""
+  data, objective, seed = config.data, config.objective, int(_get(config.data, "seed", 0))
+  if objective == "mlm":
+    return [functools.partial(preprocessors.bert_pretraining, vocab=vocab,
+                              sequence_length=data.sequence_length, mlm_cfg=data.mlm, seed=seed)]
+  if objective == "causal_lm":
+    if vocab.eos_id is None:
+      vocabularies.require(vocab, ("eos",), objective)
+    return [functools.partial(_tokenize_with_eos, vocab=vocab),
+            functools.partial(preprocessors.causal_lm, sequence_length=data.sequence_length,
+                              pack=bool(_get(data, "pack", True)))]
+  if objective == "span_corruption":
+    cfg = data.span_corruption
+    return [functools.partial(
+        preprocessors.span_corruption, vocab=vocab, inputs_length=data.sequence_length,
+        targets_length=_targets_length(config), noise_density=cfg.noise_density,
+        mean_span_length=cfg.mean_span_length, seed=seed)]
+  if objective == "denoising":
+    return [functools.partial(preprocessors.bart_denoising, vocab=vocab, sequence_length=data.sequence_length,
+                              denoising_cfg=data.denoising, seed=seed)]
+  raise ValueError(f"config.objective={objective!r} is not an objective; use one of {', '.join(OBJECTIVES)}.")
+
+
+def _check_objective(config, vocab, chain):
+  """Builds the chain on a one-document dataset so every setting error surfaces now, before any compile."""
+  if config.data.sequence_length < 2:
+    raise ValueError(f"config.data.sequence_length={config.data.sequence_length}; it must be >= 2.")
+  doc = {"doc_index": tf.constant(0, tf.int64), "text": tf.constant("a b."),
+         "sentences": tf.constant(["a b."])}
+  ds = tf.data.Dataset.from_tensors(doc)
+  for fn in chain:
+    ds = fn(ds)
+
+
+def _settings_key(config, source, tfds_name):
+  """A short hash of every setting the task's examples depend on (so equal settings share one task)."""
+  data = config.data
+
+  def plain(x):
+    return x.to_dict() if hasattr(x, "to_dict") else x
+  settings = {"objective": config.objective, "source": source, "vocab": plain(data.vocab),
+              "sequence_length": data.sequence_length, "targets_length": _get(data, "targets_length"),
+              "seed": _get(data, "seed", 0), "pack": _get(data, "pack", True),
+              "shuffle_buffer": _get(data, "shuffle_buffer")}
+  if source == "default_corpus":
+    settings["corpus"] = plain(data.corpus)
+  elif source == "text_files":
+    settings["text_files"] = _get(data, "text_files")
+  else:
+    settings["tfds_name"] = tfds_name
+  settings[config.objective] = plain(_get(data, {"mlm": "mlm", "span_corruption": "span_corruption",
+                                                   "denoising": "denoising"}.get(config.objective, ""), None))
+  blob = json.dumps(settings, sort_keys=True, default=str)
+  return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
+
+
+def _task(config, source, tfds_name=None):
+  if config.objective not in OBJECTIVES:
+    raise ValueError(
+        f"config.objective={config.objective!r} is not an objective; use one of {', '.join(OBJECTIVES)}.")
+  if source not in SOURCES:
+    raise ValueError(f"config.data.source={source!r} is not a source; use one of {', '.join(SOURCES)}.")
+  name = f"ssl_jax_{config.objective}_{source}_{_settings_key(config, source, tfds_name)}"
+  if name in seqio.TaskRegistry.names():
+    return seqio.TaskRegistry.get(name)
+  vocab = vocabularies.get_vocabulary(config.data.vocab)
+  chain = _objective_preprocessors(config, vocab)
+  _check_objective(config, vocab, chain)
+  return seqio.TaskRegistry.add(
+      name, source=_source(config, source, tfds_name), output_features=_output_features(config, vocab),
+      preprocessors=[_as_documents] + chain,
+      shuffle_buffer_size=int(_get(config.data, "shuffle_buffer", 0) or seqio.SHUFFLE_BUFFER_SIZE))
+
+
+def get_task(config) -> seqio.Task:
+  """The seqio Task for `config.objective` over `config.data.source` (registered once per setting).
+
+  Raises:
+    ValueError / FileNotFoundError naming the setting: unknown objective or source, a missing or empty
+      text file, a TFDS name without version, a sequence length too short for the objective, or a
+      vocabulary without the ids the objective needs.
+  """
+  return _task(config, config.data.source, _get(config.data, "tfds_name"))
+
+
+def _parse_mixture(spec):
+  """'default_corpus:1,c4/en:3.1.0:0.5' -> [('default_corpus', 1.0), ('c4/en:3.1.0', 0.5)]."""
+  entries = []
+  for item in (s.strip() for s in spec.split(",") if s.strip()):
+    source, _, rate = item.rpartition(":")
+    try:
+      rate = float(rate)
+    except ValueError:
+      rate = -1.0
+    if not source or not rate > 0:
+      raise ValueError(
+          f"config.data.mixture={spec!r}: entry {item!r} must be 'source:rate' with a rate > 0, e.g. "
+          "'default_corpus:0.7,c4/en:3.1.0:0.3'.")
+    entries.append((source, rate))
+  return entries
+
+
+def get_mixture_or_task(config):
+  """`seqio.Mixture` of `config.data.mixture` ('src:rate,...'; src a source or a TFDS name), else the task."""
+  spec = _get(config.data, "mixture", "") or ""
+  if not spec:
+    return get_task(config)
+  tasks = []
+  for source, rate in _parse_mixture(spec):
+    if source in SOURCES:
+      task = _task(config, source, _get(config.data, "tfds_name") if source == "tfds" else None)
+    else:
+      task = _task(config, "tfds", source)
+    tasks.append((task.name, rate))
+  key = hashlib.sha256(json.dumps(tasks).encode("utf-8")).hexdigest()[:12]
+  name = f"ssl_jax_mixture_{config.objective}_{key}"
+  if name in seqio.MixtureRegistry.names():
+    return seqio.MixtureRegistry.get(name)
+  return seqio.MixtureRegistry.add(name, tasks)

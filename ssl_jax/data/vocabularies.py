@@ -1,0 +1,316 @@
+"""Vocabularies as `seqio.Vocabulary`: byte, SentencePiece, WordPiece (BERT vocab.txt) and the default one.
+
+`get_vocabulary(config.data.vocab)` is the one entry point; `special_ids(vocab)` names the ids objectives use.
+
+Conventions (the same for every kind, so objectives never branch on the vocabulary):
+- PAD is id 0 (seqio's rule).
+- T5 sentinels follow seqio/T5: `extra_ids` ids appended after the base vocabulary, sentinel i is
+  `vocab_size - 1 - i` (`<extra_id_0>` is the top id). The default vocabulary file therefore holds no
+  sentinels; `config.data.vocab.extra_ids` adds them.
+- WordPiece vocabularies have no end-of-sequence token; their `eos_id` is [SEP] (BERT's end-of-segment
+  marker), so GPT/T5/BART examples end with [SEP]. A side effect: `vocab.decode` stops after the first
+  [SEP], as it does after EOS for every seqio vocabulary.
+- BART's `<mask>` is the [MASK] id (a SentencePiece model needs a `[MASK]` or `<mask>` piece).
+"""
+import functools
+import hashlib
+import os
+import re
+import string
+import tempfile
+from typing import NamedTuple, Optional
+
+import seqio
+import tensorflow as tf
+import tensorflow_text as tf_text
+
+KINDS = ("default", "wordpiece", "sentencepiece", "byte")
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # the default vocabulary's ids 0..4
+_SENTENCEPIECE_ALIASES = {"cls": ("[CLS]", "<cls>"), "sep": ("[SEP]", "<sep>"), "mask": ("[MASK]", "<mask>")}
+_MAX_CHARS_PER_WORD = 100  # BERT (and Hugging Face) map longer words to [UNK]
+
+# BertNormalizer (Hugging Face `tokenizers`) step by step, as RE2 patterns.
+_CONTROL = r"[\x00\x{FFFD}\p{Cc}\p{Cf}\p{Co}\p{Cs}]"  # removed (tab/newline/CR are made spaces first)
+_WHITESPACE = r"[\t\n\r\p{Zs}\x{2028}\x{2029}]"
+_CJK = (r"([\x{4E00}-\x{9FFF}\x{3400}-\x{4DBF}\x{20000}-\x{2A6DF}\x{2A700}-\x{2B73F}\x{2B740}-\x{2B81F}"
+        r"\x{2B820}-\x{2CEAF}\x{F900}-\x{FAFF}\x{2F800}-\x{2FA1F}])")
+# BERT splits words at ASCII punctuation (including $+<=>^`|~) and at Unicode punctuation (P*).
+_PUNCTUATION = r"([!-/:-@\[-`{-~\p{P}])"
+_PROTECT = "\ue000"  # private use: the text cannot contain it once control/private characters are removed
+
+
+class SpecialIds(NamedTuple):
+  """Ids objectives rely on; None where the vocabulary has no such token."""
+  pad: int
+  eos: Optional[int]
+  unk: Optional[int]
+  cls: Optional[int]
+  sep: Optional[int]
+  mask: Optional[int]
+  sentinels: tuple  # sentinel i at position i (seqio/T5: vocab_size - 1 - i); () without extra_ids
+
+
+class WordPieceVocabulary(seqio.Vocabulary):
+  """A BERT WordPiece vocabulary (`vocab.txt`: one token per line, line number = id).
+
+  Tokenization equals Hugging Face `BertTokenizerFast(vocab.txt, do_lower_case=lower_case)` without special
+  tokens: BertNormalizer (drop control characters, spaces for whitespace, spaces around CJK ideographs,
+  and with `lower_case` NFD + strip accents + lower-case), split at whitespace and punctuation, greedy
+  longest-match-first WordPiece, words over 100 characters -> [UNK]; literal "[CLS]" etc. in the text are
+  the special token (as in HF). Known difference: unassigned code points are kept (HF drops them).
+
+  Ids: [PAD] must be id 0; `unk_id` = [UNK]; `eos_id` = [SEP] (BERT has no EOS; see the module doc).
+  """
+
+  def __init__(self, vocab_path: str, lower_case: bool = True, extra_ids: int = 0):
+    with tf.io.gfile.GFile(vocab_path, "r") as f:
+      tokens = [line.rstrip("\r\n") for line in f]
+    while tokens and not tokens[-1]:
+      tokens.pop()
+    if not tokens or tokens[0] != "[PAD]" or "[UNK]" not in tokens:
+      raise ValueError(
+          f"WordPiece vocabulary {vocab_path} must have [PAD] as its first line (id 0) and contain [UNK]; "
+          "set config.data.vocab.path to a BERT vocab.txt.")
+    super().__init__(extra_ids=extra_ids)
+    self._path = vocab_path
+    self._lower_case = lower_case
+    self._tokens = tuple(tokens)
+    self._ids = {t: i for i, t in enumerate(tokens)}
+    self._fingerprint = hashlib.sha256("\n".join(tokens).encode("utf-8")).hexdigest()[:16]
+
+  @property
+  def tokens(self) -> tuple:
+    """The base vocabulary, id order (without the extra ids)."""
+    return self._tokens
+
+  @property
+  def lower_case(self) -> bool:
+    return self._lower_case
+
+  def token_id(self, token: str) -> Optional[int]:
+    """The id of `token` (an exact vocabulary entry such as '[MASK]' or '##ing'), or None."""
+    return self._ids.get(token)
+
+  @property
+  def eos_id(self) -> Optional[int]:
+    return self._ids.get("[SEP]")
+
+  @property
+  def unk_id(self) -> int:
+    return self._ids["[UNK]"]
+
+  @property
+  def bos_id(self) -> Optional[int]:
+    return None
+
+  @property
+  def _base_vocab_size(self) -> int:
+    return len(self._tokens)
+
+  @functools.cached_property
+  def _wordpiece(self):
+    # FastWordpieceTokenizer holds its model as a constant flatbuffer, not a lookup-table resource, so
+    # tf.data iterators that tokenize with it can be checkpointed. Built under init_scope so a first use
+    # inside a tf.data map still creates it eagerly, once.
+    with tf.init_scope():
+      return tf_text.FastWordpieceTokenizer(
+          vocab=list(self._tokens), suffix_indicator="##", max_bytes_per_word=4 * _MAX_CHARS_PER_WORD,
+          token_out_type=tf.int32, unknown_token="[UNK]", no_pretokenization=True)
+
+  @functools.cached_property
+  def _tokens_tf(self):
+    with tf.init_scope():
+      return tf.constant(self._tokens)
+
+  def _normalize_tf(self, s: tf.Tensor) -> tf.Tensor:
+    s = tf.strings.regex_replace(s, r"[\t\n\r]", " ")
+    s = tf.strings.regex_replace(s, _CONTROL, "")
+    # Literal special tokens stay whole (as in HF): wrapped in a private-use character, which the text can
+    # no longer contain, and restored after splitting.
+    for i, token in enumerate(SPECIAL_TOKENS):
+      s = tf.strings.regex_replace(s, re.escape(token), f" {_PROTECT}{i}{_PROTECT} ")
+    s = tf.strings.regex_replace(s, _WHITESPACE, " ")
+    s = tf.strings.regex_replace(s, _CJK, r" \1 ")
+    if self._lower_case:
+      s = tf_text.normalize_utf8(s, "NFD")
+      s = tf.strings.regex_replace(s, r"\p{Mn}", "")
+      # HF lower-cases character by character; tf.strings.lower would give a word-final sigma its final form.
+      s = tf.strings.lower(tf.strings.regex_replace(s, "\u03a3", "\u03c3"), encoding="utf-8")
+    return tf.strings.regex_replace(s, _PUNCTUATION, r" \1 ")
+
+  def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+    """Scalar string -> int32 [num_tokens]; a string vector -> ragged [batch, num_tokens]."""
+    words = tf.strings.split(self._normalize_tf(s))
+    for i, token in enumerate(SPECIAL_TOKENS):
+      words = tf.strings.regex_replace(words, f"^{_PROTECT}{i}{_PROTECT}$", token)
+    too_long = tf.strings.length(words, unit="UTF8_CHAR") > _MAX_CHARS_PER_WORD
+    words = tf.ragged.map_flat_values(lambda w, t: tf.where(t, "[UNK]", w), words, too_long)
+    return self._wordpiece.tokenize(words).merge_dims(-2, -1)
+
+  def _encode(self, s: str) -> list:
+    return self._encode_tf(tf.constant(s)).numpy().tolist()
+
+  def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+    """int ids [..., L] -> strings [...]: pieces joined, '##' continuations glued, [PAD] dropped."""
+    ids = tf.where(ids < self._base_vocab_size, ids, self.unk_id)
+    text = tf.strings.reduce_join(tf.gather(self._tokens_tf, ids), axis=-1, separator=" ")
+    text = tf.strings.regex_replace(text, r"\[PAD\]", "")
+    text = tf.strings.regex_replace(text, r" ?##", "")
+    return tf.strings.strip(tf.strings.regex_replace(text, " +", " "))
+
+  def _decode(self, ids) -> str:
+    pieces = [self._tokens[i] if 0 < i < len(self._tokens) else ("" if i == 0 else "[UNK]")
+              for i in map(int, ids)]
+    return " ".join(p for p in pieces if p).replace(" ##", "")
+
+  def __eq__(self, other):
+    # seqio.Mixture requires its tasks' vocabularies to compare equal.
+    return (isinstance(other, WordPieceVocabulary) and self._fingerprint == other._fingerprint
+            and self._lower_case == other._lower_case and self.extra_ids == other.extra_ids)
+
+  def __hash__(self):
+    return hash((self._fingerprint, self._lower_case, self.extra_ids))
+
+  def __repr__(self):
+    return f"WordPieceVocabulary({self._path!r}, lower_case={self._lower_case}, extra_ids={self.extra_ids})"
+
+
+def default_vocabulary_tokens() -> list:
+  """The default vocabulary: specials, every corpus word (frequency order), then single characters.
+
+  [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4; every word the corpus grammar can emit is one token; ASCII
+  letters and digits (as words and '##' continuations) and ASCII punctuation follow, so any ASCII text
+  (`text_files`) tokenizes without [UNK], if character by character outside the corpus lexicon.
+  """
+  from ssl_jax.data import corpora  # pylint: disable=g-import-not-at-top
+  lexicon = corpora.lexicon()
+  tokens = list(SPECIAL_TOKENS) + sorted(lexicon, key=lambda w: lexicon[w][1])
+  chars = string.ascii_lowercase + string.digits
+  for extra in list(chars + string.punctuation) + ["##" + c for c in chars]:
+    if extra not in lexicon:
+      tokens.append(extra)
+  return tokens
+
+
+def _cache_dir() -> str:
+  return os.environ.get("SSL_JAX_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "ssl_jax_cache")
+
+
+def default_vocabulary_path() -> str:
+  """Writes the default vocab.txt (once) to a file named by its content hash; returns the path.
+
+  The directory is $SSL_JAX_CACHE_DIR or <tmp>/ssl_jax_cache. Writing is atomic (rename), so many processes
+  starting together are safe.
+  """
+  content = "\n".join(default_vocabulary_tokens()) + "\n"
+  digest = hashlib.sha256(content.encode("utf-8")).hexdigest()[:16]
+  path = os.path.join(_cache_dir(), f"default_wordpiece_{digest}.txt")
+  if not os.path.exists(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".vocab_")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      f.write(content)
+    os.replace(tmp, path)
+  return path
+
+
+def _require_file(path, kind, fix):
+  if not path:
+    raise ValueError(f"config.data.vocab.kind={kind!r} needs config.data.vocab.path; {fix}")
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f"config.data.vocab.path={path!r} (kind={kind!r}) does not exist; {fix}")
+
+
+@functools.lru_cache(maxsize=None)
+def _vocabulary(kind, path, extra_ids, lower_case):
+  if kind == "default":
+    return WordPieceVocabulary(default_vocabulary_path(), lower_case=True, extra_ids=extra_ids)
+  if kind == "wordpiece":
+    _require_file(path, kind, "point it at a BERT vocab.txt (one token per line).")
+    return WordPieceVocabulary(path, lower_case=lower_case, extra_ids=extra_ids)
+  if kind == "sentencepiece":
+    _require_file(path, kind, "train one with `ssl-jax vocab train --config=... --vocab_size=N "
+                  "--out=F.model` and set config.data.vocab.path=F.model.")
+    return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+  if kind == "byte":
+    return seqio.ByteVocabulary(extra_ids=extra_ids)
+  raise ValueError(
+      f"config.data.vocab.kind={kind!r} is not a vocabulary kind; use one of {', '.join(KINDS)}.")
+
+
+def get_vocabulary(vocab_cfg) -> seqio.Vocabulary:
+  """The vocabulary `config.data.vocab` describes (kind, path, extra_ids, optional lower_case=True).
+
+  Returns the same object for equal settings (seqio mixtures compare vocabularies).
+  Raises ValueError for an unknown kind, FileNotFoundError for a missing file (naming the setting and fix).
+  """
+  get = vocab_cfg.get if hasattr(vocab_cfg, "get") else lambda k, d=None: getattr(vocab_cfg, k, d)
+  return _vocabulary(get("kind", "default"), get("path", "") or "", int(get("extra_ids", 0) or 0),
+                     bool(get("lower_case", True)))
+
+
+def _piece_id(vocab: seqio.Vocabulary, aliases) -> Optional[int]:
+  if isinstance(vocab, WordPieceVocabulary):
+    return vocab.token_id(aliases[0])
+  if isinstance(vocab, seqio.SentencePieceVocabulary):
+    model = vocab.tokenizer
+    for piece in aliases:
+      i = model.piece_to_id(piece)
+      if model.id_to_piece(i) == piece:
+        return i
+  return None
+
+
+def special_ids(vocab: seqio.Vocabulary) -> SpecialIds:
+  """The special ids of `vocab` (None where it has none); sentinels follow seqio (top ids)."""
+  return SpecialIds(
+      pad=vocab.pad_id, eos=vocab.eos_id, unk=vocab.unk_id,
+      cls=_piece_id(vocab, _SENTENCEPIECE_ALIASES["cls"]),
+      sep=_piece_id(vocab, _SENTENCEPIECE_ALIASES["sep"]),
+      mask=_piece_id(vocab, _SENTENCEPIECE_ALIASES["mask"]),
+      sentinels=tuple(vocab.vocab_size - 1 - i for i in range(vocab.extra_ids)))
+
+
+def require(vocab: seqio.Vocabulary, names, objective: str) -> SpecialIds:
+  """Raises ValueError unless `vocab` has every special id in `names` (SpecialIds fields); returns them."""
+  ids = special_ids(vocab)
+  missing = [n for n in names if getattr(ids, n) in (None, ())]
+  if missing:
+    fixes = []
+    if "sentinels" in missing:
+      fixes.append("set config.data.vocab.extra_ids (e.g. 100) for the T5 sentinels")
+    if set(missing) - {"sentinels"}:
+      fixes.append("use config.data.vocab.kind='default' (or a vocabulary with [CLS] [SEP] [MASK] / an EOS)")
+    raise ValueError(
+        f"config.objective={objective!r} needs the vocabulary's {', '.join(missing)} id(s), but {vocab!r} "
+        f"(config.data.vocab) has none; {'; '.join(fixes)}.")
+  return ids
+
+
+def train_sentencepiece(texts, vocab_size: int, out_path: str, *, character_coverage: float = 0.9995,
+                        max_sentences: int = 2_000_000) -> str:
+  """Trains a SentencePiece unigram model on an iterable of strings; writes it to `out_path`.
+
+  Ids follow T5: pad=0, eos=1, unk=2, no bos; [CLS] [SEP] [MASK] are reserved pieces so the model serves
+  every objective (`special_ids` finds them). Returns `out_path`.
+  """
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  if os.path.dirname(out_path):
+    os.makedirs(os.path.dirname(out_path), exist_ok=True)
+  with tf.io.gfile.GFile(out_path, "wb") as model_writer:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=model_writer, vocab_size=vocab_size,
+        model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"], character_coverage=character_coverage,
+        input_sentence_size=max_sentences, shuffle_input_sentence=True, hard_vocab_limit=False,
+        minloglevel=2)
+  return out_path
+
+
+def train_vocab_for_task(config, vocab_size: int, out: str, max_sentences: int = 2_000_000) -> str:
+  """`ssl-jax vocab train`: a SentencePiece model over the sentences of config.data.source's train split."""
+  from ssl_jax.data import tasks  # pylint: disable=g-import-not-at-top  (tasks imports this module)
+  sentences = tasks.document_dataset(config, "train").flat_map(
+      lambda doc: tf.data.Dataset.from_tensor_slices(doc["sentences"]))
+  texts = (s.decode("utf-8") for s in sentences.take(max_sentences).as_numpy_iterator())
+  return train_sentencepiece(texts, vocab_size, out, max_sentences=max_sentences)

@@ -1,0 +1,160 @@
+"""Joins this process to a multi-process JAX job: TPU pod hosts, GPU cluster nodes, local processes.
+
+    distributed.initialize()                                    # TPU VM pod / SLURM / Open MPI: found
+    distributed.initialize("10.0.0.1:8476", num_processes=4, process_id=i)   # anywhere else
+
+Every process runs the same program; after `initialize`, `jax.devices()` lists every process's
+devices and jitted steps over global arrays run as one SPMD program (XLA's collectives; gloo on
+CPU). It must run before anything touches a device. With one process it does nothing, so the
+same command runs on a laptop.
+
+A dead peer ends the job instead of hanging it: every process sends heartbeats to the
+coordinator (process 0), and when one stops for `heartbeat_timeout_s` the JAX runtime aborts all
+the others with a message naming it ("The following tasks are unhealthy (stopped sending
+heartbeats): 1"); if process 0 itself dies the others abort at once ("the leader task ...
+died"). A process that fails with a Python exception exits at once without the graceful
+shutdown barrier (see `fail_fast`), so its peers learn of it the same way.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import importlib.util
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+
+import jax
+from absl import logging
+
+HEARTBEAT_TIMEOUT_S = 60
+INITIALIZATION_TIMEOUT_S = 300
+SHUTDOWN_TIMEOUT_S = 120
+
+
+def detect_cluster() -> str | None:
+  """Names the multi-process launcher this process was started by, if JAX can configure itself
+  from it: 'slurm' (an `srun` step of several tasks), 'ompi' (`mpirun` of several ranks),
+  'tpu' (a Cloud TPU VM, where the TPU metadata says how many hosts the slice has); else None.
+  """
+  slurm_vars = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+                "SLURM_LOCALID")  # what JAX's SLURM detection reads
+  if all(v in os.environ for v in slurm_vars) and _slurm_step_tasks() > 1:
+    return "slurm"
+  if "OMPI_MCA_orte_hnp_uri" in os.environ and int(os.environ.get("OMPI_COMM_WORLD_SIZE",
+                                                                  "1")) > 1:
+    return "ompi"
+  on_tpu_vm = importlib.util.find_spec("libtpu") is not None and bool(
+      glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+  if on_tpu_vm or "TPU_WORKER_HOSTNAMES" in os.environ:
+    return "tpu"
+  return None
+
+
+def _slurm_step_tasks() -> int:
+  # SLURM_NTASKS counts the allocation's tasks; inside the batch script itself (no `srun`) only
+  # one of them runs, and waiting for the rest would hang until the initialization timeout.
+  return int(os.environ.get("SLURM_STEP_NUM_TASKS", os.environ.get("SLURM_NTASKS", "1")))
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, *,
+               heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S,
+               initialization_timeout_s: int = INITIALIZATION_TIMEOUT_S,
+               shutdown_timeout_s: int = SHUTDOWN_TIMEOUT_S) -> bool:
+  """Starts JAX's distributed runtime when this job has several processes; returns whether it did.
+
+  Args:
+    coordinator_address: 'host:port' of process 0, which serves the coordination service there.
+      Give it with `num_processes` and `process_id`, on machines JAX cannot configure itself.
+    num_processes: processes in the job; 1 means "single process" and skips auto-detection.
+    process_id: this process's index in [0, num_processes).
+    heartbeat_timeout_s: a process silent for this long counts as dead and the job aborts.
+    initialization_timeout_s: how long to wait for every process to connect.
+    shutdown_timeout_s: how long a finishing process waits for the others at exit.
+
+  With none of the three set, a TPU VM, an `srun` step or an `mpirun` job is detected
+  (`detect_cluster`) and JAX reads the coordinator, process count and id from it; anything else
+  is a single process.
+
+  Raises:
+    ValueError: only some of the three were given, or their values are inconsistent.
+  """
+  if jax.distributed.is_initialized():
+    return jax.process_count() > 1
+  explicit = {"coordinator_address": coordinator_address, "num_processes": num_processes,
+              "process_id": process_id}
+  kwargs = dict(heartbeat_timeout_seconds=heartbeat_timeout_s,
+                initialization_timeout=initialization_timeout_s,
+                shutdown_timeout_seconds=shutdown_timeout_s)
+  if num_processes == 1:
+    return False
+  if any(v is not None for v in explicit.values()):
+    missing = [f"--{k}" for k, v in explicit.items() if v is None]
+    if missing:
+      raise ValueError(
+          f"multi-process flags are incomplete: {', '.join(missing)} missing (given: "
+          f"{', '.join(f'--{k}={v}' for k, v in explicit.items() if v is not None)}). Pass all of "
+          "--coordinator_address=HOST:PORT --num_processes=N --process_id=I, or none of them on "
+          "a TPU VM or under srun/mpirun, where they are detected.")
+    _check_explicit(coordinator_address, num_processes, process_id)
+    _use_gloo_on_cpu()
+    logging.info("joining a %d-process job as process %d (coordinator %s)", num_processes,
+                 process_id, coordinator_address)
+    jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
+    return True
+  cluster = detect_cluster()
+  if cluster is None:
+    return False
+  if cluster == "slurm":
+    kwargs["num_processes"] = _slurm_step_tasks()
+  _use_gloo_on_cpu()
+  logging.info("multi-process environment detected (%s); initializing jax.distributed", cluster)
+  jax.distributed.initialize(**kwargs)
+  logging.info("joined a %d-process job as process %d", jax.process_count(),
+               jax.process_index())
+  return jax.process_count() > 1
+
+
+def _check_explicit(coordinator_address: str, num_processes: int, process_id: int) -> None:
+  host, _, port = coordinator_address.rpartition(":")
+  if not host or not port.isdigit():
+    raise ValueError(
+        f"--coordinator_address={coordinator_address!r} is not HOST:PORT; give process 0's "
+        "address and a free port, e.g. --coordinator_address=10.0.0.1:8476.")
+  if num_processes < 1:
+    raise ValueError(f"--num_processes={num_processes} must be at least 1.")
+  if not 0 <= process_id < num_processes:
+    raise ValueError(
+        f"--process_id={process_id} is not in [0, --num_processes={num_processes}); number the "
+        f"processes 0..{num_processes - 1}, one id each.")
+
+
+def _use_gloo_on_cpu() -> None:
+  # CPU devices of different processes talk through gloo (TCP); without a CPU collectives
+  # implementation a cross-process computation on CPU fails. GPU/TPU backends ignore this.
+  if jax.config.jax_cpu_collectives_implementation is None:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+
+
+@contextlib.contextmanager
+def fail_fast() -> Iterator[None]:
+  """In a multi-process job, a Python exception ends this process at once (exit status 1).
+
+  A normal exit waits at a shutdown barrier for every other process -- which never arrives while
+  they are blocked in a collective that needs this one -- so the job would stall for the whole
+  shutdown timeout. Exiting without it lets the heartbeat (or, for process 0, the closed
+  coordinator) end the others within `heartbeat_timeout_s`. Single-process runs are unchanged.
+  """
+  try:
+    yield
+  except BaseException as e:  # pylint: disable=broad-except
+    if not jax.distributed.is_initialized() or (isinstance(e, SystemExit) and not e.code):
+      raise
+    print(f"ssl_jax: process {jax.process_index()} of {jax.process_count()} failed; exiting "
+          "now so that the other processes stop too:", file=sys.stderr)
+    traceback.print_exc()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)  # pylint: disable=protected-access

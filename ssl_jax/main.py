@@ -1,0 +1,93 @@
+"""The `ssl-jax` command line. It parses flags and dispatches; the work happens in importable modules.
+
+  ssl-jax train --config configs/bert.py:tiny --workdir /tmp/bert [--config.train.num_steps=100]
+  ssl-jax eval  --config configs/bert.py:tiny --workdir /tmp/bert
+  ssl-jax convert --from_hf DIR --out CKPT_DIR     |   ssl-jax convert --to_hf CKPT_DIR --out DIR
+  ssl-jax vocab train --config configs/t5.py:tiny --vocab_size 8000 --out /tmp/spm.model
+
+Multi-process (one process per host or GPU; see launch/): the same command on every process, plus
+--coordinator_address=HOST:PORT --num_processes=N --process_id=I where JAX cannot detect them.
+"""
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from ssl_jax import distributed
+
+COMMANDS = ("train", "eval", "convert", "vocab")
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file and variant, e.g. configs/bert.py:tiny. Override any value "
+    "with --config.<section>.<key>=<value>.", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory: config.json, metrics.jsonl, tensorboard/, checkpoints/. "
+    "Re-running on the same workdir resumes.")
+_FROM_HF = flags.DEFINE_string("from_hf", None, "convert: a Hugging Face model directory.")
+_TO_HF = flags.DEFINE_string("to_hf", None, "convert: an ssl_jax checkpoint directory.")
+_OUT = flags.DEFINE_string("out", None, "convert / vocab: where to write the result.")
+_VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 8000, "vocab train: SentencePiece pieces.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-process: HOST:PORT of process 0. Detected on TPU VMs and "
+    "under srun/mpirun; elsewhere give it with --num_processes and --process_id.")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Multi-process: number of processes (1 = single process, no detection).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout_s", distributed.HEARTBEAT_TIMEOUT_S,
+    "Multi-process: a process silent this long counts as dead and the whole job stops.")
+
+
+def _require(flag, command: str):
+  if not flag.value:
+    raise app.UsageError(f"`ssl-jax {command}` needs --{flag.name}.")
+  return flag.value
+
+
+def main(argv):
+  if len(argv) < 2 or argv[1] not in COMMANDS:
+    raise app.UsageError(f"usage: ssl-jax {{{'|'.join(COMMANDS)}}} [flags]; see --help.")
+  command = argv[1]
+  logging.set_verbosity(logging.INFO)
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                         heartbeat_timeout_s=_HEARTBEAT.value)
+  with distributed.fail_fast():
+    _dispatch(command, argv)
+
+
+def _dispatch(command: str, argv):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  # tf.data and the TensorBoard writer run on the host; the accelerators are JAX's.
+  tf.config.set_visible_devices([], "GPU")
+  if command in ("train", "eval"):
+    from ssl_jax import trainer  # pylint: disable=g-import-not-at-top
+    config = _require(_CONFIG, command)
+    workdir = _require(_WORKDIR, command)
+    run = trainer.train_and_evaluate if command == "train" else trainer.evaluate_workdir
+    run(config, workdir)
+  elif command == "convert":
+    from ssl_jax.interop import hf  # pylint: disable=g-import-not-at-top
+    out = _require(_OUT, command)
+    if bool(_FROM_HF.value) == bool(_TO_HF.value):
+      raise app.UsageError("`ssl-jax convert` needs exactly one of --from_hf DIR or --to_hf DIR.")
+    if _FROM_HF.value:
+      hf.convert_from_hf(_FROM_HF.value, out)
+    else:
+      hf.convert_to_hf(_TO_HF.value, out)
+  elif command == "vocab":
+    from ssl_jax.data import vocabularies  # pylint: disable=g-import-not-at-top
+    if argv[2:] != ["train"]:
+      raise app.UsageError("usage: ssl-jax vocab train --config C --vocab_size N --out F.model")
+    vocabularies.train_vocab_for_task(_require(_CONFIG, "vocab train"), _VOCAB_SIZE.value,
+                                      _require(_OUT, "vocab train"))
+
+
+def run():
+  """Console entry point (`ssl-jax`)."""
+  app.run(main, argv=sys.argv)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,186 @@
+"""Metric sums -> means, written to `metrics.jsonl`, TensorBoard and the console.
+
+Steps return metrics as `{name: (sum, count)}` of scalar device arrays (flax lm1b style), so
+means over many steps, microbatches and hosts are exact: add sums and counts, divide once.
+
+The host never waits for the step it has just dispatched: `MetricsLogger.train_step` only keeps
+references to the device arrays, and a log window's values are fetched when the *next* step
+has been dispatched, so the device stays busy while the host formats and writes.
+
+    logger = metrics.MetricsLogger(workdir, num_steps=..., log_every=..., start_step=step,
+                                   tokens_per_step=batch * length, learning_rate_fn=schedule)
+    for step in range(start_step + 1, num_steps + 1):
+      state, sums = train_step(state, next(it))
+      logger.train_step(step, sums)
+    logger.close()
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+from absl import logging
+from clu import metric_writers
+
+from ssl_jax import optim
+
+MetricSums = Mapping[str, tuple[Any, Any]]  # name -> (sum, count), scalars (device or host)
+
+
+def merge(sums_list: Sequence[MetricSums]) -> dict[str, tuple[float, float]]:
+  """Adds (sum, count) pairs name by name; fetches device arrays in one transfer."""
+  total: dict[str, tuple[float, float]] = {}
+  for sums in jax.device_get(list(sums_list)):
+    for name, (value, count) in sums.items():
+      old_value, old_count = total.get(name, (0.0, 0.0))
+      total[name] = (old_value + float(value), old_count + float(count))
+  return total
+
+
+def normalize(sums: MetricSums) -> dict[str, float]:
+  """Means `sum / count` per metric; metrics with count 0 (nothing measured) are left out."""
+  return {name: value / count for name, (value, count) in merge([sums]).items() if count}
+
+
+def _format_duration(seconds: float) -> str:
+  minutes, seconds = divmod(int(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+
+
+class MetricsLogger:
+  """Writes train/eval rows to `workdir/metrics.jsonl` and `workdir/tensorboard`.
+
+  Only process 0 writes files; other processes only log to the console. A row holds `step`,
+  `split`, the normalized metrics (objectives name their loss 'loss'), and for train rows
+  `learning_rate`, `tokens_per_sec` and `step_time_s` (wall time per step over the window).
+  Reopening a workdir at `start_step` drops rows past that step, so a resumed run's file reads
+  like an uninterrupted one.
+  """
+
+  def __init__(self, workdir: str | os.PathLike, *, num_steps: int, log_every: int,
+               start_step: int = 0, tokens_per_step: int | None = None,
+               learning_rate_fn: Callable[[int], Any] | None = None):
+    if log_every <= 0:
+      raise ValueError(f"config.train.log_every={log_every} must be positive.")
+    self._num_steps = num_steps
+    self._log_every = log_every
+    self._tokens_per_step = tokens_per_step
+    self._learning_rate_fn = learning_rate_fn
+    self._is_writer = jax.process_index() == 0
+    self._window: list[MetricSums] = []  # device sums since the last row
+    self._pending: tuple[int, list[MetricSums]] | None = None  # closed window, not yet fetched
+    self._last_step = start_step
+    self._last_time: float | None = None  # set when the first step is handed over
+    self._file = None
+    if self._is_writer:
+      os.makedirs(workdir, exist_ok=True)
+      path = os.path.join(workdir, "metrics.jsonl")
+      _truncate_after(path, start_step)
+      self._file = open(path, "a", encoding="utf-8", buffering=1)  # whole lines, tail-able
+    self._writer = metric_writers.create_default_writer(
+        os.path.join(workdir, "tensorboard"), just_logging=not self._is_writer)
+
+  def train_step(self, step: int, sums: MetricSums) -> None:
+    """Hands over step `step`'s device metric sums without waiting for them.
+
+    `step` is the host's count of updates after this step (1-based). Every `log_every` steps
+    and at `num_steps` the window closes; it is written when the next step is handed over (or
+    at `flush`/`close`).
+    """
+    if self._last_time is None:
+      # The first call comes after the first step was dispatched, i.e. after compilation, so
+      # the clock starts here and this step counts into the first window's time.
+      self._last_time = time.perf_counter()
+      self._last_step = step - 1
+    if self._pending is not None:
+      self._write_pending()
+    self._window.append(sums)
+    if step % self._log_every == 0 or step == self._num_steps:
+      self._pending = (step, self._window)
+      self._window = []
+
+  def flush(self) -> None:
+    """Writes any closed-but-unwritten window and flushes the files."""
+    if self._pending is not None:
+      self._write_pending()
+    self._writer.flush()
+    if self._file:
+      self._file.flush()
+
+  def write_eval(self, step: int, sums: MetricSums | Sequence[MetricSums]) -> dict[str, float]:
+    """Writes one eval row for `step` (blocks: eval results are wanted now) and returns it."""
+    sums_list = [sums] if isinstance(sums, Mapping) else list(sums)
+    row = normalize(merge(sums_list))
+    self._write_row(step, "eval", row)
+    return row
+
+  def close(self) -> None:
+    self.flush()
+    self._writer.close()
+    if self._file:
+      self._file.close()
+      self._file = None
+
+  def __enter__(self) -> MetricsLogger:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def _write_pending(self) -> None:
+    step, window = self._pending
+    self._pending = None
+    row = normalize(merge(window))  # waits for `step`, not for the step dispatched after it
+    now = time.perf_counter()
+    step_time_s = (now - self._last_time) / max(step - self._last_step, 1)
+    self._last_step, self._last_time = step, now
+    if self._learning_rate_fn is not None:
+      row["learning_rate"] = optim.learning_rate_at(self._learning_rate_fn, step)
+    row["step_time_s"] = step_time_s
+    if self._tokens_per_step:
+      row["tokens_per_sec"] = self._tokens_per_step / step_time_s
+    self._write_row(step, "train", row)
+    eta_s = step_time_s * (self._num_steps - step)
+    # The metric values themselves are logged by the clu writer.
+    logging.info("step %d/%d: %.2f steps/s%s, ETA %s", step, self._num_steps, 1 / step_time_s,
+                 f", {row['tokens_per_sec']:.0f} tokens/s" if "tokens_per_sec" in row else "",
+                 _format_duration(eta_s))
+
+  def _write_row(self, step: int, split: str, row: dict[str, float]) -> None:
+    self._writer.write_scalars(step, {f"{split}/{name}": value for name, value in row.items()})
+    if self._file:
+      self._file.write(json.dumps({"step": step, "split": split, **row}) + "\n")
+
+
+def _truncate_after(path: str, step: int) -> None:
+  """Drops rows with `step` > `step` (left by a run that died after its last checkpoint)."""
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  kept = [line for line in lines if _row_step(line) <= step]
+  if len(kept) != len(lines):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
+
+
+def _row_step(line: str) -> float:
+  """The row's step; a blank or torn line (a crash mid-write) counts as past every step."""
+  try:
+    return json.loads(line)["step"]
+  except (ValueError, KeyError, TypeError):
+    return float("inf")
+
+
+def read_metrics(workdir: str | os.PathLike, split: str | None = None) -> list[dict[str, Any]]:
+  """Rows of `workdir/metrics.jsonl` (optionally only one split), in file order."""
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  return [row for row in rows if split is None or row["split"] == split]

@@ -1,0 +1,99 @@
+"""Pretraining objectives: what model to build, how to read a batch, and its loss.
+
+Each objective module defines `OBJECTIVE`, an `Objective` the trainer uses without knowing its name:
+
+    objective = objectives.get(config.objective)
+    model = objective.make_model(model_config)
+    params = objectives.init_params(objective, model, rng, batch)
+    loss, metric_sums = objectives.loss_fn(objective, model, params, batch, rng, denominators)
+
+`loss_fn` returns the scalar training loss and metric sums `{name: (sum, count)}`. Every loss term is a
+weighted sum divided by a denominator (tokens or sentences) that `denominators(batch)` computes from the
+batch's weights alone. The trainer computes denominators once for the whole batch and passes them to every
+microbatch, so k microbatches of B/k give exactly the gradient of one batch of B.
+"""
+import dataclasses
+import importlib
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Batch = dict[str, jax.Array]
+MetricSums = dict[str, tuple[jax.Array, jax.Array]]
+
+NAMES = ("mlm", "causal_lm", "span_corruption", "denoising")
+_MODULES = {
+    "mlm": "ssl_jax.objectives.mlm",
+    "causal_lm": "ssl_jax.objectives.causal_lm",
+    "span_corruption": "ssl_jax.objectives.span_corruption",
+    "denoising": "ssl_jax.objectives.denoising",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """What the trainer needs from an objective (see the module docstring)."""
+  name: str
+  family: tuple[str, ...]  # model families this objective trains ('bert', 'gpt', 't5', 'bart')
+  make_model: Callable[[Any], Any]
+  model_inputs: Callable[[Batch], dict[str, jax.Array]]  # batch -> the model's keyword arguments
+  denominators: Callable[[Batch], dict[str, jax.Array]]
+  loss: Callable[[Any, Batch, dict], tuple[jax.Array, MetricSums]]  # (model output, batch, dens)
+
+
+def get(name: str) -> Objective:
+  """Returns the objective registered under `name` (`config.objective`)."""
+  if name not in _MODULES:
+    raise ValueError(
+        f"config.objective={name!r} is not an objective; use one of {', '.join(NAMES)}.")
+  return importlib.import_module(_MODULES[name]).OBJECTIVE
+
+
+def init_params(objective: Objective, model, rng, batch):
+  """The model's (logically partitioned) parameters, traced on `batch`'s shapes."""
+  return model.init({"params": rng, "dropout": rng}, **objective.model_inputs(batch),
+                    deterministic=True)["params"]
+
+
+def loss_fn(objective: Objective, model, params, batch, rng, denominators, deterministic=False):
+  """Runs the model on `batch` and returns `(loss, metric_sums)` (see the module docstring)."""
+  outputs = model.apply({"params": params}, **objective.model_inputs(batch),
+                        deterministic=deterministic, rngs={"dropout": rng})
+  return objective.loss(outputs, batch, denominators)
+
+
+def token_cross_entropy(logits, targets, weights):
+  """Weighted softmax cross-entropy in float32.
+
+  Args:
+    logits: [..., V] scores.
+    targets: [...] integer ids.
+    weights: [...] 0/1 (or real) weights.
+  Returns:
+    (loss_sum, correct_sum, weight_sum) scalars; `correct` counts weighted argmax hits.
+  """
+  logits = logits.astype(jnp.float32)
+  weights = weights.astype(jnp.float32)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  return (losses * weights).sum(), (correct * weights).sum(), weights.sum()
+
+
+def safe_denominator(count):
+  """A denominator that is never zero (a batch may hold no sentence-level examples)."""
+  return jnp.maximum(count, 1.0)
+
+
+def decoder_denominators(batch):
+  """Loss denominator of seqio LM and encoder-decoder batches: the number of target tokens."""
+  return {"token": batch["decoder_loss_weights"].sum()}
+
+
+def decoder_token_loss(logits, batch, denominators):
+  """Per-token cross-entropy of `decoder_target_tokens` (seqio LM and encoder-decoder batches)."""
+  loss_sum, correct, count = token_cross_entropy(
+      logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"])
+  total = loss_sum / safe_denominator(denominators["token"])
+  return total, {"token_loss": (loss_sum, count), "token_accuracy": (correct, count)}

@@ -1,0 +1,124 @@
+"""AdamW with warmup, a decay schedule, decoupled weight decay and global-norm clipping.
+
+    tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
+
+One optimizer update per train step: gradient accumulation over `config.train.microbatches`
+happens inside the jitted step, so the schedule's step count equals the train step.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+SCHEDULES = ("linear", "cosine", "inverse_sqrt", "constant")
+# Flax's names for Dense/Conv biases and LayerNorm/RMSNorm gains. Checked by name as well as by
+# ndim because with scan_layers a stacked bias is [layers, features], i.e. 2-D.
+NO_DECAY_NAMES = ("bias", "scale")
+
+
+def _validate(optim_cfg: Mapping[str, Any], num_steps: int) -> None:
+  def fail(field, why):
+    raise ValueError(f"config.optim.{field}={optim_cfg[field]!r} {why}")
+
+  if num_steps <= 0:
+    raise ValueError(f"config.train.num_steps={num_steps} must be positive.")
+  if not optim_cfg["learning_rate"] > 0:
+    fail("learning_rate", "must be > 0.")
+  if optim_cfg["schedule"] not in SCHEDULES:
+    fail("schedule", f"is unknown; use one of {SCHEDULES}.")
+  if not 0 <= optim_cfg["warmup_steps"] <= num_steps:
+    fail("warmup_steps", f"must be between 0 and config.train.num_steps={num_steps}.")
+  if optim_cfg["weight_decay"] < 0:
+    fail("weight_decay", "must be >= 0 (0 turns weight decay off).")
+  for field in ("b1", "b2"):
+    if not 0 <= optim_cfg[field] < 1:
+      fail(field, "must be in [0, 1).")
+  if not optim_cfg["eps"] > 0:
+    fail("eps", "must be > 0.")
+  if optim_cfg["grad_clip_norm"] < 0:
+    fail("grad_clip_norm", "must be >= 0 (0 turns clipping off).")
+
+
+def make_schedule(optim_cfg: Mapping[str, Any], num_steps: int) -> optax.Schedule:
+  """Learning rate per step: linear warmup from 0 to `learning_rate` over `warmup_steps`, then
+
+  - 'linear': linear decay to 0 at `num_steps`;
+  - 'cosine': cosine decay to 0 at `num_steps`;
+  - 'inverse_sqrt': `learning_rate * sqrt(warmup_steps) / sqrt(step)` (T5's rsqrt; with no
+    warmup, `learning_rate / sqrt(max(step, 1))`);
+  - 'constant': `learning_rate`.
+  """
+  _validate(optim_cfg, num_steps)
+  lr = float(optim_cfg["learning_rate"])
+  warmup_steps = int(optim_cfg["warmup_steps"])
+  decay_steps = num_steps - warmup_steps
+  name = optim_cfg["schedule"]
+  if name == "inverse_sqrt":
+    def inverse_sqrt(step):
+      step = jnp.asarray(step, jnp.float32)
+      ramp = jnp.minimum(step / max(warmup_steps, 1), 1.0) if warmup_steps else 1.0
+      return lr * ramp * jnp.sqrt(max(warmup_steps, 1) / jnp.maximum(step, max(warmup_steps, 1)))
+    return inverse_sqrt
+  decay = {
+      "linear": lambda: optax.linear_schedule(lr, 0.0, max(decay_steps, 1)),
+      "cosine": lambda: optax.cosine_decay_schedule(lr, max(decay_steps, 1)),
+      "constant": lambda: optax.constant_schedule(lr),
+  }[name]()
+  if not warmup_steps:
+    return decay
+  warmup = optax.linear_schedule(0.0, lr, warmup_steps)
+  return optax.join_schedules([warmup, decay], [warmup_steps])
+
+
+def decay_mask(params: Any) -> Any:
+  """True for parameters that get weight decay: kernels and embeddings.
+
+  Excluded: anything with ndim <= 1 and any leaf named 'bias' or 'scale' (norm gains, biases,
+  also when stacked by scan_layers). Works on boxed (nn.Partitioned) and plain param trees.
+  """
+  def wants_decay(path, leaf):
+    names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+    return leaf.ndim > 1 and not (names and names[-1] in NO_DECAY_NAMES)
+
+  return jax.tree_util.tree_map_with_path(wants_decay, params)
+
+
+def make_optimizer(optim_cfg: Mapping[str, Any],
+                   num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW (decoupled decay scaled by the schedule, as torch.optim.AdamW) with optional clipping.
+
+  Args:
+    optim_cfg: `config.optim` (learning_rate, warmup_steps, schedule, weight_decay, b1, b2,
+      eps, grad_clip_norm; grad_clip_norm=0 disables clipping).
+    num_steps: `config.train.num_steps`; where 'linear' and 'cosine' reach 0.
+
+  Returns:
+    (tx, schedule): the optax transformation and the step -> learning-rate function it uses,
+    for logging.
+
+  Raises:
+    ValueError: naming the `config.optim.<field>` that is out of range.
+  """
+  schedule = make_schedule(optim_cfg, num_steps)
+  adamw = optax.adamw(
+      learning_rate=schedule, b1=float(optim_cfg["b1"]), b2=float(optim_cfg["b2"]),
+      eps=float(optim_cfg["eps"]), weight_decay=float(optim_cfg["weight_decay"]),
+      mask=decay_mask)
+  clip_norm = float(optim_cfg["grad_clip_norm"])
+  if clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(clip_norm), adamw), schedule
+  return adamw, schedule
+
+
+def learning_rate_at(schedule: Callable[[int], Any], step: int) -> float:
+  """The schedule's value at `step`, computed on the host CPU so it never waits on the device."""
+  try:
+    cpu = jax.local_devices(backend="cpu")[0]
+  except RuntimeError:  # JAX_PLATFORMS excludes cpu: fall back to the default device.
+    return float(schedule(step))
+  with jax.default_device(cpu):
+    return float(schedule(step))

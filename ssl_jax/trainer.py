@@ -1,0 +1,310 @@
+"""The objective-agnostic trainer: sharded init, jitted train and eval steps, and the loop.
+
+    state = trainer.train_and_evaluate(config, workdir)
+
+Everything a user can get wrong is checked in `Experiment.build` before anything is compiled. The
+train step is compiled once, ahead of time, with the state donated; its rng is
+`fold_in(seed, step)`, so a resumed run draws exactly the numbers an uninterrupted one does.
+"""
+import dataclasses
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ssl_jax import checkpointing
+from ssl_jax import config as config_lib
+from ssl_jax import metrics as metrics_lib
+from ssl_jax import objectives
+from ssl_jax import optim
+from ssl_jax import partitioning
+from ssl_jax import train_state as train_state_lib
+from ssl_jax.data import pipeline
+from ssl_jax.data import vocabularies
+from ssl_jax.models import config as model_config_lib
+
+
+class NonFiniteLossError(RuntimeError):
+  """Raised (and the process exits non-zero) when `train.on_nonfinite='abort'` sees a bad step."""
+
+
+def resolve_model_config(config: ml_collections.ConfigDict):
+  """The model dataclass for `config`, with `vocab_size=-1` taken from the data vocabulary."""
+  model_cfg = config_lib.validate(config)
+  vocab = vocabularies.get_vocabulary(config.data.vocab)
+  if model_cfg.vocab_size == -1:
+    # Rounded up so the vocabulary axis shards evenly and matmuls stay aligned.
+    model_cfg = dataclasses.replace(model_cfg, vocab_size=-(-vocab.vocab_size // 128) * 128)
+  elif model_cfg.vocab_size < vocab.vocab_size:
+    raise ValueError(
+        f"config.model.vocab_size={model_cfg.vocab_size} is smaller than the data vocabulary "
+        f"({vocab.vocab_size} ids from config.data.vocab); set config.model.vocab_size=-1 to take "
+        "the vocabulary's size, or a larger value.")
+  return model_cfg
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything built from a config before the first compile."""
+  config: ml_collections.ConfigDict
+  objective: objectives.Objective
+  model_config: Any
+  model: Any
+  tx: Any
+  schedule: Any
+  batch_spec: dict
+  batch_sharding: jax.sharding.NamedSharding
+  layout: train_state_lib.StateLayout
+
+  @property
+  def mesh(self):
+    return self.layout.mesh
+
+  @classmethod
+  def build(cls, config: ml_collections.ConfigDict, devices=None) -> "Experiment":
+    """Validates `config` against itself, the devices and the data, and lays out the state
+    (on `devices`, default all)."""
+    model_cfg = resolve_model_config(config)
+    mesh = partitioning.make_mesh(config.mesh, devices)
+    rules = partitioning.logical_rules(config)
+    partitioning.validate_batch(config.train.global_batch_size, config.train.microbatches, mesh,
+                                jax.process_count())
+    objective = objectives.get(config.objective)
+    model = objective.make_model(model_cfg)
+    tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
+    batch_spec = pipeline.batch_spec(config)
+    layout = train_state_lib.state_layout(
+        jax.random.key(config.train.seed), functools.partial(_init_params, objective, model,
+                                                             batch_spec), tx, mesh, rules)
+    return cls(config, objective, model_cfg, model, tx, schedule, batch_spec,
+               partitioning.batch_sharding(mesh), layout)
+
+  def init_state(self):
+    """A fresh train state, every array created in its sharded layout."""
+    return train_state_lib.init_sharded(
+        jax.random.key(self.config.train.seed),
+        functools.partial(_init_params, self.objective, self.model, self.batch_spec), self.tx,
+        self.layout)
+
+
+def _init_params(objective, model, batch_spec, rng):
+  dummy = {k: jnp.zeros(v.shape, v.dtype) for k, v in batch_spec.items()}
+  return objectives.init_params(objective, model, rng, dummy)
+
+
+def _microbatched(batch, k: int):
+  """[B, ...] -> [k, B/k, ...], microbatch i holding rows i, i+k, ... so that every device's shard
+  of the batch contributes equally to every microbatch (no resharding inside the scan)."""
+  return jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch)
+
+
+def _add(a, b):
+  return jax.tree.map(jnp.add, a, b)
+
+
+def make_train_step(exp: Experiment):
+  """The train step `(state, batch) -> (state, metric_sums)`, to be jitted with donated state.
+
+  With `train.microbatches=k` the batch is split into k microbatches whose gradients are summed
+  inside the step (`lax.scan`); every loss term is divided by the whole batch's denominator, so the
+  update equals that of one batch of B. A non-finite loss or gradient leaves the state unchanged
+  and is counted in `nonfinite_steps`.
+  """
+  objective, model, tx = exp.objective, exp.model, exp.tx
+  k = exp.config.train.microbatches
+  base_rng = jax.random.key(exp.config.train.seed)
+
+  def grads_of(params, batch, rng, dens):
+    grad_fn = jax.value_and_grad(
+        functools.partial(objectives.loss_fn, objective, model), has_aux=True)
+    (loss, sums), grads = grad_fn(params, batch, rng, dens)
+    return loss, sums, grads
+
+  def train_step(state, batch):
+    rng = jax.random.fold_in(base_rng, state.step)
+    dens = objective.denominators(batch)
+    if k == 1:
+      loss, sums, grads = grads_of(state.params, batch, rng, dens)
+    else:
+      microbatches = _microbatched(batch, k)
+
+      def accumulate(acc, xs):
+        i, microbatch = xs
+        return _add(acc, grads_of(state.params, microbatch, jax.random.fold_in(rng, i), dens)), None
+
+      shapes = jax.eval_shape(grads_of, state.params, jax.tree.map(lambda x: x[0], microbatches),
+                              rng, dens)
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+      (loss, sums, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(k), microbatches))
+    finite = jnp.isfinite(loss) & jnp.all(jnp.array(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    new_state = state.apply_gradients(grads, tx)
+    # Skip the update on a bad step: the whole state (params, optimizer, step) stays as it was,
+    # except the step counter, so the next step draws new randomness.
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    new_state = new_state.replace(step=state.step + 1)
+    sums = dict(sums)
+    sums["loss"] = (loss, jnp.ones(()))
+    sums["nonfinite_steps"] = (1.0 - finite.astype(jnp.float32), jnp.ones(()))
+    return new_state, sums
+
+  return train_step
+
+
+def make_eval_step(exp: Experiment):
+  """`(params, batch) -> metric_sums` with dropout off."""
+  objective, model = exp.objective, exp.model
+
+  def eval_step(params, batch):
+    loss, sums = objectives.loss_fn(objective, model, params, batch, jax.random.key(0),
+                                    objective.denominators(batch), deterministic=True)
+    sums = dict(sums)
+    sums["loss"] = (loss, jnp.ones(()))
+    return sums
+
+  return eval_step
+
+
+def _tokens_per_step(batch_spec) -> int:
+  """Token positions the model reads per step (encoder plus decoder), padding included."""
+  return sum(int(np.prod(v.shape)) for k, v in batch_spec.items() if k.endswith("input_tokens"))
+
+
+def compile_train_step(exp: Experiment):
+  """The train step compiled ahead of time for the state and batch layouts (state donated)."""
+  replicated = partitioning.replicated(exp.mesh)
+  batch_abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=exp.batch_sharding)
+                    for k, v in exp.batch_spec.items()}
+  step = jax.jit(make_train_step(exp), in_shardings=(exp.layout.shardings, exp.batch_sharding),
+                 out_shardings=(exp.layout.shardings, replicated), donate_argnums=0)
+  with partitioning.with_logical_rules(exp.layout.rules, exp.mesh):
+    compiled = step.lower(exp.layout.abstract, batch_abstract).compile()
+  _log_compiled(compiled)
+  return compiled
+
+
+def compile_eval_step(exp: Experiment):
+  replicated = partitioning.replicated(exp.mesh)
+  step = jax.jit(make_eval_step(exp),
+                 in_shardings=(exp.layout.shardings.params, exp.batch_sharding),
+                 out_shardings=replicated)
+  batch_abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=exp.batch_sharding)
+                    for k, v in exp.batch_spec.items()}
+  with partitioning.with_logical_rules(exp.layout.rules, exp.mesh):
+    return step.lower(exp.layout.abstract.params, batch_abstract).compile()
+
+
+def flops_per_step(compiled) -> float:
+  """FLOPs of one compiled step from XLA's cost analysis (0 when the backend reports none)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get("flops", 0.0))
+
+
+def _log_compiled(compiled) -> None:
+  memory = compiled.memory_analysis()
+  if memory is not None:
+    logging.info("train step memory per device: arguments %.1f MiB, outputs %.1f MiB, "
+                 "temporaries %.1f MiB", memory.argument_size_in_bytes / 2**20,
+                 memory.output_size_in_bytes / 2**20, memory.temp_size_in_bytes / 2**20)
+  logging.info("train step FLOPs (XLA cost analysis): %.3g", flops_per_step(compiled))
+
+
+def evaluate(exp: Experiment, eval_step, params, step: int, logger) -> dict:
+  """Runs `train.eval_steps` batches of the validation split and writes one eval row."""
+  it = pipeline.make_iterator(exp.config, "validation", exp.batch_sharding)
+  sums = [eval_step(params, next(it)) for _ in range(exp.config.train.eval_steps)]
+  return logger.write_eval(step, sums)
+
+
+def _raise_if_nonfinite(step: int, sums) -> None:
+  if float(jax.device_get(sums["nonfinite_steps"][0])) > 0:
+    raise NonFiniteLossError(
+        f"step {step}: the loss or a gradient is not finite and config.train.on_nonfinite="
+        "'abort'. The state was not updated and no checkpoint after this step was written. "
+        "Lower config.optim.learning_rate, or set config.train.on_nonfinite='skip' to skip such "
+        "steps.")
+
+
+def write_config(config, workdir: str) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2) + "\n")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
+  """Trains to `config.train.num_steps`, resuming from the latest checkpoint in `workdir`."""
+  exp = Experiment.build(config)
+  checkpointing.check_workdir(workdir)
+  train_cfg = config.train
+  manager = checkpointing.make_manager(workdir, train_cfg)
+  train_iter = pipeline.make_iterator(config, "train", exp.batch_sharding)
+  latest = manager.latest_step()
+  if latest is None:
+    state = exp.init_state()
+  else:
+    checkpointing.check_compatible(manager, latest, config, exp.layout)
+    state = checkpointing.restore(manager, latest, exp.layout.abstract, exp.layout.shardings,
+                                  train_iter)
+    logging.info("resumed from step %d of %s", latest, workdir)
+  write_config(config, workdir)
+  start = int(jax.device_get(state.step))
+  train_step = compile_train_step(exp)
+  eval_step = compile_eval_step(exp) if train_cfg.eval_steps else None
+  logger = metrics_lib.MetricsLogger(
+      workdir, num_steps=train_cfg.num_steps, log_every=train_cfg.log_every, start_step=start,
+      tokens_per_step=_tokens_per_step(exp.batch_spec), learning_rate_fn=exp.schedule)
+  try:
+    with logger, checkpointing.preemption_guard() as preempted:
+      return _loop(exp, state, start, train_step, eval_step, train_iter, manager, logger,
+                   preempted)
+  finally:
+    manager.wait_until_finished()  # a save in flight completes even when the loop raised
+    manager.close()
+
+
+def _loop(exp, state, start, train_step, eval_step, train_iter, manager, logger, preempted):
+  config, train_cfg = exp.config, exp.config.train
+  abort = train_cfg.on_nonfinite == "abort"
+  previous = None  # (step, sums) of the step before the one in flight
+  for step in range(start + 1, train_cfg.num_steps + 1):
+    state, sums = train_step(state, next(train_iter))
+    logger.train_step(step, sums)
+    if abort and previous is not None:
+      _raise_if_nonfinite(*previous)  # one step late: the device is busy with `step`
+    previous = (step, sums)
+    if eval_step is not None and (step % train_cfg.eval_every == 0
+                                  or step == train_cfg.num_steps):
+      evaluate(exp, eval_step, state.params, step, logger)
+    last = preempted(step) or step == train_cfg.num_steps
+    if abort and (last or manager.should_save(step)):
+      _raise_if_nonfinite(step, sums)  # never checkpoint at or after a bad step
+    checkpointing.save(manager, step, state, train_iter, config, force=last)
+    if last:
+      break
+  return state
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """`ssl-jax eval`: evaluates the latest checkpoint in `workdir` and appends an eval row."""
+  exp = Experiment.build(config)
+  manager = checkpointing.make_manager(workdir, config.train)
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(
+        f"--workdir={workdir!r} has no checkpoint to evaluate; train first with "
+        f"`ssl-jax train --config ... --workdir {workdir}`.")
+  checkpointing.check_compatible(manager, step, config, exp.layout)
+  params = checkpointing.restore_params(manager, step, exp.layout)
+  manager.close()
+  with metrics_lib.MetricsLogger(workdir, num_steps=config.train.num_steps, log_every=1,
+                                 start_step=step) as logger:
+    return evaluate(exp, compile_eval_step(exp), params, step, logger)

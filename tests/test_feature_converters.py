@@ -1,0 +1,153 @@
+"""Feature converters give the batch features CONTRACTS.md names: BERT (ours), T5/BART and GPT (seqio)."""
+import ml_collections
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+from seqio import test_utils
+
+from ssl_jax.data import corpora, preprocessors, vocabularies
+from ssl_jax.objectives.mlm import BertFeatureConverter
+
+BERT_TASK_SPEC = {
+    "input_tokens": tf.TensorSpec([None], tf.int32), "token_type_ids": tf.TensorSpec([None], tf.int32),
+    "masked_positions": tf.TensorSpec([None], tf.int32), "masked_targets": tf.TensorSpec([None], tf.int32),
+    "masked_weights": tf.TensorSpec([None], tf.float32), "masked_kinds": tf.TensorSpec([None], tf.int32),
+    "sentence_label": tf.TensorSpec([], tf.int32),
+}
+
+
+def _dataset(examples, spec):
+  return tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=spec)
+
+
+def _bert_example(tokens, types, positions, targets, kinds, label):
+  return {"input_tokens": tokens, "token_type_ids": types, "masked_positions": positions,
+          "masked_targets": targets, "masked_weights": [1.0] * len(positions), "masked_kinds": kinds,
+          "sentence_label": label}
+
+
+TWO_EXAMPLES = [
+    _bert_example([2, 7, 4, 3], [0, 0, 0, 0], [2], [8], [1], -1),
+    _bert_example([2, 9, 3, 4, 3], [0, 0, 0, 1, 1], [3], [6], [1], 1),
+]
+
+
+def test_bert_converter_packs_examples_and_offsets_their_indices():
+  converter = BertFeatureConverter(pack=True, max_examples_per_row=2)
+  ds = converter(_dataset(TWO_EXAMPLES, BERT_TASK_SPEC), BertFeatureConverter.task_feature_lengths(10, 2))
+  test_utils.assert_dataset(ds, {
+      "input_tokens": [2, 7, 4, 3, 2, 9, 3, 4, 3, 0],
+      "token_type_ids": [0, 0, 0, 0, 0, 0, 0, 1, 1, 0],
+      "segment_ids": [1, 1, 1, 1, 2, 2, 2, 2, 2, 0],
+      "positions": [0, 1, 2, 3, 0, 1, 2, 3, 4, 0],
+      "masked_positions": [2, 7, 0, 0],
+      "masked_targets": [8, 6, 0, 0],
+      "masked_weights": [1.0, 1.0, 0.0, 0.0],
+      "masked_kinds": [1, 1, 0, 0],
+      "sentence_positions": [0, 4],
+      "sentence_labels": [0, 1],
+      "sentence_weights": [0.0, 1.0],
+  }, expected_dtypes={"masked_weights": tf.float32, "sentence_weights": tf.float32, "input_tokens": tf.int32})
+
+
+def test_bert_converter_pads_one_example_per_row_without_packing():
+  converter = BertFeatureConverter(pack=False)
+  ds = converter(_dataset(TWO_EXAMPLES, BERT_TASK_SPEC), BertFeatureConverter.task_feature_lengths(6, 2))
+  test_utils.assert_dataset(ds, [{
+      "input_tokens": [2, 7, 4, 3, 0, 0], "token_type_ids": [0, 0, 0, 0, 0, 0],
+      "segment_ids": [1, 1, 1, 1, 0, 0], "positions": [0, 1, 2, 3, 0, 0],
+      "masked_positions": [2, 0], "masked_targets": [8, 0], "masked_weights": [1.0, 0.0],
+      "masked_kinds": [1, 0], "sentence_positions": [0], "sentence_labels": [0], "sentence_weights": [0.0],
+  }, {
+      "input_tokens": [2, 9, 3, 4, 3, 0], "token_type_ids": [0, 0, 0, 1, 1, 0],
+      "segment_ids": [1, 1, 1, 1, 1, 0], "positions": [0, 1, 2, 3, 4, 0],
+      "masked_positions": [3, 0], "masked_targets": [6, 0], "masked_weights": [1.0, 0.0],
+      "masked_kinds": [1, 0], "sentence_positions": [0], "sentence_labels": [1], "sentence_weights": [1.0],
+  }])
+
+
+def test_bert_converter_caps_examples_per_row_and_keeps_zero_weight_entries_aligned():
+  examples = [
+      _bert_example([2, 5, 3], [0, 0, 0], [1], [5], [3], 0),
+      # An example without predictions carries one zero-weight entry (see bert_pretraining).
+      dict(_bert_example([2, 6, 3], [0, 0, 0], [0], [2], [0], 0), masked_weights=[0.0]),
+      _bert_example([2, 7, 3], [0, 0, 0], [1], [7], [2], 1),
+  ]
+  converter = BertFeatureConverter(pack=True, max_examples_per_row=2)
+  ds = converter(_dataset(examples, BERT_TASK_SPEC), BertFeatureConverter.task_feature_lengths(12, 1))
+  rows = list(ds.as_numpy_iterator())
+  assert len(rows) == 2  # 9 tokens would fit one row, but S = 2 examples per row
+  np.testing.assert_array_equal(rows[0]["segment_ids"], [1, 1, 1, 2, 2, 2] + [0] * 6)
+  np.testing.assert_array_equal(rows[0]["masked_positions"], [1, 3])
+  np.testing.assert_array_equal(rows[0]["masked_weights"], [1.0, 0.0])
+  np.testing.assert_array_equal(rows[0]["masked_kinds"], [3, 0])
+  np.testing.assert_array_equal(rows[0]["sentence_positions"], [0, 3])
+  np.testing.assert_array_equal(rows[0]["sentence_weights"], [1.0, 1.0])
+  np.testing.assert_array_equal(rows[1]["masked_positions"], [1, 0])
+  np.testing.assert_array_equal(rows[1]["sentence_labels"], [1, 0])
+  np.testing.assert_array_equal(rows[1]["sentence_weights"], [1.0, 0.0])
+
+
+def test_bert_converter_feature_lengths_follow_config():
+  lengths = BertFeatureConverter.task_feature_lengths(128, 20)
+  packed = BertFeatureConverter(pack=True).get_model_feature_lengths(lengths)
+  assert packed["input_tokens"] == packed["positions"] == 128
+  assert packed["sentence_positions"] == 4 and packed["masked_positions"] == 80  # S = 128 // 32, P = 20 * S
+  unpacked = BertFeatureConverter(pack=False).get_model_feature_lengths(lengths)
+  assert unpacked["sentence_labels"] == 1 and unpacked["masked_targets"] == 20
+  with pytest.raises(ValueError, match="max_examples_per_row"):
+    BertFeatureConverter(max_examples_per_row=0)
+
+
+def test_bert_pretraining_through_packing_points_at_the_right_tokens():
+  vocab = vocabularies.get_vocabulary(ml_collections.ConfigDict({"kind": "default", "path": "", "extra_ids": 0}))
+  ids = vocabularies.special_ids(vocab)
+  docs = [[corpora.sentence_text(s) for s in doc] for doc in corpora.generate_documents(30, seed=3)]
+  ds = _dataset([{"doc_index": np.int64(i), "sentences": s} for i, s in enumerate(docs)],
+                {"doc_index": tf.TensorSpec([], tf.int64), "sentences": tf.TensorSpec([None], tf.string)})
+  mlm = ml_collections.ConfigDict(dict(mask_rate=0.15, mask_token_ratio=1.0, random_token_ratio=0.0,
+                                       whole_word=False, max_predictions=6, sentence_task="sop"))
+  examples = preprocessors.bert_pretraining(ds, vocab=vocab, sequence_length=40, mlm_cfg=mlm, seed=0)
+  converter = BertFeatureConverter(pack=True)
+  rows = list(converter(examples, BertFeatureConverter.task_feature_lengths(64, 6)).as_numpy_iterator())
+  num_examples = sum(1 for _ in examples)
+  assert sum(int(r["sentence_weights"].sum()) for r in rows) == num_examples
+  for r in rows:
+    real = r["masked_weights"] > 0
+    # Every prediction points at a [MASK] of its own example; every example starts with [CLS].
+    np.testing.assert_array_equal(r["input_tokens"][r["masked_positions"][real]], ids.mask)
+    seg_of_prediction = r["segment_ids"][r["masked_positions"][real]]
+    assert np.all(np.diff(seg_of_prediction) >= 0) and np.all(seg_of_prediction > 0)
+    starts = r["sentence_positions"][r["sentence_weights"] > 0]
+    np.testing.assert_array_equal(r["input_tokens"][starts], ids.cls)
+    np.testing.assert_array_equal(r["positions"][starts], 0)
+    assert r["masked_positions"].shape == (6 * 2,) and r["sentence_labels"].shape == (2,)
+
+
+def test_seqio_enc_dec_converter_gives_the_contract_features_packed():
+  ds = _dataset([{"inputs": [7, 8, 5, 1], "targets": [3, 9, 1]}, {"inputs": [8, 4, 9, 3, 1], "targets": [4, 1]}],
+                {"inputs": tf.TensorSpec([None], tf.int32), "targets": tf.TensorSpec([None], tf.int32)})
+  converted = seqio.EncDecFeatureConverter(pack=True)(ds, {"inputs": 10, "targets": 7})
+  test_utils.assert_dataset(converted, {
+      "encoder_input_tokens": [7, 8, 5, 1, 8, 4, 9, 3, 1, 0],
+      "encoder_segment_ids": [1, 1, 1, 1, 2, 2, 2, 2, 2, 0],
+      "encoder_positions": [0, 1, 2, 3, 0, 1, 2, 3, 4, 0],
+      "decoder_target_tokens": [3, 9, 1, 4, 1, 0, 0],
+      "decoder_input_tokens": [0, 3, 9, 0, 4, 0, 0],
+      "decoder_loss_weights": [1, 1, 1, 1, 1, 0, 0],
+      "decoder_segment_ids": [1, 1, 1, 2, 2, 0, 0],
+      "decoder_positions": [0, 1, 2, 0, 1, 0, 0],
+  })
+
+
+def test_seqio_lm_converter_gives_the_contract_features_packed():
+  ds = _dataset([{"targets": [3, 9, 1]}, {"targets": [4, 1]}], {"targets": tf.TensorSpec([None], tf.int32)})
+  converted = seqio.LMFeatureConverter(pack=True)(ds, {"targets": 6})
+  test_utils.assert_dataset(converted, {
+      "decoder_target_tokens": [3, 9, 1, 4, 1, 0],
+      "decoder_input_tokens": [0, 3, 9, 0, 4, 0],
+      "decoder_loss_weights": [1, 1, 1, 1, 1, 0],
+      "decoder_positions": [0, 1, 2, 0, 1, 0],
+      "decoder_segment_ids": [1, 1, 1, 2, 2, 0],
+  })

@@ -1,0 +1,72 @@
+"""Metric normalization and the metrics.jsonl / TensorBoard logger."""
+import glob
+import os
+
+import jax.numpy as jnp
+import pytest
+
+from ssl_jax import metrics
+
+
+def _sums(loss, count=1.0, accuracy=None):
+  sums = {"loss": (jnp.float32(loss * count), jnp.float32(count))}
+  if accuracy is not None:
+    sums["mlm_accuracy"] = (jnp.float32(accuracy * count), jnp.float32(count))
+  return sums
+
+
+def test_normalize_divides_and_skips_empty_metrics():
+  sums = {"loss": (jnp.float32(6.0), jnp.float32(3.0)), "nsp_accuracy": (jnp.float32(0.0), 0)}
+  assert metrics.normalize(sums) == {"loss": 2.0}
+
+
+def test_merge_adds_sums_and_counts():
+  merged = metrics.merge([_sums(1.0, count=1), _sums(4.0, count=3)])
+  assert merged == {"loss": (13.0, 4.0)}
+  assert metrics.normalize(merged) == {"loss": 13.0 / 4.0}
+
+
+def test_logger_writes_rows_one_step_late(tmp_path):
+  lr = lambda step: 0.1 * step
+  logger = metrics.MetricsLogger(tmp_path, num_steps=5, log_every=2, tokens_per_step=128,
+                                 learning_rate_fn=lr)
+  logger.train_step(1, _sums(2.0, accuracy=0.5))
+  logger.train_step(2, _sums(4.0, accuracy=1.0))
+  assert metrics.read_metrics(tmp_path) == []  # step 2 is not fetched until step 3 is handed over
+  logger.train_step(3, _sums(1.0))
+  assert [row["step"] for row in metrics.read_metrics(tmp_path)] == [2]
+  logger.train_step(4, _sums(1.0))
+  logger.train_step(5, _sums(7.0))
+  eval_row = logger.write_eval(5, [_sums(3.0, count=2), _sums(0.0, count=2)])
+  logger.close()
+
+  rows = metrics.read_metrics(tmp_path)
+  assert [(r["step"], r["split"]) for r in rows] == [(2, "train"), (4, "train"), (5, "eval"),
+                                                      (5, "train")]
+  first = rows[0]
+  assert first["loss"] == pytest.approx(3.0)  # mean over the window's steps 1 and 2
+  assert first["mlm_accuracy"] == pytest.approx(0.75)
+  assert first["learning_rate"] == pytest.approx(0.2)
+  assert first["step_time_s"] > 0
+  assert first["tokens_per_sec"] == pytest.approx(128 / first["step_time_s"])
+  assert "mlm_accuracy" not in rows[1]
+  assert eval_row == {"loss": 1.5} and rows[2]["loss"] == 1.5
+  assert metrics.read_metrics(tmp_path, "train")[-1]["loss"] == pytest.approx(7.0)
+  assert glob.glob(os.path.join(tmp_path, "tensorboard", "events.out.tfevents.*"))
+
+
+def test_resume_drops_rows_after_start_step(tmp_path):
+  with metrics.MetricsLogger(tmp_path, num_steps=6, log_every=1) as logger:
+    for step in range(1, 5):
+      logger.train_step(step, _sums(float(step)))
+  with open(os.path.join(tmp_path, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 5, "spl')  # torn line from a crash mid-write
+  with metrics.MetricsLogger(tmp_path, num_steps=6, log_every=1, start_step=2) as logger:
+    logger.train_step(3, _sums(30.0))
+  assert [(r["step"], r["loss"]) for r in metrics.read_metrics(tmp_path)] == [
+      (1, 1.0), (2, 2.0), (3, 30.0)]
+
+
+def test_log_every_must_be_positive(tmp_path):
+  with pytest.raises(ValueError, match="config.train.log_every=0"):
+    metrics.MetricsLogger(tmp_path, num_steps=5, log_every=0)

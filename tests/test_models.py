@@ -1,0 +1,199 @@
+"""BERT / GPT modules: configs, presets, packing, KV-cache decoding, partitioning metadata."""
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssl_jax.models import bert, config, decoding, gpt, layers
+
+ALLOWED_AXES = {'embed', 'mlp', 'heads', 'kv', 'vocab', 'layers', None}
+
+
+@pytest.fixture(autouse=True)
+def highest_precision():
+  with jax.default_matmul_precision('highest'):
+    yield
+
+
+def tiny(family, **kw):
+  """Smaller than the 'tiny' preset: these tests check wiring, compile time dominates."""
+  return dataclasses.replace(config.get_preset(family, 'tiny'), vocab_size=97, hidden_size=32,
+                             mlp_dim=64, max_length=32, **kw)
+
+
+def jit_apply(model, **kw):
+  return jax.jit(lambda params, *args: model.apply({'params': params}, *args, **kw))
+
+
+def num_params(model, *args):
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args))
+  return sum(np.prod(x.shape) for x in jax.tree.leaves(nn.unbox(shapes['params'])))
+
+
+# ------------------------------------------------------------------------------ configs
+def test_config_dict_round_trip_for_every_preset():
+  for family, presets in config.PRESETS.items():
+    for name, cfg in presets.items():
+      d = config.config_to_dict(cfg)
+      assert d['family'] == family, (family, name)
+      assert config.config_from_dict(d) == cfg
+
+
+@pytest.mark.parametrize('overrides,match', [
+    ({'family': 'bert', 'hiden_size': 64}, r"unknown model config key\(s\) \['hiden_size'\].*hidden_size"),
+    ({'family': 'bert', 'num_heads': 3}, 'num_heads=3'),
+    ({'family': 'gpt', 'activation': 'swish'}, "activation='swish'"),
+    ({'family': 'gpt', 'remat_policy': 'some'}, "remat_policy='some'"),
+    ({'family': 'bert', 'dtype': 'fp8'}, "dtype='fp8'"),
+    ({'family': 't5', 'activation': 'geglu'}, "activation='geglu'"),
+    ({'family': 'roberta'}, "family='roberta'"),
+])
+def test_config_from_dict_rejects_bad_values(overrides, match):
+  with pytest.raises(ValueError, match=match):
+    config.config_from_dict(overrides)
+
+
+def test_get_preset_unknown_name_lists_choices():
+  with pytest.raises(ValueError, match=r"'huge'.*\['base', 'large', 'small', 'tiny'\]"):
+    config.get_preset('bert', 'huge')
+
+
+@pytest.mark.parametrize('family,name,expected,model_cls', [
+    ('bert', 'base', 110e6, bert.BertForPreTraining),
+    ('gpt', 'small', 124e6, gpt.GPT),
+    ('gpt', 'medium', 355e6, gpt.GPT),
+])
+def test_preset_parameter_counts_match_published(family, name, expected, model_cls):
+  count = num_params(model_cls(config.get_preset(family, name)), jnp.ones((1, 8), jnp.int32))
+  assert abs(count - expected) / expected < 0.01, count
+
+
+# ------------------------------------------------------------------------------ metadata
+@pytest.mark.parametrize('scan_layers', [False, True])
+@pytest.mark.parametrize('family', ['bert', 'gpt'])
+def test_every_param_has_allowed_logical_axes(family, scan_layers):
+  cfg = tiny(family, scan_layers=scan_layers)
+  model = bert.BertForPreTraining(cfg) if family == 'bert' else gpt.GPT(cfg)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32)))
+  specs = nn.get_partition_spec(shapes['params'])
+  leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  params = jax.tree.leaves(nn.unbox(shapes['params']))
+  assert len(leaves) == len(params)
+  for spec, p in zip(leaves, params):
+    assert isinstance(spec, jax.sharding.PartitionSpec) and len(spec) == p.ndim, spec
+    assert set(spec) <= ALLOWED_AXES, spec
+    assert (spec[0] == 'layers') == (scan_layers and p.ndim > 1 and spec[0] == 'layers')
+
+
+# ------------------------------------------------------------------------------ behaviour
+@pytest.mark.parametrize('scan_layers', [False, True])
+def test_bert_packed_row_equals_segments_run_alone(scan_layers):
+  model = bert.BertForPreTraining(tiny('bert', scan_layers=scan_layers))
+  rng = np.random.default_rng(0)
+  a, b = rng.integers(5, 97, 6), rng.integers(5, 97, 4)
+  packed = np.concatenate([a, b, [0, 0]])[None]
+  seg = np.array([[1] * 6 + [2] * 4 + [0, 0]])
+  pos = np.array([list(range(6)) + list(range(4)) + [0, 0]])
+  types = np.array([[0, 0, 0, 1, 1, 1, 0, 0, 1, 1, 0, 0]])
+  params = model.init(jax.random.key(0), packed)['params']
+  apply = jit_apply(model)
+  out = apply(params, packed, types, seg, pos, None, np.array([[0, 6]]))
+  for start, toks, k in ((0, a, 0), (6, b, 1)):
+    n = len(toks)
+    alone = apply(params, toks[None], types[:, start:start + n])
+    np.testing.assert_allclose(out['mlm_logits'][:, start:start + n], alone['mlm_logits'],
+                               atol=1e-5)
+    np.testing.assert_allclose(out['sentence_logits'][:, k], alone['sentence_logits'],
+                               atol=1e-5)
+
+
+def test_bert_gathers_masked_positions():
+  model = bert.BertForPreTraining(tiny('bert'))
+  tokens = np.arange(1, 13)[None] % 97
+  params = model.init(jax.random.key(0), tokens)['params']
+  apply = jit_apply(model)
+  full = apply(params, tokens)['mlm_logits']
+  picked = apply(params, tokens, None, None, None, np.array([[3, 0, 7]]))
+  np.testing.assert_allclose(picked['mlm_logits'], full[:, [3, 0, 7]], atol=1e-5)
+
+
+@pytest.mark.parametrize('scan_layers', [False, True])
+def test_gpt_packed_row_equals_segments_run_alone(scan_layers):
+  model = gpt.GPT(tiny('gpt', scan_layers=scan_layers))
+  rng = np.random.default_rng(1)
+  a, b = rng.integers(1, 97, 5), rng.integers(1, 97, 6)
+  packed = np.concatenate([a, b, [0]])[None]
+  seg = np.array([[1] * 5 + [2] * 6 + [0]])
+  pos = np.array([list(range(5)) + list(range(6)) + [0]])
+  params = model.init(jax.random.key(0), packed)['params']
+  apply = jit_apply(model)
+  logits = apply(params, packed, seg, pos)
+  np.testing.assert_allclose(logits[:, :5], apply(params, a[None]), atol=1e-5)
+  np.testing.assert_allclose(logits[:, 5:11], apply(params, b[None]), atol=1e-5)
+
+
+@pytest.mark.parametrize('scan_layers', [False, True])
+def test_kv_cache_greedy_decoding_equals_full_forward(scan_layers):
+  model = gpt.GPT(tiny('gpt', scan_layers=scan_layers))
+  prompt = np.array([[5, 9, 13, 2], [7, 7, 1, 0]])
+  params = model.init(jax.random.key(0), prompt)['params']
+  lengths = np.array([4, 3])
+  out = np.asarray(decoding.generate(model, params, prompt, 6, prompt_lengths=lengths))
+  # Reference: re-run the whole (causal) model on the sequence so far at every step; the
+  # right padding of the fixed-size buffer cannot influence earlier positions.
+  apply, seqs = jit_apply(model), np.pad(prompt, ((0, 0), (0, 6)))
+  for t in range(3, 10):
+    next_tokens = np.argmax(apply(params, seqs)[:, t - 1], axis=-1)
+    seqs[:, t] = np.where(t < lengths, seqs[:, t], next_tokens)
+  np.testing.assert_array_equal(out, seqs)
+
+
+def test_sampling_respects_top_k_and_seed():
+  model = gpt.GPT(tiny('gpt'))
+  prompt = np.array([[3, 4]])
+  params = model.init(jax.random.key(0), prompt)['params']
+  kw = dict(rng=jax.random.key(3), temperature=1.0, top_k=1)
+  top1 = decoding.generate(model, params, prompt, 5, **kw)
+  np.testing.assert_array_equal(top1, decoding.generate(model, params, prompt, 5))
+  sampled = [decoding.generate(model, params, prompt, 5, rng=jax.random.key(s),
+                               temperature=2.0) for s in (1, 1, 2)]
+  np.testing.assert_array_equal(sampled[0], sampled[1])
+  with pytest.raises(ValueError, match='max_length=32'):
+    decoding.generate(model, params, prompt, 31)
+
+
+@pytest.mark.parametrize('scan_layers', [False, True])
+def test_layer_outputs_are_sown_as_one_stacked_array(scan_layers):
+  cfg = tiny('bert', scan_layers=scan_layers)
+  model = bert.BertModel(cfg)
+  tokens = np.ones((2, 7), np.int32)
+  variables = model.init(jax.random.key(0), tokens)
+  out, state = jax.jit(lambda v, t: model.apply(v, t, mutable=['intermediates']))(
+      variables, tokens)
+  hs = layers.hidden_states(state['intermediates'], 'encoder')
+  assert hs.shape == (cfg.num_layers, 2, 7, cfg.hidden_size)
+  np.testing.assert_allclose(hs[-1], out['hidden'], atol=1e-6)
+
+
+@pytest.mark.parametrize('remat_policy', ['full', 'dots'])
+def test_remat_and_scan_do_not_change_the_function(remat_policy):
+  tokens = np.arange(10)[None] % 97 + 1
+  base = gpt.GPT(tiny('gpt'))
+  params = base.init(jax.random.key(0), tokens)['params']
+  variant = gpt.GPT(tiny('gpt', scan_layers=True, remat_policy=remat_policy))
+  loss = lambda m, p: m.apply({'params': p}, tokens, deterministic=False,  # noqa: E731
+                              rngs={'dropout': jax.random.key(1)}).mean()
+  stacked = layers.stack_layer_params(nn.unbox(params))
+  np.testing.assert_allclose(jit_apply(base)(params, tokens),
+                             jit_apply(variant)(stacked, tokens), atol=1e-5)
+  grads = jax.jit(jax.grad(lambda p: loss(variant, p)))(stacked)
+  assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+
+
+def test_vocab_size_minus_one_must_be_resolved_before_building():
+  model = gpt.GPT(dataclasses.replace(config.get_preset('gpt', 'tiny'), vocab_size=-1))
+  with pytest.raises(ValueError, match='vocab_size'):
+    model.init(jax.random.key(0), np.ones((1, 4), np.int32))

@@ -1,0 +1,316 @@
+"""Multi-host for real: several local processes joined by jax.distributed (gloo on CPU).
+
+The slow tests run `ssl-jax train` through `launch/local.py` as 2 processes x 4 CPU devices and
+as 1 process x 8, and compare `metrics.jsonl`: per-step losses, resuming across a change of
+process count, and what happens when a process dies. The fast ones check the launchers and the
+flag handling without starting a job.
+"""
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from ssl_jax import distributed
+from ssl_jax.data import shards
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH = os.path.join(REPO, "launch")
+STEPS = 6
+# Small enough for 2 cores; log every step, save at step 3 and 6, no eval.
+TRAIN_FLAGS = (f"--config.train.num_steps={STEPS}", "--config.train.log_every=1",
+               "--config.train.save_every=3", "--config.train.eval_steps=0",
+               "--config.train.global_batch_size=16", "--config.data.corpus.num_documents=400",
+               "--config.data.shuffle_buffer=64", "--config.optim.warmup_steps=2")
+
+
+def _launcher():
+  spec = importlib.util.spec_from_file_location("local_launcher", os.path.join(LAUNCH, "local.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _clean_env():
+  """This environment without the 8-device XLA flag of conftest (the launcher sets its own)."""
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\S+", "",
+                            env.get("XLA_FLAGS", "")).strip()
+  return env
+
+
+def launch(workdir, name: str, processes: int, devices: int, *extra: str):
+  """Runs `ssl-jax train` for configs/<name>.py:tiny as processes x devices; returns train rows."""
+  command = [sys.executable, os.path.join(LAUNCH, "local.py"), f"--num_processes={processes}",
+             f"--devices_per_process={devices}", "--", sys.executable, "-m", "ssl_jax.main",
+             "train", f"--config=configs/{name}.py:tiny", f"--workdir={workdir}",
+             "--heartbeat_timeout_s=20", *TRAIN_FLAGS, *extra]
+  start = time.monotonic()
+  result = subprocess.run(command, cwd=REPO, env=_clean_env(), capture_output=True, text=True,
+                          timeout=900)
+  print(f"{name} {processes}x{devices} {' '.join(extra)}: {time.monotonic() - start:.0f} s")
+  assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+  return train_losses(workdir)
+
+
+def train_losses(workdir) -> dict:
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+
+
+def assert_same_losses(a: dict, b: dict, steps) -> None:
+  steps = list(steps)
+  got, want = [a[s] for s in steps], [b[s] for s in steps]
+  np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=f"steps {steps}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast: launchers and flags.
+
+
+def test_every_launcher_has_help():
+  for script in ("local.py", "tpu_pod.py"):
+    out = subprocess.run([sys.executable, os.path.join(LAUNCH, script), "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "usage:" in out
+  for action in ("create", "setup", "run", "logs", "stop", "delete"):
+    out = subprocess.run([sys.executable, os.path.join(LAUNCH, "tpu_pod.py"), action, "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "--dry_run" in out and "--zone" in out
+  out = subprocess.run(["bash", os.path.join(LAUNCH, "slurm_gpu.sbatch"), "--help"],
+                       capture_output=True, text=True, check=True).stdout
+  assert "sbatch launch/slurm_gpu.sbatch" in out and "--ntasks-per-node=1" in out
+
+
+def test_tpu_pod_dry_run_prints_the_exact_gcloud_commands():
+  def dry_run(*args):
+    return subprocess.run(
+        [sys.executable, os.path.join(LAUNCH, "tpu_pod.py"), *args, "--name=bert",
+         "--zone=us-central2-b", "--project=proj", "--dry_run"],
+        capture_output=True, text=True, check=True).stdout.splitlines()
+
+  tpu = "gcloud compute tpus tpu-vm"
+  where = "--zone=us-central2-b --project=proj"
+  assert dry_run("create") == [
+      f"{tpu} create bert {where} --accelerator-type=v4-32 --version=tpu-ubuntu2204-base"]
+  assert dry_run("delete") == [f"{tpu} delete bert {where} --quiet"]
+  assert dry_run("logs") == [
+      f"{tpu} ssh bert {where} --worker=0 '--command=tail -n 100 -F ~/ssl_jax_logs/bert.log'"]
+  setup = dry_run("setup")
+  assert setup[1] == f"{tpu} scp {REPO}/. 'bert:~/ssl_jax' {where} --worker=all --recurse"
+  assert "--worker=all" in setup[2] and "pip install -e ~/ssl_jax" in setup[2]
+  run = subprocess.run(
+      [sys.executable, os.path.join(LAUNCH, "tpu_pod.py"), "run", "--name=bert",
+       "--zone=us-central2-b", "--dry_run", "--", "ssl-jax", "train",
+       "--config=configs/bert.py:base", "--workdir=gs://b/run"],
+      capture_output=True, text=True, check=True).stdout.splitlines()
+  assert run == [
+      f"{tpu} ssh bert --zone=us-central2-b --worker=all '--command=mkdir -p ~/ssl_jax_logs && "
+      "cd ~/ssl_jax && nohup ssl-jax train --config=configs/bert.py:base --workdir=gs://b/run "
+      "> ~/ssl_jax_logs/bert.log 2>&1 < /dev/null & echo $! > ~/ssl_jax_logs/bert.pid'"]
+
+
+def test_slurm_script_sets_the_coordinator_from_slurm_variables(tmp_path):
+  # Stand-ins for SLURM's tools: scontrol expands the node list, srun runs every task in turn.
+  (tmp_path / "scontrol").write_text("#!/bin/bash\necho gpu-node-07\necho gpu-node-08\n")
+  (tmp_path / "srun").write_text(
+      "#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\n"
+      "for ((i=0; i<SLURM_NTASKS; i++)); do SLURM_PROCID=$i \"$@\"; done\n")
+  for tool in ("scontrol", "srun"):
+    os.chmod(tmp_path / tool, 0o755)
+  env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", SLURM_JOB_ID="4242",
+             SLURM_JOB_NODELIST="gpu-node-[07-08]", SLURM_NTASKS="2", SLURM_JOB_NUM_NODES="2",
+             SLURM_NTASKS_PER_NODE="1(x2)", SLURM_GPUS_ON_NODE="4")
+  out = subprocess.run(
+      ["bash", os.path.join(LAUNCH, "slurm_gpu.sbatch"), "bash", "-c",
+       'echo "$JAX_LOCAL_DEVICE_IDS $*"', "task"],
+      env=env, capture_output=True, text=True, check=True).stdout.splitlines()
+  port = 20000 + 4242 % 20000
+  assert out[1:] == [
+      f"0,1,2,3 --coordinator_address=gpu-node-07:{port} --num_processes=2 --process_id={i}"
+      for i in range(2)]
+
+
+def test_local_launcher_prefixes_output_and_stops_the_others_when_one_fails():
+  # Process 1 fails at once; process 0 would sleep for a minute unless the launcher stops it.
+  script = ("import sys, time; print('hello from', sys.argv[-1]); "
+            "sys.exit(3) if sys.argv[-1] == '--process_id=1' else time.sleep(60)")
+  start = time.monotonic()
+  result = subprocess.run(
+      [sys.executable, os.path.join(LAUNCH, "local.py"), "-n", "2", "-m", "1", "--kill_after_s=5",
+       "--", sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+  assert result.returncode == 3
+  assert time.monotonic() - start < 20
+  assert "[p0] hello from --process_id=0" in result.stdout
+  assert "[p1] hello from --process_id=1" in result.stdout
+  assert "[local] job failed: process 1 exited with status 3" in result.stdout
+
+
+def test_local_launcher_gives_each_process_its_devices_and_flags():
+  local = _launcher()
+  env = local.process_env(4, base={"XLA_FLAGS": "--xla_foo --xla_force_host_platform_device_count=8"})
+  assert env["XLA_FLAGS"] == "--xla_foo --xla_force_host_platform_device_count=4"
+  assert env["JAX_CPU_COLLECTIVES_IMPLEMENTATION"] == "gloo"
+  assert local.process_command(["ssl-jax", "train"], "127.0.0.1:1234", 2, 1) == [
+      "ssl-jax", "train", "--coordinator_address=127.0.0.1:1234", "--num_processes=2",
+      "--process_id=1"]
+
+
+def test_initialize_explains_incomplete_or_wrong_flags():
+  with pytest.raises(ValueError, match="--coordinator_address, --process_id missing"):
+    distributed.initialize(num_processes=2)
+  with pytest.raises(ValueError, match=r"--process_id=2 is not in \[0, --num_processes=2\)"):
+    distributed.initialize("127.0.0.1:1234", 2, 2)
+  with pytest.raises(ValueError, match="is not HOST:PORT"):
+    distributed.initialize("localhost", 2, 0)
+  assert distributed.initialize(num_processes=1) is False  # single process: nothing to join
+
+
+def test_cluster_detection(monkeypatch):
+  for var in list(os.environ):
+    if var.startswith(("SLURM_", "OMPI_", "TPU_")):
+      monkeypatch.delenv(var)
+  slurm = dict(SLURM_JOB_ID="1", SLURM_STEP_NODELIST="n1", SLURM_NTASKS="4", SLURM_PROCID="0",
+               SLURM_LOCALID="0")
+  for var, value in slurm.items():
+    monkeypatch.setenv(var, value)
+  if distributed.detect_cluster() != "tpu":  # (a TPU VM would win the tie below)
+    assert distributed.detect_cluster() == "slurm"
+    # The batch script itself (a one-task step of a 4-task allocation) is not the job.
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")
+    assert distributed.detect_cluster() is None
+
+
+def test_shards_for_rows():
+  # Process rows -> (shard, rows within the shard's batch); global batch 16.
+  assert shards.shards_for_rows(0, 16, 2, 16) == [(0, 0, 8), (1, 0, 8)]  # 1 process, 2 shards
+  assert shards.shards_for_rows(8, 16, 2, 16) == [(1, 0, 8)]  # process 1 of 2, its own shard
+  assert shards.shards_for_rows(8, 16, 1, 16) == [(0, 8, 16)]  # 2 processes share 1 shard
+  assert shards.shards_for_rows(4, 12, 2, 16) == [(0, 4, 8), (1, 0, 4)]  # straddles two
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow: real multi-process jobs through the CLI.
+
+
+@pytest.fixture(scope="module")
+def bert_runs(tmp_path_factory):
+  """BERT tiny as 2 processes x 4 devices (2 shards by default) and as 1 x 8 with 2 shards."""
+  root = tmp_path_factory.mktemp("bert")
+  two = launch(root / "2x4", "bert", 2, 4)
+  one = launch(root / "1x8", "bert", 1, 8, "--config.data.num_shards=2")
+  return root, two, one
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_bert(bert_runs):
+  _, two, one = bert_runs
+  assert sorted(two) == list(range(1, STEPS + 1))
+  assert len(set(np.round(list(one.values()), 4))) > 1  # the losses move: not a vacuous match
+  assert_same_losses(two, one, range(1, STEPS + 1))
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_t5(tmp_path):
+  two = launch(tmp_path / "2x4", "t5", 2, 4)
+  one = launch(tmp_path / "1x8", "t5", 1, 8, "--config.data.num_shards=2")
+  assert_same_losses(two, one, range(1, STEPS + 1))
+
+
+def _restart_from_step_3(workdir, copy_to):
+  """A copy of `workdir` as it was after step 3 (the step-6 checkpoint removed)."""
+  shutil.copytree(workdir, copy_to)
+  shutil.rmtree(os.path.join(copy_to, "checkpoints", str(STEPS)))
+  return copy_to
+
+
+@pytest.mark.slow
+def test_checkpoint_of_two_processes_continues_on_one(bert_runs, tmp_path):
+  root, two, _ = bert_runs
+  workdir = _restart_from_step_3(root / "2x4", tmp_path / "resumed")
+  resumed = launch(workdir, "bert", 1, 8)  # num_shards 0: follows the checkpoint's 2 shards
+  assert sorted(resumed) == list(range(1, STEPS + 1))
+  assert_same_losses(resumed, two, range(4, STEPS + 1))
+
+
+@pytest.mark.slow
+def test_checkpoint_of_one_process_continues_on_two(tmp_path):
+  one = launch(tmp_path / "1x8", "bert", 1, 8)  # one shard: its own stream
+  workdir = _restart_from_step_3(tmp_path / "1x8", tmp_path / "resumed")
+  resumed = launch(workdir, "bert", 2, 4)  # both processes read the one shard, half each
+  assert_same_losses(resumed, one, range(4, STEPS + 1))
+
+
+@pytest.mark.slow
+def test_restoring_with_another_shard_count_is_an_error(bert_runs):
+  root, _, _ = bert_runs
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  try:
+    config = __import__("bert").get_config("tiny")
+  finally:
+    sys.path.pop(0)
+  config.train.global_batch_size = 16
+  config.data.corpus.num_documents = 400
+  config.data.num_shards = 4
+  it = shards.ShardedIterator(config, "train", None)
+  with pytest.raises(ValueError, match=r"config.data.num_shards=4, but the checkpoint's data "
+                     r"stream has 2 shards; set config.data.num_shards=2"):
+    it.restore(root / "2x4" / "checkpoints" / "3" / "data_iter")
+
+
+def _start_job(workdir, heartbeat_timeout_s: int):
+  """2 processes x 4 devices of a long BERT run, started directly (no launcher to stop them)."""
+  local = _launcher()
+  address = f"127.0.0.1:{local.free_port()}"
+  env = local.process_env(4, base=_clean_env())
+  command = [sys.executable, "-m", "ssl_jax.main", "train", "--config=configs/bert.py:tiny",
+             f"--workdir={workdir}", f"--heartbeat_timeout_s={heartbeat_timeout_s}",
+             *TRAIN_FLAGS, "--config.train.num_steps=100000", "--config.train.save_every=100000"]
+  procs, outputs = [], []
+  for i in range(2):
+    proc = subprocess.Popen(local.process_command(command, address, 2, i), cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    threading.Thread(target=lambda p=proc, out=lines: out.extend(iter(p.stdout.readline, "")),
+                     daemon=True).start()
+    procs.append(proc)
+    outputs.append(lines)
+  return procs, outputs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", [1, 0])
+def test_killing_a_process_ends_the_others(tmp_path, victim):
+  heartbeat_timeout_s = 10
+  procs, outputs = _start_job(tmp_path / "run", heartbeat_timeout_s)
+  survivor = 1 - victim
+  try:
+    deadline = time.monotonic() + 600
+    while not any("step 3/" in line for line in outputs[victim]):  # training is under way
+      assert time.monotonic() < deadline and procs[victim].poll() is None, "".join(
+          outputs[victim][-50:])
+      time.sleep(0.5)
+    os.kill(procs[victim].pid, signal.SIGKILL)
+    killed = time.monotonic()
+    returncode = procs[survivor].wait(timeout=heartbeat_timeout_s + 60)
+    elapsed = time.monotonic() - killed
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+  print(f"process {survivor} exited {elapsed:.1f} s after process {victim} was killed")
+  assert returncode != 0
+  log = "".join(outputs[survivor])
+  if victim == 1:  # the coordinator names the silent process
+    assert re.search(r"tasks are unhealthy \(stopped sending heartbeats\):\s*1\b", log), log[-3000:]
+  else:  # the coordinator itself is gone
+    assert "leader task was preempted/died" in log, log[-3000:]

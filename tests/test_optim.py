@@ -1,0 +1,94 @@
+"""Schedules, the weight-decay mask, clipping and config validation of the AdamW optimizer."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ssl_jax import optim
+
+BASE = dict(learning_rate=1e-3, warmup_steps=10, schedule="linear", weight_decay=0.0, b1=0.9,
+            b2=0.999, eps=1e-8, grad_clip_norm=0.0)
+
+
+def _cfg(**overrides):
+  return {**BASE, **overrides}
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    # step:           0    5       10     55                 100
+    ("linear", {0: 0.0, 5: 5e-4, 10: 1e-3, 55: 5e-4, 100: 0.0}),
+    ("cosine", {0: 0.0, 5: 5e-4, 10: 1e-3, 55: 5e-4, 100: 0.0}),
+    ("constant", {0: 0.0, 5: 5e-4, 10: 1e-3, 55: 1e-3, 100: 1e-3}),
+    ("inverse_sqrt", {0: 0.0, 5: 5e-4, 10: 1e-3, 40: 5e-4, 90: 1e-3 / 3}),
+])
+def test_schedule_values(schedule, expected):
+  _, lr = optim.make_optimizer(_cfg(schedule=schedule), num_steps=100)
+  for step, value in expected.items():
+    np.testing.assert_allclose(float(lr(step)), value, atol=1e-9, err_msg=f"step {step}")
+
+
+def test_no_warmup_starts_at_peak():
+  _, lr = optim.make_optimizer(_cfg(warmup_steps=0, schedule="cosine"), num_steps=100)
+  np.testing.assert_allclose(float(lr(0)), 1e-3)
+  _, lr = optim.make_optimizer(_cfg(warmup_steps=0, schedule="inverse_sqrt"), num_steps=100)
+  np.testing.assert_allclose([float(lr(0)), float(lr(4))], [1e-3, 5e-4])
+  assert optim.learning_rate_at(lr, 4) == pytest.approx(5e-4)
+
+
+def test_decay_mask_skips_biases_norm_scales_and_vectors():
+  params = {
+      "dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones((3,))},
+      "layer_norm": {"scale": jnp.ones((3,)), "bias": jnp.ones((3,))},
+      "embedding": jnp.ones((10, 3)),
+      # scan_layers stacks per-layer params: still no decay on the [layers, features] ones.
+      "scanned": {"kernel": jnp.ones((2, 4, 3)), "bias": jnp.ones((2, 3)),
+                  "scale": jnp.ones((2, 3))},
+      "temperature": jnp.ones(()),
+  }
+  assert optim.decay_mask(params) == {
+      "dense": {"kernel": True, "bias": False},
+      "layer_norm": {"scale": False, "bias": False},
+      "embedding": True,
+      "scanned": {"kernel": True, "bias": False, "scale": False},
+      "temperature": False,
+  }
+
+
+def test_weight_decay_applies_to_kernels_only():
+  tx, _ = optim.make_optimizer(_cfg(weight_decay=0.1, warmup_steps=0, schedule="constant"),
+                               num_steps=10)
+  params = {"kernel": jnp.full((2, 2), 2.0), "bias": jnp.full((2,), 2.0)}
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  np.testing.assert_allclose(updates["kernel"], -1e-3 * 0.1 * 2.0, rtol=1e-6)  # -lr * wd * p
+  np.testing.assert_array_equal(updates["bias"], 0.0)
+
+
+def test_global_norm_clipping():
+  params = {"w": jnp.zeros((4, 4)), "b": jnp.zeros((4,))}
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 100.0), params)
+  for clip, expected_norm in [(1.0, 1.0), (0.0, float(optax.global_norm(grads)))]:
+    tx, _ = optim.make_optimizer(_cfg(grad_clip_norm=clip), num_steps=10)
+    _, state = tx.update(grads, tx.init(params), params)
+    adam = next(s for s in jax.tree.leaves(state, is_leaf=lambda s: hasattr(s, "mu"))
+                if hasattr(s, "mu"))
+    # Adam's first moment after one step is (1 - b1) * (clipped) gradient.
+    np.testing.assert_allclose(float(optax.global_norm(adam.mu)), 0.1 * expected_norm,
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("overrides, num_steps, match", [
+    (dict(learning_rate=0.0), 10, r"config.optim.learning_rate=0.0 must be > 0"),
+    (dict(schedule="step"), 10, r"config.optim.schedule='step' is unknown.*'cosine'"),
+    (dict(warmup_steps=20), 10, r"config.optim.warmup_steps=20 must be between 0 and "
+                                r"config.train.num_steps=10"),
+    (dict(weight_decay=-1.0), 10, r"config.optim.weight_decay=-1.0 must be >= 0"),
+    (dict(b2=1.0), 10, r"config.optim.b2=1.0 must be in \[0, 1\)"),
+    (dict(eps=0.0), 10, r"config.optim.eps=0.0 must be > 0"),
+    (dict(grad_clip_norm=-1.0), 10, r"config.optim.grad_clip_norm=-1.0 must be >= 0"),
+    ({}, 0, r"config.train.num_steps=0 must be positive"),
+])
+def test_invalid_settings_are_named(overrides, num_steps, match):
+  with pytest.raises(ValueError, match=match):
+    optim.make_optimizer(_cfg(**overrides), num_steps=num_steps)

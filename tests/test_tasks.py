@@ -1,0 +1,163 @@
+"""seqio tasks: every objective over the default corpus, text files, TFDS (mocked) and mixtures."""
+import importlib
+
+import pytest
+import seqio
+import tensorflow_datasets as tfds
+
+from ssl_jax.data import corpora
+from ssl_jax.data import tasks
+from ssl_jax.data import vocabularies
+
+_FAMILY = {"mlm": "bert", "causal_lm": "gpt", "span_corruption": "t5", "denoising": "bart"}
+
+
+def tiny_config(objective, **data):
+  config = importlib.import_module(f"configs.{_FAMILY[objective]}").get_config("tiny")
+  config.data.corpus.num_documents = 64
+  config.data.sequence_length = 64
+  config.data.shuffle_buffer = 16
+  config.data.update(data)
+  return config
+
+
+def _examples(config, split="validation", n=8):
+  task = tasks.get_task(config)
+  lengths = {k: v for k, v in tasks.task_feature_lengths(config).items() if k != "sentence_label"}
+  ds = task.get_dataset(lengths, split=split, shuffle=False, num_epochs=1, try_in_mem_cache=False)
+  return list(ds.take(n).as_numpy_iterator())
+
+
+@pytest.mark.parametrize("objective,features", [
+    ("mlm", {"input_tokens", "token_type_ids", "masked_positions", "masked_targets", "masked_weights",
+             "masked_kinds", "sentence_label"}),
+    ("causal_lm", {"targets"}),
+    ("span_corruption", {"inputs", "targets"}),
+    ("denoising", {"inputs", "targets"}),
+])
+def test_each_objective_yields_its_features_over_the_default_corpus(objective, features):
+  config = tiny_config(objective)
+  lengths = tasks.task_feature_lengths(config)
+  examples = _examples(config)
+  assert len(examples) == 8
+  vocab = vocabularies.get_vocabulary(config.data.vocab)
+  for ex in examples:
+    assert features <= set(ex)
+    for name in features - {"sentence_label"}:
+      assert 0 < len(ex[name]) <= lengths[name], name
+    for name in features & {"inputs", "targets", "input_tokens", "masked_targets"}:
+      assert ex[name].max() < vocab.vocab_size and vocab.unk_id not in ex[name]
+  if objective == "causal_lm":  # documents become tokens + EOS, cut at the sequence length
+    first = corpora.generate_document(config.data.corpus.num_documents, config.data.corpus.seed)
+    text = " ".join(corpora.sentence_text(s) for s in first).lower()
+    assert vocab.decode(examples[0]["targets"]).startswith(text[:40].replace(".", " .").replace(",", " ,"))
+
+
+def test_task_is_registered_once_per_setting():
+  config = tiny_config("causal_lm")
+  task = tasks.get_task(config)
+  assert tasks.get_task(tiny_config("causal_lm")) is task
+  assert seqio.get_mixture_or_task(task.name) is task
+  assert tasks.get_task(tiny_config("causal_lm", seed=1)).name != task.name
+
+
+def test_corpus_splits_are_disjoint_document_ranges():
+  config = tiny_config("causal_lm")
+  train = list(tasks.document_dataset(config, "train").as_numpy_iterator())
+  validation = list(tasks.document_dataset(config, "validation").as_numpy_iterator())
+  assert [d["doc_index"] for d in train] == list(range(64))
+  assert [d["doc_index"] for d in validation] == list(range(64, 64 + 16))
+  expected = [corpora.sentence_text(s).encode() for s in corpora.generate_document(64, 0)]
+  assert list(validation[0]["sentences"]) == expected
+
+
+def test_train_stream_is_endless_with_a_new_permutation_and_doc_index_each_epoch():
+  config = tiny_config("causal_lm")
+  source = tasks.get_task(config).source
+  docs = list(source.get_dataset("train", shuffle=True, seed=3).take(128).as_numpy_iterator())
+  first, second = [d["doc_index"] for d in docs[:64]], [d["doc_index"] for d in docs[64:]]
+  assert sorted(first) == list(range(64)) and sorted(second) == list(range(64, 128))
+  assert [i - 64 for i in second] != first
+
+
+_TEXT = """The first document has a sentence. It has a second one! And a third?
+
+Line one of document two
+line two of document two
+
+
+Third document. With two sentences.
+"""
+
+
+def test_text_files_source(tmp_path):
+  path = tmp_path / "corpus.txt"
+  path.write_text(_TEXT)
+  config = tiny_config("causal_lm", source="text_files", text_files=str(path))
+  train = list(tasks.document_dataset(config, "train").as_numpy_iterator())
+  assert [list(d["sentences"]) for d in train] == [
+      [b"The first document has a sentence.", b"It has a second one!", b"And a third?"],
+      [b"Line one of document two", b"line two of document two"]]
+  validation = list(tasks.document_dataset(config, "validation").as_numpy_iterator())
+  assert [list(d["sentences"]) for d in validation] == [[b"Third document.", b"With two sentences."]]
+  for objective in ("causal_lm", "mlm"):
+    examples = _examples(tiny_config(objective, source="text_files", text_files=str(path)), "train", 4)
+    assert len(examples) == 4
+
+
+def test_text_files_errors(tmp_path):
+  missing = str(tmp_path / "missing.txt")
+  with pytest.raises(FileNotFoundError, match="config.data.text_files"):
+    tasks.get_task(tiny_config("causal_lm", source="text_files", text_files=missing))
+  empty = tmp_path / "empty.txt"
+  empty.write_text("\n  \n")
+  with pytest.raises(ValueError, match="config.data.text_files"):
+    tasks.document_dataset(tiny_config("causal_lm", source="text_files", text_files=str(empty)), "train")
+
+
+def test_tfds_source_with_mock_data():
+  config = tiny_config("span_corruption", source="tfds", tfds_name="c4/en:3.1.0")
+  task = tasks.get_task(config)
+  assert isinstance(task.source, seqio.TfdsDataSource)
+  with tfds.testing.mock_data(num_examples=6):
+    examples = _examples(config, "train", 4)
+    docs = list(tasks.document_dataset(config, "validation").take(2).as_numpy_iterator())
+  assert len(examples) == 4 and all(len(ex["inputs"]) > 0 for ex in examples)
+  assert len(docs) == 2 and docs[0]["text"] and docs[0]["doc_index"] != docs[1]["doc_index"]
+  with pytest.raises(ValueError, match="config.data.tfds_name.*version"):
+    tasks.get_task(tiny_config("causal_lm", source="tfds", tfds_name="wikipedia/20230601.en"))
+
+
+def test_mixture_of_sources(tmp_path):
+  path = tmp_path / "corpus.txt"
+  path.write_text(_TEXT)
+  config = tiny_config("causal_lm", text_files=str(path), mixture="default_corpus:3,text_files:1")
+  mixture = tasks.get_mixture_or_task(config)
+  assert isinstance(mixture, seqio.Mixture)
+  assert sorted(mixture.get_rate(t) for t in mixture.tasks) == [1.0, 3.0]
+  assert tasks.get_mixture_or_task(config) is mixture
+  ds = mixture.get_dataset({"targets": 64}, split="train", shuffle=True, seed=0, try_in_mem_cache=False)
+  assert len(list(ds.take(6).as_numpy_iterator())) == 6
+  with pytest.raises(ValueError, match="config.data.mixture"):
+    tasks.get_mixture_or_task(tiny_config("causal_lm", mixture="default_corpus"))
+
+
+def test_errors_name_the_setting():
+  config = tiny_config("causal_lm")
+  config.objective = "electra"
+  with pytest.raises(ValueError, match="config.objective"):
+    tasks.get_task(config)
+  with pytest.raises(ValueError, match="config.data.source"):
+    tasks.get_task(tiny_config("causal_lm", source="s3"))
+  with pytest.raises(ValueError, match="config.data.sequence_length"):
+    tasks.get_task(tiny_config("mlm", sequence_length=4))
+  byte_vocab = tiny_config("mlm")
+  byte_vocab.data.vocab.kind = "byte"
+  with pytest.raises(ValueError, match="cls"):
+    tasks.get_task(byte_vocab)
+  no_sentinels = tiny_config("span_corruption")
+  no_sentinels.data.vocab.extra_ids = 0
+  with pytest.raises(ValueError, match="extra_ids"):
+    tasks.get_task(no_sentinels)
+  with pytest.raises(ValueError, match="config.data.targets_length"):
+    tasks.get_task(tiny_config("span_corruption", targets_length=4))

