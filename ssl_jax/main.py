@@ -51,6 +51,9 @@ def main(argv):
     raise app.UsageError(f"usage: ssl-jax {{{'|'.join(COMMANDS)}}} [flags]; see --help.")
   command = argv[1]
   logging.set_verbosity(logging.INFO)
+  # Orbax narrates every save at INFO; keep its warnings and errors only.
+  logging.get_absl_handler().addFilter(
+      lambda record: record.levelno >= logging.WARNING or "/orbax/" not in record.pathname)
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                          heartbeat_timeout_s=_HEARTBEAT.value)
   with distributed.fail_fast():

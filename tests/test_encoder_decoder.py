@@ -183,7 +183,9 @@ def _every_param_axis_is_logical(params):
 
 @pytest.mark.parametrize('family, scan_layers', [('t5', True), ('bart', False)])
 def test_kv_cache_greedy_and_beam_search(family, scan_layers):
-  cfg = _tiny(family, scan_layers=scan_layers, initializer_range=0.5)
+  # BART's tied head at random init mostly echoes the input token; an untied head does not.
+  cfg = _tiny(family, scan_layers=scan_layers, initializer_range=0.2,
+              tie_word_embeddings=False)
   model = EncoderDecoder(cfg)
   max_decode_len = 6
   enc, _, enc_mask, _ = _inputs(seed=3)

@@ -86,6 +86,21 @@ def safe_denominator(count):
   return jnp.maximum(count, 1.0)
 
 
+def segment_ids(batch, name: str, tokens_name: str):
+  """`batch[name]`, or, for unpacked seqio batches (which carry no segment ids), 1 on real tokens
+  of `batch[tokens_name]` and 0 on padding (seqio pads with id 0)."""
+  if name in batch:
+    return batch[name]
+  return (batch[tokens_name] != 0).astype(jnp.int32)
+
+
+def positions(batch, name: str, like: jax.Array):
+  """`batch[name]`, or 0, 1, 2, ... for unpacked batches."""
+  if name in batch:
+    return batch[name]
+  return jnp.broadcast_to(jnp.arange(like.shape[-1], dtype=jnp.int32), like.shape)
+
+
 def decoder_denominators(batch):
   """Loss denominator of seqio LM and encoder-decoder batches: the number of target tokens."""
   return {"token": batch["decoder_loss_weights"].sum()}

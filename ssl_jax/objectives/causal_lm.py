@@ -8,8 +8,12 @@ from ssl_jax.models import gpt
 
 
 def model_inputs(batch):
-  return dict(tokens=batch["decoder_input_tokens"], segment_ids=batch["decoder_segment_ids"],
-              positions=batch["decoder_positions"])
+  tokens = batch["decoder_input_tokens"]
+  return dict(
+      tokens=tokens,
+      # Unpacked: the first input token is BOS (id 0), so real positions come from the targets.
+      segment_ids=objectives.segment_ids(batch, "decoder_segment_ids", "decoder_target_tokens"),
+      positions=objectives.positions(batch, "decoder_positions", tokens))
 
 
 OBJECTIVE = objectives.Objective(

@@ -7,12 +7,17 @@ Batches follow `seqio.EncDecFeatureConverter` (packed or not): `encoder_input_to
 from ssl_jax import objectives
 from ssl_jax.models import encoder_decoder
 
-_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "encoder_segment_ids",
-           "decoder_segment_ids", "encoder_positions", "decoder_positions")
-
-
 def model_inputs(batch):
-  return {name: batch[name] for name in _INPUTS}
+  encoder, decoder = batch["encoder_input_tokens"], batch["decoder_input_tokens"]
+  return dict(
+      encoder_input_tokens=encoder, decoder_input_tokens=decoder,
+      encoder_segment_ids=objectives.segment_ids(batch, "encoder_segment_ids",
+                                                 "encoder_input_tokens"),
+      # Unpacked: the first decoder input is BOS (id 0), so real positions come from the targets.
+      decoder_segment_ids=objectives.segment_ids(batch, "decoder_segment_ids",
+                                                 "decoder_target_tokens"),
+      encoder_positions=objectives.positions(batch, "encoder_positions", encoder),
+      decoder_positions=objectives.positions(batch, "decoder_positions", decoder))
 
 
 OBJECTIVE = objectives.Objective(
