@@ -1,9 +1,16 @@
 """Orbax checkpoints of a run: `{state, data_iter, config}` under `<workdir>/checkpoints/<step>/`.
 
+    manager = checkpointing.make_manager(workdir, config.train)
+    checkpointing.save(manager, step, state, data_iter, config)          # returns at once
+    state = checkpointing.restore(manager, manager.latest_step(), layout.abstract,
+                                  layout.shardings, data_iter)
+
 Saves are asynchronous (the train step goes on while arrays are written) and atomic (Orbax writes to
-a temporary directory and renames it when every item and process is done), so `latest_step()` never
-names an incomplete checkpoint. `state` restores into the *target* shardings of the current mesh, so a
-checkpoint written on one mesh or device count restores on another.
+`<step>.orbax-checkpoint-tmp-*` and renames it to `<step>` when every item and process is done), so
+`latest_step()` never names an incomplete checkpoint, whenever the process dies. `state` restores
+into the *target* shardings of the current mesh, so a checkpoint written on one mesh or device
+count restores on another. The data position is saved in the blocking part of a save, i.e. at the
+step being saved, not later.
 """
 import contextlib
 import dataclasses
@@ -20,7 +27,11 @@ from etils import epath
 
 
 class DataIteratorHandler(ocp.CheckpointHandler):
-  """Saves and restores the input pipeline's position (one tf.data iterator checkpoint a process)."""
+  """Saves and restores the input pipeline's position (one tf.data iterator checkpoint a process).
+
+  A synchronous handler: Orbax runs it inside `manager.save(...)`, before that call returns, so the
+  position saved is the one of the step being saved.
+  """
 
   def save(self, directory: epath.Path, args: "DataIteratorSave"):
     args.iterator.save(directory)
@@ -42,20 +53,30 @@ class DataIteratorRestore(ocp.args.CheckpointArgs):
   iterator: Any
 
 
-def make_manager(workdir: str, train_cfg: ml_collections.ConfigDict) -> ocp.CheckpointManager:
-  """A manager that saves every `save_every` steps (plus steps 1, 2, 4, ... with
-  `log_spaced_checkpoints`, for training-dynamics probes) and keeps the last `keep_checkpoints`
-  of the periodic ones (log-spaced ones are always kept)."""
+def log_spaced_steps(num_steps: int) -> list[int]:
+  """Steps 1, 2, 4, 8, ... up to `num_steps`: checkpoints for training-dynamics probes."""
+  return [2**i for i in range(num_steps.bit_length()) if 2**i <= num_steps]
+
+
+def make_manager(workdir: str, train_cfg: ml_collections.ConfigDict, *,
+                 enable_async: bool = True) -> ocp.CheckpointManager:
+  """A manager of `<workdir>/checkpoints` that saves every `train.save_every` steps (plus steps
+  1, 2, 4, ... with `train.log_spaced_checkpoints`) and keeps the latest `train.keep_checkpoints`
+  checkpoints plus every log-spaced one. Saves are asynchronous unless `enable_async=False`.
+
+  Incomplete checkpoints a killed run left behind (`*.orbax-checkpoint-tmp-*`) are deleted when
+  the manager is created; `latest_step()` never counts them.
+  """
   policies = [ocp.checkpoint_managers.FixedIntervalPolicy(train_cfg.save_every)]
   preserve = [ocp.checkpoint_managers.LatestN(train_cfg.keep_checkpoints)]
   if train_cfg.log_spaced_checkpoints:
-    steps = [2**i for i in range(64) if 2**i <= train_cfg.num_steps]
+    steps = log_spaced_steps(train_cfg.num_steps)
     policies.append(ocp.checkpoint_managers.SpecificStepsPolicy(steps))
     preserve.append(ocp.checkpoint_managers.CustomSteps(steps))
   options = ocp.CheckpointManagerOptions(
       save_decision_policy=ocp.checkpoint_managers.AnySavePolicy(policies),
       preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(preserve),
-      enable_async_checkpointing=True,
+      enable_async_checkpointing=enable_async,
       cleanup_tmp_directories=True,
   )
   return ocp.CheckpointManager(
@@ -68,21 +89,28 @@ def make_manager(workdir: str, train_cfg: ml_collections.ConfigDict) -> ocp.Chec
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iter, config, force=False) -> bool:
   """Starts an asynchronous save of the state, the data position and the config; returns whether
-  a save was started (the manager's policy decides unless `force`)."""
+  a save was started (the manager's policy decides unless `force`).
+
+  Returns once the arrays are copied off the devices and the data position is written, so the
+  caller may donate `state` and advance `data_iter` right after.
+  """
   return manager.save(step, force=force, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data_iter=DataIteratorSave(data_iter),
       config=ocp.args.JsonSave(json.loads(config.to_json_best_effort()))))
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state, state_shardings, data_iter):
-  """Restores `step` into the target shardings (any mesh) and moves `data_iter` to its position."""
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state, state_shardings,
+            data_iter=None):
+  """Restores `step` into the target shardings (any mesh) and, if given, moves `data_iter` to
+  its position; returns the state."""
   target = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
       state_shardings)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target), data_iter=DataIteratorRestore(data_iter)))
-  return restored.state
+  items = {"state": ocp.args.StandardRestore(target)}
+  if data_iter is not None:
+    items["data_iter"] = DataIteratorRestore(data_iter)
+  return manager.restore(step, args=ocp.args.Composite(**items)).state
 
 
 def restore_config(manager: ocp.CheckpointManager, step: int) -> dict:
@@ -105,8 +133,8 @@ def check_workdir(workdir: str) -> None:
 
 
 def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout) -> None:
-  """Raises if checkpoint `step` cannot be the start of this run: a parameter's shape differs
-  (naming its path and both shapes) or the vocabulary differs."""
+  """Raises if checkpoint `step` cannot be the start of this run: the vocabulary differs, or a
+  parameter is missing on one side or has another shape (naming its path and both shapes)."""
   saved = restore_config(manager, step)
   saved_vocab = dict(saved["data"]["vocab"])
   vocab = json.loads(config.data.vocab.to_json_best_effort())
@@ -115,31 +143,38 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout) 
         f"the checkpoint at step {step} in {manager.directory} was trained with "
         f"config.data.vocab={saved_vocab}, this run has {vocab}; token ids would mean other "
         "words. Use the checkpoint's vocabulary, or a fresh --workdir.")
-  metadata = manager.item_metadata(step)["state"]
-  saved_shapes = {jax.tree_util.keystr(p): tuple(m.shape) for p, m in
-                  jax.tree_util.tree_flatten_with_path(metadata)[0] if hasattr(m, "shape")}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(layout.abstract)[0]:
-    key = jax.tree_util.keystr(path)
-    if key not in saved_shapes:
+  saved_shapes = _param_shapes(manager.item_metadata(step)["state"]["params"])
+  shapes = _param_shapes(layout.abstract.params)
+  for path in sorted(saved_shapes.keys() | shapes.keys()):
+    if path not in saved_shapes or path not in shapes:
+      where, other = ("this config's model", "the checkpoint") if path in shapes else (
+          "the checkpoint", "this config's model")
       raise ValueError(
-          f"the checkpoint at step {step} in {manager.directory} has no parameter {key}, which "
-          "this config's model needs; the model config differs from the checkpoint's "
-          "(see its config.json). Match config.model to it, or use a fresh --workdir.")
-    if saved_shapes[key] != tuple(leaf.shape):
-      raise ValueError(
-          f"parameter {key} has shape {saved_shapes[key]} in the checkpoint at step {step} in "
-          f"{manager.directory} but {tuple(leaf.shape)} in this config's model; match "
+          f"parameter {path} is in {where} but not in {other} (step {step} in "
+          f"{manager.directory}): config.model differs from the checkpoint's model. Match "
           "config.model to the checkpoint's config.json, or use a fresh --workdir.")
+    if saved_shapes[path] != shapes[path]:
+      raise ValueError(
+          f"parameter {path} has shape {saved_shapes[path]} in the checkpoint at step {step} in "
+          f"{manager.directory} but {shapes[path]} in this config's model; match config.model "
+          "to the checkpoint's config.json, or use a fresh --workdir.")
+
+
+def _param_shapes(params) -> dict[str, tuple]:
+  """{'bert/encoder/layers_0/mlp/wi/kernel': shape} of a params tree (arrays or metadata)."""
+  return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
 
 
 @contextlib.contextmanager
 def preemption_guard():
-  """Yields `preempted(step) -> bool`: whether to save at `step` and stop.
+  """Yields `preempted(step) -> bool`: whether to save at `step` and stop; call it every step.
 
-  One process: True once SIGTERM has arrived. Several processes: JAX's preemption sync point
-  (the distributed runtime catches SIGTERM itself), so every process saves at the same step.
+  With JAX's distributed runtime (several processes): its preemption sync point -- the runtime
+  catches SIGTERM itself and picks a step every process reaches, so all save the same step.
+  Otherwise: True once SIGTERM has arrived (the handler only sets a flag; the loop saves).
   """
-  if jax.process_count() > 1:
+  if jax.distributed.is_initialized() and jax.config.jax_enable_preemption_service:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     yield multihost_utils.reached_preemption_sync_point
     return
@@ -152,8 +187,13 @@ def preemption_guard():
 
 
 def restore_params(manager: ocp.CheckpointManager, step: int, layout):
-  """Only the params of checkpoint `step`, in the target shardings (for eval, probes, finetuning)."""
+  """Only the params of checkpoint `step`, in the target shardings (for eval, probes, finetuning);
+  the optimizer state is not read."""
   target = {"params": layout.abstract.params}
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target, strict=False)))
-  return restored.state["params"]
+  # StandardRestore has no partial restore; the PyTree handler reads the same on-disk format.
+  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+    restored = checkpointer.restore(
+        manager.directory / str(step) / "state", args=ocp.args.PyTreeRestore(
+            target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True))
+  return restored["params"]

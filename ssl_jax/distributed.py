@@ -63,7 +63,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S,
                initialization_timeout_s: int = INITIALIZATION_TIMEOUT_S,
                shutdown_timeout_s: int = SHUTDOWN_TIMEOUT_S) -> bool:
-  """Starts JAX's distributed runtime when this job has several processes; returns whether it did.
+  """Starts JAX's distributed runtime when this job may have several processes; returns whether
+  it has (`jax.process_count() > 1`).
 
   Args:
     coordinator_address: 'host:port' of process 0, which serves the coordination service there.

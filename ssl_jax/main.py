@@ -87,9 +87,26 @@ def _dispatch(command: str, argv):
                                       _require(_OUT, "vocab train"))
 
 
+def _parse_flags(argv):
+  """absl's flag parsing; a `--config.a.b=v` override of a key the config lacks becomes a usage
+  error naming it (ml_collections raises a bare AttributeError from deep inside)."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    cause = e.args[0] if isinstance(e, AttributeError) and e.args else e
+    message = str(cause.args[0] if isinstance(cause, KeyError) and cause.args else cause)
+    key, _, hint = message.partition("\n")
+    key = key.strip("'\"")
+    named = [a.split("=", 1)[0] for a in argv
+             if a.startswith("--config.") and key in a.split("=", 1)[0].split(".")]
+    sys.exit(f"FATAL Flags parsing error: {' '.join(named) or 'a --config override'} sets a key "
+             f"the config does not have: {key!r}.{' ' + hint if hint else ''} Overrides can only "
+             "set keys the config file defines: fix the spelling, or add the key there.")
+
+
 def run():
   """Console entry point (`ssl-jax`)."""
-  app.run(main, argv=sys.argv)
+  app.run(main, argv=sys.argv, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

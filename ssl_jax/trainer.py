@@ -246,12 +246,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   checkpointing.check_workdir(workdir)
   train_cfg = config.train
   manager = checkpointing.make_manager(workdir, train_cfg)
-  train_iter = pipeline.make_iterator(config, "train", exp.batch_sharding)
   latest = manager.latest_step()
+  if latest is not None:
+    checkpointing.check_compatible(manager, latest, config, exp.layout)
+  train_iter = pipeline.make_iterator(config, "train", exp.batch_sharding)
   if latest is None:
     state = exp.init_state()
   else:
-    checkpointing.check_compatible(manager, latest, config, exp.layout)
     state = checkpointing.restore(manager, latest, exp.layout.abstract, exp.layout.shardings,
                                   train_iter)
     logging.info("resumed from step %d of %s", latest, workdir)
@@ -284,10 +285,14 @@ def _loop(exp, state, start, train_step, eval_step, train_iter, manager, logger,
     if eval_step is not None and (step % train_cfg.eval_every == 0
                                   or step == train_cfg.num_steps):
       evaluate(exp, eval_step, state.params, step, logger)
-    last = preempted(step) or step == train_cfg.num_steps
+    stop = preempted(step)
+    last = stop or step == train_cfg.num_steps
     if abort and (last or manager.should_save(step)):
       _raise_if_nonfinite(step, sums)  # never checkpoint at or after a bad step
     checkpointing.save(manager, step, state, train_iter, config, force=last)
+    if stop:
+      logging.warning("preempted (SIGTERM): saving a checkpoint at step %d and stopping; "
+                      "re-run the same command to continue from there.", step)
     if last:
       break
   return state

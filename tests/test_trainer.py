@@ -107,12 +107,13 @@ def test_train_step_traces_once():
 
 def test_microbatches_give_the_full_batch_update():
   config = tiny_config("bert")
-  exp = trainer.Experiment.build(config)
+  devices = jax.devices()[:2]  # microbatches of 16/4 rows split over 2 data-parallel devices
+  exp = trainer.Experiment.build(config, devices=devices)
   batch = next(trainer.pipeline.make_iterator(config, "train", exp.batch_sharding))
   results = []
   for k in (1, 4):
     config.train.microbatches = k
-    exp = trainer.Experiment.build(config)
+    exp = trainer.Experiment.build(config, devices=devices)
     state, sums = trainer.compile_train_step(exp)(exp.init_state(), batch)
     results.append((jax.device_get(state.params), float(sums["loss"][0])))
   (params_1, loss_1), (params_4, loss_4) = results

@@ -148,10 +148,15 @@ class ShardedIterator:
     """Moves to the saved position, keeping the checkpoint's shard count (any process count).
 
     Raises:
+      FileNotFoundError: `directory` holds no shard position.
       ValueError: the global batch size differs from the checkpoint's, or config.data.num_shards
         names a shard count other than the checkpoint's.
     """
     path = os.path.join(os.fspath(directory), _META_FILE)
+    if not tf.io.gfile.exists(path):
+      raise FileNotFoundError(
+          f"{path!r} is missing, so the data position in {os.fspath(directory)!r} cannot be read; "
+          "the checkpoint is incomplete or was not written by ssl_jax. Use a fresh --workdir.")
     with tf.io.gfile.GFile(path) as f:
       saved = json.load(f)
     if saved["global_batch_size"] != self._global_batch:
