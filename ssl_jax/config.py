@@ -10,7 +10,6 @@ import ml_collections
 from ssl_jax import objectives
 from ssl_jax.models import config as model_config_lib
 
-_SCHEDULES = ("linear", "cosine", "inverse_sqrt", "constant")
 _SOURCES = ("default_corpus", "text_files", "tfds")
 _ON_NONFINITE = ("skip", "abort")
 _SENTENCE_TASKS = ("nsp", "sop", "none")
@@ -106,8 +105,8 @@ def _one_of(setting: str, value, choices) -> None:
 def validate(config: ml_collections.ConfigDict):
   """Checks every value that does not need devices or files; returns the model dataclass.
 
-  Mesh/device and batch/device checks live in `partitioning`, vocabulary and file checks in
-  `data`; all of them run before the first compile.
+  Mesh/device and batch/device checks live in `partitioning`, optimizer checks in `optim`,
+  vocabulary and file checks in `data`; all of them run before the first compile.
   """
   _one_of("objective", config.objective, objectives.NAMES)
   model_cfg = model_config_lib.config_from_dict(dict(config.model))
@@ -152,12 +151,4 @@ def validate(config: ml_collections.ConfigDict):
          f"it must divide train.global_batch_size={t.global_batch_size}.")
   _one_of("train.on_nonfinite", t.on_nonfinite, _ON_NONFINITE)
 
-  o = config.optim
-  _check(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "use a positive rate.")
-  _one_of("optim.schedule", o.schedule, _SCHEDULES)
-  _check(0 <= o.warmup_steps <= t.num_steps, "optim.warmup_steps", o.warmup_steps,
-         f"use 0..train.num_steps={t.num_steps}.")
-  _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "use 0 or more.")
-  _check(o.grad_clip_norm >= 0, "optim.grad_clip_norm", o.grad_clip_norm,
-         "use 0 (off) or a positive norm.")
   return model_cfg
