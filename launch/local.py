@@ -11,7 +11,8 @@ command. Each process's output is streamed with a `[p<i>]` prefix (and, with --l
 to `<log_dir>/process_<i>.log`). If any process exits non-zero the others are stopped (SIGTERM,
 then SIGKILL after --kill_after_s) and the launcher exits non-zero, naming the process that
 failed. Ctrl-C (SIGINT/SIGTERM to the launcher) is passed on as SIGTERM, which the JAX runtime
-treats as a preemption: the trainer saves a checkpoint at a step all processes agree on and stops.
+treats as a preemption: the trainer saves a checkpoint at a step all processes agree on and stops
+(the launcher then exits with 128 + the signal number; a second Ctrl-C kills the processes).
 """
 import argparse
 import os
@@ -76,7 +77,7 @@ class Job:
     env = process_env(devices_per_process)
     if log_dir:
       os.makedirs(log_dir, exist_ok=True)
-    self._say(f"{num_processes} processes x {devices_per_process} CPU devices, coordinator "
+    self.say(f"{num_processes} processes x {devices_per_process} CPU devices, coordinator "
               f"{address}: {' '.join(command)}")
     self.procs = []
     for i in range(num_processes):
@@ -85,13 +86,13 @@ class Job:
           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
           start_new_session=True)  # the launcher, not the terminal, decides when they stop
       self.procs.append(proc)
-      self._say(f"started process {i} (pid {proc.pid})")
+      self.say(f"started process {i} (pid {proc.pid})")
       log = open(os.path.join(log_dir, f"process_{i}.log"), "w") if log_dir else None
       thread = threading.Thread(target=self._stream, args=(i, proc, log), daemon=True)
       thread.start()
       self._threads.append(thread)
 
-  def _say(self, message: str) -> None:
+  def say(self, message: str) -> None:
     with self._lock:
       print(f"{_PREFIX} {message}", file=self._out, flush=True)
 
@@ -120,7 +121,7 @@ class Job:
     while time.monotonic() < deadline and any(p.poll() is None for p in self.procs):
       time.sleep(0.1)
     if any(p.poll() is None for p in self.procs):
-      self._say(f"processes still running after {self.kill_after_s:g} s; sending SIGKILL")
+      self.say(f"processes still running after {self.kill_after_s:g} s; sending SIGKILL")
       self.signal_all(signal.SIGKILL)
     for proc in self.procs:
       proc.wait()
@@ -131,15 +132,15 @@ class Job:
       failed = [(i, p) for i, p in enumerate(self.procs) if p.poll() not in (None, 0)]
       if failed:
         i, proc = failed[0]
-        self._say(f"process {i} (pid {proc.pid}) {describe_exit(proc.returncode)}; stopping "
+        self.say(f"process {i} (pid {proc.pid}) {describe_exit(proc.returncode)}; stopping "
                   "the other processes")
         self._stop_others()
         self._join_streams()
-        self._say(f"job failed: process {i} {describe_exit(proc.returncode)}")
+        self.say(f"job failed: process {i} {describe_exit(proc.returncode)}")
         return proc.returncode if proc.returncode > 0 else 1
       if all(p.poll() == 0 for p in self.procs):
         self._join_streams()
-        self._say(f"all {self.num_processes} processes finished")
+        self.say(f"all {self.num_processes} processes finished")
         return 0
       time.sleep(0.1)
 
@@ -186,13 +187,17 @@ def main(argv=None) -> int:
     if interrupted:  # a second Ctrl-C: no more waiting
       job.signal_all(signal.SIGKILL)
     else:
-      job._say(f"got {signal.Signals(signum).name}; passing SIGTERM on (checkpoint and stop)")
+      job.say(f"got {signal.Signals(signum).name}; passing SIGTERM on (checkpoint and stop)")
       job.signal_all(signal.SIGTERM)
     interrupted.append(signum)
 
   signal.signal(signal.SIGINT, forward)
   signal.signal(signal.SIGTERM, forward)
-  return job.wait()
+  returncode = job.wait()
+  if interrupted and returncode == 0:  # stopped early on purpose: saved, but not finished
+    job.say("stopped before the end; run the same command again to resume")
+    return 128 + interrupted[0]
+  return returncode
 
 
 if __name__ == "__main__":

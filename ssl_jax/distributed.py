@@ -47,7 +47,7 @@ def detect_cluster() -> str | None:
     return "ompi"
   on_tpu_vm = importlib.util.find_spec("libtpu") is not None and bool(
       glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
-  if on_tpu_vm or "TPU_WORKER_HOSTNAMES" in os.environ:
+  if on_tpu_vm:
     return "tpu"
   return None
 

@@ -4,6 +4,11 @@
   ssl-jax eval  --config configs/bert.py:tiny --workdir /tmp/bert
   ssl-jax convert --from_hf DIR --out CKPT_DIR     |   ssl-jax convert --to_hf CKPT_DIR --out DIR
   ssl-jax vocab train --config configs/t5.py:tiny --vocab_size 8000 --out /tmp/spm.model
+  ssl-jax probe --workdir /tmp/bert [--probes pos_accuracy,linear_probe] [--conllu F.conllu]
+  ssl-jax finetune --config configs/finetune/sst2.py --init hf:DIR --workdir /tmp/sst2 \
+      --config.data.train_file=train.tsv --config.data.eval_file=dev.tsv   (--init none | WORKDIR)
+  ssl-jax eval-suite --config configs/finetune/suite.py --init hf:DIR --workdir /tmp/suite \
+      --config.data_dir=DIR
 
 Multi-process (one process per host or GPU; see launch/): the same command on every process, plus
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I where JAX cannot detect them.
@@ -17,7 +22,7 @@ from ml_collections import config_flags
 
 from ssl_jax import distributed
 
-COMMANDS = ("train", "eval", "convert", "vocab")
+COMMANDS = ("train", "eval", "convert", "vocab", "finetune", "eval-suite", "probe")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file and variant, e.g. configs/bert.py:tiny. Override any value "
@@ -28,7 +33,17 @@ _WORKDIR = flags.DEFINE_string(
 _FROM_HF = flags.DEFINE_string("from_hf", None, "convert: a Hugging Face model directory.")
 _TO_HF = flags.DEFINE_string("to_hf", None, "convert: an ssl_jax checkpoint directory.")
 _OUT = flags.DEFINE_string("out", None, "convert / vocab: where to write the result.")
+_INIT = flags.DEFINE_string(
+    "init", None, "finetune / eval-suite: the encoder to start from: 'none' (random), "
+    "'hf:DIR' (a Hugging Face BERT directory) or the --workdir of an `ssl-jax train` BERT run.")
 _VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 8000, "vocab train: SentencePiece pieces.")
+_PROBES = flags.DEFINE_list(
+    "probes", None, "probe: probes to run (default: all that apply to the run's objective); see "
+    "ssl_jax/probes/__init__.py.")
+_CONLLU = flags.DEFINE_list(
+    "conllu", [], "probe: CoNLL-U files for probe sentences (default: the default corpus).")
+_PROBE_SENTENCES = flags.DEFINE_integer("probe_sentences", 256, "probe: number of sentences.")
+_STEPS = flags.DEFINE_list("steps", None, "probe: checkpoint steps (default: all).")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "Multi-process: HOST:PORT of process 0. Detected on TPU VMs and "
     "under srun/mpirun; elsewhere give it with --num_processes and --process_id.")
@@ -79,6 +94,21 @@ def _dispatch(command: str, argv):
       hf.convert_from_hf(_FROM_HF.value, out)
     else:
       hf.convert_to_hf(_TO_HF.value, out)
+  elif command in ("finetune", "eval-suite"):
+    from ssl_jax.finetune import run as finetune_run  # pylint: disable=g-import-not-at-top
+    from ssl_jax.finetune import suite  # pylint: disable=g-import-not-at-top
+    config = _require(_CONFIG, command)
+    workdir = _require(_WORKDIR, command)
+    init = _require(_INIT, command)
+    if command == "finetune":
+      finetune_run.finetune(config, workdir, init)
+    else:
+      suite.run(config, workdir, init)
+  elif command == "probe":
+    from ssl_jax.probes import runner  # pylint: disable=g-import-not-at-top
+    runner.probe_workdir(_require(_WORKDIR, command), _PROBES.value, conllu=_CONLLU.value,
+                         num_sentences=_PROBE_SENTENCES.value,
+                         steps=None if _STEPS.value is None else [int(s) for s in _STEPS.value])
   elif command == "vocab":
     from ssl_jax.data import vocabularies  # pylint: disable=g-import-not-at-top
     if argv[2:] != ["train"]:

@@ -1,10 +1,12 @@
 """Multi-host for real: several local processes joined by jax.distributed (gloo on CPU).
 
 The slow tests run `ssl-jax train` through `launch/local.py` as 2 processes x 4 CPU devices and
-as 1 process x 8, and compare `metrics.jsonl`: per-step losses, resuming across a change of
-process count, and what happens when a process dies. The fast ones check the launchers and the
-flag handling without starting a job.
+as 1 process x 8, and compare `metrics.jsonl`: per-step losses, and resuming across a change of
+process count. Others kill (or break) one process of a running job and time how long the rest
+take to exit. The fast ones check the launchers and the flag handling without starting a job.
+Each CLI run takes 1.5-2 minutes on 2 CPU cores (imports and compilation dominate).
 """
+import contextlib
 import importlib.util
 import json
 import os
@@ -267,50 +269,115 @@ def test_restoring_with_another_shard_count_is_an_error(bert_runs):
     it.restore(root / "2x4" / "checkpoints" / "3" / "data_iter")
 
 
-def _start_job(workdir, heartbeat_timeout_s: int):
-  """2 processes x 4 devices of a long BERT run, started directly (no launcher to stop them)."""
+@contextlib.contextmanager
+def _job(command, processes: int = 2, devices: int = 4):
+  """`command` as processes x devices, started directly (no launcher to stop the survivors);
+  yields the processes and their output lines (filled in as they arrive), kills what is left."""
   local = _launcher()
   address = f"127.0.0.1:{local.free_port()}"
-  env = local.process_env(4, base=_clean_env())
-  command = [sys.executable, "-m", "ssl_jax.main", "train", "--config=configs/bert.py:tiny",
-             f"--workdir={workdir}", f"--heartbeat_timeout_s={heartbeat_timeout_s}",
-             *TRAIN_FLAGS, "--config.train.num_steps=100000", "--config.train.save_every=100000"]
+  env = local.process_env(devices, base=_clean_env())
   procs, outputs = [], []
-  for i in range(2):
-    proc = subprocess.Popen(local.process_command(command, address, 2, i), cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    threading.Thread(target=lambda p=proc, out=lines: out.extend(iter(p.stdout.readline, "")),
-                     daemon=True).start()
-    procs.append(proc)
-    outputs.append(lines)
-  return procs, outputs
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("victim", [1, 0])
-def test_killing_a_process_ends_the_others(tmp_path, victim):
-  heartbeat_timeout_s = 10
-  procs, outputs = _start_job(tmp_path / "run", heartbeat_timeout_s)
-  survivor = 1 - victim
   try:
-    deadline = time.monotonic() + 600
-    while not any("step 3/" in line for line in outputs[victim]):  # training is under way
-      assert time.monotonic() < deadline and procs[victim].poll() is None, "".join(
-          outputs[victim][-50:])
-      time.sleep(0.5)
-    os.kill(procs[victim].pid, signal.SIGKILL)
-    killed = time.monotonic()
-    returncode = procs[survivor].wait(timeout=heartbeat_timeout_s + 60)
-    elapsed = time.monotonic() - killed
+    for i in range(processes):
+      proc = subprocess.Popen(local.process_command(command, address, processes, i), cwd=REPO,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+      lines = []
+      threading.Thread(target=lambda p=proc, out=lines: out.extend(iter(p.stdout.readline, "")),
+                       daemon=True).start()
+      procs.append(proc)
+      outputs.append(lines)
+    yield procs, outputs
   finally:
     for proc in procs:
       if proc.poll() is None:
         proc.kill()
-  print(f"process {survivor} exited {elapsed:.1f} s after process {victim} was killed")
-  assert returncode != 0
-  log = "".join(outputs[survivor])
-  if victim == 1:  # the coordinator names the silent process
-    assert re.search(r"tasks are unhealthy \(stopped sending heartbeats\):\s*1\b", log), log[-3000:]
-  else:  # the coordinator itself is gone
+        proc.wait()
+
+
+def _wait_for(procs, outputs, i: int, text: str, timeout_s: float = 600) -> None:
+  deadline = time.monotonic() + timeout_s
+  while not any(text in line for line in outputs[i]):
+    assert time.monotonic() < deadline and procs[i].poll() is None, "".join(outputs[i][-50:])
+    time.sleep(0.2)
+
+
+def _wait_for_exit(proc, bound_s: float):
+  """Waits for `proc` to exit on its own; returns (status, seconds waited)."""
+  start = time.monotonic()
+  returncode = proc.wait(timeout=bound_s)
+  return returncode, time.monotonic() - start
+
+
+def _assert_names_the_lost_process(log: str, lost: int) -> None:
+  if lost == 0:  # the coordinator itself is gone
     assert "leader task was preempted/died" in log, log[-3000:]
+  else:  # the coordinator names the silent process
+    assert re.search(rf"tasks are unhealthy \(stopped sending heartbeats\):\s*{lost}\b",
+                     log), log[-3000:]
+
+
+@pytest.mark.slow
+def test_killing_a_training_process_ends_the_others(tmp_path):
+  heartbeat_timeout_s = 10
+  with _job([sys.executable, "-m", "ssl_jax.main", "train", "--config=configs/bert.py:tiny",
+             f"--workdir={tmp_path}", f"--heartbeat_timeout_s={heartbeat_timeout_s}",
+             *TRAIN_FLAGS, "--config.train.num_steps=100000",
+             "--config.train.save_every=100000"]) as (procs, outputs):
+    _wait_for(procs, outputs, 1, "step 2/")  # training is under way
+    os.kill(procs[1].pid, signal.SIGKILL)
+    returncode, elapsed = _wait_for_exit(procs[0], heartbeat_timeout_s + 60)
+  print(f"process 0 exited {elapsed:.1f} s after process 1 was killed")
+  assert returncode != 0
+  _assert_names_the_lost_process("".join(outputs[0]), 1)
+
+
+# Every process sums a global array in a loop; the victim dies (SIGKILL from the test) or
+# raises (at iteration 5), in the middle of the job.
+_COLLECTIVE_LOOP = """
+import sys, time
+from absl import app, flags
+from ssl_jax import distributed
+flags.DEFINE_string("coordinator_address", None, "")
+flags.DEFINE_integer("num_processes", None, "")
+flags.DEFINE_integer("process_id", None, "")
+flags.DEFINE_integer("raise_in", -1, "")
+
+def main(_):
+  f = flags.FLAGS
+  distributed.initialize(f.coordinator_address, f.num_processes, f.process_id,
+                         heartbeat_timeout_s=5)
+  import jax, numpy as np
+  with distributed.fail_fast():
+    mesh = jax.make_mesh((jax.device_count(),), ("d",))
+    shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
+    total = jax.jit(lambda x: x.sum(), out_shardings=jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec()))
+    for i in range(100000):
+      x = jax.make_array_from_process_local_data(shard, np.ones(jax.local_device_count()))
+      print("iteration", i, float(total(x)), flush=True)
+      if i == 5 and jax.process_index() == f.raise_in:
+        raise RuntimeError("a bug in process %d" % f.raise_in)
+      time.sleep(0.05)
+
+app.run(main)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failure", ["coordinator_killed", "worker_raises"])
+def test_a_failed_process_ends_the_others(tmp_path, failure):
+  script = tmp_path / "collective_loop.py"
+  script.write_text(_COLLECTIVE_LOOP)
+  lost = 0 if failure == "coordinator_killed" else 1
+  with _job([sys.executable, str(script), f"--raise_in={-1 if lost == 0 else 1}"],
+            devices=2) as (procs, outputs):
+    _wait_for(procs, outputs, lost, "iteration 3 ")
+    if failure == "coordinator_killed":
+      os.kill(procs[0].pid, signal.SIGKILL)
+    returncode, elapsed = _wait_for_exit(procs[1 - lost], 5 + 60)
+  print(f"{failure}: process {1 - lost} exited {elapsed:.1f} s later")
+  assert returncode != 0
+  _assert_names_the_lost_process("".join(outputs[1 - lost]), lost)
+  if failure == "worker_raises":
+    assert "ssl_jax: process 1 of 2 failed" in "".join(outputs[1])

@@ -39,7 +39,7 @@ def feature_converter(config) -> seqio.FeatureConverter:
     return seqio.EncDecFeatureConverter(pack=pack)
   if config.objective == "mlm":
     from ssl_jax.objectives import mlm  # pylint: disable=g-import-not-at-top  (imports the model stack)
-    return mlm.BertFeatureConverter(pack=pack)
+    return mlm.BertFeatureConverter(pack=pack, mask_rate=float(config.data.mlm.mask_rate))
   raise ValueError(
       f"config.objective={config.objective!r} is not an objective; use one of {', '.join(tasks.OBJECTIVES)}.")
 
@@ -63,6 +63,14 @@ def _add_segments(ex, added):
     ex[f"{prefix}_segment_ids"] = real
     ex[f"{prefix}_positions"] = tf.range(tf.shape(real)[-1], dtype=tf.int32) * real
   return ex
+
+
+# Fine-tuning objectives read task files (ssl_jax.finetune.data), not seqio pretraining tasks.
+_FINETUNING = ("classification", "regression", "tagging", "extractive_qa")
+
+
+def _is_finetuning(config) -> bool:
+  return config.objective in _FINETUNING
 
 
 def per_process_batch_size(config, process_count: Optional[int] = None) -> int:
@@ -98,6 +106,9 @@ def make_dataset(config, split: str, *, shard_info: Optional[seqio.ShardInfo] = 
     shard_info = seqio.ShardInfo(jax.process_index(), jax.process_count())
   if batch_size is None:
     batch_size = per_process_batch_size(config, shard_info.num_shards)
+  if _is_finetuning(config):
+    from ssl_jax.finetune import data as finetune_data  # pylint: disable=g-import-not-at-top
+    return finetune_data.make_dataset(config, split, shard_info=shard_info, batch_size=batch_size)
   provider = tasks.get_mixture_or_task(config)
   lengths = tasks.task_feature_lengths(config)
   converter = feature_converter(config)
@@ -121,6 +132,9 @@ def make_dataset(config, split: str, *, shard_info: Optional[seqio.ShardInfo] = 
 
 def batch_spec(config) -> dict:
   """Global batch shapes/dtypes, `{feature: jax.ShapeDtypeStruct}`, without building the pipeline."""
+  if _is_finetuning(config):
+    from ssl_jax.finetune import data as finetune_data  # pylint: disable=g-import-not-at-top
+    return finetune_data.batch_spec(config)
   converter = feature_converter(config)
   lengths = converter.get_model_feature_lengths(tasks.task_feature_lengths(config))
   specs = dict(converter.MODEL_FEATURES)

@@ -21,7 +21,6 @@ largest process count a run will use to avoid it.
 """
 import json
 import os
-from typing import Optional
 
 import jax
 import numpy as np
@@ -79,13 +78,13 @@ def shards_for_rows(start: int, stop: int, shard_count: int,
 class ShardedIterator:
   """This process's rows of the global batch stream (see the module docstring)."""
 
-  def __init__(self, config, split: str, batch_sharding, shard_count: Optional[int] = None):
+  def __init__(self, config, split: str, batch_sharding):
     self._config = config
     self._split = split
     self._sharding = batch_sharding
     self._global_batch = int(config.train.global_batch_size)
     self._rows = process_rows(batch_sharding, self._global_batch)
-    self.num_shards = shard_count or num_shards(config)
+    self.num_shards = num_shards(config)
     self._check_divides(self.num_shards)
     self._readers = None  # built on first use, after a restore has had its say on num_shards
 
