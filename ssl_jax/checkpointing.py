@@ -6,7 +6,7 @@
                                   layout.shardings, data_iter)
 
 Saves are asynchronous (the train step goes on while arrays are written) and atomic (Orbax writes to
-`<step>.orbax-checkpoint-tmp-*` and renames it to `<step>` when every item and process is done), so
+`<step>.orbax-checkpoint-tmp*` and renames it to `<step>` when every item and process is done), so
 `latest_step()` never names an incomplete checkpoint, whenever the process dies. `state` restores
 into the *target* shardings of the current mesh, so a checkpoint written on one mesh or device
 count restores on another. The data position is saved in the blocking part of a save, i.e. at the
@@ -59,13 +59,15 @@ def log_spaced_steps(num_steps: int) -> list[int]:
 
 
 def make_manager(workdir: str, train_cfg: ml_collections.ConfigDict, *,
-                 enable_async: bool = True) -> ocp.CheckpointManager:
+                 enable_async: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
   """A manager of `<workdir>/checkpoints` that saves every `train.save_every` steps (plus steps
   1, 2, 4, ... with `train.log_spaced_checkpoints`) and keeps the latest `train.keep_checkpoints`
   checkpoints plus every log-spaced one. Saves are asynchronous unless `enable_async=False`.
 
-  Incomplete checkpoints a killed run left behind (`*.orbax-checkpoint-tmp-*`) are deleted when
-  the manager is created; `latest_step()` never counts them.
+  Incomplete checkpoints a killed run left behind (`<step>.orbax-checkpoint-tmp*`) are deleted when
+  the manager is created; `latest_step()` never counts them. Readers of a workdir that a run may
+  be writing (eval, probes, fine-tuning from it) pass `read_only=True`: such a manager deletes
+  and creates nothing, so it cannot remove the run's save in progress.
   """
   policies = [ocp.checkpoint_managers.FixedIntervalPolicy(train_cfg.save_every)]
   preserve = [ocp.checkpoint_managers.LatestN(train_cfg.keep_checkpoints)]
@@ -76,8 +78,11 @@ def make_manager(workdir: str, train_cfg: ml_collections.ConfigDict, *,
   options = ocp.CheckpointManagerOptions(
       save_decision_policy=ocp.checkpoint_managers.AnySavePolicy(policies),
       preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(preserve),
-      enable_async_checkpointing=enable_async,
-      cleanup_tmp_directories=True,
+      enable_async_checkpointing=enable_async and not read_only,
+      cleanup_tmp_directories=not read_only,
+      create=not read_only,
+      read_only=read_only,
+      save_interval_steps=0 if read_only else 1,  # unused (the policies decide); 0 is quiet
   )
   return ocp.CheckpointManager(
       epath.Path(workdir) / "checkpoints", options=options,

@@ -9,6 +9,8 @@
       --config.data.train_file=train.tsv --config.data.eval_file=dev.tsv   (--init none | WORKDIR)
   ssl-jax eval-suite --config configs/finetune/suite.py --init hf:DIR --workdir /tmp/suite \
       --config.data_dir=DIR
+  ssl-jax finetune --config configs/finetune/text_to_text.py --init T5_OR_BART_WORKDIR ...
+  ssl-jax finetune --config configs/finetune/in_context/sst2.py --init GPT_WORKDIR ...  (no training)
 
 Multi-process (one process per host or GPU; see launch/): the same command on every process, plus
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I where JAX cannot detect them.
@@ -35,7 +37,8 @@ _TO_HF = flags.DEFINE_string("to_hf", None, "convert: an ssl_jax checkpoint dire
 _OUT = flags.DEFINE_string("out", None, "convert / vocab: where to write the result.")
 _INIT = flags.DEFINE_string(
     "init", None, "finetune / eval-suite: the encoder to start from: 'none' (random), "
-    "'hf:DIR' (a Hugging Face BERT directory) or the --workdir of an `ssl-jax train` BERT run.")
+    "'hf:DIR' (a Hugging Face BERT directory) or the --workdir of an `ssl-jax train` BERT run "
+    "(a T5/BART one for text-to-text configs, a GPT one for in-context configs).")
 _VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 8000, "vocab train: SentencePiece pieces.")
 _PROBES = flags.DEFINE_list(
     "probes", None, "probe: probes to run (default: all that apply to the run's objective); see "

@@ -76,7 +76,7 @@ class Experiment:
     rules = partitioning.logical_rules(config)
     partitioning.validate_batch(config.train.global_batch_size, config.train.microbatches, mesh,
                                 jax.process_count())
-    objective = objectives.get(config.objective)
+    objective = objectives.get(config.objective, config)
     model = objective.make_model(model_cfg)
     tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
     batch_spec = pipeline.batch_spec(config)
@@ -145,10 +145,10 @@ def make_train_step(exp: Experiment):
       (loss, sums, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(k), microbatches))
     finite = jnp.isfinite(loss) & jnp.all(jnp.array(
         [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-    new_state = state.apply_gradients(grads, tx)
     # Skip the update on a bad step: the whole state (params, optimizer, step) stays as it was,
-    # except the step counter, so the next step draws new randomness.
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    # except the step counter, so the next step draws new randomness. A cond, not a select of new
+    # and old: a select keeps the donated old state alive, so XLA copies all of it every step.
+    new_state = jax.lax.cond(finite, lambda: state.apply_gradients(grads, tx), lambda: state)
     new_state = new_state.replace(step=state.step + 1)
     sums = dict(sums)
     sums["loss"] = (loss, jnp.ones(()))
@@ -177,6 +177,17 @@ def _tokens_per_step(batch_spec) -> int:
   return sum(int(np.prod(v.shape)) for k, v in batch_spec.items() if k.endswith("input_tokens"))
 
 
+# XLA:CPU hands dots to YNNPACK (fast) and, by default, reductions too: a YNNPACK column sum or max
+# over [tokens, vocab] (the vocab bias gradient, the softmax max) took 5-20x longer than XLA's own
+# fused reduction on a 2-core AVX-512 host (benchmarks/RESULTS.md). Dots only.
+_CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+
+
+def compiler_options(mesh) -> dict:
+  """XLA options for compiling a step on `mesh`'s platform."""
+  return dict(_CPU_COMPILER_OPTIONS) if mesh.devices.flat[0].platform == "cpu" else {}
+
+
 def compile_train_step(exp: Experiment):
   """The train step compiled ahead of time for the state and batch layouts (state donated)."""
   replicated = partitioning.replicated(exp.mesh)
@@ -185,7 +196,8 @@ def compile_train_step(exp: Experiment):
   step = jax.jit(make_train_step(exp), in_shardings=(exp.layout.shardings, exp.batch_sharding),
                  out_shardings=(exp.layout.shardings, replicated), donate_argnums=0)
   with partitioning.with_logical_rules(exp.layout.rules, exp.mesh):
-    compiled = step.lower(exp.layout.abstract, batch_abstract).compile()
+    compiled = step.lower(exp.layout.abstract, batch_abstract).compile(
+        compiler_options=compiler_options(exp.mesh))
   _log_compiled(compiled)
   return compiled
 
@@ -198,7 +210,8 @@ def compile_eval_step(exp: Experiment):
   batch_abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=exp.batch_sharding)
                     for k, v in exp.batch_spec.items()}
   with partitioning.with_logical_rules(exp.layout.rules, exp.mesh):
-    return step.lower(exp.layout.abstract.params, batch_abstract).compile()
+    return step.lower(exp.layout.abstract.params, batch_abstract).compile(
+        compiler_options=compiler_options(exp.mesh))
 
 
 def flops_per_step(compiled) -> float:
@@ -240,8 +253,12 @@ def write_config(config, workdir: str) -> None:
       f.write(config.to_json_best_effort(indent=2) + "\n")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
-  """Trains to `config.train.num_steps`, resuming from the latest checkpoint in `workdir`."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, init_params=None):
+  """Trains to `config.train.num_steps`, resuming from the latest checkpoint in `workdir`.
+
+  `init_params`, a function params -> params, edits a fresh run's initial params (fine-tuning
+  puts a pretrained encoder in); a resumed run ignores it.
+  """
   exp = Experiment.build(config)
   checkpointing.check_workdir(workdir)
   train_cfg = config.train
@@ -252,6 +269,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   train_iter = pipeline.make_iterator(config, "train", exp.batch_sharding)
   if latest is None:
     state = exp.init_state()
+    if init_params is not None:
+      state = state.replace(params=init_params(state.params))
   else:
     state = checkpointing.restore(manager, latest, exp.layout.abstract, exp.layout.shardings,
                                   train_iter)
@@ -287,9 +306,13 @@ def _loop(exp, state, start, train_step, eval_step, train_iter, manager, logger,
       evaluate(exp, eval_step, state.params, step, logger)
     stop = preempted(step)
     last = stop or step == train_cfg.num_steps
-    if abort and (last or manager.should_save(step)):
-      _raise_if_nonfinite(step, sums)  # never checkpoint at or after a bad step
-    checkpointing.save(manager, step, state, train_iter, config, force=last)
+    if last or manager.should_save(step):
+      if abort:
+        _raise_if_nonfinite(step, sums)  # never checkpoint at or after a bad step
+      # Rows up to `step` reach metrics.jsonl before its checkpoint can be final: a run killed
+      # after the checkpoint resumes at step + 1 and would never write them.
+      logger.flush()
+      checkpointing.save(manager, step, state, train_iter, config, force=True)
     if stop:
       logging.warning("preempted (SIGTERM): saving a checkpoint at step %d and stopping; "
                       "re-run the same command to continue from there.", step)
@@ -301,7 +324,7 @@ def _loop(exp, state, start, train_step, eval_step, train_iter, manager, logger,
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """`ssl-jax eval`: evaluates the latest checkpoint in `workdir` and appends an eval row."""
   exp = Experiment.build(config)
-  manager = checkpointing.make_manager(workdir, config.train)
+  manager = checkpointing.make_manager(workdir, config.train, read_only=True)
   step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(

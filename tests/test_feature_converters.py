@@ -151,3 +151,26 @@ def test_seqio_lm_converter_gives_the_contract_features_packed():
       "decoder_positions": [0, 1, 2, 0, 1, 0],
       "decoder_segment_ids": [1, 1, 1, 2, 2, 0],
   })
+
+
+def test_bert_converter_with_mask_rate_sizes_predictions_to_what_a_row_can_hold():
+  lengths = BertFeatureConverter.task_feature_lengths(128, 20)
+  packed = BertFeatureConverter(pack=True, mask_rate=0.15).get_model_feature_lengths(lengths)
+  assert packed["masked_positions"] == 24  # ceil(0.15 * 128) + S, not 20 * S = 80
+  unpacked = BertFeatureConverter(pack=False, mask_rate=0.15).get_model_feature_lengths(lengths)
+  assert unpacked["masked_positions"] == 20
+  # No prediction is lost and rows hold as many examples as without the bound.
+  vocab = vocabularies.get_vocabulary(ml_collections.ConfigDict({"kind": "default", "path": "", "extra_ids": 0}))
+  docs = [[corpora.sentence_text(s) for s in doc] for doc in corpora.generate_documents(40, seed=5)]
+  ds = _dataset([{"doc_index": np.int64(i), "sentences": s} for i, s in enumerate(docs)],
+                {"doc_index": tf.TensorSpec([], tf.int64), "sentences": tf.TensorSpec([None], tf.string)})
+  mlm = ml_collections.ConfigDict(dict(mask_rate=0.15, mask_token_ratio=0.8, random_token_ratio=0.1,
+                                       whole_word=False, max_predictions=20, sentence_task="nsp"))
+  examples = preprocessors.bert_pretraining(ds, vocab=vocab, sequence_length=64, mlm_cfg=mlm, seed=0)
+  predictions = sum(int(ex["masked_weights"].sum()) for ex in examples.as_numpy_iterator())
+  rows = {rate: list(BertFeatureConverter(pack=True, mask_rate=rate)(
+      examples, BertFeatureConverter.task_feature_lengths(128, 20)).as_numpy_iterator())
+          for rate in (None, 0.15)}
+  assert rows[0.15][0]["masked_positions"].shape == (24,)
+  assert sum(int(r["masked_weights"].sum()) for r in rows[0.15]) == predictions
+  assert len(rows[0.15]) == len(rows[None])

@@ -139,7 +139,7 @@ def _seq2seq_setup(model, params, encoder_input_tokens, encoder_segment_ids, bat
   encoded = jnp.repeat(encoded, batch_repeat, axis=0)
   encoder_segment_ids = jnp.repeat(encoder_segment_ids, batch_repeat, axis=0)
   rows = encoded.shape[0]
-  # The cache holds every decoder input: the start token and max_decode_len - 1 generated.
+  # One cache slot per output position: the start token and max_decode_len generated ones.
   cache = init_cache(model, jax.ShapeDtypeStruct((rows, encoded.shape[1]), jnp.int32),
                      jax.ShapeDtypeStruct((rows, max_decode_len + 1), jnp.int32))
   return _seq2seq_step_fn(model, params, encoded, encoder_segment_ids), cache

@@ -20,7 +20,6 @@ from the 'cache' collection (see ssl_jax.models.decoding).
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import flax.linen as nn
 import jax

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 Array = jax.Array
 Dtype = Any
 ACTIVATION_AXES = ('batch', 'length', 'embed')
+# The collection MultiHeadAttention sows its probabilities into when it is mutable (probes).
+ATTENTION_WEIGHTS = 'attention_weights'
 
 
 def normal_init(stddev: float):
@@ -201,6 +203,9 @@ class MultiHeadAttention(nn.Module):
   scale=False skips the 1/sqrt(head_dim) factor (T5 folds it into the initialisation).
   query_kernel_init (default kernel_init) initialises the query projection alone, which is
   where T5 puts that folded 1/sqrt(head_dim).
+  When the ATTENTION_WEIGHTS collection is mutable (probes only: `apply(...,
+  mutable=[ATTENTION_WEIGHTS])`), the softmax probabilities are materialised and sown as
+  'probs' [B, N, Lq, Lk] (float32).
   """
   num_heads: int
   head_dim: int
@@ -237,17 +242,23 @@ class MultiHeadAttention(nn.Module):
     scale = 1.0 / math.sqrt(self.head_dim) if self.scale else 1.0
     if bias is not None:
       bias = bias.astype(self.dtype)
-    if deterministic or self.dropout_rate == 0.0:
+    # Probes read the probabilities from the 'attention_weights' collection; training never makes
+    # it mutable, so it keeps the fused jax.nn.dot_product_attention.
+    keep_probs = self.is_mutable_collection(ATTENTION_WEIGHTS)
+    if (deterministic or self.dropout_rate == 0.0) and not keep_probs:
       out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale)
     else:
-      # jax.nn.dot_product_attention has no dropout on the probabilities; spell it out.
+      # jax.nn.dot_product_attention has no dropout on the probabilities and does not return
+      # them; spell it out.
       logits = jnp.einsum('bqnh,bknh->bnqk', q, k) * scale
       if bias is not None:
         logits = logits + bias
       if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-      probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-      probs = nn.Dropout(self.dropout_rate)(probs, deterministic=False)
+      probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+      if keep_probs:
+        self.sow(ATTENTION_WEIGHTS, 'probs', probs)   # [B, N, Lq, Lk] float32
+      probs = nn.Dropout(self.dropout_rate)(probs.astype(self.dtype), deterministic=deterministic)
       out = jnp.einsum('bnqk,bknh->bqnh', probs, v)
     out = Projection((inputs_q.shape[-1],), 2, ('heads', 'kv', 'embed'), use_bias=self.use_bias,
                      kernel_init=self.out_kernel_init or self.kernel_init, dtype=self.dtype,
@@ -436,7 +447,7 @@ class LayerStack(nn.Module):
       return out, (out if collect else None)
 
     scanned = nn.scan(
-        body, variable_axes={'params': 0, 'cache': 0, 'intermediates': 0},
+        body, variable_axes={'params': 0, 'cache': 0, 'intermediates': 0, ATTENTION_WEIGHTS: 0},
         split_rngs={'params': True, 'dropout': True},
         in_axes=(nn.broadcast,) * (2 + len(args)), length=self.num_layers,
         metadata_params={nn.PARTITION_NAME: 'layers'})
@@ -449,6 +460,16 @@ class LayerStack(nn.Module):
 def hidden_states(intermediates: dict, stack: str) -> Array:
   """The [num_layers, B, L, E] layer outputs a LayerStack named `stack` sowed."""
   return intermediates[stack]['hidden_states'][0]
+
+
+def attention_probs(weights: dict, stack: str) -> Array:
+  """The [num_layers, B, N, Lq, Lk] self-attention probabilities the layers of a LayerStack
+  named `stack` sowed into the ATTENTION_WEIGHTS collection (scanned or not)."""
+  tree = weights[stack]
+  if 'layers' in tree:   # scanned: one array with a leading layers axis
+    return tree['layers']['attention']['probs'][0]
+  num_layers = sum(1 for k in tree if k.startswith('layers_') and k[7:].isdigit())
+  return jnp.stack([tree[f'layers_{i}']['attention']['probs'][0] for i in range(num_layers)])
 
 
 def stack_layer_params(tree: dict) -> dict:

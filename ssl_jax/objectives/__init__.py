@@ -18,17 +18,22 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 
 Batch = dict[str, jax.Array]
 MetricSums = dict[str, tuple[jax.Array, jax.Array]]
 
-NAMES = ("mlm", "causal_lm", "span_corruption", "denoising")
+NAMES = ("mlm", "causal_lm", "span_corruption", "denoising",
+         # Fine-tuning (ssl_jax.finetune): heads on a BERT encoder.
+         "classification", "regression", "tagging", "extractive_qa")
 _MODULES = {
     "mlm": "ssl_jax.objectives.mlm",
     "causal_lm": "ssl_jax.objectives.causal_lm",
     "span_corruption": "ssl_jax.objectives.span_corruption",
     "denoising": "ssl_jax.objectives.denoising",
+    "classification": "ssl_jax.finetune.classification",
+    "regression": "ssl_jax.finetune.regression",
+    "tagging": "ssl_jax.finetune.tagging",
+    "extractive_qa": "ssl_jax.finetune.extractive_qa",
 }
 
 
@@ -43,12 +48,19 @@ class Objective:
   loss: Callable[[Any, Batch, dict], tuple[jax.Array, MetricSums]]  # (model output, batch, dens)
 
 
-def get(name: str) -> Objective:
-  """Returns the objective registered under `name` (`config.objective`)."""
+def get(name: str, config=None) -> Objective:
+  """Returns the objective registered under `name` (`config.objective`).
+
+  Objectives whose model depends on the task (fine-tuning: the number of labels) define
+  `for_config(config)`; given `config`, `get` returns that specialisation.
+  """
   if name not in _MODULES:
     raise ValueError(
         f"config.objective={name!r} is not an objective; use one of {', '.join(NAMES)}.")
-  return importlib.import_module(_MODULES[name]).OBJECTIVE
+  module = importlib.import_module(_MODULES[name])
+  if config is not None and hasattr(module, "for_config"):
+    return module.for_config(config)
+  return module.OBJECTIVE
 
 
 def init_params(objective: Objective, model, rng, batch):
@@ -72,13 +84,28 @@ def token_cross_entropy(logits, targets, weights):
     targets: [...] integer ids.
     weights: [...] 0/1 (or real) weights.
   Returns:
-    (loss_sum, correct_sum, weight_sum) scalars; `correct` counts weighted argmax hits.
+    (loss_sum, correct_sum, weight_sum) scalars; `correct` counts weighted hits (`token_losses`).
+  """
+  weights = weights.astype(jnp.float32)
+  losses, correct = token_losses(logits, targets)
+  return (losses * weights).sum(), (correct * weights).sum(), weights.sum()
+
+
+def token_losses(logits, targets):
+  """Per-token softmax cross-entropy (float32) and hit (1.0 where the target has the largest logit).
+
+  The loss equals `optax.softmax_cross_entropy_with_integer_labels`; a hit is `argmax(logits) ==
+  targets` except that a tie for the largest logit counts as a hit. Written so that XLA fuses it: the
+  target logit is picked by comparing with an iota (its gradient is an elementwise select fused into
+  the softmax gradient, where `take_along_axis`'s is a scatter over [..., V]), and the hit reuses the
+  logsumexp's max (an argmax is a second pass over [..., V] that costs as much as the loss itself).
   """
   logits = logits.astype(jnp.float32)
-  weights = weights.astype(jnp.float32)
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-  return (losses * weights).sum(), (correct * weights).sum(), weights.sum()
+  shifted = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  vocab = jnp.arange(logits.shape[-1], dtype=targets.dtype)
+  target_logit = jnp.sum(jnp.where(vocab == targets[..., None], shifted, 0.0), axis=-1)
+  losses = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1)) - target_logit
+  return losses, (target_logit >= 0).astype(jnp.float32)
 
 
 def safe_denominator(count):

@@ -3,9 +3,9 @@
 `OBJECTIVE` (bottom) is the loss; `BertFeatureConverter` turns `ssl_jax.data.preprocessors.bert_pretraining` examples into the `mlm` batch
 features of CONTRACTS.md, packing several examples per row or padding one per row.
 """
+import math
 from typing import Mapping, Optional
 
-import jax.numpy as jnp
 import seqio
 import tensorflow as tf
 
@@ -22,7 +22,8 @@ class BertFeatureConverter(seqio.FeatureConverter):
   `masked_targets`, `masked_weights` (float32), `masked_kinds` [k] and the scalar `sentence_label`
   (-1 = no sentence task). `task_feature_lengths(sequence_length, max_predictions)` builds the lengths.
 
-  Model features, with L = sequence_length, S = examples per row and P = max_predictions * S:
+  Model features, with L = sequence_length, S = examples per row and P = max_predictions * S (with
+  packing and `mask_rate` given, at most ceil(mask_rate * L) + S: no row can hold more predictions):
     `input_tokens`, `token_type_ids`, `segment_ids`, `positions` [L];
     `masked_positions` (indices into the row), `masked_targets`, `masked_weights` (float32),
     `masked_kinds` [P]; `sentence_positions` (each example's [CLS] index), `sentence_labels`,
@@ -74,10 +75,12 @@ class BertFeatureConverter(seqio.FeatureConverter):
   # segment_ids and positions are model features whether packed or not (CONTRACTS.md).
   PACKING_FEATURE_DTYPES = {}
 
-  def __init__(self, pack: bool = True, max_examples_per_row: Optional[int] = None, **kwargs):
+  def __init__(self, pack: bool = True, max_examples_per_row: Optional[int] = None,
+               mask_rate: Optional[float] = None, **kwargs):
     if max_examples_per_row is not None and max_examples_per_row < 1:
       raise ValueError(f"max_examples_per_row={max_examples_per_row}; it must be >= 1 (or None).")
     self._max_examples_per_row = max_examples_per_row
+    self._mask_rate = mask_rate
     super().__init__(pack=pack, **kwargs)
 
   @staticmethod
@@ -98,6 +101,11 @@ class BertFeatureConverter(seqio.FeatureConverter):
     length = task_feature_lengths["input_tokens"]
     rows = self.examples_per_row(length)
     predictions = task_feature_lengths["masked_positions"] * rows
+    if self.pack and self._mask_rate is not None:
+      # An example predicts max(1, round(mask_rate * its tokens)), so a row of L tokens holds at most
+      # mask_rate * L + S predictions: a longer axis is padding that the MLM head would still project
+      # onto the whole vocabulary (P = 80 instead of 24 for L = 128, a 3x larger MLM head).
+      predictions = min(predictions, math.ceil(self._mask_rate * length) + rows)
     lengths = {}
     for name in self.MODEL_FEATURES:
       lengths[name] = (predictions if name.startswith("masked_") else
@@ -212,8 +220,9 @@ def loss(outputs, batch, denominators):
   positions replaced by [MASK], by a random token, or left unchanged), `sentence_loss` and
   `sentence_accuracy` (NSP or SOP, whichever `config.data.mlm.sentence_task` chose).
   """
-  mlm_sum, mlm_correct, mlm_count = objectives.token_cross_entropy(
-      outputs["mlm_logits"], batch["masked_targets"], batch["masked_weights"])
+  weights = batch["masked_weights"]
+  losses, hits = objectives.token_losses(outputs["mlm_logits"], batch["masked_targets"])
+  mlm_sum, mlm_correct, mlm_count = (losses * weights).sum(), (hits * weights).sum(), weights.sum()
   sent_sum, sent_correct, sent_count = objectives.token_cross_entropy(
       outputs["sentence_logits"], batch["sentence_labels"], batch["sentence_weights"])
   total = (mlm_sum / objectives.safe_denominator(denominators["mlm"])
@@ -221,9 +230,8 @@ def loss(outputs, batch, denominators):
   sums = {"mlm_loss": (mlm_sum, mlm_count), "mlm_accuracy": (mlm_correct, mlm_count),
           "sentence_loss": (sent_sum, sent_count),
           "sentence_accuracy": (sent_correct, sent_count)}
-  hits = (jnp.argmax(outputs["mlm_logits"], -1) == batch["masked_targets"]) * batch["masked_weights"]
   for kind, name in _KINDS.items():
-    of_kind = (batch["masked_kinds"] == kind) * batch["masked_weights"]
+    of_kind = (batch["masked_kinds"] == kind) * weights
     sums[f"mlm_accuracy_{name}"] = ((hits * of_kind).sum(), of_kind.sum())
   return total, sums
 

@@ -1,0 +1,255 @@
+"""Train-step throughput per objective: ssl_jax beside `transformers` (PyTorch), MFU, compile time.
+
+  python benchmarks/train_step.py --compare-transformers                # 4 objectives, size small
+  python benchmarks/train_step.py --compare-transformers --size=tiny    # the configs' tiny models
+  python benchmarks/train_step.py --objectives=mlm --steps=10           # ssl_jax alone
+  python benchmarks/train_step.py --compile-scaling                     # scan_layers: 2 vs 24 layers
+
+Prints one JSON line per objective (and per model with --compile-scaling). How it counts:
+- A step is forward + backward + optimizer update (ssl_jax: the AOT-compiled, state-donating train
+  step of `ssl_jax.trainer`; transformers: `loss.backward()`, `clip_grad_norm_`, `AdamW.step()`), on
+  the same model shapes (the HF model is built from our config with `interop.hf.hf_config_from`), the
+  same batch and sequence length. HF is run as users run it: full-sequence logits, its default
+  attention (SDPA). ssl_jax reads real batches from its input pipeline; HF gets the same batches.
+- The two frameworks and a square float32 matmul (`--matmul_size`, XLA) are timed in turn, round
+  after round, so that a busy machine slows all three alike; medians over `--steps` rounds after
+  `--warmup` rounds. `speedup` = median HF step time / median ssl_jax step time (same tokens).
+- `flops_per_step` is XLA's cost analysis of the compiled step; `mfu` = flops_per_step / median step
+  time / median matmul rate (the measured dense float32 matmul rate of this machine, not a datasheet).
+- `host_fraction` = median time in `next(iterator)` / median step time: the input pipeline's share.
+- `compile_s`: lowering + compilation of the train step (no persistent cache).
+Threads: torch gets `--threads` intra-op threads (default: all cores); XLA uses its own pool of one
+thread per core.
+"""
+import argparse
+import importlib
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for configs/
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp
+import numpy as np
+
+from ssl_jax import trainer
+from ssl_jax.data import pipeline
+
+_FAMILY = {"mlm": "bert", "causal_lm": "gpt", "span_corruption": "t5", "denoising": "bart"}
+_HF_CLASS = {"mlm": "BertForMaskedLM", "causal_lm": "GPT2LMHeadModel",
+             "span_corruption": "T5ForConditionalGeneration",
+             "denoising": "BartForConditionalGeneration"}
+# 'small' is the BERT shape of the performance targets, used for every family; 'tiny' is the
+# configs' tiny models (vocabulary from the default corpus).
+_SMALL = dict(vocab_size=30522, hidden_size=256, num_layers=4, num_heads=4, mlp_dim=1024)
+SIZES = {"tiny": dict(model={}, global_batch_size=32),
+         "small": dict(model=_SMALL, global_batch_size=16)}
+
+
+def make_config(objective: str, size: str, overrides=None):
+  """The configs/<family>.py tiny config with the benchmark's model size and batch."""
+  config = importlib.import_module(f"configs.{_FAMILY[objective]}").get_config("tiny")
+  model = dict(SIZES[size]["model"])
+  if objective in ("span_corruption", "denoising") and model:
+    model.update(num_decoder_layers=model["num_layers"])
+    if objective == "span_corruption":  # T5 sets head_dim explicitly
+      model.update(head_dim=model["hidden_size"] // model["num_heads"])
+  model.update(overrides or {})
+  config.model.update(model)
+  config.train.global_batch_size = SIZES[size]["global_batch_size"]
+  return config
+
+
+def _timed(fn):
+  start = time.perf_counter()
+  out = fn()
+  return out, time.perf_counter() - start
+
+
+class MatmulRate:
+  """GFLOP/s of a square float32 matmul under XLA, one timing per call."""
+
+  def __init__(self, n: int):
+    self.n = n
+    key = jax.random.key(0)
+    self.a = jax.random.normal(key, (n, n), jnp.float32)
+    self.b = jax.random.normal(jax.random.fold_in(key, 1), (n, n), jnp.float32)
+    self.fn = jax.jit(jnp.matmul)
+    self.fn(self.a, self.b).block_until_ready()
+
+  def __call__(self) -> float:
+    _, seconds = _timed(lambda: self.fn(self.a, self.b).block_until_ready())
+    return 2 * self.n**3 / seconds / 1e9
+
+
+class SslJaxStep:
+  """The trainer's compiled step on the config's input pipeline."""
+
+  def __init__(self, config):
+    self.exp = trainer.Experiment.build(config)
+    self.state = self.exp.init_state()
+    self.compiled, self.compile_s = _timed(lambda: trainer.compile_train_step(self.exp))
+    self.flops = trainer.flops_per_step(self.compiled)
+    self.iterator = pipeline.make_iterator(config, "train", self.exp.batch_sharding)
+    self.tokens = trainer._tokens_per_step(self.exp.batch_spec)  # pylint: disable=protected-access
+    self.batch = None
+
+  def __call__(self) -> tuple[float, float]:
+    """Runs one step; returns (seconds in next(iterator), seconds in the step)."""
+    self.batch, host_s = _timed(lambda: next(self.iterator))
+    def step():
+      self.state, sums = self.compiled(self.state, self.batch)
+      jax.block_until_ready(sums)
+    _, step_s = _timed(step)
+    return host_s, step_s
+
+
+def hf_inputs(objective: str, batch) -> dict:
+  """The torch inputs of the HF model for an ssl_jax batch (labels -100 where no loss)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  b = {k: np.asarray(v) for k, v in batch.items()}
+  long = lambda x: torch.as_tensor(np.asarray(x, np.int64))
+  if objective == "mlm":
+    labels = np.full(b["input_tokens"].shape, -100)
+    real = b["masked_weights"] > 0
+    rows = np.broadcast_to(np.arange(real.shape[0])[:, None], real.shape)
+    labels[rows[real], b["masked_positions"][real]] = b["masked_targets"][real]
+    return dict(input_ids=long(b["input_tokens"]), token_type_ids=long(b["token_type_ids"]),
+                attention_mask=long(b["segment_ids"] > 0), labels=long(labels))
+  labels = long(np.where(b["decoder_loss_weights"] > 0, b["decoder_target_tokens"], -100))
+  decoder_mask = long(b["decoder_segment_ids"] > 0)
+  if objective == "causal_lm":
+    return dict(input_ids=long(b["decoder_input_tokens"]), attention_mask=decoder_mask,
+                labels=labels)
+  return dict(input_ids=long(b["encoder_input_tokens"]),
+              attention_mask=long(b["encoder_segment_ids"] > 0),
+              decoder_input_ids=long(b["decoder_input_tokens"]),
+              decoder_attention_mask=decoder_mask, labels=labels)
+
+
+class TransformersStep:
+  """`transformers` training step (AdamW, clipping as our config) on the same model shapes."""
+
+  def __init__(self, objective: str, model_config, optim_config):
+    import torch  # pylint: disable=g-import-not-at-top
+    import transformers  # pylint: disable=g-import-not-at-top
+    from ssl_jax.interop import hf  # pylint: disable=g-import-not-at-top
+    self.torch = torch
+    self.model = getattr(transformers, _HF_CLASS[objective])(hf.hf_config_from(model_config))
+    self.model.train()
+    self.optimizer = torch.optim.AdamW(
+        self.model.parameters(), lr=optim_config.learning_rate, betas=(optim_config.b1,
+                                                                       optim_config.b2),
+        eps=optim_config.eps, weight_decay=optim_config.weight_decay)
+    self.clip = optim_config.grad_clip_norm
+    self.inputs = None
+
+  def __call__(self) -> float:
+    def step():
+      loss = self.model(**self.inputs).loss
+      loss.backward()
+      if self.clip:
+        self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+      self.optimizer.step()
+      self.optimizer.zero_grad(set_to_none=True)
+    return _timed(step)[1]
+
+
+def measure(objective: str, args) -> dict:
+  config = make_config(objective, args.size)
+  ours = SslJaxStep(config)
+  theirs = (TransformersStep(objective, ours.exp.model_config, config.optim)
+            if args.compare_transformers else None)
+  matmul = MatmulRate(args.matmul_size)
+  host, ours_s, theirs_s, rates, ratios, mfus = [], [], [], [], [], []
+  for round_ in range(args.warmup + args.steps):
+    host_s, step_s = ours()
+    if theirs is not None:
+      theirs.inputs = hf_inputs(objective, ours.batch)
+      hf_s = theirs()
+    rate = matmul()
+    if round_ < args.warmup:
+      continue
+    host.append(host_s)
+    ours_s.append(step_s)
+    rates.append(rate)
+    mfus.append(ours.flops / step_s / 1e9 / rate)
+    if theirs is not None:
+      theirs_s.append(hf_s)
+      ratios.append(hf_s / step_s)
+  step_s, rate = statistics.median(ours_s), statistics.median(rates)
+  row = {
+      "benchmark": "train_step", "objective": objective, "size": args.size,
+      "model": {k: getattr(ours.exp.model_config, k) for k in (
+          "vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim", "dtype")},
+      "global_batch_size": config.train.global_batch_size,
+      "sequence_length": config.data.sequence_length, "tokens_per_step": ours.tokens,
+      "steps": args.steps, "ssl_jax_step_s": round(step_s, 4),
+      "ssl_jax_tokens_per_sec": round(ours.tokens / step_s, 1),
+  }
+  if theirs is not None:
+    hf_s = statistics.median(theirs_s)
+    row.update({"transformers_step_s": round(hf_s, 4),
+                "transformers_tokens_per_sec": round(ours.tokens / hf_s, 1),
+                "speedup": round(hf_s / step_s, 2),
+                "speedup_per_round_median": round(statistics.median(ratios), 2)})
+  row.update({
+      "flops_per_step": ours.flops, "achieved_gflops": round(ours.flops / step_s / 1e9, 2),
+      "matmul_gflops": round(rate, 2), "mfu": round(ours.flops / step_s / 1e9 / rate, 3),
+      "mfu_per_round_median": round(statistics.median(mfus), 3),
+      "compile_s": round(ours.compile_s, 2), "host_s": round(statistics.median(host), 5),
+      "host_fraction": round(statistics.median(host) / step_s, 4),
+      "ssl_jax_step_s_all": [round(s, 4) for s in ours_s],
+  })
+  if theirs is not None:
+    row["transformers_step_s_all"] = [round(s, 4) for s in theirs_s]
+  return row
+
+
+def compile_scaling(args) -> list[dict]:
+  """Compile time of the BERT train step with scan_layers=True for each of `--scan_layers_counts`."""
+  rows = []
+  for layers in args.scan_layers_counts:
+    config = make_config("mlm", args.size, dict(num_layers=layers, scan_layers=True))
+    exp = trainer.Experiment.build(config)
+    _, seconds = _timed(lambda: trainer.compile_train_step(exp))  # pylint: disable=cell-var-from-loop
+    rows.append({"benchmark": "compile_time", "objective": "mlm", "size": args.size,
+                 "num_layers": layers, "scan_layers": True, "compile_s": round(seconds, 2)})
+  for row in rows:
+    row["vs_fewest_layers"] = round(row["compile_s"] / rows[0]["compile_s"], 2)
+  return rows
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--objectives", default=",".join(_FAMILY))
+  parser.add_argument("--size", default="small", choices=sorted(SIZES))
+  parser.add_argument("--compare-transformers", "--compare_transformers", action="store_true",
+                      dest="compare_transformers")
+  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--matmul_size", type=int, default=1536)
+  parser.add_argument("--threads", type=int, default=os.cpu_count())
+  parser.add_argument("--compile-scaling", "--compile_scaling", action="store_true",
+                      dest="compile_scaling")
+  parser.add_argument("--scan_layers_counts", type=lambda s: [int(x) for x in s.split(",")],
+                      default=[2, 24])
+  args = parser.parse_args(argv)
+  if args.compare_transformers:
+    import torch  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(args.threads)
+  meta = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": jax.device_count(),
+          "cpu_count": os.cpu_count(), "threads": args.threads}
+  if args.compile_scaling:
+    for row in compile_scaling(args):
+      print(json.dumps({**row, **meta}), flush=True)
+    return
+  for objective in args.objectives.split(","):
+    print(json.dumps({**measure(objective, args), **meta}), flush=True)
+
+
+if __name__ == "__main__":
+  main()

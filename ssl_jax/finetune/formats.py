@@ -1,0 +1,249 @@
+"""Readers of the downstream data formats, into plain Python examples (no tokenization).
+
+    examples = formats.read_glue_tsv("sst2", "SST-2/dev.tsv")       # -> [TextExample]
+    examples = formats.read_glue_tfds("rte", "validation")          # TFDS glue/rte -> [TextExample]
+    sentences = formats.read_conllu("en_ewt-ud-dev.conllu")         # -> [TaggedSentence] (UPOS)
+    questions = formats.read_squad("dev-v2.0.json")                 # -> [QAExample] (v1.1 and v2.0)
+
+`GLUE` names, for each GLUE task, its text fields, its label names (empty for the STS-B regression)
+and the metrics the benchmark reports. A label is the index into `label_names` (a float for
+STS-B) or None where the file has none (GLUE test splits).
+"""
+import csv
+import dataclasses
+import json
+import os
+import sys
+from typing import Optional, Sequence, Union
+
+
+@dataclasses.dataclass(frozen=True)
+class TextExample:
+  """One sentence (`text_b` None) or sentence pair with its label (see the module docstring)."""
+  text_a: str
+  text_b: Optional[str]
+  label: Union[int, float, None]
+  id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TaggedSentence:
+  """Words and one tag per word (CoNLL-U: the UPOS column)."""
+  tokens: tuple[str, ...]
+  tags: tuple[str, ...]
+  id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+  text: str
+  start: int  # character offset into the context
+
+
+@dataclasses.dataclass(frozen=True)
+class QAExample:
+  """A SQuAD question; `answers` is empty exactly when the question is unanswerable (v2.0)."""
+  id: str
+  question: str
+  context: str
+  answers: tuple[Answer, ...]
+
+  @property
+  def is_impossible(self) -> bool:
+    return not self.answers
+
+
+@dataclasses.dataclass(frozen=True)
+class GlueSpec:
+  """How a GLUE task's files name things.
+
+  `tsv_columns` gives, for text_a, text_b and the label, the header names to look for, first match
+  wins: the GLUE distribution's names first, then those of Hugging Face `datasets` exports. An int
+  is a column index, for headerless files (CoLA train/dev).
+  """
+  tfds_fields: tuple[str, ...]  # text_a[, text_b] feature names in TFDS glue/<task>
+  label_names: tuple[str, ...]  # () = regression
+  metrics: tuple[str, ...]      # ssl_jax.finetune.metrics names; the first is the headline
+  tsv_columns: tuple[tuple[Union[str, int], ...], ...]
+  header: bool = True
+
+
+_PAIR = (("sentence1",), ("sentence2",), ("label",))
+GLUE = {
+    "cola": GlueSpec(("sentence",), ("unacceptable", "acceptable"), ("matthews_corr", "accuracy"),
+                     ((3, "sentence"), (), (1, "label")), header=False),
+    "sst2": GlueSpec(("sentence",), ("negative", "positive"), ("accuracy",),
+                     (("sentence",), (), ("label",))),
+    "mrpc": GlueSpec(("sentence1", "sentence2"), ("not_equivalent", "equivalent"), ("f1", "accuracy"),
+                     (("#1 String", "sentence1"), ("#2 String", "sentence2"), ("Quality", "label"))),
+    "qqp": GlueSpec(("question1", "question2"), ("not_duplicate", "duplicate"), ("f1", "accuracy"),
+                    (("question1",), ("question2",), ("is_duplicate", "label"))),
+    "stsb": GlueSpec(("sentence1", "sentence2"), (), ("pearson", "spearman"),
+                     (("sentence1",), ("sentence2",), ("score", "label"))),
+    "mnli": GlueSpec(("premise", "hypothesis"), ("entailment", "neutral", "contradiction"),
+                     ("accuracy",),
+                     (("sentence1", "premise"), ("sentence2", "hypothesis"), ("gold_label", "label"))),
+    "qnli": GlueSpec(("question", "sentence"), ("entailment", "not_entailment"), ("accuracy",),
+                     (("question",), ("sentence",), ("label",))),
+    "rte": GlueSpec(("sentence1", "sentence2"), ("entailment", "not_entailment"), ("accuracy",),
+                    _PAIR),
+}
+
+
+def glue_spec(task: str) -> GlueSpec:
+  if task not in GLUE:
+    raise ValueError(f"GLUE task {task!r} is unknown; use one of {', '.join(GLUE)}.")
+  return GLUE[task]
+
+
+def _require_file(path: str, what: str) -> None:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f"{what} file {path!r} does not exist; set config.data.train_file / eval_file (or the "
+        "argument) to an existing file.")
+
+
+def parse_label(value: str, label_names: Sequence[str], where: str) -> Union[int, float]:
+  """A label cell -> its index in `label_names` (by name or as an integer), or a float when
+  `label_names` is empty (regression)."""
+  value = value.strip()
+  try:
+    if not label_names:
+      return float(value)
+    if value in label_names:
+      return label_names.index(value)
+    index = int(value)
+    if 0 <= index < len(label_names):
+      return index
+  except ValueError:
+    pass
+  expected = "a number" if not label_names else (
+      f"one of {list(label_names)} or an index 0..{len(label_names) - 1}")
+  raise ValueError(f"{where}: label {value!r} is not {expected}; check the file's label column "
+                   "and the task (config.data.task).")
+
+
+def read_tsv(path: str, columns: Sequence[Sequence[Union[str, int]]],
+             label_names: Sequence[str], *, header: bool = True) -> list[TextExample]:
+  """Reads a tab-separated file of sentences (pairs) and labels.
+
+  Args:
+    path: the file. Quotes are literal (GLUE files contain unbalanced quotes), as in BERT's
+      `run_classifier.py`.
+    columns: for text_a, text_b, label: candidate column names (or indices); the first present
+      wins. text_b `()` = single sentences; a label column absent from the file gives label None.
+    label_names: see `parse_label`.
+    header: whether the first row names the columns.
+  Returns:
+    One TextExample per row, id = the 0-based data row number.
+  """
+  _require_file(path, "TSV")
+  csv.field_size_limit(sys.maxsize)
+  with open(path, encoding="utf-8", newline="") as f:
+    rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+  names = rows[0] if header and rows else []
+  rows = rows[1:] if header else rows
+
+  def find(candidates, what, required):
+    for c in candidates:
+      if isinstance(c, int):
+        if not header:
+          return c
+      elif c in names:
+        return names.index(c)
+    if required:
+      raise ValueError(f"{path}: no {what} column; expected one named {' or '.join(map(str, candidates))} "
+                       f"(the header has {names}). Use a GLUE-format file for this task.")
+    return None
+
+  text_a = find(columns[0], "text", True)
+  text_b = find(columns[1], "second text", bool(columns[1]))
+  label = find(columns[2], "label", False)
+  examples = []
+  for i, row in enumerate(rows):
+    if not row or row == [""]:
+      continue
+    where = f"{path} line {i + 1 + header}"
+    needed = max(c for c in (text_a, text_b, label) if c is not None)
+    if len(row) <= needed:
+      raise ValueError(f"{where} has {len(row)} tab-separated fields, expected at least {needed + 1}; "
+                       "fields must be separated by tabs and contain none.")
+    examples.append(TextExample(
+        text_a=row[text_a].strip(), text_b=None if text_b is None else row[text_b].strip(),
+        label=None if label is None or row[label] == "" else parse_label(row[label], label_names, where),
+        id=str(len(examples))))
+  return examples
+
+
+def read_glue_tsv(task: str, path: str) -> list[TextExample]:
+  """A GLUE task's TSV (the GLUE distribution, or a Hugging Face `datasets` export)."""
+  spec = glue_spec(task)
+  return read_tsv(path, spec.tsv_columns, spec.label_names, header=spec.header)
+
+
+def read_glue_tfds(task: str, split: str, data_dir: Optional[str] = None) -> list[TextExample]:
+  """TFDS `glue/<task>` split as TextExamples (labels -1 of the test splits become None)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  spec = glue_spec(task)
+  ds = tfds.load(f"glue/{task}", split=split, data_dir=data_dir, shuffle_files=False)
+  examples = []
+  for i, ex in enumerate(tfds.as_numpy(ds)):
+    texts = [ex[f].decode("utf-8") for f in spec.tfds_fields]
+    label = ex["label"].item()
+    if spec.label_names:
+      label = None if label < 0 else int(label)
+    examples.append(TextExample(texts[0], texts[1] if len(texts) > 1 else None, label,
+                                str(ex["idx"].item()) if "idx" in ex else str(i)))
+  return examples
+
+
+def read_conllu(path: str, column: str = "upos") -> list[TaggedSentence]:
+  """Sentences of a CoNLL-U file with the UPOS (or `column='xpos'`) tag of each word.
+
+  Multiword-token lines (`3-4`) and empty nodes (`5.1`) are skipped: the words are the syntactic
+  words, as UD evaluates tagging.
+  """
+  _require_file(path, "CoNLL-U")
+  index = {"upos": 3, "xpos": 4}[column]
+  sentences, tokens, tags, sent_id = [], [], [], None
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, 1):
+      line = line.rstrip("\n")
+      if line.startswith("#"):
+        if line.startswith("# sent_id"):
+          sent_id = line.split("=", 1)[1].strip()
+        continue
+      if not line.strip():
+        if tokens:
+          sentences.append(TaggedSentence(tuple(tokens), tuple(tags), sent_id or str(len(sentences))))
+        tokens, tags, sent_id = [], [], None
+        continue
+      fields = line.split("\t")
+      if len(fields) != 10:
+        raise ValueError(f"{path} line {number}: a CoNLL-U word line has 10 tab-separated fields, "
+                         f"this one {len(fields)}; pass a CoNLL-U file.")
+      if "-" in fields[0] or "." in fields[0]:
+        continue
+      tokens.append(fields[1])
+      tags.append(fields[index])
+  if tokens:
+    sentences.append(TaggedSentence(tuple(tokens), tuple(tags), sent_id or str(len(sentences))))
+  return sentences
+
+
+def read_squad(path: str) -> list[QAExample]:
+  """Questions of a SQuAD v1.1 or v2.0 JSON file, in file order."""
+  _require_file(path, "SQuAD JSON")
+  with open(path, encoding="utf-8") as f:
+    data = json.load(f)
+  if "data" not in data:
+    raise ValueError(f"{path} has no 'data' list; pass a SQuAD v1.1/v2.0 JSON file.")
+  examples = []
+  for article in data["data"]:
+    for paragraph in article["paragraphs"]:
+      context = paragraph["context"]
+      for qa in paragraph["qas"]:
+        answers = () if qa.get("is_impossible", False) else tuple(
+            Answer(a["text"], int(a["answer_start"])) for a in qa["answers"])
+        examples.append(QAExample(qa["id"], qa["question"], context, answers))
+  return examples

@@ -1,0 +1,128 @@
+"""The pretrained T5 / BART / GPT a text-to-text or in-context run starts from (`--init`).
+
+    config = lm_init.config_from_init(config, init, families=('t5', 'bart'))
+    exp = trainer.Experiment.build(config)
+    params = lm_init.params_from_init(config, init, exp.layout)
+
+`init` is one of
+- 'none' (or ''): config.model as it is, randomly initialised (params_from_init gives None);
+- an ssl_jax run directory (`ssl-jax train --workdir`): its latest checkpoint, or
+  `<workdir>/checkpoints/<step>` for another step; the model and vocabulary settings come from
+  the run's config.json;
+- 'hf:DIR': a Hugging Face T5 / BART / GPT-2 directory (interop.hf). The model comes from its
+  config.json; a T5 directory's spiece.model becomes the vocabulary (SentencePiece, 100 extra
+  ids). Byte-level BPE vocabularies (GPT-2, BART) are not ssl_jax vocabularies: give a
+  compatible one in config.data.vocab.
+The compute settings of config.model (dtype, param_dtype, scan_layers, remat_policy) are kept.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import jax
+import ml_collections
+
+from ssl_jax import checkpointing
+from ssl_jax.models import config as model_config_lib
+
+_COMPUTE_FIELDS = ('dtype', 'param_dtype', 'scan_layers', 'remat_policy')
+
+
+def _is_none(init: str) -> bool:
+  return init in ('', 'none')
+
+
+def _run_location(init: str) -> tuple[str, int | None]:
+  """(run directory, step or None = latest) of an ssl_jax `init`."""
+  path = os.path.normpath(init)
+  parent = os.path.dirname(path)
+  if os.path.basename(parent) == 'checkpoints' and os.path.basename(path).isdigit():
+    return os.path.dirname(parent), int(os.path.basename(path))
+  if not os.path.isfile(os.path.join(path, 'config.json')):
+    raise FileNotFoundError(
+        f"--init={init!r} is neither 'none', 'hf:DIR', an ssl_jax run directory (with "
+        'config.json and checkpoints/) nor <run>/checkpoints/<step>; pass the --workdir of an '
+        '`ssl-jax train` run.')
+  return path, None
+
+
+def _set_model(config, model_dict: dict, vocab: dict | None):
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    model = dict(model_dict)
+    model.update({k: config.model[k] for k in _COMPUTE_FIELDS if k in config.model})
+    config.model = ml_collections.ConfigDict(model)
+    if vocab is not None:
+      config.data.vocab = ml_collections.ConfigDict(vocab)
+  return config
+
+
+def config_from_init(config, init: str, families: tuple[str, ...]):
+  """`config` with the model (and vocabulary) of `init`, which must be of one of `families`;
+  records `init` in config.finetune.init."""
+  if _is_none(init):
+    config = copy.deepcopy(config)
+  elif init.startswith('hf:'):
+    import transformers  # pylint: disable=g-import-not-at-top  (the optional interop extra)
+    from ssl_jax.interop import hf  # pylint: disable=g-import-not-at-top
+    directory = init[3:]
+    if not os.path.isfile(os.path.join(directory, 'config.json')):
+      raise FileNotFoundError(f'--init={init!r}: {directory}/config.json does not exist; give a '
+                              'Hugging Face model directory.')
+    model_cfg = hf.config_from_hf(transformers.AutoConfig.from_pretrained(directory))
+    spiece = os.path.join(directory, 'spiece.model')
+    vocab = (dict(kind='sentencepiece', path=spiece, extra_ids=100, lower_case=False)
+             if os.path.isfile(spiece) else None)
+    if vocab is None and config.data.vocab.kind == 'default':
+      raise ValueError(
+          f'--init={init!r} has no spiece.model, and config.data.vocab.kind=\'default\' is not '
+          "the model's vocabulary; set config.data.vocab (kind, path) to the one it was trained "
+          'with (byte-level BPE, as GPT-2 and BART use, is not an ssl_jax vocabulary).')
+    config = _set_model(config, model_config_lib.config_to_dict(model_cfg), vocab)
+  else:
+    run_dir, _ = _run_location(init)
+    with open(os.path.join(run_dir, 'config.json'), encoding='utf-8') as f:
+      saved = json.load(f)
+    config = _set_model(config, saved['model'], saved['data']['vocab'])
+  family = config.model.get('family')
+  if family not in families:
+    raise ValueError(f"--init={init!r} is a {family!r} model; this run needs "
+                     f"{' or '.join(map(repr, families))} (config.objective="
+                     f"{config.objective!r}); pass a run or HF directory of that family.")
+  with config.unlocked():
+    config.finetune.init = init or 'none'
+  return config
+
+
+def params_from_init(config, init: str, layout):
+  """The params of `init` laid out by `layout` (a trainer StateLayout of config's model), or
+  None for 'none'. Raises ValueError naming a parameter whose shape differs."""
+  if _is_none(init):
+    return None
+  if init.startswith('hf:'):
+    from ssl_jax.interop import hf  # pylint: disable=g-import-not-at-top
+    overrides = {k: config.model[k] for k in _COMPUTE_FIELDS if k in config.model}
+    _, params = hf.from_pretrained(init[3:], **overrides)
+    expected = jax.tree_util.tree_flatten_with_path(layout.abstract.params)[0]
+    got = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+    for path, leaf in expected:
+      if path not in got or tuple(got[path].shape) != tuple(leaf.shape):
+        raise ValueError(f'--init={init!r}: parameter {jax.tree_util.keystr(path)} has shape '
+                         f'{getattr(got.get(path), "shape", None)} in the checkpoint but '
+                         f'{leaf.shape} in config.model; leave config.model to the checkpoint.')
+    return jax.device_put(params, layout.shardings.params)
+  run_dir, step = _run_location(init)
+  with open(os.path.join(run_dir, 'config.json'), encoding='utf-8') as f:
+    saved = ml_collections.ConfigDict(json.load(f))
+  manager = checkpointing.make_manager(run_dir, saved.train, read_only=True)
+  try:
+    step = manager.latest_step() if step is None else step
+    if step is None or step not in manager.all_steps():
+      raise FileNotFoundError(f'--init={init!r} holds no complete checkpoint'
+                              f'{"" if step is None else f" at step {step}"}; train it first.')
+    checkpointing.check_compatible(manager, step, config, layout)
+    return checkpointing.restore_params(manager, step, layout)
+  finally:
+    manager.close()

@@ -1,0 +1,119 @@
+"""The encoder a fine-tuning run starts from: `--init none | hf:DIR | WORKDIR`.
+
+    config, encoder = pretrained.load(config, "hf:/path/to/all-MiniLM-L6-v2")
+    params = pretrained.with_encoder(params, encoder)      # into a fresh, sharded state
+
+- 'none': a randomly initialised encoder of config.model (the from-scratch baseline).
+- 'hf:DIR': a Hugging Face BERT directory (config.json, model.safetensors or pytorch_model.bin,
+  vocab.txt): config.model becomes its architecture (keeping this config's dtype, param_dtype,
+  scan_layers, remat_policy) and config.data.vocab its WordPiece vocabulary.
+- WORKDIR: an ssl_jax BERT pretraining run (`ssl-jax train --config configs/bert.py ...`): its
+  latest checkpoint's encoder, with the run's model and vocabulary settings (config.json).
+Only the encoder (`params['bert']`) is taken; pretraining heads are dropped, the task head is new.
+"""
+import copy
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from ssl_jax.models import bert
+from ssl_jax.models import config as model_config_lib
+
+_COMPUTE_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat_policy")
+
+
+def _set_model(config, model_cfg, vocab: dict):
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.model = ml_collections.ConfigDict(model_config_lib.config_to_dict(model_cfg))
+    config.data.vocab = ml_collections.ConfigDict(vocab)
+  return config
+
+
+def _from_hf(config, directory: str):
+  from ssl_jax.interop import hf  # pylint: disable=g-import-not-at-top  (imports transformers)
+  vocab_path = os.path.join(directory, "vocab.txt")
+  if not os.path.isfile(vocab_path):
+    raise FileNotFoundError(
+        f"--init=hf:{directory} has no vocab.txt; fine-tuning needs the checkpoint's WordPiece "
+        "vocabulary next to config.json (save the tokenizer with the model).")
+  overrides = {k: config.model[k] for k in _COMPUTE_FIELDS if k in config.model}
+  model, params = hf.from_pretrained(directory, **overrides)
+  if not isinstance(model.config, model_config_lib.BertConfig):
+    raise ValueError(f"--init=hf:{directory} is not a BERT model; the fine-tuning heads sit on a "
+                     "BERT encoder.")
+  encoder = params if isinstance(model, bert.BertModel) else params["bert"]
+  lower_case = True
+  tokenizer_config = os.path.join(directory, "tokenizer_config.json")
+  if os.path.isfile(tokenizer_config):
+    with open(tokenizer_config, encoding="utf-8") as f:
+      lower_case = bool(json.load(f).get("do_lower_case", True))
+  vocab = dict(kind="wordpiece", path=vocab_path, extra_ids=0, lower_case=lower_case)
+  return _set_model(config, model.config, vocab), encoder
+
+
+def _from_workdir(config, workdir: str):
+  from ssl_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from ssl_jax import trainer  # pylint: disable=g-import-not-at-top
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(config_path):
+    raise FileNotFoundError(
+        f"--init={workdir!r} is neither 'none', 'hf:DIR' nor an ssl_jax run directory (it has no "
+        "config.json); pass the --workdir of an `ssl-jax train` BERT run.")
+  with open(config_path, encoding="utf-8") as f:
+    saved = ml_collections.ConfigDict(json.load(f))
+  # Lay the pretrained params out on this run's mesh (JSON turned the rule tuples into lists).
+  saved.logical_axis_rules = config.logical_axis_rules
+  saved.mesh = copy.deepcopy(config.mesh)
+  if saved.objective != "mlm":
+    raise ValueError(f"--init={workdir!r} was trained with objective {saved.objective!r}; the "
+                     "fine-tuning heads need a BERT encoder (objective 'mlm').")
+  exp = trainer.Experiment.build(saved)
+  manager = checkpointing.make_manager(workdir, saved.train)
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"--init={workdir!r} has no checkpoint; train it first.")
+  params = checkpointing.restore_params(manager, step, exp.layout)
+  manager.close()
+  vocab = json.loads(saved.data.vocab.to_json())
+  return _set_model(config, exp.model_config, vocab), params["bert"]
+
+
+def load(config, init: str):
+  """(config with the init's model and vocabulary, encoder params or None); also records
+  `init` in config.finetune.init."""
+  init = init or "none"
+  if init == "none":
+    config, encoder = copy.deepcopy(config), None
+  elif init.startswith("hf:"):
+    config, encoder = _from_hf(config, init[3:])
+  else:
+    config, encoder = _from_workdir(config, init)
+  config.finetune.init = init
+  return config, encoder
+
+
+def with_encoder(params, encoder):
+  """`params` with `params['bert']` replaced by the pretrained `encoder`, each array placed like
+  the one it replaces. Extra encoder params (a pooler the task does not use) are ignored."""
+  if encoder is None:
+    return params
+
+  def place(path, target):
+    keys = [getattr(k, "key", getattr(k, "idx", k)) for k in path]
+    source = encoder
+    for key in keys:
+      if key not in source:
+        raise ValueError(f"the pretrained encoder has no parameter bert/{'/'.join(map(str, keys))};"
+                         " the --init checkpoint is not a BERT encoder of this architecture.")
+      source = source[key]
+    if tuple(source.shape) != tuple(target.shape):
+      raise ValueError(f"parameter bert/{'/'.join(map(str, keys))} has shape {source.shape} in the "
+                       f"--init checkpoint but {target.shape} in the model; the configs disagree.")
+    source = source if isinstance(source, jax.Array) else np.asarray(source)
+    return jax.device_put(source.astype(target.dtype), target.sharding)
+
+  return {**params, "bert": jax.tree_util.tree_map_with_path(place, params["bert"])}

@@ -1,0 +1,69 @@
+"""`ssl-jax finetune`: train a head (and the encoder) on a task with the pretraining trainer,
+then score the whole eval split.
+
+    scores = run.finetune(config, workdir, init="hf:/path/to/bert")   # or "none", or a workdir
+
+The run is an ordinary trainer run of the task's objective (checkpoints, metrics.jsonl, resume:
+re-running finishes training, or only re-scores a finished run). At the end the eval split's
+task metrics are written as the last `eval` row of metrics.jsonl and to `eval_results.json`.
+"""
+import copy
+import json
+import math
+import os
+
+import jax
+
+from ssl_jax import metrics as metrics_lib
+from ssl_jax import trainer
+from ssl_jax.finetune import config as finetune_config
+from ssl_jax.finetune import data
+from ssl_jax.finetune import evaluation
+from ssl_jax.finetune import pretrained
+
+RESULTS_FILE = "eval_results.json"
+
+
+def prepare(config, init: str):
+  """(config ready for the trainer, pretrained encoder or None): the init's model and
+  vocabulary, and the step count and warmup from config.finetune's epochs and ratio."""
+  finetune_config.validate(config)
+  config, encoder = pretrained.load(config, init)
+  f = config.finetune
+  if f.num_epochs > 0:
+    rows = data.num_rows(config, "train")
+    config.train.num_steps = max(1, math.ceil(f.num_epochs * rows / config.train.global_batch_size))
+  if f.warmup_ratio > 0:
+    config.optim.warmup_steps = round(f.warmup_ratio * config.train.num_steps)
+  return config, encoder
+
+
+def finetune(config, workdir: str, init: str = "none") -> dict:
+  """Fine-tunes from `init` into `workdir` and returns the eval split's scores.
+
+  T5/BART configs (objective span_corruption/denoising: configs/finetune/text_to_text.py) run
+  `text_to_text.finetune`; GPT configs (causal_lm: configs/finetune/in_context/) score the
+  model in context (`in_context.run`, no training).
+  """
+  if config.objective in ("span_corruption", "denoising"):
+    from ssl_jax.finetune import text_to_text  # pylint: disable=g-import-not-at-top
+    return text_to_text.finetune(copy.deepcopy(config), workdir, init)
+  if config.objective == "causal_lm":
+    from ssl_jax.finetune import in_context  # pylint: disable=g-import-not-at-top
+    return in_context.run(copy.deepcopy(config), workdir, init)
+  config, encoder = prepare(copy.deepcopy(config), init)
+  state = trainer.train_and_evaluate(
+      config, workdir, init_params=lambda params: pretrained.with_encoder(params, encoder))
+  exp = trainer.Experiment.build(config)
+  step = int(jax.device_get(state.step))
+  scores = evaluation.evaluate(exp, state.params)
+  if jax.process_index() == 0:
+    with metrics_lib.MetricsLogger(workdir, num_steps=config.train.num_steps, log_every=1,
+                                   start_step=step) as logger:
+      logger.write_eval(step, {k: (v, 1.0) for k, v in scores.items()})
+    results = {"task": config.data.task, "objective": config.objective, "init": init,
+               "step": step, "train_rows": data.num_rows(config, "train"), "scores": scores}
+    with open(os.path.join(workdir, RESULTS_FILE), "w", encoding="utf-8") as f:
+      json.dump(results, f, indent=2)
+  return scores
+

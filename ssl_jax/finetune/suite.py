@@ -1,0 +1,96 @@
+"""`ssl-jax eval-suite`: fine-tune one encoder on a list of tasks and tabulate the scores.
+
+    table = suite.run(suite_config, workdir, init="hf:DIR")
+
+The suite config (configs/finetune/suite.py) names the tasks -- config files in
+`suite_config.config_dir` -- and where their data is: `files.<task>.train_file/eval_file`, or
+by default `<data_dir>/<task>/{train,dev}.<ext>` (ext: tsv, conllu or json by format).
+`overrides` apply to every task (0 or '' = keep the task's value). Each task runs in
+`<workdir>/<task>/` (so a re-run resumes or re-scores); the table is written to
+`<workdir>/scores.md` and `scores.json`.
+
+A task's score is the mean of its metrics in percent (GLUE's rule for tasks with two metrics);
+for SQuAD it is F1. The suite's score is the mean over tasks.
+"""
+import copy
+import importlib.util
+import json
+import os
+
+import jax
+
+from ssl_jax.finetune import run as run_lib
+
+_EXTENSIONS = {"glue_tsv": "tsv", "conllu": "conllu", "squad_json": "json"}
+
+
+def load_task_config(path: str, variant: str):
+  """`get_config(variant)` of the config file at `path`."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"task config {path!r} does not exist; name tasks after the files in "
+                            "config.config_dir (configs/finetune), e.g. config.tasks='sst2,upos'.")
+  spec = importlib.util.spec_from_file_location(f"ssl_jax_task_{os.path.basename(path)[:-3]}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def task_config(suite, task: str):
+  """The fine-tuning config of `task` with the suite's files and overrides applied."""
+  config = load_task_config(os.path.join(suite.config_dir, f"{task}.py"), suite.variant)
+  files = suite.files.get(task, None)
+  for split, default in (("train_file", "train"), ("eval_file", "dev")):
+    explicit = files.get(split, "") if files is not None else ""
+    if explicit:
+      config.data[split] = explicit
+    elif suite.data_dir and config.data.format in _EXTENSIONS:
+      config.data[split] = os.path.join(suite.data_dir, task,
+                                        f"{default}.{_EXTENSIONS[config.data.format]}")
+  o = suite.overrides
+  for section, key in (("train", "global_batch_size"), ("train", "num_steps"),
+                       ("data", "sequence_length"), ("data", "max_train_examples"),
+                       ("data", "max_eval_examples"), ("optim", "learning_rate"),
+                       ("finetune", "num_epochs")):
+    if o[key]:
+      config[section][key] = o[key]
+  if o.num_steps and not o.num_epochs:
+    config.finetune.num_epochs = 0  # a step count given for the suite replaces the epochs
+  return config
+
+
+def task_score(scores: dict) -> float:
+  """Headline percent: SQuAD F1, else the mean of the task's metrics (fractions -> percent)."""
+  if "f1" in scores and "exact" in scores:
+    return scores["f1"]
+  return 100.0 * sum(scores.values()) / len(scores)
+
+
+def markdown(rows: list[dict], average: float, init: str) -> str:
+  lines = [f"Fine-tuning scores, init `{init}`", "",
+           "| task | objective | score | metrics |", "|---|---|---:|---|"]
+  for r in rows:
+    details = ", ".join(f"{k} {v:.4g}" for k, v in r["scores"].items() if not k.endswith("total"))
+    lines.append(f"| {r['task']} | {r['objective']} | {r['score']:.2f} | {details} |")
+  lines.append(f"| **average** | | **{average:.2f}** | |")
+  return "\n".join(lines) + "\n"
+
+
+def run(suite, workdir: str, init: str = "none") -> dict:
+  """Fine-tunes and scores every task of `suite`; returns {'tasks': rows, 'average': x}."""
+  tasks = [t.strip() for t in suite.tasks.split(",") if t.strip()]
+  if not tasks:
+    raise ValueError("config.tasks is empty; list task configs, e.g. --config.tasks=sst2,upos,squad.")
+  configs = {t: task_config(suite, t) for t in tasks}  # every config error before any training
+  rows = []
+  for task, config in configs.items():
+    scores = run_lib.finetune(copy.deepcopy(config), os.path.join(workdir, task), init)
+    rows.append({"task": task, "objective": config.objective, "score": task_score(scores),
+                 "scores": scores})
+  average = sum(r["score"] for r in rows) / len(rows)
+  result = {"init": init, "tasks": rows, "average": average}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "scores.json"), "w", encoding="utf-8") as f:
+      json.dump(result, f, indent=2)
+    with open(os.path.join(workdir, "scores.md"), "w", encoding="utf-8") as f:
+      f.write(markdown(rows, average, init))
+  return result

@@ -1,0 +1,99 @@
+"""Objective 'tagging': one tag per word (CoNLL-U UPOS).
+
+Rows: `[CLS] word pieces [SEP]`; `labels` [L] hold each word's tag at its first piece, with
+`label_weights` 1 there and 0 elsewhere (continuation pieces, [CLS], [SEP], padding), as BERT
+tags. Sentences longer than the row are cut; their cut words count as wrong when scored, so
+accuracy is over every word of the eval file. Scores: `accuracy` (per word).
+"""
+import dataclasses
+import functools
+
+import jax.numpy as jnp
+import numpy as np
+
+from ssl_jax import objectives
+from ssl_jax.finetune import data
+from ssl_jax.finetune import encoding
+from ssl_jax.models import heads
+
+# Universal Dependencies v2 UPOS tags.
+UPOS = ("ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON",
+        "PROPN", "PUNCT", "SCONJ", "SYM", "VERB", "X")
+FEATURES = {"labels": (True, np.int32), "label_weights": (True, np.float32)}
+
+
+def tag_names(config) -> tuple[str, ...]:
+  return tuple(config.data.labels.split(",")) if config.data.labels else UPOS
+
+
+def featurize(config, vocab, sentences) -> data.Rows:
+  """Rows of TaggedSentences; meta = per sentence (first-piece positions, number of words)."""
+  special = encoding.specials(vocab)
+  names = tag_names(config)
+  index = {t: i for i, t in enumerate(names)}
+  unknown = sorted({t for s in sentences for t in s.tags} - set(index))
+  if unknown:
+    raise ValueError(f"tags {unknown[:5]} are not in config.data.labels (or UPOS when it is ''); "
+                     "list every tag of the files in --config.data.labels=TAG,TAG,...")
+  pieces = encoding.encode(vocab, [w for s in sentences for w in s.tokens])
+  length = config.data.sequence_length
+  rows, firsts, k = [], [], 0
+  for s in sentences:
+    tokens, labels, first = [special.cls], [0], []
+    for tag, word_pieces in zip(s.tags, pieces[k:k + len(s.tokens)]):
+      word_pieces = word_pieces or [vocab.unk_id]  # a word of only dropped characters
+      if len(tokens) + len(word_pieces) > length - 1:
+        break
+      first.append(len(tokens))
+      labels += [index[tag]] + [0] * (len(word_pieces) - 1)
+      tokens += word_pieces
+    k += len(s.tokens)
+    tokens.append(special.sep)
+    row = encoding.pad_row(tokens, [0] * len(tokens), length, special.pad)
+    row["labels"] = np.zeros(length, np.int32)
+    row["labels"][:len(labels)] = labels
+    row["label_weights"] = np.zeros(length, np.float32)
+    row["label_weights"][first] = 1.0
+    rows.append(row)
+    firsts.append(first)
+  return data.Rows(encoding.stack(rows), firsts)
+
+
+def model_inputs(batch):
+  return {name: batch[name] for name in data.TOKEN_FEATURES}
+
+
+def denominators(batch):
+  return {"word": batch["label_weights"].sum()}
+
+
+def loss(outputs, batch, dens):
+  loss_sum, correct, count = objectives.token_cross_entropy(
+      outputs["logits"], batch["labels"], batch["label_weights"])
+  return (loss_sum / objectives.safe_denominator(dens["word"]),
+          {"tagging_loss": (loss_sum, count), "accuracy": (correct, count)})
+
+
+def predict(outputs):
+  return jnp.argmax(outputs["logits"], -1)
+
+
+def score(config, sentences, rows, predictions) -> dict:
+  index = {t: i for i, t in enumerate(tag_names(config))}
+  correct = total = 0
+  for s, first, predicted in zip(sentences, rows.meta, predictions):
+    gold = [index[t] for t in s.tags]
+    correct += int(np.sum(predicted[first] == gold[:len(first)]))
+    total += len(gold)  # words cut by the row length count as wrong
+  return {"accuracy": correct / total}
+
+
+OBJECTIVE = objectives.Objective(
+    name="tagging", family=("bert",),
+    make_model=functools.partial(heads.BertForTokenClassification, num_labels=len(UPOS)),
+    model_inputs=model_inputs, denominators=denominators, loss=loss)
+
+
+def for_config(config) -> objectives.Objective:
+  return dataclasses.replace(OBJECTIVE, make_model=functools.partial(
+      heads.BertForTokenClassification, num_labels=len(tag_names(config))))

@@ -1,0 +1,141 @@
+"""Probe data: tagged sentences, tokenized word by word so every token knows its word.
+
+    sentences = data.corpus_sentences(num_sentences=256)         # corpus grammar, fixed seed
+    sentences = data.conllu_sentences(["en_ewt-ud-dev.conllu"])   # or real text with UPOS tags
+    text = data.tokenize(sentences, vocab)                        # -> ProbeText
+
+Probe sentences are fixed by a seed, never by the training data stream: the default corpus's
+grammar drawn with `seed` (documents the training corpus, seeded with config.data.corpus.seed,
+does not hold) or the sentences of CoNLL-U files in file order. Each word is tokenized on its own
+(WordPiece and SentencePiece split at spaces anyway), so a token belongs to exactly one word and
+carries that word's part of speech and frequency bucket.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from ssl_jax.data import corpora
+
+# Universal Dependencies v2 UPOS tags; the default corpus uses 14 of them.
+UPOS_TAGS = ("ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON",
+             "PROPN", "PUNCT", "SCONJ", "SYM", "VERB", "X")
+# Word-frequency buckets by rank (0 = most frequent): [0, 50), [50, 200), [200, inf).
+FREQUENCY_EDGES = (50, 200)
+PROBE_SEED = 12345  # default-corpus documents for probes; training uses config.data.corpus.seed
+
+
+Sentence = Sequence[tuple[str, str]]  # [(word, upos), ...]
+
+
+def frequency_bucket_names(edges: Sequence[int] = FREQUENCY_EDGES) -> tuple[str, ...]:
+  """('rank_0_50', 'rank_50_200', 'rank_200+') for the default edges."""
+  bounds = (0, *edges)
+  return tuple(f"rank_{lo}_{hi}" for lo, hi in zip(bounds, edges)) + (f"rank_{edges[-1]}+",)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeText:
+  """Tokenized probe sentences (one row of arrays per sentence, one entry per token).
+
+  tokens[s] int32 token ids of sentence s; word_index[s] the position of each token's word in
+  the sentence; word_type[s] an id per distinct (lower-cased) word, into `types`; pos[s] an index
+  into UPOS_TAGS; frequency[s] a frequency bucket, into `frequency_names`.
+  """
+  tokens: tuple[np.ndarray, ...]
+  word_index: tuple[np.ndarray, ...]
+  word_type: tuple[np.ndarray, ...]
+  pos: tuple[np.ndarray, ...]
+  frequency: tuple[np.ndarray, ...]
+  types: tuple[str, ...]
+  frequency_names: tuple[str, ...]
+
+  def __len__(self) -> int:
+    return len(self.tokens)
+
+  @property
+  def num_tokens(self) -> int:
+    return sum(len(t) for t in self.tokens)
+
+
+def corpus_sentences(num_sentences: int = 256, seed: int = PROBE_SEED) -> list[list[tuple]]:
+  """The first `num_sentences` sentences of default-corpus documents 0, 1, ... drawn with `seed`."""
+  if num_sentences < 1:
+    raise ValueError(f"num_sentences={num_sentences}: probes need at least one sentence.")
+  sentences, index = [], 0
+  while len(sentences) < num_sentences:
+    sentences += corpora.generate_document(index, seed)
+    index += 1
+  return [list(s) for s in sentences[:num_sentences]]
+
+
+def conllu_sentences(paths: Sequence[str], num_sentences: int | None = None) -> list[list[tuple]]:
+  """(word, UPOS) sentences of CoNLL-U files, in file order (the first `num_sentences`)."""
+  from ssl_jax.finetune import formats  # pylint: disable=g-import-not-at-top
+  sentences = []
+  for path in paths:
+    for tagged in formats.read_conllu(path):
+      unknown = sorted(set(tagged.tags) - set(UPOS_TAGS))
+      if unknown:
+        raise ValueError(
+            f"CoNLL-U file {path}, sentence {tagged.id}: tags {unknown} are not UPOS tags "
+            f"({', '.join(UPOS_TAGS)}); pass files with a UPOS column (column 4).")
+      sentences.append(list(zip(tagged.tokens, tagged.tags)))
+  if not sentences:
+    raise ValueError(f"CoNLL-U files {list(paths)} hold no sentences; pass UD .conllu files.")
+  return sentences[:num_sentences] if num_sentences else sentences
+
+
+def frequency_ranks(sentences: Sequence[Sentence]) -> dict[str, int]:
+  """word (lower-cased) -> frequency rank: the default corpus's `lexicon()` ranks when every
+  word is in it, else ranks by count within `sentences` (ties in order of first appearance)."""
+  lexicon = corpora.lexicon()
+  words = [w.lower() for s in sentences for w, _ in s]
+  if all(w in lexicon for w in words):
+    return {w: lexicon[w][1] for w in words}
+  counts: dict[str, int] = {}
+  for w in words:
+    counts[w] = counts.get(w, 0) + 1
+  order = sorted(counts, key=lambda w: -counts[w])  # stable: ties keep first-appearance order
+  return {w: rank for rank, w in enumerate(order)}
+
+
+def tokenize(sentences: Sequence[Sentence], vocab, edges: Sequence[int] = FREQUENCY_EDGES,
+             ranks: dict[str, int] | None = None) -> ProbeText:
+  """Tokenizes each word with `vocab` (a seqio.Vocabulary); words with no tokens are dropped.
+
+  `ranks` (word -> frequency rank) defaults to `frequency_ranks(sentences)`.
+  """
+  ranks = frequency_ranks(sentences) if ranks is None else ranks
+  pieces: dict[str, list[int]] = {}
+  types: dict[str, int] = {}
+  columns = {k: [] for k in ("tokens", "word_index", "word_type", "pos", "frequency")}
+  for sentence in sentences:
+    row = {k: [] for k in columns}
+    for position, (word, tag) in enumerate(sentence):
+      lower = word.lower()
+      if word not in pieces:
+        pieces[word] = [int(i) for i in vocab.encode(word)]
+      ids = pieces[word]
+      bucket = int(np.searchsorted(edges, ranks.get(lower, edges[-1]), side="right"))
+      row["tokens"] += ids
+      row["word_index"] += [position] * len(ids)
+      row["word_type"] += [types.setdefault(lower, len(types))] * len(ids)
+      row["pos"] += [UPOS_TAGS.index(tag)] * len(ids)
+      row["frequency"] += [bucket] * len(ids)
+    if row["tokens"]:
+      for k in columns:
+        columns[k].append(np.asarray(row[k], np.int32))
+  if not columns["tokens"]:
+    raise ValueError("the probe sentences tokenize to nothing; check the vocabulary "
+                     "(config.data.vocab) and the sentences.")
+  return ProbeText(**{k: tuple(v) for k, v in columns.items()}, types=tuple(types),
+                   frequency_names=frequency_bucket_names(edges))
+
+
+def words_of(text: ProbeText, sentence: int) -> np.ndarray:
+  """Indices of the first token of each word of `sentence` (word order)."""
+  index = text.word_index[sentence]
+  return np.flatnonzero(np.r_[True, index[1:] != index[:-1]])

@@ -1,0 +1,91 @@
+"""Layer-wise linear probes: how linearly decodable is a word's part of speech at each depth?
+
+    probe = LinearProbe(subject, text)
+    dict(probe.run(state))  # {'accuracy/token_embedding': .., 'accuracy/layer_1': .., ...}
+
+A closed-form ridge classifier (one-hot targets, standardised features, float64 numpy: no
+iterations, no randomness) is fitted per depth on the word vectors of
+`representations.word_representations` (depth 0 = the input token embeddings).
+
+Splits (fixed by `seed`): every 5th sentence is test. A fifth of the word types never reach the
+training set: `accuracy_unseen_words/<depth>` is accuracy on them, so it asks whether a
+representation encodes part of speech in a way that generalises to new words (from context and
+shared structure) rather than memorising each word's tag -- in the default corpus every spelling
+has one tag, so `accuracy/<depth>` on seen words can be reached by memorising.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from ssl_jax.probes import data
+from ssl_jax.probes import representations
+from ssl_jax.probes.subject import PRETRAINING_OBJECTIVES
+from ssl_jax.probes.subject import Subject
+
+TEST_EVERY = 5
+HELDOUT_TYPE_FRACTION = 0.2
+
+
+def ridge_fit(features: np.ndarray, labels: np.ndarray, num_classes: int,
+              l2: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(weights [E + 1, C], mean [E], scale [E]) of ridge regression onto one-hot labels.
+
+  Features are standardised with their training mean and scale; the bias is not penalised
+  (it is the column of ones, and the targets' mean is what it fits).
+  """
+  x = features.astype(np.float64)
+  mean, scale = x.mean(0), x.std(0) + 1e-6
+  x = (x - mean) / scale
+  x = np.concatenate([x, np.ones((len(x), 1))], 1)
+  y = np.eye(num_classes)[labels]
+  penalty = l2 * np.eye(x.shape[1])
+  penalty[-1, -1] = 0.0
+  weights = np.linalg.solve(x.T @ x + penalty, x.T @ y)
+  return weights, mean, scale
+
+
+def ridge_predict(model, features: np.ndarray) -> np.ndarray:
+  """Class index per row of `features` under a `ridge_fit` model."""
+  weights, mean, scale = model
+  x = (features.astype(np.float64) - mean) / scale
+  return np.argmax(np.concatenate([x, np.ones((len(x), 1))], 1) @ weights, axis=1)
+
+
+class LinearProbe:
+  """Part of speech from each depth's word vectors (see the module doc). Names:
+  `accuracy/<depth>`, `accuracy_unseen_words/<depth>` with depth `token_embedding`,
+  `layer_1`, ..., and `majority_baseline`."""
+  name = "linear_probe"
+  objectives = PRETRAINING_OBJECTIVES
+  needs = ""
+
+  def __init__(self, subject: Subject, text: data.ProbeText, seed: int = 0, l2: float = 1.0):
+    self.subject = subject
+    self.rows = representations.clean_rows(subject, text)
+    self.seed = seed
+    self.l2 = l2
+
+  def _splits(self, words) -> dict[str, np.ndarray]:
+    types = np.unique(words.word_type)
+    rng = np.random.default_rng(self.seed)
+    heldout_types = rng.permutation(types)[:int(round(HELDOUT_TYPE_FRACTION * len(types)))]
+    heldout = np.isin(words.word_type, heldout_types)
+    test = words.sentence % TEST_EVERY == 0
+    return {"train": ~test & ~heldout, "test": test & ~heldout, "unseen": heldout}
+
+  def run(self, state) -> Iterator[tuple[str, float]]:
+    """(name, value) pairs for the params of `state` (a TrainState or a params tree)."""
+    words = representations.word_representations(self.subject, state, self.rows)
+    split = self._splits(words)
+    labels = words.pos
+    num_classes = len(data.UPOS_TAGS)
+    majority = np.bincount(labels[split["train"]], minlength=num_classes).argmax()
+    yield "majority_baseline", float(np.mean(labels[split["test"]] == majority))
+    for depth, vectors in zip(words.layer_names, words.layers):
+      model = ridge_fit(vectors[split["train"]], labels[split["train"]], num_classes, self.l2)
+      for metric, part in (("accuracy", "test"), ("accuracy_unseen_words", "unseen")):
+        if split[part].any():
+          hits = ridge_predict(model, vectors[split[part]]) == labels[split[part]]
+          yield f"{metric}/{depth}", float(hits.mean())

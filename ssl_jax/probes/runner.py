@@ -1,0 +1,123 @@
+"""Run probes over every checkpoint of a workdir and write `probes.jsonl` (`ssl-jax probe`).
+
+    rows = runner.probe_workdir("/tmp/bert", ["pos_accuracy", "linear_probe"])
+    # <workdir>/probes.jsonl: {"step": 1, "probe": "pos_accuracy", "name": "accuracy/NOUN",
+    #                          "value": 0.0}, ... one line per value, steps ascending
+
+The output is a function of the checkpoints and the arguments only (probe sentences from a fixed
+seed, no dropout, closed-form probes), so two runs on the same workdir write the same file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+from absl import logging
+
+from ssl_jax.probes import attention
+from ssl_jax.probes import cka
+from ssl_jax.probes import data
+from ssl_jax.probes import linear_probe
+from ssl_jax.probes import similarity
+from ssl_jax.probes import token_accuracy
+from ssl_jax.probes.subject import Subject
+
+PROBES = {cls.name: cls for cls in (
+    token_accuracy.PosAccuracy, token_accuracy.MaskingKindLoss, token_accuracy.SpanLengthLoss,
+    linear_probe.LinearProbe, similarity.ContextualSimilarity, attention.AttentionEntropy,
+    cka.RepresentationCKA)}
+OUTPUT_FILE = "probes.jsonl"
+
+
+def applicable(objective: str) -> list[str]:
+  """Names of the probes that apply to `objective`, in PROBES order."""
+  return [name for name, cls in PROBES.items() if objective in cls.objectives]
+
+
+def check_names(names: Sequence[str], objective: str) -> None:
+  """Raises ValueError for an unknown probe or one that does not apply to `objective`."""
+  for name in names:
+    if name not in PROBES:
+      raise ValueError(f"--probes names {name!r}, which is not a probe; use some of "
+                       f"{', '.join(PROBES)}.")
+    cls = PROBES[name]
+    if objective not in cls.objectives:
+      raise ValueError(
+          f"probe {name!r} does not apply to objective {objective!r}: it {cls.needs}. Probes "
+          f"for {objective!r}: {', '.join(applicable(objective))}.")
+
+
+def make_evaluators(subject: Subject, names: Sequence[str] | None, text: data.ProbeText,
+                    reference=None) -> list:
+  """The evaluators `names` (default: every probe that applies), each with `run(state)`.
+
+  `reference` (params) is what the CKA probe compares with; see cka.py.
+  """
+  names = applicable(subject.name) if names is None else list(names)
+  check_names(names, subject.name)
+  return [PROBES[n](subject, text, reference=reference) if n == cka.RepresentationCKA.name
+          else PROBES[n](subject, text) for n in names]
+
+
+def probe_sentences(conllu: Sequence[str] = (), num_sentences: int = 256) -> list:
+  """CoNLL-U sentences when files are given, else default-corpus sentences (data.PROBE_SEED)."""
+  if conllu:
+    return data.conllu_sentences(conllu, num_sentences)
+  return data.corpus_sentences(num_sentences)
+
+
+def probe_workdir(workdir: str, names: Sequence[str] | None = None, *,
+                  conllu: Sequence[str] = (), num_sentences: int = 256,
+                  steps: Sequence[int] | None = None) -> list[dict]:
+  """Runs the probes `names` (default: all that apply) on checkpoints `steps` (default: all)
+  of `workdir`; writes `<workdir>/probes.jsonl` (replacing it) and returns its rows.
+
+  Raises:
+    ValueError / FileNotFoundError naming the flag: an unknown or inapplicable probe, a
+      workdir without config.json or checkpoints, a step that has no checkpoint.
+  """
+  subject = Subject.from_workdir(workdir)
+  try:
+    if names is not None:
+      check_names(names, subject.name)   # before any checkpoint is read
+    available = subject.steps()
+    steps = available if steps is None else sorted(steps)
+    missing = sorted(set(steps) - set(available))
+    if missing:
+      raise ValueError(f"--steps names {missing}, which have no checkpoint in {workdir!r}; "
+                       f"the checkpoints are at steps {available}.")
+    text = data.tokenize(probe_sentences(conllu, num_sentences), subject.vocab)
+    reference = None
+    if names is None or cka.RepresentationCKA.name in names:
+      reference = subject.restore(available[-1])   # CKA against the run's last checkpoint
+    evaluators = make_evaluators(subject, names, text, reference)
+    rows = []
+    for step in steps:
+      params = subject.restore(step)
+      for evaluator in evaluators:
+        rows += [{"step": step, "probe": evaluator.name, "name": name, "value": value}
+                 for name, value in evaluator.run(params)]
+      logging.info("probed step %d of %s", step, workdir)
+  finally:
+    subject.close()
+  write_rows(rows, os.path.join(workdir, OUTPUT_FILE))
+  return rows
+
+
+def write_rows(rows: Sequence[dict], path: str) -> None:
+  """Writes rows as JSON lines, atomically (a reader never sees half a file)."""
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row) + "\n")
+  os.replace(tmp, path)
+
+
+def read_rows(workdir_or_path: str) -> list[dict]:
+  """The rows of a probes.jsonl (or of `<workdir>/probes.jsonl`)."""
+  path = workdir_or_path
+  if os.path.isdir(path):
+    path = os.path.join(path, OUTPUT_FILE)
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,452 @@
+"""Checkpoints and fault tolerance: policies, resharding restore, exact resume after SIGKILL,
+SIGTERM, kills during async saves, non-finite steps, and the messages for bad input.
+
+Fast tests run in-process on the 8 fake CPU devices; slow ones run `ssl-jax train` as a
+subprocess and kill it. Run as a script (`python tests/test_checkpointing.py kill_driver DIR N`)
+this file is the driver of the kill-during-save test: it imports once and forks writers to kill.
+"""
+import glob
+import json
+import os
+import random
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+import traceback
+import types
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow as tf
+
+from ssl_jax import checkpointing
+from ssl_jax import trainer
+from ssl_jax.data import pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Small enough for 2 cores: batch 8, a 300-document corpus, every step logged, no eval.
+CLI_FLAGS = ("--config.train.global_batch_size=8", "--config.data.corpus.num_documents=300",
+             "--config.data.shuffle_buffer=16", "--config.train.eval_steps=0",
+             "--config.train.log_every=1", "--config.optim.warmup_steps=2")
+
+
+def tiny_config(name: str) -> ml_collections.ConfigDict:
+  """configs/<name>.py:tiny made as small as CLI_FLAGS make it."""
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  try:
+    config = __import__(name).get_config("tiny")
+  finally:
+    sys.path.pop(0)
+  config.train.update(global_batch_size=8, eval_steps=0)
+  config.data.corpus.num_documents = 300
+  config.data.shuffle_buffer = 16
+  return config
+
+
+def bitwise_equal(a, b) -> bool:
+  leaves_a, leaves_b = jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))
+  return len(leaves_a) == len(leaves_b) and all(
+      np.asarray(x).dtype == np.asarray(y).dtype and np.asarray(x).tobytes() ==
+      np.asarray(y).tobytes() for x, y in zip(leaves_a, leaves_b))
+
+
+def range_iterator() -> pipeline.DataIterator:
+  """A real (tf.data-checkpointing) DataIterator over 0, 1, 2, ... as {'i': i}."""
+  return pipeline.DataIterator(tf.data.Dataset.range(10**9).map(lambda i: {"i": i}), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast: the manager's policies, resharding restore, non-finite steps, bad input.
+
+
+def test_log_spaced_checkpoints_are_kept_while_periodic_ones_rotate(tmp_path):
+  train_cfg = ml_collections.ConfigDict(dict(
+      save_every=3, keep_checkpoints=2, log_spaced_checkpoints=True, num_steps=20))
+  manager = checkpointing.make_manager(str(tmp_path), train_cfg)
+  it = range_iterator()
+  saved = []
+  for step in range(1, 21):
+    next(it)
+    if checkpointing.save(manager, step, {"w": np.full((4,), step, np.float32)}, it,
+                          train_cfg, force=step == 20):
+      saved.append(step)
+  manager.wait_until_finished()
+  assert saved == [1, 2, 3, 4, 6, 8, 9, 12, 15, 16, 18, 20]
+  # The latest 2, and every power of two whatever its age.
+  assert manager.all_steps() == [1, 2, 4, 8, 16, 18, 20]
+  assert checkpointing.log_spaced_steps(20) == [1, 2, 4, 8, 16]
+  it = range_iterator()
+  state = checkpointing.restore(manager, 8, {"w": jax.ShapeDtypeStruct((4,), jnp.float32)},
+                                {"w": jax.sharding.SingleDeviceSharding(jax.devices()[0])}, it)
+  np.testing.assert_array_equal(state["w"], np.full((4,), 8))
+  assert int(next(it)["i"]) == 8  # steps 1..8 read elements 0..7
+  manager.close()
+  # Readers (eval, probes) see the same steps and write nothing.
+  reader = checkpointing.make_manager(str(tmp_path), train_cfg, read_only=True)
+  assert reader.all_steps() == [1, 2, 4, 8, 16, 18, 20] and reader.latest_step() == 20
+  assert checkpointing.make_manager(str(tmp_path / "new"), train_cfg,
+                                    read_only=True).latest_step() is None
+  assert not os.path.exists(tmp_path / "new")
+
+
+@pytest.fixture(scope="module")
+def bert_checkpoint(tmp_path_factory):
+  """A BERT tiny checkpoint at step 1 written on mesh data=8, with what it holds."""
+  config = tiny_config("bert")
+  config.mesh.update(data=8, fsdp=1, tensor=1)
+  exp = trainer.Experiment.build(config)
+  state = exp.init_state()
+  it = pipeline.make_iterator(config, "train", exp.batch_sharding)
+  next(it)
+  workdir = str(tmp_path_factory.mktemp("bert_ckpt"))
+  manager = checkpointing.make_manager(workdir, config.train)
+  checkpointing.save(manager, 1, state, it, config, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return types.SimpleNamespace(config=config, workdir=workdir, state=jax.device_get(state),
+                               next_batch=jax.device_get(next(it)))
+
+
+@pytest.mark.parametrize("mesh, num_devices", [({"fsdp": 2, "tensor": 4}, 8), ({}, 1)],
+                         ids=["fsdp2_tensor4", "one_device"])
+def test_checkpoint_from_data8_restores_on_another_mesh(bert_checkpoint, mesh, num_devices):
+  config = bert_checkpoint.config.copy_and_resolve_references()
+  config.mesh.update({"data": 1, "fsdp": 1, "tensor": 1, **mesh})
+  exp = trainer.Experiment.build(config, devices=jax.devices()[:num_devices])
+  manager = checkpointing.make_manager(bert_checkpoint.workdir, config.train, read_only=True)
+  checkpointing.check_compatible(manager, 1, config, exp.layout)
+  it = pipeline.make_iterator(config, "train", exp.batch_sharding)
+  state = checkpointing.restore(manager, 1, exp.layout.abstract, exp.layout.shardings, it)
+  params = checkpointing.restore_params(manager, 1, exp.layout)
+  manager.close()
+
+  assert bitwise_equal(state, bert_checkpoint.state)
+  assert bitwise_equal(params, bert_checkpoint.state.params)
+  for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(exp.layout.shardings)):
+    assert got.sharding == want
+  for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(exp.layout.shardings.params)):
+    assert got.sharding == want
+  if num_devices > 1:  # the target layout really splits parameters
+    assert any(s.spec != jax.sharding.PartitionSpec() and any(s.spec)
+               for s in jax.tree.leaves(exp.layout.shardings.params))
+  assert bitwise_equal(next(it), bert_checkpoint.next_batch)
+
+
+def test_nonfinite_step_is_skipped_with_params_and_optimizer_state_unchanged():
+  config = tiny_config("bert")
+  # A learning rate that overflows: step 1 is finite but makes the weights ~1e30, so the
+  # activations of step 2 overflow to inf and its loss and gradients are NaN.
+  config.optim.update(learning_rate=1e30, grad_clip_norm=0.0, schedule="constant",
+                      warmup_steps=0)
+  config.train.on_nonfinite = "skip"
+  exp = trainer.Experiment.build(config, devices=jax.devices()[:1])
+  train_step = trainer.compile_train_step(exp)
+  it = pipeline.make_iterator(config, "train", exp.batch_sharding)
+  state = exp.init_state()
+  steps = []
+  for _ in range(3):
+    before = jax.device_get(state)
+    state, sums = train_step(state, next(it))
+    steps.append((before, jax.device_get(state), float(sums["nonfinite_steps"][0]),
+                  float(sums["loss"][0])))
+  (before_1, after_1, bad_1, loss_1), (before_2, after_2, bad_2, loss_2) = steps[:2]
+  assert bad_1 == 0 and np.isfinite(loss_1) and not bitwise_equal(after_1.params,
+                                                                   before_1.params)
+  assert bad_2 == 1 and not np.isfinite(loss_2)
+  assert bitwise_equal(after_2.params, before_2.params)
+  assert bitwise_equal(after_2.opt_state, before_2.opt_state)
+  assert int(after_2.step) == int(before_2.step) + 1 == 2  # next step draws new randomness
+  assert steps[2][2] == 1 and bitwise_equal(steps[2][1].params, before_2.params)
+
+
+def _mesh_not_device_count(config, tmp_path):
+  config.mesh.update(data=3, fsdp=1, tensor=1)
+  return config, str(tmp_path / "run")
+
+
+def _batch_not_divisible(config, tmp_path):
+  config.mesh.update(data=8, fsdp=1, tensor=1)
+  config.train.global_batch_size = 12
+  return config, str(tmp_path / "run")
+
+
+def _sequence_beyond_positions(config, tmp_path):
+  config.data.sequence_length = config.model.max_length + 1
+  return config, str(tmp_path / "run")
+
+
+def _workdir_not_writable(config, tmp_path):
+  (tmp_path / "a_file").write_text("not a directory")
+  return config, str(tmp_path / "a_file" / "run")
+
+
+def _checkpoint_of_another_model(config, checkpoint):
+  config = checkpoint.config.copy_and_resolve_references()
+  config.model.mlp_dim = 2 * config.model.mlp_dim
+  return config, checkpoint.workdir
+
+
+def _checkpoint_of_another_vocabulary(config, checkpoint):
+  config = checkpoint.config.copy_and_resolve_references()
+  config.data.vocab.extra_ids = 50
+  return config, checkpoint.workdir
+
+
+BAD_INPUTS = {
+    "mesh_not_device_count": (_mesh_not_device_count, [
+        "config.mesh", "data=3", "8 are available", "product"]),
+    "batch_not_divisible": (_batch_not_divisible, [
+        "config.train.global_batch_size=12", "8 data-parallel devices", "multiple of 8"]),
+    "sequence_beyond_positions": (_sequence_beyond_positions, [
+        "config.data.sequence_length=129", "128 positions", "config.model.max_length"]),
+    "workdir_not_writable": (_workdir_not_writable, [
+        "--workdir=", "a_file/run", "not writable", "pass a directory you can write"]),
+    "checkpoint_of_another_model": (_checkpoint_of_another_model, [
+        "parameter bert/encoder/layers_0/mlp/wi/bias", "(512,)", "(1024,)",
+        "match config.model"]),
+    "checkpoint_of_another_vocabulary": (_checkpoint_of_another_vocabulary, [
+        "config.data.vocab=", "'extra_ids': 100", "'extra_ids': 50", "checkpoint's vocabulary"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_refused_before_compiling_with_a_message(case, tmp_path, request,
+                                                             monkeypatch):
+  make, expected = BAD_INPUTS[case]
+  base = request.getfixturevalue("bert_checkpoint") if "checkpoint" in case else tmp_path
+  config, workdir = make(tiny_config("bert"), base)
+  compiled = []
+  original = trainer.compile_train_step
+  # A spy, not a stand-in: it records whether the step got compiled before the error.
+  monkeypatch.setattr(trainer, "compile_train_step",
+                      lambda exp: compiled.append(1) or original(exp))
+  with pytest.raises(ValueError) as error:
+    trainer.train_and_evaluate(config, workdir)
+  for text in expected:
+    assert text in str(error.value), (text, str(error.value))
+  assert not compiled
+
+
+def test_cli_names_an_unknown_config_key(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "ssl_jax.main", "train", "--config=configs/bert.py:tiny",
+       f"--workdir={tmp_path}", "--config.train.num_stepz=5"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  message = result.stderr.strip().splitlines()[-1]
+  for text in ("--config.train.num_stepz", "'num_stepz'", 'Did you mean "num_steps"',
+               "fix the spelling"):
+    assert text in message, message
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow: the CLI killed and re-run.
+
+
+def start_cli(name: str, workdir, *flags: str) -> subprocess.Popen:
+  """`ssl-jax train` on one CPU device (as a user runs it; quicker than conftest's 8 fake ones)."""
+  log = open(f"{workdir}.log", "w", encoding="utf-8")  # pylint: disable=consider-using-with
+  xla_flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "",
+                     os.environ.get("XLA_FLAGS", "")).strip()
+  return subprocess.Popen(
+      [sys.executable, "-m", "ssl_jax.main", "train", f"--config=configs/{name}.py:tiny",
+       f"--workdir={workdir}", *CLI_FLAGS, *flags], cwd=REPO, stdout=log,
+      stderr=subprocess.STDOUT, env={**os.environ, "XLA_FLAGS": xla_flags})
+
+
+def wait_ok(process: subprocess.Popen, workdir) -> None:
+  code = process.wait(timeout=900)
+  with open(f"{workdir}.log", encoding="utf-8") as f:
+    assert code == 0, f.read()[-5000:]
+
+
+def wait_for(path: str, process: subprocess.Popen, timeout_s: float = 900) -> None:
+  deadline = time.monotonic() + timeout_s
+  while not os.path.exists(path):
+    assert process.poll() is None, f"exited ({process.returncode}) before {path} appeared"
+    assert time.monotonic() < deadline, f"no {path} after {timeout_s} s"
+    time.sleep(0.02)
+
+
+def train_rows(workdir) -> dict:
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"),
+                                            encoding="utf-8")]
+  steps = [r["step"] for r in rows if r["split"] == "train"]
+  assert len(steps) == len(set(steps)), steps  # a resumed run rewrites no step twice
+  return {r["step"]: r for r in rows if r["split"] == "train"}
+
+
+def checkpoint_steps(workdir) -> list:
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+
+
+def saved_state(workdir, step: int):
+  return ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step),
+                                                         "state"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["bert", "t5"])
+def test_resume_after_sigkill_gives_the_uninterrupted_losses(name, tmp_path):
+  k = 6
+  flags = (f"--config.train.num_steps={2 * k}", f"--config.train.save_every={k}")
+  reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
+  reference = start_cli(name, reference_dir, *flags)
+  killed = start_cli(name, resumed_dir, *flags)
+  wait_for(os.path.join(resumed_dir, "checkpoints", str(k)), killed)
+  killed.send_signal(signal.SIGKILL)
+  assert killed.wait() == -signal.SIGKILL
+  assert checkpoint_steps(resumed_dir) == [k]
+  wait_ok(start_cli(name, resumed_dir, *flags), resumed_dir)
+  wait_ok(reference, reference_dir)
+
+  want, got = train_rows(reference_dir), train_rows(resumed_dir)
+  assert sorted(got) == sorted(want) == list(range(1, 2 * k + 1))
+  for step in want:
+    for key, value in want[step].items():
+      if key not in ("step_time_s", "tokens_per_sec"):
+        assert got[step][key] == value, (step, key, got[step][key], value)
+  assert bitwise_equal(saved_state(resumed_dir, 2 * k), saved_state(reference_dir, 2 * k))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_current_step_and_exits_zero(tmp_path):
+  workdir = tmp_path / "run"
+  flags = ("--config.train.num_steps=12", "--config.train.save_every=100")
+  process = start_cli("bert", workdir, *flags)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  while not (os.path.exists(metrics) and len(open(metrics, encoding="utf-8").readlines()) >= 3):
+    assert process.poll() is None, open(f"{workdir}.log", encoding="utf-8").read()[-5000:]
+    time.sleep(0.05)
+  process.send_signal(signal.SIGTERM)
+  wait_ok(process, workdir)
+  stopped_at = max(train_rows(workdir))
+  assert stopped_at < 12
+  assert checkpoint_steps(workdir) == [stopped_at]  # save_every=100: only the preemption save
+
+  wait_ok(start_cli("bert", workdir, *flags), workdir)
+  with open(f"{workdir}.log", encoding="utf-8") as f:
+    assert f"resumed from step {stopped_at} " in f.read()
+  assert sorted(train_rows(workdir)) == list(range(1, 13))
+  assert checkpoint_steps(workdir) == [stopped_at, 12]
+
+
+@pytest.mark.slow
+def test_nonfinite_abort_exits_nonzero_without_checkpoint_after_the_bad_step(tmp_path):
+  workdir = tmp_path / "run"
+  process = start_cli(
+      "bert", workdir, "--config.train.num_steps=6", "--config.train.save_every=1",
+      "--config.train.on_nonfinite=abort", "--config.optim.learning_rate=1e30",
+      "--config.optim.grad_clip_norm=0", "--config.optim.schedule=constant",
+      "--config.optim.warmup_steps=0")
+  assert process.wait(timeout=900) != 0
+  log = open(f"{workdir}.log", encoding="utf-8").read()
+  rows = train_rows(workdir)
+  bad = min(step for step, row in rows.items() if row["nonfinite_steps"] > 0)
+  assert f"NonFiniteLossError: step {bad}: the loss or a gradient is not finite" in log
+  assert "config.train.on_nonfinite='skip'" in log
+  assert checkpoint_steps(workdir) == list(range(1, bad))
+
+
+@pytest.mark.slow
+def test_sigkill_during_async_saves_never_leaves_a_partial_latest_checkpoint(tmp_path):
+  kills = 12
+  start = time.monotonic()
+  result = subprocess.run(
+      [sys.executable, os.path.abspath(__file__), "kill_driver", str(tmp_path), str(kills)],
+      cwd=REPO, capture_output=True, text=True, timeout=600,
+      env={**os.environ, "XLA_FLAGS": "", "TF_CPP_MIN_LOG_LEVEL": "3"})
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+  records = json.loads(result.stdout.strip().splitlines()[-1])
+  print(f"{kills} kills in {time.monotonic() - start:.0f} s: {records}")
+  assert len(records) == kills + 1
+  for killed, restarted in zip(records, records[1:]):
+    # The restart sees every checkpoint that was complete when the writer died, and only those.
+    assert restarted["finalized_at_start"] == killed["finalized_after_kill"]
+    assert restarted["latest"] == max(killed["finalized_after_kill"], default=None)
+    assert restarted["restored_ok"], restarted
+  assert records[-1]["latest"] > records[1]["latest"]  # progress across restarts
+  # Most kills landed in the middle of a save (its temporary directory was left behind).
+  assert sum(bool(r["tmp_after_kill"]) for r in records[:-1]) >= kills // 2, records
+
+
+# ---------------------------------------------------------------------------------------------
+# The kill driver (run as a script by the test above).
+
+_SHAPE = (1024, 2048)  # two 8 MiB arrays of random values: a save takes a measurable time
+
+
+def _finalized(workdir) -> list:
+  return checkpoint_steps(workdir) if os.path.isdir(os.path.join(workdir, "checkpoints")) else []
+
+
+def _state_at(step: int) -> dict:
+  keys = jax.random.split(jax.random.key(step))
+  return {"a": jax.random.normal(keys[0], _SHAPE), "b": jax.random.normal(keys[1], _SHAPE),
+          "step": jnp.int32(step)}
+
+
+def _writer(workdir: str, report_fd: int) -> None:
+  """Restores the latest checkpoint, checks it, reports, then saves every step forever."""
+  train_cfg = ml_collections.ConfigDict(dict(
+      save_every=1, keep_checkpoints=2, log_spaced_checkpoints=False, num_steps=10**6))
+  finalized = _finalized(workdir)  # before the manager deletes temporary directories
+  manager = checkpointing.make_manager(workdir, train_cfg)
+  latest = manager.latest_step()
+  it = range_iterator()
+  expected = _state_at(latest or 0)  # also compiles _state_at before the clock starts
+  if latest is not None:
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    expected = bitwise_equal(expected, checkpointing.restore(
+        manager, latest, jax.eval_shape(_state_at, 0),
+        jax.tree.map(lambda _: sharding, expected), it))
+  restored_ok = bool(expected) and int(next(it)["i"]) == (latest or 0)
+  os.write(report_fd, (json.dumps({"latest": latest, "finalized_at_start": finalized,
+                                   "restored_ok": restored_ok}) + "\n").encode())
+  step = (latest or 0) + 1
+  while True:  # the element read for `step` is consumed; the position saved is the next one
+    checkpointing.save(manager, step, _state_at(step), it, train_cfg, force=True)
+    next(it)
+    step += 1
+
+
+def _kill_driver(workdir: str, kills: int, seed: int = 0) -> list:
+  """Forks a writer `kills + 1` times, SIGKILLs each (but the last) at a random moment of its
+  saving, and returns what each writer found at start and what each kill left on disk."""
+  rng = random.Random(seed)
+  records = []
+  for i in range(kills + 1):
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()  # the parent never touched a device, so the child starts a clean runtime
+    if pid == 0:
+      os.close(read_fd)
+      try:
+        _writer(workdir, write_fd)
+      except BaseException:  # pylint: disable=broad-except
+        traceback.print_exc()
+      finally:
+        os._exit(1)  # pylint: disable=protected-access
+    os.close(write_fd)
+    ready, _, _ = select.select([read_fd], [], [], 120)
+    assert ready, "writer did not start"
+    record = json.loads(os.read(read_fd, 1 << 16).decode())
+    os.close(read_fd)
+    time.sleep(rng.uniform(0.2, 2.0))
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    record["tmp_after_kill"] = sorted(
+        os.path.basename(p) for p in glob.glob(os.path.join(workdir, "checkpoints", "*tmp*")))
+    record["finalized_after_kill"] = _finalized(workdir)
+    records.append(record)
+  return records
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["kill_driver"]:
+  print(json.dumps(_kill_driver(sys.argv[2], int(sys.argv[3]))))

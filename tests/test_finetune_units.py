@@ -1,0 +1,270 @@
+"""Fine-tuning building blocks: file readers, metrics (official SQuAD definitions), row
+encoding, QA windows and span decoding, heads. Fast: no training."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from ssl_jax.data import vocabularies
+from ssl_jax.finetune import classification
+from ssl_jax.finetune import encoding
+from ssl_jax.finetune import extractive_qa
+from ssl_jax.finetune import formats
+from ssl_jax.finetune import metrics
+from ssl_jax.finetune import tagging
+from ssl_jax.finetune import config as finetune_config
+from ssl_jax.models import bert
+from ssl_jax.models import heads
+from ssl_jax.models.config import get_preset
+
+
+def write(path, text):
+  path.write_text(text, encoding="utf-8")
+  return str(path)
+
+
+# ------------------------------------------------------------------------------ formats
+def test_glue_tsv_readers_take_glue_and_hf_export_columns(tmp_path):
+  sst2 = write(tmp_path / "sst2.tsv", "sentence\tlabel\nit 's \"good\t1\nbad . \t0\n")
+  assert formats.read_glue_tsv("sst2", sst2) == [
+      formats.TextExample('it \'s "good', None, 1, "0"), formats.TextExample("bad .", None, 0, "1")]
+  # GLUE's RTE names labels; a Hugging Face export numbers them (sentence1, sentence2, label, idx).
+  rte = write(tmp_path / "rte.tsv", "index\tsentence1\tsentence2\tlabel\n0\tA b.\tA.\tnot_entailment\n")
+  rte_hf = write(tmp_path / "rte_hf.tsv", "sentence1\tsentence2\tlabel\tidx\nA b.\tA.\t1\t0\n")
+  assert formats.read_glue_tsv("rte", rte) == formats.read_glue_tsv("rte", rte_hf) == [
+      formats.TextExample("A b.", "A.", 1, "0")]
+  mnli = write(tmp_path / "mnli.tsv", "index\tpromptID\tsentence1\tsentence2\tlabel1\tgold_label\n"
+               "0\t7\tP.\tH.\tneutral\tcontradiction\n")
+  assert formats.read_glue_tsv("mnli", mnli)[0].label == 2
+  cola = write(tmp_path / "cola.tsv", "gj04\t1\t\tThe book fell.\ngj04\t0\t*\tBook the fell.\n")
+  assert [(e.text_a, e.label) for e in formats.read_glue_tsv("cola", cola)] == [
+      ("The book fell.", 1), ("Book the fell.", 0)]
+  stsb = write(tmp_path / "stsb.tsv", "index\tgenre\tsentence1\tsentence2\tscore\n0\tx\tA.\tB.\t3.8\n")
+  assert formats.read_glue_tsv("stsb", stsb)[0].label == pytest.approx(3.8)
+  test_split = write(tmp_path / "test.tsv", "index\tsentence\n0\tno label here\n")
+  assert formats.read_glue_tsv("sst2", test_split)[0].label is None
+
+
+def test_tsv_errors_name_the_file_line_and_fix(tmp_path):
+  bad = write(tmp_path / "bad.tsv", "sentence\tlabel\nfine\t1\nodd\tmaybe\n")
+  with pytest.raises(ValueError, match=r"bad.tsv line 3: label 'maybe' is not one of"):
+    formats.read_glue_tsv("sst2", bad)
+  no_column = write(tmp_path / "cols.tsv", "text\tlabel\nx\t1\n")
+  with pytest.raises(ValueError, match="no text column; expected one named sentence"):
+    formats.read_glue_tsv("sst2", no_column)
+  with pytest.raises(FileNotFoundError, match="config.data.train_file"):
+    formats.read_glue_tsv("sst2", str(tmp_path / "missing.tsv"))
+  with pytest.raises(ValueError, match="GLUE task 'sst3' is unknown"):
+    formats.glue_spec("sst3")
+
+
+def test_glue_tfds_reader_on_mock_data():
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
+    sst2 = formats.read_glue_tfds("sst2", "train")
+    mnli = formats.read_glue_tfds("mnli", "validation_matched")
+    stsb = formats.read_glue_tfds("stsb", "train")
+  assert len(sst2) == 4 and sst2[0].text_b is None and sst2[0].label in (0, 1)
+  assert mnli[0].text_b is not None and mnli[0].label in (0, 1, 2)
+  assert isinstance(stsb[0].label, float)
+
+
+def test_conllu_reader_skips_multiword_tokens_and_empty_nodes(tmp_path):
+  path = write(tmp_path / "x.conllu", (
+      "# sent_id = s1\n# text = I can't go.\n"
+      "1\tI\tI\tPRON\tPRP\t_\t3\tnsubj\t_\t_\n"
+      "2-3\tcan't\t_\t_\t_\t_\t_\t_\t_\t_\n"
+      "2\tca\tcan\tAUX\tMD\t_\t4\taux\t_\t_\n"
+      "3\tn't\tnot\tPART\tRB\t_\t4\tadvmod\t_\t_\n"
+      "3.1\tgo\tgo\tVERB\tVB\t_\t_\t_\t_\t_\n"
+      "4\tgo\tgo\tVERB\tVB\t_\t0\troot\t_\t_\n\n"
+      "1\tHi\thi\tINTJ\tUH\t_\t0\troot\t_\t_\n"))
+  assert formats.read_conllu(path) == [
+      formats.TaggedSentence(("I", "ca", "n't", "go"), ("PRON", "AUX", "PART", "VERB"), "s1"),
+      formats.TaggedSentence(("Hi",), ("INTJ",), "1")]
+
+
+def test_squad_reader_v1_and_v2(tmp_path):
+  data = {"version": "v2.0", "data": [{"title": "t", "paragraphs": [{
+      "context": "Anna sails to the island.",
+      "qas": [{"id": "q1", "question": "Who sails?", "answers": [{"text": "Anna", "answer_start": 0}],
+               "is_impossible": False},
+              {"id": "q2", "question": "Who flies?", "answers": [], "is_impossible": True,
+               "plausible_answers": [{"text": "Anna", "answer_start": 0}]},
+              {"id": "q3", "question": "Where?", "answers": [  # v1.1: no is_impossible key
+                  {"text": "the island", "answer_start": 14}]}]}]}]}
+  path = write(tmp_path / "squad.json", json.dumps(data))
+  q1, q2, q3 = formats.read_squad(path)
+  assert q1.answers == (formats.Answer("Anna", 0),) and not q1.is_impossible
+  assert q2.is_impossible and q2.answers == ()
+  assert q3.context[14:24] == "the island" and not q3.is_impossible
+
+
+# ------------------------------------------------------------------------------ metrics
+def test_squad_normalisation_exact_match_and_f1_follow_the_official_script():
+  assert metrics.normalize_answer("The  Norman-Conquest, of  an England!") == "normanconquest of england"
+  assert metrics.exact_match("the Normans", "Normans.") == 1
+  assert metrics.exact_match("Normans", "Norman") == 0
+  # Articles are dropped before counting: [in 10th century] vs [10th century ad], 2 in common.
+  assert metrics.token_f1("in the 10th century", "the 10th century AD") == pytest.approx(2 / 3)
+  assert metrics.token_f1("10th century", "the 10th century AD") == pytest.approx(
+      2 * (2 / 3) * 1 / (2 / 3 + 1))
+  assert metrics.token_f1("c b b", "b b b") == pytest.approx(2 / 3)  # bag-of-words counts
+  assert metrics.token_f1("a b b", "b b b") == pytest.approx(0.8)  # "a" is an article
+  assert metrics.token_f1("", "") == 1.0 and metrics.token_f1("", "x") == 0.0
+  assert metrics.token_f1("the", "") == 1.0  # a gold answer that normalises to nothing
+
+
+def test_squad_scores_take_the_best_gold_answer_and_split_answerable():
+  gold = {"a": ["Denmark, Iceland and Norway", "Denmark"], "b": [], "c": ["1066"], "d": ["x"]}
+  predictions = {"a": "Denmark", "b": "", "c": "in 1066 AD"}  # 'd' missing: scores 0
+  scores = metrics.squad_scores(gold, predictions)
+  f1_c = 2 * (1 / 3) * 1 / (1 / 3 + 1)
+  assert scores["exact"] == pytest.approx(100 * 2 / 4)
+  assert scores["f1"] == pytest.approx(100 * (1 + 1 + f1_c + 0) / 4)
+  assert scores["HasAns_total"] == 3 and scores["NoAns_total"] == 1
+  assert scores["NoAns_exact"] == 100.0
+  assert metrics.squad_scores({"b": []}, {"b": "something"})["exact"] == 0.0
+
+
+def test_classification_metrics_against_hand_computed_values():
+  predictions, labels = [1, 1, 0, 0, 1, 0], [1, 0, 0, 0, 1, 1]
+  tp, tn, fp, fn = 2, 2, 1, 1
+  assert metrics.accuracy(predictions, labels) == pytest.approx(4 / 6)
+  assert metrics.f1(predictions, labels) == pytest.approx(2 * tp / (2 * tp + fp + fn))
+  mcc = (tp * tn - fp * fn) / np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+  assert metrics.matthews_corr(predictions, labels) == pytest.approx(mcc)
+  assert metrics.matthews_corr([1, 1, 1], [1, 0, 1]) == 0.0  # undefined -> 0 (as sklearn)
+  assert metrics.pearson([1, 2, 3], [2, 4, 7]) == pytest.approx(np.corrcoef([1, 2, 3], [2, 4, 7])[0, 1])
+  assert metrics.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+  sklearn = pytest.importorskip("sklearn.metrics")
+  rng = np.random.default_rng(0)
+  p, y = rng.integers(0, 3, 50), rng.integers(0, 3, 50)
+  assert metrics.matthews_corr(p, y) == pytest.approx(sklearn.matthews_corrcoef(y, p))
+
+
+# ------------------------------------------------------------------------------ encoding
+@pytest.fixture(scope="module")
+def vocab():
+  return vocabularies.get_vocabulary(dict(kind="default", path="", extra_ids=0))
+
+
+def tiny_config(objective="classification", data_format="glue_tsv", task="sst2", length=16):
+  config = finetune_config.base_config(objective, task, data_format)
+  finetune_config.use_tiny_model(config)
+  config.data.sequence_length = length
+  return config
+
+
+def test_pair_rows_truncate_the_longer_text_first(vocab):
+  special = encoding.specials(vocab)
+  row = encoding.pair_row([10, 11, 12, 13, 14, 15], [20, 21], 8, special)
+  # budget 8 - 3 = 5: A loses tokens until it is no longer than B, then both alternate.
+  assert row["input_tokens"].tolist() == [special.cls, 10, 11, 12, special.sep, 20, 21, special.sep]
+  assert row["token_type_ids"].tolist() == [0, 0, 0, 0, 0, 1, 1, 1]
+  assert row["segment_ids"].tolist() == [1] * 8
+  single = encoding.pair_row([10], None, 5, special)
+  assert single["input_tokens"].tolist() == [special.cls, 10, special.sep, 0, 0]
+  assert single["segment_ids"].tolist() == [1, 1, 1, 0, 0]
+
+
+def test_classification_rows_match_encoding_of_each_text(vocab):
+  examples = [formats.TextExample("the dog runs .", "a cat", 1, "0")]
+  rows = classification.featurize(tiny_config(task="rte"), vocab, examples)
+  a, b = encoding.encode(vocab, ["the dog runs .", "a cat"])
+  special = encoding.specials(vocab)
+  expected = [special.cls] + a + [special.sep] + b + [special.sep]
+  assert rows.arrays["input_tokens"][0, :len(expected)].tolist() == expected
+  assert rows.arrays["labels"].tolist() == [1]
+
+
+def test_tagging_labels_sit_on_each_words_first_piece(vocab):
+  sentence = formats.TaggedSentence(("The", "xq", "runs"), ("DET", "NOUN", "VERB"), "s")
+  pieces = encoding.encode(vocab, ["The", "xq", "runs"])
+  assert len(pieces[1]) == 2  # 'xq' is not in the corpus lexicon: x ##q
+  rows = tagging.featurize(tiny_config("tagging", "conllu", "upos"), vocab, [sentence])
+  index = {t: i for i, t in enumerate(tagging.UPOS)}
+  assert rows.meta == [[1, 2, 4]]
+  assert rows.arrays["label_weights"][0, :6].tolist() == [0, 1, 1, 0, 1, 0]
+  assert rows.arrays["labels"][0, [1, 2, 4]].tolist() == [index["DET"], index["NOUN"], index["VERB"]]
+  # A cut sentence still scores every word: the cut one counts as wrong.
+  short = tagging.featurize(tiny_config("tagging", "conllu", "upos", length=5), vocab, [sentence])
+  predictions = short.arrays["labels"]  # perfect on what fits: [CLS] the x ##q [SEP]
+  assert tagging.score(tiny_config("tagging", "conllu", "upos", length=5), [sentence], short,
+                       predictions) == {"accuracy": pytest.approx(2 / 3)}
+
+
+def test_word_spans_follow_bert_pre_tokenization():
+  assert extractive_qa.words_with_spans("Hi, Anna's  boat.") == [
+      ("Hi", 0, 2), (",", 2, 3), ("Anna", 4, 8), ("'", 8, 9), ("s", 9, 10), ("boat", 12, 16),
+      (".", 16, 17)]
+
+
+def test_qa_windows_label_the_answer_and_decode_it_back(vocab):
+  config = tiny_config("extractive_qa", "squad_json", "squad", length=24)
+  config.data.qa.update(max_query_length=4, doc_stride=6)
+  words = ("the boat sails near the island . " * 4).split() + ["Anna"] + "waits on the ship .".split()
+  context = " ".join(words)
+  answer = formats.Answer("Anna", context.index("Anna"))
+  example = formats.QAExample("q", "who waits ?", context, (answer,))
+  rows = extractive_qa.featurize(config, vocab, [example])
+  starts, ends = rows.arrays["start_positions"], rows.arrays["end_positions"]
+  assert len(starts) > 2 and set(rows.meta.example) == {0}  # several overlapping windows
+  holding = np.nonzero(starts)[0]
+  assert len(holding) >= 1
+  for w in holding:  # the labelled tokens spell the answer
+    offsets = rows.meta.offsets[w]
+    assert context[offsets[starts[w], 0]:offsets[ends[w], 1]] == "Anna"
+  # Scores that point at the labelled tokens decode to the answer; [CLS] wins elsewhere.
+  logits = np.zeros(starts.shape + (24, 2), np.float32)
+  logits[:, 0, :] = 1.0
+  for w in holding:
+    logits[w, starts[w], 0] = logits[w, ends[w], 1] = 5.0
+  assert extractive_qa.best_spans(config, [example], rows.meta, logits) == {"q": "Anna"}
+  # 'No answer' takes the lowest [CLS] score over the windows; make it beat the span.
+  logits[:, 0, :] = 6.0
+  assert extractive_qa.best_spans(config, [example], rows.meta, logits) == {"q": ""}
+  config.data.qa.allow_no_answer = False  # SQuAD v1.1: always a span
+  assert extractive_qa.best_spans(config, [example], rows.meta, logits) == {"q": "Anna"}
+
+
+def test_qa_windows_cover_the_passage_even_with_a_stride_longer_than_a_window(vocab):
+  config = tiny_config("extractive_qa", "squad_json", "squad", length=16)
+  config.data.qa.update(max_query_length=4, doc_stride=100)
+  context = " ".join(["boat"] * 30)
+  rows = extractive_qa.featurize(config, vocab, [formats.QAExample("q", "who ?", context, ())])
+  covered = {tuple(o) for o in rows.meta.offsets.reshape(-1, 2) if o[0] >= 0}
+  assert len(covered) == 30
+
+
+def test_unanswerable_question_is_labelled_cls(vocab):
+  config = tiny_config("extractive_qa", "squad_json", "squad", length=24)
+  config.data.qa.max_query_length = 4
+  rows = extractive_qa.featurize(config, vocab, [formats.QAExample("q", "who ?", "a boat sails .", ())])
+  assert rows.arrays["start_positions"].tolist() == [0] and rows.arrays["end_positions"].tolist() == [0]
+
+
+# ------------------------------------------------------------------------------ heads
+def test_heads_share_the_pretrained_encoder_subtree():
+  cfg = get_preset("bert", "tiny")
+  tokens = np.ones((2, 8), np.int32)
+  encoder = bert.BertModel(cfg).init(jax.random.key(0), tokens)["params"]
+  models = {"classification": heads.BertForSequenceClassification(cfg, num_labels=3),
+            "tagging": heads.BertForTokenClassification(cfg, num_labels=5),
+            "qa": heads.BertForQuestionAnswering(cfg)}
+  shapes = {}
+  for name, model in models.items():
+    variables = model.init(jax.random.key(1), tokens, segment_ids=np.ones_like(tokens))
+    params = jax.tree.map(lambda x: x.shape, jax.tree.map(
+        lambda b: getattr(b, "value", b), variables["params"],
+        is_leaf=lambda b: hasattr(b, "value")))
+    encoder_shapes = jax.tree.map(lambda x: x.shape, jax.tree.map(
+        lambda b: getattr(b, "value", b), encoder, is_leaf=lambda b: hasattr(b, "value")))
+    for key, value in params["bert"].items():  # every encoder param the head uses is pretrained
+      assert value == encoder_shapes[key]
+    shapes[name] = jax.tree.map(np.shape, model.apply(variables, tokens,
+                                                      segment_ids=np.ones_like(tokens)))
+  assert shapes["classification"] == {"logits": (2, 3)}
+  assert shapes["tagging"] == {"logits": (2, 8, 5)}
+  assert shapes["qa"] == {"start_logits": (2, 8), "end_logits": (2, 8)}

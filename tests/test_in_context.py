@@ -1,0 +1,247 @@
+"""GPT in-context evaluation: prompts, shot selection, log-likelihood scoring, greedy answers.
+
+The slow test pretrains a tiny GPT with `ssl-jax train` on text written in a prompt format and
+scores it through `ssl-jax finetune`'s in-context path.
+"""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from ssl_jax.data import corpora, vocabularies
+from ssl_jax.finetune import in_context as ic
+from ssl_jax.finetune import lm_init
+from ssl_jax.finetune import metrics as task_metrics
+from ssl_jax.finetune import run as finetune_run
+from ssl_jax.models import config as model_config, decoding, gpt
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FMT = ic.PromptFormat(input_prefix='Review: ', output_prefix='\nSentiment:')
+
+
+@pytest.fixture(autouse=True)
+def highest_precision():
+  with jax.default_matmul_precision('highest'):
+    yield
+
+
+@pytest.fixture(scope='module')
+def vocab():
+  return vocabularies.get_vocabulary(dict(kind='default', extra_ids=0))
+
+
+@pytest.fixture(scope='module')
+def tiny_gpt(vocab):
+  cfg = dataclasses.replace(model_config.get_preset('gpt', 'tiny'), hidden_size=32, mlp_dim=64,
+                            num_heads=2, max_length=48,
+                            vocab_size=-(-vocab.vocab_size // 128) * 128)
+  model = gpt.GPT(cfg)
+  params = model.init(jax.random.key(0), np.zeros((1, 8), np.int32))['params']
+  return model, jax.tree.map(lambda x: getattr(x, 'value', x), params,
+                             is_leaf=lambda x: hasattr(x, 'value'))
+
+
+def examples(n, seed=0):
+  rng = np.random.default_rng(seed)
+  words = ['dog', 'cat', 'tree', 'song', 'boat', 'cloud', 'soup', 'team']
+  return [ic.Example(' '.join(rng.choice(words, rng.integers(1, 4))),
+                     ('positive' if rng.integers(2) else 'negative',)) for _ in range(n)]
+
+
+# ------------------------------------------------------------------------------ prompts
+def test_zero_one_and_few_shot_prompts_are_built_literally():
+  good, bad, query = (ic.Example('a gripping film', ('positive',)),
+                      ic.Example('dull', ('negative',)), 'I loved it')
+  assert ic.build_prompt(query, [], FMT) == 'Review: I loved it\nSentiment:'
+  assert ic.build_prompt(query, [good], FMT) == (
+      'Review: a gripping film\nSentiment: positive\n\nReview: I loved it\nSentiment:')
+  fmt = dataclasses.replace(FMT, instruction='Classify the review.', example_separator='\n')
+  assert ic.build_prompt(query, [good, bad], fmt) == (
+      'Classify the review.\nReview: a gripping film\nSentiment: positive\n'
+      'Review: dull\nSentiment: negative\nReview: I loved it\nSentiment:')
+  assert FMT.completion('positive') == ' positive'
+  # One-shot from a pool of one: that example, for every query.
+  prompts = ic.build_prompts([ic.Example(query, ('positive',))] * 2, 1, [bad], FMT)
+  assert prompts == ['Review: dull\nSentiment: negative\n\nReview: I loved it\nSentiment:'] * 2
+
+
+def test_shot_selection_is_deterministic_by_seed_and_never_shows_the_query():
+  picks = ic.select_shots(20, 3, seed=7)
+  assert picks == ic.select_shots(20, 3, seed=7)
+  assert picks != ic.select_shots(20, 3, seed=8)
+  for i, chosen in enumerate(picks):
+    assert len(set(chosen)) == 3 and i not in chosen and all(0 <= j < 20 for j in chosen)
+  # A query's shots depend on its index and the seed only, not on how many queries there are.
+  assert ic.select_shots(5, 2, seed=1, pool_size=9) == ic.select_shots(50, 2, seed=1,
+                                                                       pool_size=9)[:5]
+  with pytest.raises(ValueError, match='shots=4 but the shot pool has only 3'):
+    ic.select_shots(4, 4, seed=0)
+
+
+def test_task_files_become_examples_with_the_configs_answers(tmp_path):
+  rte = tmp_path / 'rte.tsv'
+  rte.write_text('sentence1\tsentence2\tlabel\tidx\nA cat sat.\tA cat.\t0\t0\nB.\tC.\t1\t1\n')
+  config = ic.base_config('rte', text_template='{a}\nQuestion: {b} True or False?',
+                          options='True,False')
+  config.data.eval_file = str(rte)
+  assert ic.read_examples(config, 'validation') == [
+      ic.Example('A cat sat.\nQuestion: A cat. True or False?', ('True',)),
+      ic.Example('B.\nQuestion: C. True or False?', ('False',))]
+  config.in_context.options = 'yes'
+  with pytest.raises(ValueError, match="options='yes' names 1 answers but task 'rte' has 2"):
+    ic.read_examples(config, 'validation')
+  squad = tmp_path / 'squad.json'
+  squad.write_text(json.dumps({'data': [{'paragraphs': [{'context': 'Ann ran.', 'qas': [
+      {'id': '1', 'question': 'Who?', 'answers': [{'text': 'Ann', 'answer_start': 0}]},
+      {'id': '2', 'question': 'Why?', 'answers': [], 'is_impossible': True}]}]}]}))
+  config = ic.base_config('squad', 'squad_json', text_template='Context: {a}\nQuestion: {b}')
+  config.data.eval_file = str(squad)
+  assert ic.read_examples(config, 'validation') == [
+      ic.Example('Context: Ann ran.\nQuestion: Who?', ('Ann',)),
+      ic.Example('Context: Ann ran.\nQuestion: Why?', ())]
+  with pytest.raises(ValueError, match='config.data.train_file is empty'):
+    ic.read_examples(config, 'train')
+
+
+# ------------------------------------------------------------------------------ scoring
+def reference_log_prob(model, params, vocab, prompt, completion, bos=0):
+  """log p(completion | prompt) from one unbatched, unpadded forward pass."""
+  context, comp = list(vocab.encode(prompt)), list(vocab.encode(completion))
+  context = context[max(0, len(context) + len(comp) + 1 - model.config.max_length - 1):]
+  tokens = np.array([[bos] + context + comp])
+  logits = model.apply({'params': params}, tokens[:, :-1])
+  log_probs = np.asarray(jax.nn.log_softmax(logits[0]))
+  positions = np.arange(tokens.shape[1] - 1 - len(comp), tokens.shape[1] - 1)
+  return log_probs[positions, tokens[0, positions + 1]].sum(), len(comp)
+
+
+@pytest.mark.parametrize('length_normalize', [False, True])
+def test_scores_equal_one_forward_pass_per_candidate(tiny_gpt, vocab, length_normalize):
+  model, params = tiny_gpt
+  evaluated, pool = examples(5), examples(6, seed=1)
+  options = ('negative', 'positive', 'so so')   # completions of 8, 8 and 2 tokens
+  result = ic.evaluate_in_context(model, params, vocab, evaluated, 2, shot_pool=pool,
+                                  options=options, prompt_format=FMT, seed=3, batch_size=4,
+                                  length_normalize=length_normalize, return_predictions=True)
+  # Two shots of ~20 tokens each overflow max_length=48: the oldest prompt tokens go.
+  assert result['truncated_prompts'] == 5
+  expected = np.zeros((5, 3))
+  for i, prompt in enumerate(result['prompts']):
+    for j, option in enumerate(options):
+      total, count = reference_log_prob(model, params, vocab, prompt, FMT.completion(option))
+      expected[i, j] = total / count if length_normalize else total
+  np.testing.assert_allclose(result['option_scores'], expected, atol=1e-4, rtol=1e-5)
+  assert result['predictions'] == [options[j] for j in expected.argmax(1)]
+  gold = [ex.answers[0] for ex in evaluated]
+  assert result['accuracy'] == np.mean(np.array(result['predictions']) == np.array(gold))
+
+
+def test_greedy_answers_equal_generate_run_on_each_prompt(tiny_gpt, vocab):
+  model, params = tiny_gpt
+  prompts = ['Review: dog\nSentiment:', 'Review: a cat and a tree by the boat\nSentiment:',
+             'Review: song\nSentiment: no\n\nReview: soup\nSentiment:']
+  answers, truncated = ic.greedy_answers(model, params, vocab, prompts, max_new_tokens=5,
+                                         batch_size=2)
+  assert truncated == 0
+  for prompt, answer in zip(prompts, answers):
+    ids = [0] + list(vocab.encode(prompt))
+    out = np.asarray(decoding.generate(model, params, np.array([ids]), 5))[0, len(ids):].tolist()
+    out = out[:out.index(vocab.eos_id)] if vocab.eos_id in out else out
+    assert answer == vocab.decode(out).strip()
+  # Generation mode scores the greedy answers with the official SQuAD exact match and F1.
+  evaluated = [ic.Example('dog', ('a dog',)), ic.Example('cat', ('cat', ''))]
+  result = ic.evaluate_in_context(model, params, vocab, evaluated, 1, prompt_format=FMT,
+                                  max_new_tokens=5, return_predictions=True)
+  expected = task_metrics.squad_scores({'0': ['a dog'], '1': ['cat', '']},
+                                       dict(zip('01', result['predictions'])))
+  assert (result['exact'], result['f1']) == (expected['exact'], expected['f1'])
+
+
+def test_user_errors_name_the_setting(tiny_gpt, vocab):
+  model, params = tiny_gpt
+  with pytest.raises(ValueError, match=r"answers \('meh',\) do not start with one of options"):
+    ic.evaluate_in_context(model, params, vocab, [ic.Example('x', ('meh',))],
+                           options=('negative', 'positive'))
+  with pytest.raises(ValueError, match='max_new_tokens=48'):
+    ic.greedy_answers(model, params, vocab, ['x'], max_new_tokens=48)
+
+
+# ------------------------------------------------------------------------------ a trained GPT
+def _write_task(tmp_path):
+  """A bag-of-words task over corpus nouns: label 1 ('good') iff the text holds a word of
+  pool A. Returns (GPT training text file, eval TSV, shot-pool TSV) in SST-2 format."""
+  nouns = sorted(w for w, (tag, rank) in corpora.lexicon().items()
+                 if tag == 'NOUN' and rank < 300)
+  pool_a, pool_b, neutral = nouns[:10], nouns[10:20], nouns[20:40]
+
+  def sample(rng):
+    label = int(rng.integers(2))
+    words = list(rng.choice(pool_a if label else pool_b, rng.integers(1, 3)))
+    words += list(rng.choice(neutral, rng.integers(1, 3)))
+    rng.shuffle(words)
+    return ' '.join(words), label
+
+  rng = np.random.default_rng(0)
+  names = ('old', 'good')   # answers for labels 0, 1: corpus words, one token each
+  text = tmp_path / 'gpt_train.txt'
+  with open(text, 'w') as f:
+    for _ in range(400):
+      shown = (sample(rng) for _ in range(6))
+      f.write(' . '.join(f'{t} : {names[y]}' for t, y in shown) + ' .\n\n')
+  files = []
+  for name, n, seed in (('dev.tsv', 48, 1), ('train.tsv', 32, 2)):
+    rng = np.random.default_rng(seed)
+    with open(tmp_path / name, 'w') as f:
+      f.write('sentence\tlabel\n' + ''.join('%s\t%d\n' % sample(rng) for _ in range(n)))
+    files.append(str(tmp_path / name))
+  return str(text), *files
+
+
+@pytest.mark.slow
+def test_trained_gpt_picks_the_right_label_in_context(tmp_path, vocab):
+  text, dev, train = _write_task(tmp_path)
+  run_dir = str(tmp_path / 'gpt')
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  subprocess.run(
+      [sys.executable, '-m', 'ssl_jax.main', 'train', '--config=configs/gpt.py:tiny',
+       f'--workdir={run_dir}', '--config.data.source=text_files',
+       f'--config.data.text_files={text}', '--config.data.sequence_length=64',
+       '--config.train.num_steps=200', '--config.train.global_batch_size=16',
+       '--config.train.eval_steps=0', '--config.train.save_every=200',
+       '--config.optim.warmup_steps=20'], check=True, cwd=REPO, env=env, timeout=900)
+
+  sys.path.insert(0, os.path.join(REPO, 'configs', 'finetune', 'in_context'))
+  try:
+    import sst2  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  config = sst2.get_config('tiny')
+  config.data.update(eval_file=dev, train_file=train)
+  config.in_context.update(input_prefix='', output_prefix=' :', example_separator=' . ',
+                           options='old,good', shots=2)
+  # `ssl-jax finetune` with a GPT config scores the model in context (no training).
+  workdir = str(tmp_path / 'in_context')
+  scores = finetune_run.finetune(config, workdir, init=run_dir)
+  assert scores['accuracy'] >= 0.9, scores
+  with open(os.path.join(workdir, 'eval_results.json')) as f:
+    assert json.load(f)['scores'] == scores
+
+  # Zero- and few-shot, ranked by log-likelihood and answered by greedy decoding.
+  config = lm_init.config_from_init(config, run_dir, families=('gpt',))
+  from ssl_jax import trainer  # pylint: disable=g-import-not-at-top
+  exp = trainer.Experiment.build(config, devices=jax.devices()[:1])
+  params = lm_init.params_from_init(config, run_dir, exp.layout)
+  evaluated, pool = ic.read_examples(config, 'validation'), ic.read_examples(config, 'train')
+  fmt = ic.PromptFormat('', ' :', ' ', ' . ')
+  for shots in (0, 4):
+    result = ic.evaluate_in_context(exp.model, params, vocab, evaluated, shots, shot_pool=pool,
+                                    options=('old', 'good'), prompt_format=fmt)
+    assert result['accuracy'] >= 0.9, (shots, result)
+  result = ic.evaluate_in_context(exp.model, params, vocab, evaluated, 4, shot_pool=pool,
+                                  prompt_format=fmt, max_new_tokens=3)
+  assert result['exact'] >= 90.0, result

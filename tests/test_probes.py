@@ -1,0 +1,216 @@
+"""Training-dynamics probes: every probe on real checkpoints or models of the four objectives,
+the `ssl-jax probe` CLI and its determinism, and the closed-form probe maths."""
+import filecmp
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ssl_jax import trainer
+from ssl_jax.models import layers
+from ssl_jax.probes import cka
+from ssl_jax.probes import data
+from ssl_jax.probes import linear_probe
+from ssl_jax.probes import predictions
+from ssl_jax.probes import representations
+from ssl_jax.probes import runner
+from ssl_jax.probes import subject as subject_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_SENTENCES = 24
+
+
+def tiny_config(name: str, **model):
+  """configs/<name>.py:tiny shrunk for tests (short rows, small batches, a small corpus)."""
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  try:
+    module = __import__(name)
+  finally:
+    sys.path.pop(0)
+  config = module.get_config("tiny")
+  config.data.corpus.num_documents = 200
+  config.data.shuffle_buffer = 16
+  config.data.sequence_length = 32
+  config.data.mlm.max_predictions = 5
+  config.train.update(global_batch_size=8, num_steps=4, log_every=2, eval_steps=0,
+                      save_every=100, log_spaced_checkpoints=True)
+  config.optim.warmup_steps = 1
+  config.model.update(model)
+  return config
+
+
+@pytest.fixture(scope="module")
+def bert_workdir(tmp_path_factory):
+  """A real 4-step BERT run with log-spaced checkpoints 1, 2, 4."""
+  workdir = str(tmp_path_factory.mktemp("bert"))
+  trainer.train_and_evaluate(tiny_config("bert"), workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def text():
+  return data.corpus_sentences(NUM_SENTENCES)
+
+
+def test_probe_workdir_runs_every_bert_probe(bert_workdir):
+  rows = runner.probe_workdir(bert_workdir, num_sentences=NUM_SENTENCES)
+  assert sorted({r["step"] for r in rows}) == [1, 2, 4]
+  assert {r["probe"] for r in rows} == set(runner.applicable("mlm"))
+  assert all(math.isfinite(r["value"]) for r in rows)
+  assert rows == runner.read_rows(bert_workdir)
+  last = {(r["probe"], r["name"]): r["value"] for r in rows if r["step"] == 4}
+  for tag in ("NOUN", "DET", "VERB", "PUNCT"):
+    assert 0.0 <= last["pos_accuracy", f"accuracy/{tag}"] <= 1.0
+  assert ("pos_accuracy", "accuracy/rank_0_50") in last
+  assert {("masking_kind_loss", f"loss/{k}") for k in ("masked", "random", "kept")} <= set(last)
+  assert ("linear_probe", "accuracy/layer_2") in last
+  assert ("linear_probe", "accuracy_unseen_words/token_embedding") in last
+  assert last["contextual_similarity", "same_word/token_embedding"] == pytest.approx(1.0)
+  assert last["cka", "vs_reference/layer_1"] == pytest.approx(1.0)   # the reference is step 4
+  assert last["attention_entropy", "layer_2/head_4"] <= last["attention_entropy",
+                                                                 "uniform_baseline"] + 1e-6
+
+
+def test_probe_errors_name_the_probe_and_the_fix(bert_workdir):
+  with pytest.raises(ValueError, match="'span_length_loss' does not apply to objective 'mlm'"):
+    runner.probe_workdir(bert_workdir, ["span_length_loss"])
+  with pytest.raises(ValueError, match="'pos_acuracy', which is not a probe"):
+    runner.probe_workdir(bert_workdir, ["pos_acuracy"])
+  with pytest.raises(ValueError, match=r"--steps names \[3\]"):
+    runner.probe_workdir(bert_workdir, ["cka"], steps=[3])
+  with pytest.raises(FileNotFoundError, match="no config.json"):
+    runner.probe_workdir(os.path.dirname(bert_workdir), ["cka"])
+
+
+def test_conllu_probe_sentences(bert_workdir, tmp_path):
+  path = tmp_path / "tiny.conllu"
+  path.write_text("# sent_id = a\n"
+                  "1\tThe\tthe\tDET\t_\t_\t2\tdet\t_\t_\n"
+                  "2\tdogs\tdog\tNOUN\t_\t_\t3\tnsubj\t_\t_\n"
+                  "3\tsleep\tsleep\tVERB\t_\t_\t0\troot\t_\t_\n"
+                  "4\t.\t.\tPUNCT\t_\t_\t3\tpunct\t_\t_\n\n"
+                  "1\tSynthesizers\t_\tNOUN\t_\t_\t2\tnsubj\t_\t_\n"
+                  "2\thum\t_\tVERB\t_\t_\t0\troot\t_\t_\n\n")
+  rows = runner.probe_workdir(bert_workdir, ["pos_accuracy"], conllu=[str(path)], steps=[4])
+  names = {r["name"] for r in rows}
+  assert {"accuracy/NOUN", "accuracy/VERB", "accuracy/all"} <= names
+  assert "accuracy/ADJ" not in names
+  bad = tmp_path / "bad.conllu"
+  bad.write_text("1\tdog\tdog\tN\t_\t_\t0\troot\t_\t_\n\n")
+  with pytest.raises(ValueError, match=r"tags \['N'\] are not UPOS tags"):
+    data.conllu_sentences([str(bad)])
+
+
+@pytest.mark.slow
+def test_cli_writes_identical_probes_jsonl_twice(bert_workdir, tmp_path):
+  copies = [str(tmp_path / f"run{i}") for i in range(2)]
+  for copy in copies:
+    shutil.copytree(bert_workdir, copy, ignore=shutil.ignore_patterns("probes.jsonl"))
+  cmd = [sys.executable, "-m", "ssl_jax.main", "probe", f"--probe_sentences={NUM_SENTENCES}",
+         "--probes=pos_accuracy,linear_probe,cka,attention_entropy"]
+  # The two runs go side by side, each on its own copy of the workdir.
+  procs = [subprocess.Popen(cmd + [f"--workdir={c}"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for c in copies]
+  for proc in procs:
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+  first, second = (os.path.join(c, "probes.jsonl") for c in copies)
+  assert filecmp.cmp(first, second, shallow=False)
+  rows = [json.loads(line) for line in open(first)]
+  assert {r["step"] for r in rows} == {1, 2, 4} and set(rows[0]) == {"step", "probe", "name",
+                                                                     "value"}
+
+
+@pytest.mark.parametrize("name", ["gpt", "t5", "bart"])
+def test_probes_on_the_other_objectives(name, text):
+  subject = subject_lib.Subject(tiny_config(name))
+  probe_text = data.tokenize(text, subject.vocab)
+  if name == "gpt":   # as in a training loop: the trainer's TrainState, sharded on all devices
+    params = trainer.Experiment.build(tiny_config(name)).init_state()
+  else:
+    params = subject.init_params()
+  names = runner.applicable(subject.name)
+  assert "pos_accuracy" in names and "masking_kind_loss" not in names
+  results = {}
+  for evaluator in runner.make_evaluators(subject, names, probe_text):
+    results.update({(evaluator.name, n): v for n, v in evaluator.run(params)})
+  assert all(math.isfinite(v) for v in results.values())
+  assert 0.0 <= results["pos_accuracy", "accuracy/NOUN"] <= 1.0
+  assert ("linear_probe", "accuracy/layer_2") in results
+  if name == "gpt":   # next-token accuracy per POS; no spans to measure
+    assert ("span_length_loss" not in names)
+    with pytest.raises(ValueError, match="'span_length_loss' does not apply to objective "
+                       "'causal_lm': it needs noise spans"):
+      runner.make_evaluators(subject, ["span_length_loss"], probe_text)
+  else:
+    assert ("span_length_loss", "loss/span_1") in results
+    assert ("span_length_loss", "loss/outside_spans") in results
+  with pytest.raises(ValueError, match="'masking_kind_loss' does not apply"):
+    runner.make_evaluators(subject, ["masking_kind_loss"], probe_text)
+
+
+def test_prediction_batches_cover_every_word_once(text):
+  for name in ("bert", "t5", "bart"):
+    subject = subject_lib.Subject(tiny_config(name))
+    probe_text = data.tokenize(text, subject.vocab)
+    preds = predictions.build(subject, probe_text, kind_ratios=(1.0, 0.0))
+    scored = preds.counts_for_pos & (preds.weights > 0)
+    if name == "t5":   # T5 never corrupts a sentence's first span
+      assert 0.6 * probe_text.num_tokens < scored.sum() < probe_text.num_tokens
+      _check_t5_rows(subject, data.tokenize(text[:1], subject.vocab))
+    else:
+      assert scored.sum() == probe_text.num_tokens
+  # BERT: all [MASK] for pos_accuracy; config.data.mlm's 80/10/10 otherwise.
+  bert = subject_lib.Subject(tiny_config("bert"))
+  kinds = predictions.build(bert, data.tokenize(text, bert.vocab)).kind
+  share = np.bincount(kinds[kinds > 0], minlength=4)[1:] / (kinds > 0).sum()
+  assert share[0] > 0.6 and share[1] > 0.02 and share[2] > 0.02
+
+
+def _check_t5_rows(subject, one_sentence):
+  """Filling each input sentinel with its target span gives back the sentence, in every row."""
+  sentinels = set(subject.special.sentinels)
+  preds = predictions.build(subject, one_sentence)
+  batch = preds.batch
+  for r in range(preds.num_rows):
+    inputs = batch["encoder_input_tokens"][r][batch["encoder_segment_ids"][r] > 0].tolist()
+    targets = batch["decoder_target_tokens"][r][preds.weights[r] > 0].tolist()
+    spans, current = {}, None
+    for t in targets[:-1]:   # EOS ends both
+      if t in sentinels:
+        current = spans.setdefault(t, [])
+      else:
+        current.append(t)
+    filled = [x for t in inputs[:-1] for x in (spans[t] if t in sentinels else [t])]
+    assert filled == one_sentence.tokens[0].tolist()
+
+
+def test_attention_probs_are_distributions_and_scan_agnostic(text):
+  outs, params = [], None
+  for scan in (False, True):
+    subject = subject_lib.Subject(tiny_config("bert", scan_layers=scan))
+    # The same weights in both layouts.
+    params = layers.stack_layer_params(params) if scan else subject.init_params()
+    rows = representations.clean_rows(subject, data.tokenize(text[:4], subject.vocab))
+    outs.append(subject.attention_probs(params, rows.tokens, rows.segment_ids))
+  probs = outs[0]
+  assert probs.shape[:3] == (2, 4, 4)
+  np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+  np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
+
+
+def test_ridge_and_cka_maths():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(3, size=300)
+  features = np.eye(3)[labels] @ rng.normal(size=(3, 8)) + 0.01 * rng.normal(size=(300, 8))
+  model = linear_probe.ridge_fit(features, labels, 3)
+  assert (linear_probe.ridge_predict(model, features) == labels).all()
+  x = rng.normal(size=(200, 16))
+  rotation, _ = np.linalg.qr(rng.normal(size=(16, 16)))
+  assert cka.linear_cka(x, 3.0 * x @ rotation + 1.0) == pytest.approx(1.0)
+  assert cka.linear_cka(x, rng.normal(size=(200, 16))) < 0.3
