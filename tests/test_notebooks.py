@@ -58,9 +58,11 @@ def test_committed_notebook_holds_a_real_run(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", _notebooks())
-def test_notebook_executes_at_a_tiny_setting(name, monkeypatch):
-  # The kernel inherits the environment: one CPU device, not the 8 fake ones of conftest.
+def test_notebook_executes_at_a_tiny_setting(name, monkeypatch, tmp_path):
+  # The kernel inherits the environment: one CPU device, not the 8 fake ones of conftest, and
+  # its temporary workdirs under pytest's tmp_path.
   monkeypatch.setenv("XLA_FLAGS", "")
+  monkeypatch.setenv("TMPDIR", str(tmp_path))
   nb = with_parameters(nbformat.read(os.path.join(NOTEBOOK_DIR, name), as_version=4), TINY[name])
   NotebookClient(nb, timeout=600, kernel_name="python3",
                  resources={"metadata": {"path": NOTEBOOK_DIR}}).execute()
