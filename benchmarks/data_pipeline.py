@@ -2,9 +2,14 @@
 
   python benchmarks/data_pipeline.py                          # the tiny configs' data settings
   python benchmarks/data_pipeline.py --objectives=mlm --batches=100 --global_batch_size=256
+  python benchmarks/data_pipeline.py --compare_train_step     # beside the tiny train step
 
 Prints one JSON line per objective. Each batch is timed alone after `--warmup` batches; the median batch
 time gives `tokens_per_sec` (tokens = positions with a non-zero segment id in the model's input).
+With `--compare_train_step` the same config's compiled train step (benchmarks/train_step.py's
+`SslJaxStep`, all local devices) is timed in the same process right after, on batches of the same
+shape: `pipeline_vs_step` = median step time / median batch time, i.e. how many times faster the
+pipeline makes a batch than the step consumes one.
 """
 import argparse
 import importlib
@@ -18,13 +23,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from ssl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
-_FAMILY = {"mlm": "bert", "causal_lm": "gpt", "span_corruption": "t5", "denoising": "bart"}
+import train_step  # pylint: disable=g-import-not-at-top  (benchmarks/train_step.py)
+
 _SEGMENTS = {"mlm": "segment_ids", "causal_lm": "decoder_segment_ids",
              "span_corruption": "encoder_segment_ids", "denoising": "encoder_segment_ids"}
 
 
-def measure(objective, *, global_batch_size, sequence_length, batches, warmup):
-  config = importlib.import_module(f"configs.{_FAMILY[objective]}").get_config("tiny")
+def measure(objective, *, global_batch_size, sequence_length, batches, warmup,
+            compare_train_step=False):
+  config = importlib.import_module(f"configs.{train_step.FAMILY[objective]}").get_config("tiny")
   config.train.global_batch_size = global_batch_size
   config.data.sequence_length = sequence_length
   start = time.perf_counter()
@@ -39,27 +46,38 @@ def measure(objective, *, global_batch_size, sequence_length, batches, warmup):
     times.append(time.perf_counter() - t)
     tokens.append(int((batch[_SEGMENTS[objective]] > 0).sum()))
   median_s = statistics.median(times)
-  return {
+  row = {
       "benchmark": "data_pipeline", "objective": objective, "global_batch_size": global_batch_size,
       "sequence_length": sequence_length, "pack": bool(config.data.pack), "batches": batches,
       "median_batch_s": round(median_s, 5), "tokens_per_sec": round(statistics.median(tokens) / median_s),
       "mean_tokens_per_sec": round(sum(tokens) / sum(times)),
       "fill": round(statistics.mean(tokens) / (global_batch_size * sequence_length), 3),
       "startup_s": round(startup_s, 2)}
+  if compare_train_step:
+    step = train_step.SslJaxStep(config)
+    step_times = [step()[1] for _ in range(warmup + batches)][warmup:]
+    step_s = statistics.median(step_times)
+    row.update({"train_step_s": round(step_s, 5),
+                "train_step_tokens_per_sec": round(statistics.median(tokens) / step_s),
+                "pipeline_vs_step": round(step_s / median_s, 1)})
+  return row
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--objectives", default=",".join(_FAMILY))
+  parser.add_argument("--objectives", default=",".join(train_step.FAMILY))
   parser.add_argument("--global_batch_size", type=int, default=32)
   parser.add_argument("--sequence_length", type=int, default=128)
   parser.add_argument("--batches", type=int, default=50)
   parser.add_argument("--warmup", type=int, default=10)
+  parser.add_argument("--compare_train_step", action="store_true",
+                      help="also time the same config's train step (see the module docstring)")
   args = parser.parse_args(argv)
   for objective in args.objectives.split(","):
     print(json.dumps(measure(objective, global_batch_size=args.global_batch_size,
                              sequence_length=args.sequence_length, batches=args.batches,
-                             warmup=args.warmup)), flush=True)
+                             warmup=args.warmup, compare_train_step=args.compare_train_step)),
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -4,18 +4,18 @@
   python benchmarks/finetune.py minilm --data /path/to/sst2 [--train_examples 6000 --epochs 1]
 
   # a tiny BERT pretrained on the default corpus vs the same model from scratch, on UPOS tagging of
-  # corpus sentences the pretraining never saw:
-  python benchmarks/finetune.py pretraining --pretrain_steps 300
+  # corpus sentences the pretraining never saw (5 documents ~ 21 training sentences, 30 epochs):
+  python benchmarks/finetune.py pretraining --pretrain_steps 300 [--tagging_documents 5]
 
 `minilm` reads <data>/train.tsv (the first --train_examples rows) and scores <data>/<eval_file>
 (SST-2 format: sentence<TAB>label). Both sides use the same rows, WordPiece tokenizer, max length,
-batch size, epochs, AdamW (lr, betas, eps, weight decay 0.01 off biases and LayerNorm gains),
-linear warmup (10%) and decay, gradient clipping 1.0 and dropout 0.1; they differ in random
-numbers (head init, dropout, batch order).
+batch size, epochs, batches (ssl_jax's shuffled order), AdamW (lr, betas, eps, weight decay
+0.01 off biases and LayerNorm gains), linear warmup (10%) and decay, gradient clipping 1.0 and
+dropout 0.1; they differ in random numbers (head init, dropout masks). `--parity_steps N` turns
+dropout off and gives both the same head init: then every step's loss should agree.
 """
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -47,30 +47,74 @@ def _sst2_config(args, train_file, eval_file):
   return config
 
 
-def run_ssl_jax(args, train_file, eval_file, workdir):
+def run_ssl_jax(args, train_file, eval_file, workdir, head=None):
+  """ssl_jax's fine-tune (run.finetune's steps); `head` = (kernel [E, 2], bias [2]) replaces the
+  head's random init (parity mode)."""
+  from ssl_jax import trainer  # pylint: disable=g-import-not-at-top
+  from ssl_jax.finetune import evaluation  # pylint: disable=g-import-not-at-top
+  from ssl_jax.finetune import pretrained  # pylint: disable=g-import-not-at-top
   from ssl_jax.finetune import run  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
-  scores = run.finetune(_sst2_config(args, train_file, eval_file), workdir, f"hf:{_minilm_dir()}")
-  return scores["accuracy"], time.perf_counter() - start
+  config = _sst2_config(args, train_file, eval_file)
+  if args.parity_steps:
+    config.model.update(dropout_rate=0.0, attention_dropout_rate=0.0)
+    config.finetune.num_epochs = 0
+    config.train.update(num_steps=args.parity_steps, log_every=1)
+  config, encoder = run.prepare(config, f"hf:{_minilm_dir()}")
+
+  def init(params):
+    params = pretrained.with_encoder(params, encoder)
+    if head is not None:
+      dense = params["head"]["dense"]
+      params["head"] = {"dense": {
+          "kernel": jax.device_put(head[0], dense["kernel"].sharding),
+          "bias": jax.device_put(head[1], dense["bias"].sharding)}}
+    return params
+
+  state = trainer.train_and_evaluate(config, workdir, init_params=init)
+  accuracy = evaluation.evaluate(trainer.Experiment.build(config), state.params)["accuracy"]
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    losses = [r["loss"] for r in map(json.loads, f) if r["split"] == "train"]
+  return accuracy, time.perf_counter() - start, losses, config.train.num_steps
 
 
-def run_transformers(args, train_file, eval_file):
-  """The same fine-tune with `transformers.BertForSequenceClassification` and a torch loop."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
+def batch_order(seed, num_rows, num_steps, batch_size):
+  """The row indices of every batch of ssl_jax's train stream (ssl_jax.finetune.data): position p
+  is row index_shuffle(p % n, seed=(seed, p // n))."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  positions = tf.range(num_steps * batch_size, dtype=tf.int64)
+  epochs = positions // num_rows
+  seeds = tf.stack([tf.fill(tf.shape(epochs), tf.constant(seed, tf.int64)), epochs], axis=1)
+  rows = tf.random.experimental.index_shuffle(positions % num_rows, seeds, num_rows - 1)
+  return rows.numpy().reshape(num_steps, batch_size)
+
+
+def make_transformers_model(args):
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(args.seed)
+  dropout = {} if not args.parity_steps else dict(hidden_dropout_prob=0.0,
+                                                   attention_probs_dropout_prob=0.0)
+  return transformers.BertForSequenceClassification.from_pretrained(_minilm_dir(), num_labels=2,
+                                                                    **dropout)
+
+
+def run_transformers(args, train_file, eval_file, model, num_steps):
+  """The same fine-tune with `transformers.BertForSequenceClassification` and a torch loop over
+  the same batches as ssl_jax."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   from ssl_jax.finetune import formats  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
-  torch.manual_seed(args.seed)
   train = formats.read_glue_tsv("sst2", train_file)[:args.train_examples]
   dev = formats.read_glue_tsv("sst2", eval_file)
   tokenizer = transformers.BertTokenizerFast(os.path.join(_minilm_dir(), "vocab.txt"),
                                              do_lower_case=True)
-  model = transformers.BertForSequenceClassification.from_pretrained(_minilm_dir(), num_labels=2)
 
-  def encode(examples):
+  def encode(examples):  # padding to the batch's longest row: the same function, less work
     return tokenizer([e.text_a for e in examples], truncation=True, max_length=args.max_length,
-                     padding="max_length", return_tensors="pt")
+                     padding="longest", return_tensors="pt")
 
   no_decay = ("bias", "LayerNorm.weight")
   groups = [{"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
@@ -78,28 +122,20 @@ def run_transformers(args, train_file, eval_file):
             {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
              "weight_decay": 0.0}]
   optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
-  # ssl_jax's batches drop the remainder; so do these.
-  steps_per_epoch = len(train) // args.batch_size
-  num_steps = max(1, math.ceil(args.epochs * len(train) / args.batch_size))
   schedule = transformers.get_linear_schedule_with_warmup(optimizer, round(0.1 * num_steps),
                                                           num_steps)
-  rng = np.random.default_rng(args.seed)
   model.train()
-  step, order = 0, []
-  while step < num_steps:
-    if not order:
-      perm = rng.permutation(len(train))
-      order = [perm[i * args.batch_size:(i + 1) * args.batch_size] for i in range(steps_per_epoch)]
-    batch_examples = [train[i] for i in order.pop(0)]
-    inputs = encode(batch_examples)
-    labels = torch.tensor([e.label for e in batch_examples])
-    loss = model(**inputs, labels=labels).loss
+  losses = []
+  for step, rows in enumerate(batch_order(args.seed, len(train), num_steps, args.batch_size), 1):
+    batch_examples = [train[i] for i in rows]
+    loss = model(**encode(batch_examples),
+                 labels=torch.tensor([e.label for e in batch_examples])).loss
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     schedule.step()
     optimizer.zero_grad()
-    step += 1
+    losses.append(float(loss))
     if step % 20 == 0:
       _print({"side": "transformers", "step": step, "loss": float(loss)})
   model.eval()
@@ -109,7 +145,7 @@ def run_transformers(args, train_file, eval_file):
       chunk = dev[i:i + 128]
       logits = model(**encode(chunk)).logits
       correct += int((logits.argmax(-1) == torch.tensor([e.label for e in chunk])).sum())
-  return correct / len(dev), time.perf_counter() - start
+  return correct / len(dev), time.perf_counter() - start, losses
 
 
 def minilm(args):
@@ -117,14 +153,26 @@ def minilm(args):
   eval_file = os.path.join(args.data, args.eval_file)
   workdir = args.workdir or tempfile.mkdtemp(prefix="bench_minilm_")
   settings = {k: getattr(args, k) for k in ("train_examples", "epochs", "lr", "batch_size",
-                                            "max_length", "seed", "eval_file")}
-  jax_accuracy, jax_s = run_ssl_jax(args, train_file, eval_file, workdir)
-  _print({"side": "ssl_jax", "accuracy": jax_accuracy, "wall_s": round(jax_s, 1), **settings})
-  hf_accuracy, hf_s = run_transformers(args, train_file, eval_file)
-  _print({"side": "transformers", "accuracy": hf_accuracy, "wall_s": round(hf_s, 1), **settings})
-  _print({"benchmark": "minilm_sst2", "ssl_jax_accuracy": jax_accuracy,
-          "transformers_accuracy": hf_accuracy,
-          "difference_points": round(100 * (jax_accuracy - hf_accuracy), 2), **settings})
+                                            "max_length", "seed", "eval_file", "parity_steps")}
+  model = make_transformers_model(args)
+  head = None
+  if args.parity_steps:  # the same head init on both sides
+    head = (model.classifier.weight.detach().numpy().T.copy(),
+            model.classifier.bias.detach().numpy().copy())
+  jax_accuracy, jax_s, jax_losses, num_steps = run_ssl_jax(args, train_file, eval_file, workdir,
+                                                           head)
+  _print({"side": "ssl_jax", "accuracy": jax_accuracy, "wall_s": round(jax_s, 1),
+          "steps": num_steps, **settings})
+  hf_accuracy, hf_s, hf_losses = run_transformers(args, train_file, eval_file, model, num_steps)
+  _print({"side": "transformers", "accuracy": hf_accuracy, "wall_s": round(hf_s, 1),
+          "steps": num_steps, **settings})
+  row = {"benchmark": "minilm_sst2", "ssl_jax_accuracy": jax_accuracy,
+         "transformers_accuracy": hf_accuracy,
+         "difference_points": round(100 * (jax_accuracy - hf_accuracy), 2), **settings}
+  if args.parity_steps:  # every step's loss, dropout off: the two should be one computation
+    row["max_step_loss_difference"] = max(abs(a - b) for a, b in zip(jax_losses, hf_losses))
+    row["losses_first_last"] = [jax_losses[0], hf_losses[0], jax_losses[-1], hf_losses[-1]]
+  _print(row)
 
 
 def pretraining(args):
@@ -156,9 +204,6 @@ def pretraining(args):
     config.data.update(dict(train_file=train_file, eval_file=eval_file))
     config.finetune.num_epochs = args.tagging_epochs
     config.train.global_batch_size = 16
-    # The same architecture and regularisation as the pretrained model (whose dropout is off).
-    config.model.dropout_rate = pretrain.model.dropout_rate
-    config.model.attention_dropout_rate = pretrain.model.attention_dropout_rate
     start = time.perf_counter()
     scores = run.finetune(config, os.path.join(root, f"upos_{init}_{tag}"),
                           os.path.join(root, "pretrain") if init == "pretrained" else "none")
@@ -182,11 +227,14 @@ def main():
   m.add_argument("--max_length", type=int, default=64)
   m.add_argument("--seed", type=int, default=0)
   m.add_argument("--workdir", default="")
+  m.add_argument("--parity_steps", type=int, default=0,
+                 help="> 0: dropout off, the same head init, this many steps; compares every "
+                      "step's loss")
   p = sub.add_parser("pretraining", help="pretrained tiny BERT vs from scratch on corpus UPOS")
   p.add_argument("--pretrain_steps", type=int, default=300)
   p.add_argument("--pretrain_length", type=int, default=128, help="pretraining sequence length")
-  p.add_argument("--tagging_documents", type=int, default=20)
-  p.add_argument("--tagging_epochs", type=float, default=5.0)
+  p.add_argument("--tagging_documents", type=int, default=5)
+  p.add_argument("--tagging_epochs", type=float, default=30.0)
   p.add_argument("--workdir", default="")
   args = parser.parse_args()
   {"minilm": minilm, "pretraining": pretraining}[args.benchmark](args)

@@ -3,6 +3,7 @@
   python benchmarks/train_step.py --compare-transformers                # 4 objectives, size small
   python benchmarks/train_step.py --compare-transformers --size=tiny    # the configs' tiny models
   python benchmarks/train_step.py --objectives=mlm --steps=10           # ssl_jax alone
+  python benchmarks/train_step.py --objectives=mlm --model='{"dtype": "bfloat16"}'
   python benchmarks/train_step.py --compile-scaling                     # scan_layers: 2 vs 24 layers
 
 Prints one JSON line per objective (and per model with --compile-scaling). How it counts:
@@ -38,7 +39,7 @@ import numpy as np
 from ssl_jax import trainer
 from ssl_jax.data import pipeline
 
-_FAMILY = {"mlm": "bert", "causal_lm": "gpt", "span_corruption": "t5", "denoising": "bart"}
+FAMILY = {"mlm": "bert", "causal_lm": "gpt", "span_corruption": "t5", "denoising": "bart"}
 _HF_CLASS = {"mlm": "BertForMaskedLM", "causal_lm": "GPT2LMHeadModel",
              "span_corruption": "T5ForConditionalGeneration",
              "denoising": "BartForConditionalGeneration"}
@@ -51,7 +52,7 @@ SIZES = {"tiny": dict(model={}, global_batch_size=32),
 
 def make_config(objective: str, size: str, overrides=None):
   """The configs/<family>.py tiny config with the benchmark's model size and batch."""
-  config = importlib.import_module(f"configs.{_FAMILY[objective]}").get_config("tiny")
+  config = importlib.import_module(f"configs.{FAMILY[objective]}").get_config("tiny")
   model = dict(SIZES[size]["model"])
   if objective in ("span_corruption", "denoising") and model:
     model.update(num_decoder_layers=model["num_layers"])
@@ -159,7 +160,7 @@ class TransformersStep:
 
 
 def measure(objective: str, args) -> dict:
-  config = make_config(objective, args.size)
+  config = make_config(objective, args.size, args.model)
   ours = SslJaxStep(config)
   theirs = (TransformersStep(objective, ours.exp.model_config, config.optim)
             if args.compare_transformers else None)
@@ -184,7 +185,8 @@ def measure(objective: str, args) -> dict:
   row = {
       "benchmark": "train_step", "objective": objective, "size": args.size,
       "model": {k: getattr(ours.exp.model_config, k) for k in (
-          "vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim", "dtype")},
+          "vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim", "dtype",
+          "scan_layers", "remat_policy")},
       "global_batch_size": config.train.global_batch_size,
       "sequence_length": config.data.sequence_length, "tokens_per_step": ours.tokens,
       "steps": args.steps, "ssl_jax_step_s": round(step_s, 4),
@@ -225,12 +227,14 @@ def compile_scaling(args) -> list[dict]:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--objectives", default=",".join(_FAMILY))
+  parser.add_argument("--objectives", default=",".join(FAMILY))
   parser.add_argument("--size", default="small", choices=sorted(SIZES))
   parser.add_argument("--compare-transformers", "--compare_transformers", action="store_true",
                       dest="compare_transformers")
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--model", type=json.loads, default={},
+                      help='model config overrides, e.g. \'{"dtype": "bfloat16"}\'')
   parser.add_argument("--matmul_size", type=int, default=1536)
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   parser.add_argument("--compile-scaling", "--compile_scaling", action="store_true",

@@ -5,6 +5,9 @@ every key (and `--config.a.b=v` overrides can only name keys that exist). `valid
 before anything is built or compiled and raises a `ValueError` that names the setting, the value
 and the fix.
 """
+import importlib.util
+import os
+
 import ml_collections
 
 from ssl_jax import objectives
@@ -25,6 +28,21 @@ DEFAULT_LOGICAL_AXIS_RULES = (
     ("length", None),
     ("layers", None),
 )
+
+
+def load_config_file(path: str, variant: str = "") -> ml_collections.ConfigDict:
+  """`get_config(variant)` of the config file at `path` (what `--config=PATH:VARIANT` loads).
+
+  The file is loaded under a name of its own and never enters `sys.modules`, so two config files
+  with the same base name (configs/finetune/sst2.py, configs/finetune/in_context/sst2.py) never
+  shadow each other.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path!r} does not exist.")
+  spec = importlib.util.spec_from_file_location(f"ssl_jax_config_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant) if variant else module.get_config()
 
 
 def base_config(objective: str, family: str, preset: str) -> ml_collections.ConfigDict:

@@ -15,6 +15,7 @@
 Multi-process (one process per host or GPU; see launch/): the same command on every process, plus
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I where JAX cannot detect them.
 """
+import logging as std_logging
 import sys
 
 from absl import app
@@ -69,9 +70,10 @@ def main(argv):
     raise app.UsageError(f"usage: ssl-jax {{{'|'.join(COMMANDS)}}} [flags]; see --help.")
   command = argv[1]
   logging.set_verbosity(logging.INFO)
-  # Orbax narrates every save at INFO; keep its warnings and errors only.
+  # Orbax narrates every save at INFO; keep its warnings and errors only. (Records carry the
+  # standard library's levels; absl's logging.WARNING is its own scale, 1.)
   logging.get_absl_handler().addFilter(
-      lambda record: record.levelno >= logging.WARNING or "/orbax/" not in record.pathname)
+      lambda record: record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname)
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                          heartbeat_timeout_s=_HEARTBEAT.value)
   with distributed.fail_fast():

@@ -8,10 +8,8 @@ train step is compiled once, ahead of time, with the state donated; its rng is
 """
 import dataclasses
 import functools
-import json
 import logging
 import os
-import time
 from typing import Any
 
 import jax
@@ -28,7 +26,6 @@ from ssl_jax import partitioning
 from ssl_jax import train_state as train_state_lib
 from ssl_jax.data import pipeline
 from ssl_jax.data import vocabularies
-from ssl_jax.models import config as model_config_lib
 
 
 class NonFiniteLossError(RuntimeError):

@@ -1,5 +1,6 @@
 """Test setup: 8 simulated CPU devices, set before jax is imported anywhere."""
 import os
+import tempfile
 
 # On a busy 2-core machine one simulated device can lag the others by minutes; XLA's default
 # collective timeout (40 s) would then abort a correct run.
@@ -14,3 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # tf.data must not grab the accelerator or all host threads away from XLA.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# One persistent XLA compilation cache for the suite and the processes it starts (inherited through
+# the environment): the slow tests run the same tiny configs through the CLI many times, and a
+# cache hit is the compiled program itself, so no result depends on it.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"ssl_jax_tests_xla_cache_{os.getuid()}"))

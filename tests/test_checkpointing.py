@@ -27,6 +27,7 @@ import pytest
 import tensorflow as tf
 
 from ssl_jax import checkpointing
+from ssl_jax import config as config_lib
 from ssl_jax import trainer
 from ssl_jax.data import pipeline
 
@@ -39,11 +40,7 @@ CLI_FLAGS = ("--config.train.global_batch_size=8", "--config.data.corpus.num_doc
 
 def tiny_config(name: str) -> ml_collections.ConfigDict:
   """configs/<name>.py:tiny made as small as CLI_FLAGS make it."""
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  try:
-    config = __import__(name).get_config("tiny")
-  finally:
-    sys.path.pop(0)
+  config = config_lib.load_config_file(os.path.join(REPO, "configs", f"{name}.py"), "tiny")
   config.train.update(global_batch_size=8, eval_steps=0)
   config.data.corpus.num_documents = 300
   config.data.shuffle_buffer = 16

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ssl_jax import checkpointing
+from ssl_jax import config as config_lib
 from ssl_jax import trainer
 from ssl_jax.data import corpora
 from ssl_jax.finetune import pretrained
@@ -86,7 +87,7 @@ def write_upos(path, num_documents, start):
 
 def tiny(config_name, train_file, eval_file, **data):
   """A test-sized `configs/finetune/<name>.py:tiny`: 2-layer BERT, no dropout."""
-  config = _load(config_name).get_config("tiny")
+  config = _load(config_name)
   config.data.update(dict(train_file=train_file, eval_file=eval_file, **data))
   config.model.dropout_rate = config.model.attention_dropout_rate = 0.0
   config.train.update(global_batch_size=32, log_every=20)
@@ -94,11 +95,8 @@ def tiny(config_name, train_file, eval_file, **data):
 
 
 def _load(name):
-  sys.path.insert(0, os.path.join(REPO, "configs", "finetune"))
-  try:
-    return __import__(name)
-  finally:
-    sys.path.pop(0)
+  return config_lib.load_config_file(os.path.join(REPO, "configs", "finetune", f"{name}.py"),
+                                     "tiny")
 
 
 def eval_rows(workdir):
@@ -171,11 +169,7 @@ def test_init_from_an_ssl_jax_pretraining_run_loads_its_encoder(tmp_path):
 
 
 def _load_bert_tiny():
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  try:
-    return __import__("bert").get_config("tiny")
-  finally:
-    sys.path.pop(0)
+  return config_lib.load_config_file(os.path.join(REPO, "configs", "bert.py"), "tiny")
 
 
 def test_init_errors_name_the_flag(tmp_path):

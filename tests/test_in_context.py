@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from ssl_jax import config as config_lib
 from ssl_jax.data import corpora, vocabularies
 from ssl_jax.finetune import in_context as ic
 from ssl_jax.finetune import lm_init
@@ -215,12 +216,8 @@ def test_trained_gpt_picks_the_right_label_in_context(tmp_path, vocab):
        '--config.train.eval_steps=0', '--config.train.save_every=200',
        '--config.optim.warmup_steps=20'], check=True, cwd=REPO, env=env, timeout=900)
 
-  sys.path.insert(0, os.path.join(REPO, 'configs', 'finetune', 'in_context'))
-  try:
-    import sst2  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.pop(0)
-  config = sst2.get_config('tiny')
+  config = config_lib.load_config_file(
+      os.path.join(REPO, 'configs', 'finetune', 'in_context', 'sst2.py'), 'tiny')
   config.data.update(eval_file=dev, train_file=train)
   config.in_context.update(input_prefix='', output_prefix=' :', example_separator=' . ',
                            options='old,good', shots=2)

@@ -21,6 +21,7 @@ import time
 import numpy as np
 import pytest
 
+from ssl_jax import config as config_lib
 from ssl_jax import distributed
 from ssl_jax.data import shards
 
@@ -245,21 +246,18 @@ def test_checkpoint_of_two_processes_continues_on_one(bert_runs, tmp_path):
 
 
 @pytest.mark.slow
-def test_checkpoint_of_one_process_continues_on_two(tmp_path):
-  one = launch(tmp_path / "1x8", "bert", 1, 8)  # one shard: its own stream
-  workdir = _restart_from_step_3(tmp_path / "1x8", tmp_path / "resumed")
-  resumed = launch(workdir, "bert", 2, 4)  # both processes read the one shard, half each
+def test_checkpoint_of_one_process_continues_on_two(bert_runs, tmp_path):
+  root, _, one = bert_runs
+  workdir = _restart_from_step_3(root / "1x8", tmp_path / "resumed")
+  resumed = launch(workdir, "bert", 2, 4)  # 2 shards: one per process
+  assert sorted(resumed) == list(range(1, STEPS + 1))
   assert_same_losses(resumed, one, range(4, STEPS + 1))
 
 
 @pytest.mark.slow
 def test_restoring_with_another_shard_count_is_an_error(bert_runs):
   root, _, _ = bert_runs
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  try:
-    config = __import__("bert").get_config("tiny")
-  finally:
-    sys.path.pop(0)
+  config = config_lib.load_config_file(os.path.join(REPO, "configs", "bert.py"), "tiny")
   config.train.global_batch_size = 16
   config.data.corpus.num_documents = 400
   config.data.num_shards = 4

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from ssl_jax import config as config_lib
 from ssl_jax import trainer
 from ssl_jax.models import layers
 from ssl_jax.probes import cka
@@ -27,12 +28,7 @@ NUM_SENTENCES = 24
 
 def tiny_config(name: str, **model):
   """configs/<name>.py:tiny shrunk for tests (short rows, small batches, a small corpus)."""
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  try:
-    module = __import__(name)
-  finally:
-    sys.path.pop(0)
-  config = module.get_config("tiny")
+  config = config_lib.load_config_file(os.path.join(REPO, "configs", f"{name}.py"), "tiny")
   config.data.corpus.num_documents = 200
   config.data.shuffle_buffer = 16
   config.data.sequence_length = 32

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from ssl_jax import config as config_lib
 from ssl_jax import partitioning
 from ssl_jax import trainer
 from ssl_jax.data import vocabularies
@@ -20,12 +21,7 @@ CONFIGS = {"bert": "mlm", "gpt": "causal_lm", "t5": "span_corruption", "bart": "
 
 def tiny_config(name: str):
   """The tiny config of `configs/<name>.py` with a small corpus, made smaller still for tests."""
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  try:
-    module = __import__(name)
-  finally:
-    sys.path.pop(0)
-  config = module.get_config("tiny")
+  config = config_lib.load_config_file(os.path.join(REPO, "configs", f"{name}.py"), "tiny")
   config.data.corpus.num_documents = 2000
   config.data.shuffle_buffer = 64
   config.train.global_batch_size = 16

@@ -31,6 +31,9 @@ from ssl_jax.data import vocabularies
 AUTOTUNE = tf.data.AUTOTUNE
 SENTENCE_TASKS = ("nsp", "sop", "none")
 NO_SENTENCE_LABEL = -1  # `sentence_label` of examples built without a sentence task
+# The map functions here use TF control flow only (tf.cond, tf.scan, tf.while_loop), so they are
+# traced as written: AutoGraph's source rewrite would cost seconds at every pipeline start.
+_as_written = tf.autograph.experimental.do_not_convert
 
 
 # ----------------------------------------------------------------------------- shared pieces
@@ -233,15 +236,16 @@ def bert_pretraining(ds, *, vocab, sequence_length, mlm_cfg, seed):
   regular_ids = _regular_ids(vocab, special)
   budget = sequence_length - (3 if pair else 2)
 
-  ds = ds.map(functools.partial(_tokenize_into_chunks, vocab=vocab, budget=budget,
-                                continues_word=continues_word), num_parallel_calls=AUTOTUNE)
+  ds = ds.map(_as_written(functools.partial(_tokenize_into_chunks, vocab=vocab, budget=budget,
+                                            continues_word=continues_word)),
+              num_parallel_calls=AUTOTUNE)
   if task == "nsp":
     ds = ds.scan(_empty_document_state(), _attach_previous_document)
   ds = ds.flat_map(functools.partial(_one_element_per_chunk, min_tokens=2 if pair else 1))
   make = functools.partial(
       _bert_example, task=task, budget=budget, mlm_cfg=mlm_cfg, seed=seed, special=special,
       regular_ids=regular_ids)
-  return ds.map(make, num_parallel_calls=AUTOTUNE)
+  return ds.map(_as_written(make), num_parallel_calls=AUTOTUNE)
 
 
 def _empty_document_state():
@@ -451,8 +455,8 @@ def span_corruption(ds, *, vocab, inputs_length, targets_length, noise_density, 
     return tf.data.Dataset.from_tensors(ex).repeat(num_pieces).enumerate().map(
         lambda i, e: (e, tf.cast(i, tf.int32)))
 
-  ds = ds.map(tokenize, num_parallel_calls=AUTOTUNE).flat_map(pieces)
-  return ds.map(corrupt, num_parallel_calls=AUTOTUNE)
+  ds = ds.map(_as_written(tokenize), num_parallel_calls=AUTOTUNE).flat_map(pieces)
+  return ds.map(_as_written(corrupt), num_parallel_calls=AUTOTUNE)
 
 
 def _random_spans_noise_mask(length, noise_density, mean_span_length, seeds):
@@ -558,10 +562,10 @@ def bart_denoising(ds, *, vocab, sequence_length, denoising_cfg, seed):
     return {"doc_index": doc["doc_index"], "inputs": _with_eos(tokens[:budget], special.eos),
             "targets": _with_eos(original, special.eos)}
 
-  ds = ds.map(functools.partial(_tokenize_into_chunks, vocab=vocab, budget=budget),
+  ds = ds.map(_as_written(functools.partial(_tokenize_into_chunks, vocab=vocab, budget=budget)),
               num_parallel_calls=AUTOTUNE)
   ds = ds.flat_map(functools.partial(_one_element_per_chunk, min_tokens=1))
-  return ds.map(noise, num_parallel_calls=AUTOTUNE)
+  return ds.map(_as_written(noise), num_parallel_calls=AUTOTUNE)
 
 
 def _count(tokens, ratio):

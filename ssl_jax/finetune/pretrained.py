@@ -5,10 +5,12 @@
 
 - 'none': a randomly initialised encoder of config.model (the from-scratch baseline).
 - 'hf:DIR': a Hugging Face BERT directory (config.json, model.safetensors or pytorch_model.bin,
-  vocab.txt): config.model becomes its architecture (keeping this config's dtype, param_dtype,
-  scan_layers, remat_policy) and config.data.vocab its WordPiece vocabulary.
+  vocab.txt): config.model becomes its architecture and config.data.vocab its WordPiece
+  vocabulary.
 - WORKDIR: an ssl_jax BERT pretraining run (`ssl-jax train --config configs/bert.py ...`): its
   latest checkpoint's encoder, with the run's model and vocabulary settings (config.json).
+The checkpoint decides the model's shape; this config keeps the fine-tuning choices: dropout
+rates, and dtype, param_dtype, remat_policy (and scan_layers for 'hf:').
 Only the encoder (`params['bert']`) is taken; pretraining heads are dropped, the task head is new.
 """
 import copy
@@ -22,13 +24,17 @@ import numpy as np
 from ssl_jax.models import bert
 from ssl_jax.models import config as model_config_lib
 
-_COMPUTE_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat_policy")
+# Fields of config.model a fine-tuning run chooses whatever the checkpoint's values.
+_FINETUNING_FIELDS = ("dropout_rate", "attention_dropout_rate", "dtype", "param_dtype",
+                      "remat_policy")
 
 
 def _set_model(config, model_cfg, vocab: dict):
   config = copy.deepcopy(config)
+  model = model_config_lib.config_to_dict(model_cfg)
+  model.update({k: config.model[k] for k in _FINETUNING_FIELDS if k in config.model})
   with config.unlocked():
-    config.model = ml_collections.ConfigDict(model_config_lib.config_to_dict(model_cfg))
+    config.model = ml_collections.ConfigDict(model)
     config.data.vocab = ml_collections.ConfigDict(vocab)
   return config
 
@@ -40,7 +46,8 @@ def _from_hf(config, directory: str):
     raise FileNotFoundError(
         f"--init=hf:{directory} has no vocab.txt; fine-tuning needs the checkpoint's WordPiece "
         "vocabulary next to config.json (save the tokenizer with the model).")
-  overrides = {k: config.model[k] for k in _COMPUTE_FIELDS if k in config.model}
+  overrides = {k: config.model[k] for k in _FINETUNING_FIELDS + ("scan_layers",)
+               if k in config.model}
   model, params = hf.from_pretrained(directory, **overrides)
   if not isinstance(model.config, model_config_lib.BertConfig):
     raise ValueError(f"--init=hf:{directory} is not a BERT model; the fine-tuning heads sit on a "

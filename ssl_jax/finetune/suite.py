@@ -13,31 +13,24 @@ A task's score is the mean of its metrics in percent (GLUE's rule for tasks with
 for SQuAD it is F1. The suite's score is the mean over tasks.
 """
 import copy
-import importlib.util
 import json
 import os
 
 import jax
 
+from ssl_jax import config as config_lib
 from ssl_jax.finetune import run as run_lib
 
 _EXTENSIONS = {"glue_tsv": "tsv", "conllu": "conllu", "squad_json": "json"}
 
 
-def load_task_config(path: str, variant: str):
-  """`get_config(variant)` of the config file at `path`."""
+def task_config(suite, task: str):
+  """The fine-tuning config of `task` with the suite's files and overrides applied."""
+  path = os.path.join(suite.config_dir, f"{task}.py")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"task config {path!r} does not exist; name tasks after the files in "
                             "config.config_dir (configs/finetune), e.g. config.tasks='sst2,upos'.")
-  spec = importlib.util.spec_from_file_location(f"ssl_jax_task_{os.path.basename(path)[:-3]}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
-
-
-def task_config(suite, task: str):
-  """The fine-tuning config of `task` with the suite's files and overrides applied."""
-  config = load_task_config(os.path.join(suite.config_dir, f"{task}.py"), suite.variant)
+  config = config_lib.load_config_file(path, suite.variant)
   files = suite.files.get(task, None)
   for split, default in (("train_file", "train"), ("eval_file", "dev")):
     explicit = files.get(split, "") if files is not None else ""
