@@ -54,7 +54,7 @@ def measure(objective, *, global_batch_size, sequence_length, batches, warmup,
       "fill": round(statistics.mean(tokens) / (global_batch_size * sequence_length), 3),
       "startup_s": round(startup_s, 2)}
   if compare_train_step:
-    step = train_step.SslJaxStep(config)
+    step = train_step.SslJaxStep(config, warmup + batches)
     step_times = [step()[1] for _ in range(warmup + batches)][warmup:]
     step_s = statistics.median(step_times)
     row.update({"train_step_s": round(step_s, 5),

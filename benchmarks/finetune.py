@@ -35,9 +35,9 @@ def _minilm_dir():
 
 
 def _sst2_config(args, train_file, eval_file):
-  sys.path.insert(0, os.path.join(REPO, "configs", "finetune"))
-  import sst2  # pylint: disable=g-import-not-at-top
-  config = sst2.get_config("pretrained")
+  from ssl_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config_file(os.path.join(REPO, "configs", "finetune", "sst2.py"),
+                                       "pretrained")
   config.data.update(dict(train_file=train_file, eval_file=eval_file, sequence_length=args.max_length,
                           max_train_examples=args.train_examples))
   config.train.update(global_batch_size=args.batch_size, log_every=20, seed=args.seed)
@@ -82,12 +82,12 @@ def run_ssl_jax(args, train_file, eval_file, workdir, head=None):
 def batch_order(seed, num_rows, num_steps, batch_size):
   """The row indices of every batch of ssl_jax's train stream (ssl_jax.finetune.data): position p
   is row index_shuffle(p % n, seed=(seed, p // n))."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  positions = tf.range(num_steps * batch_size, dtype=tf.int64)
-  epochs = positions // num_rows
-  seeds = tf.stack([tf.fill(tf.shape(epochs), tf.constant(seed, tf.int64)), epochs], axis=1)
-  rows = tf.random.experimental.index_shuffle(positions % num_rows, seeds, num_rows - 1)
-  return rows.numpy().reshape(num_steps, batch_size)
+  rows = [int(tf.random.experimental.index_shuffle(
+      tf.constant(p % num_rows, tf.int64), tf.constant([seed, p // num_rows], tf.int64),
+      num_rows - 1)) for p in range(num_steps * batch_size)]
+  return np.array(rows).reshape(num_steps, batch_size)
 
 
 def make_transformers_model(args):
@@ -180,12 +180,9 @@ def pretraining(args):
   from ssl_jax import trainer  # pylint: disable=g-import-not-at-top
   from ssl_jax.finetune import run  # pylint: disable=g-import-not-at-top
   from ssl_jax.finetune import synthetic  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  sys.path.insert(0, os.path.join(REPO, "configs", "finetune"))
-  import bert  # pylint: disable=g-import-not-at-top
-  import upos  # pylint: disable=g-import-not-at-top
+  from ssl_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   root = args.workdir or tempfile.mkdtemp(prefix="bench_pretraining_")
-  pretrain = bert.get_config("tiny")
+  pretrain = config_lib.load_config_file(os.path.join(REPO, "configs", "bert.py"), "tiny")
   pretrain.train.update(num_steps=args.pretrain_steps, eval_steps=0, save_every=args.pretrain_steps)
   pretrain.data.sequence_length = args.pretrain_length
   start = time.perf_counter()
@@ -200,7 +197,8 @@ def pretraining(args):
   synthetic.write_upos_conllu(eval_file, 100, unseen + 100_000)
   results = {}
   for init in ("pretrained", "none"):
-    config = upos.get_config("tiny")
+    config = config_lib.load_config_file(os.path.join(REPO, "configs", "finetune", "upos.py"),
+                                         "tiny")
     config.data.update(dict(train_file=train_file, eval_file=eval_file))
     config.finetune.num_epochs = args.tagging_epochs
     config.train.global_batch_size = 16

@@ -17,7 +17,9 @@ Prints one JSON line per objective (and per model with --compile-scaling). How i
   `--warmup` rounds. `speedup` = median HF step time / median ssl_jax step time (same tokens).
 - `flops_per_step` is XLA's cost analysis of the compiled step; `mfu` = flops_per_step / median step
   time / median matmul rate (the measured dense float32 matmul rate of this machine, not a datasheet).
-- `host_fraction` = median time in `next(iterator)` / median step time: the input pipeline's share.
+- `host_fraction` = median time of one `next(iterator)` (read before the steps run, so the
+  pipeline's threads never compete with a timed step) / median step time: the share of a step the
+  input pipeline would cost if it did not overlap with it.
 - `compile_s`: lowering + compilation of the train step (no persistent cache).
 Threads: torch gets `--threads` intra-op threads (default: all cores); XLA uses its own pool of one
 thread per core.
@@ -87,20 +89,30 @@ class MatmulRate:
 
 
 class SslJaxStep:
-  """The trainer's compiled step on the config's input pipeline."""
+  """The trainer's compiled step on `num_batches` batches of the config's input pipeline.
 
-  def __init__(self, config):
+  The batches are read before any step is timed (each read timed alone: `host_s`), so the
+  pipeline's background threads are idle, with a full prefetch buffer, while steps are timed;
+  on a 2-core host they would otherwise take cores from XLA at random moments.
+  """
+
+  def __init__(self, config, num_batches: int):
     self.exp = trainer.Experiment.build(config)
     self.state = self.exp.init_state()
     self.compiled, self.compile_s = _timed(lambda: trainer.compile_train_step(self.exp))
     self.flops = trainer.flops_per_step(self.compiled)
-    self.iterator = pipeline.make_iterator(config, "train", self.exp.batch_sharding)
+    iterator = pipeline.make_iterator(config, "train", self.exp.batch_sharding)
+    next(iterator)  # the pipeline's start-up is not a per-batch cost
+    reads = [_timed(lambda: next(iterator)) for _ in range(num_batches)]
+    self.batches = [batch for batch, _ in reads]
+    self.host_s = [seconds for _, seconds in reads]
     self.tokens = trainer._tokens_per_step(self.exp.batch_spec)  # pylint: disable=protected-access
-    self.batch = None
+    self.batch, self.round = None, 0
 
   def __call__(self) -> tuple[float, float]:
-    """Runs one step; returns (seconds in next(iterator), seconds in the step)."""
-    self.batch, host_s = _timed(lambda: next(self.iterator))
+    """Runs one step; returns (seconds the pipeline took for its batch, seconds in the step)."""
+    self.batch, host_s = self.batches[self.round], self.host_s[self.round]
+    self.round += 1
     def step():
       self.state, sums = self.compiled(self.state, self.batch)
       jax.block_until_ready(sums)
@@ -161,7 +173,7 @@ class TransformersStep:
 
 def measure(objective: str, args) -> dict:
   config = make_config(objective, args.size, args.model)
-  ours = SslJaxStep(config)
+  ours = SslJaxStep(config, args.warmup + args.steps)
   theirs = (TransformersStep(objective, ours.exp.model_config, config.optim)
             if args.compare_transformers else None)
   matmul = MatmulRate(args.matmul_size)

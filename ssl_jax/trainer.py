@@ -250,20 +250,25 @@ def write_config(config, workdir: str) -> None:
       f.write(config.to_json_best_effort(indent=2) + "\n")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, init_params=None):
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, init_params=None, *,
+                       exp=None, train_iter=None, evaluate_fn=None):
   """Trains to `config.train.num_steps`, resuming from the latest checkpoint in `workdir`.
 
   `init_params`, a function params -> params, edits a fresh run's initial params (fine-tuning
-  puts a pretrained encoder in); a resumed run ignores it.
+  puts a pretrained encoder in); a resumed run ignores it. Callers with their own data or
+  evaluation (text-to-text fine-tuning) pass `exp`, `train_iter` (a checkpointable iterator of
+  global batches) and `evaluate_fn(params, step, logger)`, called every `train.eval_every` steps
+  and at the last; by default the config's input pipeline and `train.eval_steps` eval batches.
   """
-  exp = Experiment.build(config)
+  exp = exp or Experiment.build(config)
   checkpointing.check_workdir(workdir)
   train_cfg = config.train
   manager = checkpointing.make_manager(workdir, train_cfg)
   latest = manager.latest_step()
   if latest is not None:
     checkpointing.check_compatible(manager, latest, config, exp.layout)
-  train_iter = pipeline.make_iterator(config, "train", exp.batch_sharding)
+  if train_iter is None:
+    train_iter = pipeline.make_iterator(config, "train", exp.batch_sharding)
   if latest is None:
     state = exp.init_state()
     if init_params is not None:
@@ -275,20 +280,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, init_par
   write_config(config, workdir)
   start = int(jax.device_get(state.step))
   train_step = compile_train_step(exp)
-  eval_step = compile_eval_step(exp) if train_cfg.eval_steps else None
+  if evaluate_fn is None and train_cfg.eval_steps:
+    eval_step = compile_eval_step(exp)
+    evaluate_fn = lambda params, step, logger: evaluate(exp, eval_step, params, step, logger)
   logger = metrics_lib.MetricsLogger(
       workdir, num_steps=train_cfg.num_steps, log_every=train_cfg.log_every, start_step=start,
       tokens_per_step=_tokens_per_step(exp.batch_spec), learning_rate_fn=exp.schedule)
   try:
     with logger, checkpointing.preemption_guard() as preempted:
-      return _loop(exp, state, start, train_step, eval_step, train_iter, manager, logger,
+      return _loop(exp, state, start, train_step, evaluate_fn, train_iter, manager, logger,
                    preempted)
   finally:
     manager.wait_until_finished()  # a save in flight completes even when the loop raised
     manager.close()
 
 
-def _loop(exp, state, start, train_step, eval_step, train_iter, manager, logger, preempted):
+def _loop(exp, state, start, train_step, evaluate_fn, train_iter, manager, logger, preempted):
   config, train_cfg = exp.config, exp.config.train
   abort = train_cfg.on_nonfinite == "abort"
   previous = None  # (step, sums) of the step before the one in flight
@@ -298,9 +305,9 @@ def _loop(exp, state, start, train_step, eval_step, train_iter, manager, logger,
     if abort and previous is not None:
       _raise_if_nonfinite(*previous)  # one step late: the device is busy with `step`
     previous = (step, sums)
-    if eval_step is not None and (step % train_cfg.eval_every == 0
-                                  or step == train_cfg.num_steps):
-      evaluate(exp, eval_step, state.params, step, logger)
+    if evaluate_fn is not None and (step % train_cfg.eval_every == 0
+                                    or step == train_cfg.num_steps):
+      evaluate_fn(state.params, step, logger)
     stop = preempted(step)
     last = stop or step == train_cfg.num_steps
     if last or manager.should_save(step):

@@ -1,4 +1,5 @@
 """The training spine end to end: CLI runs, sharding equivalence, one compile, microbatching, FSDP."""
+import collections
 import json
 import math
 import os
@@ -13,10 +14,12 @@ import pytest
 from ssl_jax import config as config_lib
 from ssl_jax import partitioning
 from ssl_jax import trainer
+from ssl_jax.data import corpora
 from ssl_jax.data import vocabularies
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {"bert": "mlm", "gpt": "causal_lm", "t5": "span_corruption", "bart": "denoising"}
+CLI_STEPS = {"bert": 60, "gpt": 120, "t5": 60, "bart": 60}  # a GPT step costs a third of the others
 
 
 def tiny_config(name: str):
@@ -28,23 +31,39 @@ def tiny_config(name: str):
   return config
 
 
-def first_losses(config, devices, num_steps=5):
+def host_batches(config, num_steps=5):
+  """The first global batches of the train stream, as numpy (one pipeline for every mesh)."""
+  it = trainer.pipeline.DataIterator(trainer.pipeline.make_dataset(config, "train"), None)
+  return [next(it) for _ in range(num_steps)]
+
+
+def first_losses(config, devices, batches):
   exp = trainer.Experiment.build(config, devices=devices)
   state = exp.init_state()
   step = trainer.compile_train_step(exp)
-  it = trainer.pipeline.make_iterator(config, "train", exp.batch_sharding)
   losses = []
-  for _ in range(num_steps):
-    state, sums = step(state, next(it))
+  for batch in batches:
+    state, sums = step(state, jax.device_put(batch, exp.batch_sharding))
     losses.append(float(sums["loss"][0]))
-  return losses, state
+  return losses
+
+
+def unigram_entropy(vocab, corpus_cfg, num_documents=500) -> float:
+  """Entropy (nats) of the corpus's token frequencies: the loss of a model that ignores context."""
+  counts = collections.Counter()
+  for document in corpora.generate_documents(num_documents, corpus_cfg.seed):
+    for sentence in document:
+      counts.update(vocab.encode(corpora.sentence_text(sentence)))
+  total = sum(counts.values())
+  return -sum(c / total * math.log(c / total) for c in counts.values())
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_cli_trains_tiny_config(name, tmp_path):
   workdir = str(tmp_path / name)
   cmd = [sys.executable, "-m", "ssl_jax.main", "train", f"--config=configs/{name}.py:tiny",
-         f"--workdir={workdir}", "--config.train.num_steps=60", "--config.train.log_every=10",
+         f"--workdir={workdir}", f"--config.train.num_steps={CLI_STEPS[name]}",
+         "--config.train.log_every=10",
          "--config.train.eval_every=30", "--config.train.eval_steps=2",
          "--config.train.save_every=30", "--config.train.global_batch_size=16",
          "--config.data.corpus.num_documents=2000", "--config.data.shuffle_buffer=64",
@@ -53,18 +72,22 @@ def test_cli_trains_tiny_config(name, tmp_path):
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   train = [r for r in rows if r["split"] == "train"]
   evals = [r for r in rows if r["split"] == "eval"]
-  assert [r["step"] for r in train] == [10, 20, 30, 40, 50, 60]
-  assert [r["step"] for r in evals] == [30, 60]
+  assert [r["step"] for r in train] == list(range(10, CLI_STEPS[name] + 1, 10))
+  assert [r["step"] for r in evals] == list(range(30, CLI_STEPS[name] + 1, 30))
   for key in ("loss", "learning_rate", "tokens_per_sec", "step_time_s"):
     assert all(math.isfinite(r[key]) for r in train), key
-  # Per-token loss well below that of an untrained model (uniform over the vocabulary). Falling
-  # far below the unigram entropy takes BERT a few hundred steps (its MLM loss plateaus near the
-  # unigram entropy first), more than a test can afford; the README job shows it.
+  # Per-token loss against the unigram entropy of the corpus (the best loss that ignores context).
+  # GPT and T5 fall far below it within the test's steps. BERT's masked LM and BART's copy through
+  # cross-attention sit on that plateau for a few hundred steps until attention learns where to
+  # look (transformers' BertForMaskedLM on the same batches does too): in a test they are only
+  # asked to beat the untrained, uniform model by a nat.
   config = tiny_config(name)
-  uniform = math.log(vocabularies.get_vocabulary(config.data.vocab).vocab_size)
+  vocab = vocabularies.get_vocabulary(config.data.vocab)
   per_token = "mlm_loss" if name == "bert" else "token_loss"
-  assert train[-1][per_token] < uniform - 1.0, (train[-1][per_token], uniform)
-  assert evals[-1][per_token] < uniform - 1.0, (evals[-1][per_token], uniform)
+  bound = (unigram_entropy(vocab, config.data.corpus) - 1.0 if name in ("gpt", "t5")
+           else math.log(vocab.vocab_size) - 1.0)
+  assert train[-1][per_token] < bound, (train[-1][per_token], bound)
+  assert evals[-1][per_token] < bound, (evals[-1][per_token], bound)
   assert train[-1]["loss"] < train[0]["loss"]
   assert os.path.exists(os.path.join(workdir, "config.json"))
   assert os.listdir(os.path.join(workdir, "tensorboard"))
@@ -73,10 +96,11 @@ def test_cli_trains_tiny_config(name, tmp_path):
 @pytest.mark.parametrize("name", ["bert", "t5", "gpt"])
 def test_meshes_give_the_one_device_losses(name):
   config = tiny_config(name)
-  reference, _ = first_losses(config, jax.devices()[:1])
+  batches = host_batches(config)
+  reference = first_losses(config, jax.devices()[:1], batches)
   for mesh in ({"data": 8}, {"data": 2, "fsdp": 4}, {"fsdp": 2, "tensor": 4}):
     config.mesh.update({"data": 1, "fsdp": 1, "tensor": 1, **mesh})
-    losses, _ = first_losses(config, jax.devices())
+    losses = first_losses(config, jax.devices(), batches)
     np.testing.assert_allclose(losses, reference, rtol=1e-5, err_msg=str(mesh))
 
 
@@ -122,3 +146,22 @@ def test_fsdp_shards_params_and_optimizer_state():
     for shard in x.addressable_shards:
       per_device[shard.device] = per_device.get(shard.device, 0) + shard.data.nbytes
   assert max(per_device.values()) <= replicated / 6, (max(per_device.values()), replicated)
+
+
+def test_training_never_imports_torch_or_transformers():
+  """PyTorch and transformers are the `interop` extra: building and stepping a run must not need
+  them (a fresh process, as `ssl-jax train` starts)."""
+  code = (
+      "import sys\n"
+      "from ssl_jax import config as config_lib, main, trainer\n"
+      f"config = config_lib.load_config_file({os.path.join(REPO, 'configs', 'bert.py')!r}, 'tiny')\n"
+      "config.train.global_batch_size = 8\n"
+      "config.data.corpus.num_documents = 100\n"
+      "exp = trainer.Experiment.build(config)\n"
+      "it = trainer.pipeline.make_iterator(config, 'train', exp.batch_sharding)\n"
+      "trainer.compile_train_step(exp)(exp.init_state(), next(it))\n"
+      "print(sorted(m for m in ('torch', 'transformers', 'safetensors') if m in sys.modules))\n")
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip().splitlines()[-1] == "[]"

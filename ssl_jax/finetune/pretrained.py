@@ -79,7 +79,7 @@ def _from_workdir(config, workdir: str):
     raise ValueError(f"--init={workdir!r} was trained with objective {saved.objective!r}; the "
                      "fine-tuning heads need a BERT encoder (objective 'mlm').")
   exp = trainer.Experiment.build(saved)
-  manager = checkpointing.make_manager(workdir, saved.train)
+  manager = checkpointing.make_manager(workdir, saved.train, read_only=True)
   step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(f"--init={workdir!r} has no checkpoint; train it first.")

@@ -46,7 +46,6 @@ import seqio
 import tensorflow as tf
 from jax.experimental import multihost_utils
 
-from ssl_jax import checkpointing
 from ssl_jax import config as config_lib
 from ssl_jax import metrics as metrics_lib
 from ssl_jax import trainer
@@ -367,45 +366,27 @@ def finetune(config, workdir: str, init: str = 'none', devices=None) -> dict:
   vocab = vocabularies.get_vocabulary(config.data.vocab)
   train_pairs, eval_pairs = read_pairs(config, 'train'), read_pairs(config, 'validation')
   _warn_if_truncated(train_pairs, vocab, config.data)
-  checkpointing.check_workdir(workdir)
-  manager = checkpointing.make_manager(workdir, config.train)
   train_iter = make_train_iterator(
       config, make_task(f'text_to_text_{config.data.task}', {'train': train_pairs}, vocab),
       exp.model_config, exp.batch_sharding)
-  latest = manager.latest_step()
-  if latest is None:
-    state = exp.init_state()
-    params = lm_init.params_from_init(config, config.finetune.init, exp.layout)
-    state = state if params is None else state.replace(params=params)
-  else:
-    checkpointing.check_compatible(manager, latest, config, exp.layout)
-    state = checkpointing.restore(manager, latest, exp.layout.abstract, exp.layout.shardings,
-                                  train_iter)
-  trainer.write_config(config, workdir)
-  step, num_steps = int(jax.device_get(state.step)), config.train.num_steps
   result = {}
-  try:
-    with metrics_lib.MetricsLogger(workdir, num_steps=num_steps, log_every=config.train.log_every,
-                                   start_step=step, learning_rate_fn=exp.schedule) as logger, \
-        checkpointing.preemption_guard() as preempted:
-      train_step = trainer.compile_train_step(exp) if step < num_steps else None
-      while step < num_steps:
-        step += 1
-        state, sums = train_step(state, next(train_iter))
-        logger.train_step(step, sums)
-        last = preempted(step) or step == num_steps
-        if step % config.train.eval_every == 0 or last:
-          result = _evaluate(exp, state.params, vocab, eval_pairs, config)
-          logger.write_eval(step, {k: (v, 1.0) for k, v in result.items() if k != 'predictions'})
-        checkpointing.save(manager, step, state, train_iter, config, force=last)
-        if last:
-          break
-      if not result:   # a finished run, re-run: score its final state
-        result = _evaluate(exp, state.params, vocab, eval_pairs, config)
-        logger.write_eval(step, {k: (v, 1.0) for k, v in result.items() if k != 'predictions'})
-  finally:
-    manager.wait_until_finished()
-    manager.close()
+
+  def init_params(params):
+    loaded = lm_init.params_from_init(config, config.finetune.init, exp.layout)
+    return params if loaded is None else loaded
+
+  def evaluate_fn(params, step, logger):
+    result.clear()
+    result.update(_evaluate(exp, params, vocab, eval_pairs, config))
+    logger.write_eval(step, {k: (v, 1.0) for k, v in result.items() if k != 'predictions'})
+
+  state = trainer.train_and_evaluate(config, workdir, init_params, exp=exp,
+                                     train_iter=train_iter, evaluate_fn=evaluate_fn)
+  step = int(jax.device_get(state.step))
+  if not result:  # a finished run, re-run, or a preempted one: score the state it stopped at
+    with metrics_lib.MetricsLogger(workdir, num_steps=config.train.num_steps, log_every=1,
+                                   start_step=step) as logger:
+      evaluate_fn(state.params, step, logger)
   predictions = result.pop('predictions')
   _write_results(workdir, config, step, result, eval_pairs, predictions)
   return result
