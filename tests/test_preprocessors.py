@@ -7,7 +7,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from ssl_jax.data import corpora, preprocessors, vocabularies
+from ssl_jax.data import corpora, preprocessors, span_corruption, vocabularies
 
 NUM_DOCUMENTS = 700  # ~28k tokens of the default corpus
 
@@ -171,12 +171,12 @@ def test_whole_word_masking_masks_all_pieces_of_a_word(tmp_path, docs, ids):
 
 
 def test_span_corruption_lengths_match_t5():
-  assert preprocessors.span_corruption_lengths(512, 0.15, 3.0) == (568, 114)
-  assert preprocessors.span_corruption_lengths(128, 0.15, 3.0) == (141, 29)  # 141 - 21 noise + 7 sentinels + EOS = 128
+  assert span_corruption.span_corruption_lengths(512, 0.15, 3.0) == (568, 114)
+  assert span_corruption.span_corruption_lengths(128, 0.15, 3.0) == (141, 29)  # 141 - 21 noise + 7 sentinels + EOS = 128
 
 
 def test_span_corruption_statistics(vocab, ids, docs):
-  ds = preprocessors.span_corruption(_text_dataset(docs), vocab=vocab, inputs_length=128, targets_length=32,
+  ds = span_corruption.span_corruption(_text_dataset(docs), vocab=vocab, inputs_length=128, targets_length=32,
                                      noise_density=0.15, mean_span_length=3.0, seed=0)
   sentinels = np.array(ids.sentinels)
   noise = tokens = spans = 0
@@ -197,7 +197,7 @@ def test_span_corruption_statistics(vocab, ids, docs):
 
 def test_span_corruption_literal(vocab, ids):
   ds = tf.data.Dataset.from_tensors({"doc_index": tf.constant(0, tf.int64), "text": "the fox runs ."})
-  [e] = list(preprocessors.span_corruption(ds, vocab=vocab, inputs_length=16, targets_length=8,
+  [e] = list(span_corruption.span_corruption(ds, vocab=vocab, inputs_length=16, targets_length=8,
                                            noise_density=0.15, mean_span_length=3.0, seed=0).as_numpy_iterator())
   original = vocab.encode("the fox runs .")
   # One noise token (round(4 * 0.15) clipped to >= 1) in one span.
@@ -313,7 +313,7 @@ def test_examples_do_not_depend_on_stream_or_parallelism(vocab, docs, objective)
       ds = preprocessors.bert_pretraining(_sentence_dataset(docs, start), vocab=vocab, sequence_length=48,
                                           mlm_cfg=_mlm_cfg(sentence_task="sop"), seed=7)
     elif objective == "span_corruption":
-      ds = preprocessors.span_corruption(
+      ds = span_corruption.span_corruption(
           _text_dataset(docs).map(lambda e: dict(e, doc_index=e["doc_index"] + start)), vocab=vocab,
           inputs_length=32, targets_length=16, noise_density=0.15, mean_span_length=3.0, seed=7)
     else:
@@ -349,10 +349,10 @@ def test_too_short_sequences_raise_naming_the_setting(vocab, docs):
   with pytest.raises(ValueError, match="sequence_length=4.*nsp"):
     preprocessors.bert_pretraining(ds, vocab=vocab, sequence_length=4, mlm_cfg=_mlm_cfg(), seed=0)
   with pytest.raises(ValueError, match="sequence_length=2"):
-    preprocessors.span_corruption(_text_dataset(docs[:2]), vocab=vocab, inputs_length=2, targets_length=8,
+    span_corruption.span_corruption(_text_dataset(docs[:2]), vocab=vocab, inputs_length=2, targets_length=8,
                                   noise_density=0.15, mean_span_length=3.0, seed=0)
   with pytest.raises(ValueError, match="targets_length=10.*>= 29"):
-    preprocessors.span_corruption(_text_dataset(docs[:2]), vocab=vocab, inputs_length=128, targets_length=10,
+    span_corruption.span_corruption(_text_dataset(docs[:2]), vocab=vocab, inputs_length=128, targets_length=10,
                                   noise_density=0.15, mean_span_length=3.0, seed=0)
   with pytest.raises(ValueError, match="sequence_length=1"):
     preprocessors.bart_denoising(ds, vocab=vocab, sequence_length=1, denoising_cfg=_denoising_cfg(), seed=0)
@@ -369,11 +369,11 @@ def test_vocabularies_without_the_needed_ids_raise():
     preprocessors.bart_denoising(ds, vocab=byte_vocab, sequence_length=64, seed=0,
                                  denoising_cfg=_denoising_cfg(infill_ratio=0.3))
   with pytest.raises(ValueError, match="sentinels.*extra_ids"):
-    preprocessors.span_corruption(_text_dataset(_documents(2)), vocab=byte_vocab, inputs_length=64,
+    span_corruption.span_corruption(_text_dataset(_documents(2)), vocab=byte_vocab, inputs_length=64,
                                   targets_length=32, noise_density=0.15, mean_span_length=3.0, seed=0)
   few_sentinels = seqio.ByteVocabulary(extra_ids=3)
   with pytest.raises(ValueError, match="config.data.vocab.extra_ids to >= 7"):
-    preprocessors.span_corruption(_text_dataset(_documents(2)), vocab=few_sentinels, inputs_length=128,
+    span_corruption.span_corruption(_text_dataset(_documents(2)), vocab=few_sentinels, inputs_length=128,
                                   targets_length=32, noise_density=0.15, mean_span_length=3.0, seed=0)
 
 

@@ -37,6 +37,7 @@ import tensorflow as tf
 
 from ssl_jax.data import corpora
 from ssl_jax.data import preprocessors
+from ssl_jax.data import span_corruption
 from ssl_jax.data import vocabularies
 
 OBJECTIVES = ("mlm", "causal_lm", "span_corruption", "denoising")
@@ -238,7 +239,7 @@ def _targets_length(config):
   data = config.data
   if config.objective == "span_corruption":
     cfg = data.span_corruption
-    needed = preprocessors.span_corruption_lengths(
+    needed = span_corruption.span_corruption_lengths(
         data.sequence_length, cfg.noise_density, cfg.mean_span_length)[1]
     return int(_get(data, "targets_length", 0) or needed)
   return data.sequence_length
@@ -294,7 +295,7 @@ def _objective_preprocessors(config, vocab):
   if objective == "span_corruption":
     cfg = data.span_corruption
     return [functools.partial(
-        preprocessors.span_corruption, vocab=vocab, inputs_length=data.sequence_length,
+        span_corruption.span_corruption, vocab=vocab, inputs_length=data.sequence_length,
         targets_length=_targets_length(config), noise_density=cfg.noise_density,
         mean_span_length=cfg.mean_span_length, seed=seed)]
   if objective == "denoising":

@@ -160,7 +160,7 @@ def _span_corruption(subject, rng, tokens, labels, kind_ratios):
   for noise in _span_rows(rng, tokens, cfg.mean_span_length, cfg.noise_density, False):
     inputs, targets, slots, cursor = [], [], [], 0
     for k, (start, end) in enumerate(noise):
-      # T5 (and preprocessors.span_corruption): the span is sentinel k in the inputs; in the
+      # T5 (and ssl_jax.data.span_corruption): the span is sentinel k in the inputs; in the
       # targets each run of kept tokens is the next sentinel, so span k follows sentinel k.
       inputs += list(tokens[cursor:start]) + [sentinels[k]]
       targets += [sentinels[k]] + list(tokens[start:end])
