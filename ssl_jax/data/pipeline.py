@@ -87,6 +87,10 @@ def per_process_batch_size(config, process_count: Optional[int] = None) -> int:
 def _options() -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = True
+  # tf.data's autotuner thread (TF 2.21) keeps a destroyed iterator alive until its next wake-up,
+  # up to a minute: `ssl-jax train` sat 45 s at exit after a 300-step run. Parallel maps then use
+  # one thread per core (AUTOTUNE without the tuner), which keeps up with the step (benchmarks/).
+  options.autotune.enabled = False
   return options
 
 
