@@ -84,7 +84,8 @@ def per_process_batch_size(config, process_count: Optional[int] = None) -> int:
   return global_batch // process_count
 
 
-def _options() -> tf.data.Options:
+def dataset_options() -> tf.data.Options:
+  """The options of every ssl_jax input pipeline: deterministic order, no autotuner thread."""
   options = tf.data.Options()
   options.deterministic = True
   # tf.data's autotuner thread (TF 2.21) keeps a destroyed iterator alive until its next wake-up,
@@ -131,7 +132,7 @@ def make_dataset(config, split: str, *, shard_info: Optional[seqio.ShardInfo] = 
   if added:
     ds = ds.map(lambda ex: _add_segments(ex, added), num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True).prefetch(2)
-  return ds.with_options(_options())
+  return ds.with_options(dataset_options())
 
 
 def batch_spec(config) -> dict:

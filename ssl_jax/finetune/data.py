@@ -23,6 +23,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from ssl_jax.data import pipeline
 from ssl_jax.data import vocabularies
 from ssl_jax.finetune import formats
 
@@ -143,6 +144,5 @@ def make_dataset(config, split: str, *, shard_info: seqio.ShardInfo,
   if shard_info is not None and shard_info.num_shards > 1:
     ds = ds.shard(shard_info.num_shards, shard_info.index)
   ds = ds.map(row, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  options = tf.data.Options()
-  options.deterministic = True
-  return ds.batch(batch_size, drop_remainder=True).prefetch(2).with_options(options)
+  return ds.batch(batch_size, drop_remainder=True).prefetch(2).with_options(
+      pipeline.dataset_options())

@@ -220,9 +220,7 @@ def make_train_iterator(config, task: seqio.Task, model_config, batch_sharding=N
                                 decoder_start_token_id=model_config.decoder_start_token_id),
               num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(int(config.train.global_batch_size) // count, drop_remainder=True).prefetch(2)
-  options = tf.data.Options()
-  options.deterministic = True
-  return pipeline.DataIterator(ds.with_options(options), batch_sharding)
+  return pipeline.DataIterator(ds.with_options(pipeline.dataset_options()), batch_sharding)
 
 
 # ------------------------------------------------------------------------------ decoding
