@@ -80,13 +80,12 @@ def run_ssl_jax(args, train_file, eval_file, workdir, head=None):
 
 
 def batch_order(seed, num_rows, num_steps, batch_size):
-  """The row indices of every batch of ssl_jax's train stream (ssl_jax.finetune.data): position p
-  is row index_shuffle(p % n, seed=(seed, p // n))."""
+  """The row indices of every batch of ssl_jax's train stream (`finetune.data.shuffled_row`)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  rows = [int(tf.random.experimental.index_shuffle(
-      tf.constant(p % num_rows, tf.int64), tf.constant([seed, p // num_rows], tf.int64),
-      num_rows - 1)) for p in range(num_steps * batch_size)]
+  from ssl_jax.finetune import data  # pylint: disable=g-import-not-at-top
+  rows = [int(data.shuffled_row(tf.constant(p, tf.int64), seed, num_rows))
+          for p in range(num_steps * batch_size)]
   return np.array(rows).reshape(num_steps, batch_size)
 
 

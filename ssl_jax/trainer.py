@@ -279,6 +279,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, init_par
     logging.info("resumed from step %d of %s", latest, workdir)
   write_config(config, workdir)
   start = int(jax.device_get(state.step))
+  if start >= train_cfg.num_steps:  # a finished run, re-run: nothing to compile or train
+    manager.close()
+    return state
   train_step = compile_train_step(exp)
   if evaluate_fn is None and train_cfg.eval_steps:
     eval_step = compile_eval_step(exp)

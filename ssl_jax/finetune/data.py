@@ -123,6 +123,13 @@ def num_rows(config, split: str) -> int:
   return len(next(iter(featurized(config, split)[1].arrays.values())))
 
 
+def shuffled_row(position, seed: int, n: int):
+  """The row at `position` (int64 scalar) of the endless train stream over `n` rows: epoch
+  `position // n` is a stateless permutation of the rows, seeded with (`seed`, epoch)."""
+  return tf.random.experimental.index_shuffle(
+      position % n, tf.stack([tf.constant(seed, tf.int64), position // n]), n - 1)
+
+
 def make_dataset(config, split: str, *, shard_info: seqio.ShardInfo,
                  batch_size: int) -> tf.data.Dataset:
   """This shard's endless stream of `batch_size`-row batches of `split` (see the module doc)."""
@@ -133,11 +140,7 @@ def make_dataset(config, split: str, *, shard_info: seqio.ShardInfo,
   table = {k: tf.constant(v) for k, v in arrays.items()}
 
   def row(position):
-    index = position % n
-    if train:
-      epoch = position // n
-      index = tf.random.experimental.index_shuffle(
-          index, tf.stack([tf.constant(seed, tf.int64), epoch]), n - 1)
+    index = shuffled_row(position, seed, n) if train else position % n
     return {k: tf.gather(v, index) for k, v in table.items()}
 
   ds = tf.data.Dataset.range(2**62)
