@@ -1,4 +1,4 @@
-"""EncoderDecoder (T5 v1.1, BART): parity with transformers, HF round trip, packing, presets,
+"""EncoderDecoder (T5 v1.1, BART, pre-norm BART = mBART): parity with transformers, HF round trip, packing, presets,
 KV-cache decoding, greedy and beam search, and rejection of HF options ssl_jax lacks."""
 import dataclasses
 import functools
@@ -34,7 +34,8 @@ def _hf_config(family):
         num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=12,
         feed_forward_proj='gated-gelu', tie_word_embeddings=False, dropout_rate=0.0,
         attn_implementation='eager')
-  return transformers.BartConfig(
+  config_cls = transformers.MBartConfig if family == 'mbart' else transformers.BartConfig
+  return config_cls(
       vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=3,
       encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48,
       decoder_ffn_dim=48, max_position_embeddings=32, scale_embedding=True, dropout=0.0,
@@ -46,8 +47,9 @@ def _hf_model(family):
   """A randomly initialised HF model whose norms, biases and head are perturbed away from
   their trivial initial values, so that every converted tensor matters."""
   torch.manual_seed(0)
-  cls = (transformers.T5ForConditionalGeneration if family == 't5'
-         else transformers.BartForConditionalGeneration)
+  cls = {'t5': transformers.T5ForConditionalGeneration,
+         'bart': transformers.BartForConditionalGeneration,
+         'mbart': transformers.MBartForConditionalGeneration}[family]
   model = cls(_hf_config(family)).eval()
   with torch.no_grad():
     for name, p in model.named_parameters():
@@ -92,7 +94,7 @@ def _torch_logits(model, enc, dec, enc_mask, dec_mask):
 
 
 @pytest.mark.parametrize('scan_layers', [False, True])
-@pytest.mark.parametrize('family', ['t5', 'bart'])
+@pytest.mark.parametrize('family', ['t5', 'bart', 'mbart'])
 def test_converted_hf_model_gives_same_logits(family, scan_layers):
   hf_model = _hf_model(family)
   model, params = _converted(family, scan_layers=scan_layers)
@@ -108,7 +110,7 @@ def test_converted_hf_model_gives_same_logits(family, scan_layers):
     np.testing.assert_array_equal(back[name], value.numpy(), err_msg=name)
 
 
-@pytest.mark.parametrize('family', ['t5', 'bart'])
+@pytest.mark.parametrize('family', ['t5', 'bart', 'mbart'])
 def test_save_pretrained_loads_in_transformers(family, tmp_path):
   model, params = _converted(family)
   noise = np.random.RandomState(1)   # new values, so the test does not just echo HF's weights
@@ -118,8 +120,9 @@ def test_save_pretrained_loads_in_transformers(family, tmp_path):
   hf_interop.save_pretrained(model, params, str(tmp_path))
   hf_model = transformers.AutoModelForSeq2SeqLM.from_pretrained(
       str(tmp_path), attn_implementation='eager').eval()
-  assert type(hf_model).__name__ == ('T5ForConditionalGeneration' if family == 't5'
-                                     else 'BartForConditionalGeneration')
+  assert type(hf_model).__name__ == {'t5': 'T5ForConditionalGeneration',
+                                     'bart': 'BartForConditionalGeneration',
+                                     'mbart': 'MBartForConditionalGeneration'}[family]
   ours = np.asarray(_logits(model, params, enc, dec, enc_mask, dec_mask))
   theirs = _torch_logits(hf_model, enc, dec, enc_mask, dec_mask)
   real = dec_mask.astype(bool)
@@ -184,7 +187,8 @@ def test_every_param_has_logical_axes(family, scan_layers):
     assert ('layers' in box.names) == (scan_layers and box.names[0] == 'layers')
 
 
-@pytest.mark.parametrize('family, scan_layers', [('t5', True), ('bart', False)])
+@pytest.mark.parametrize('family, scan_layers', [('t5', True), ('bart', False),
+                                                ('mbart', True)])
 def test_kv_cache_greedy_and_beam_search(family, scan_layers):
   model, params = _converted(family, scan_layers=scan_layers)
   cfg = model.config
@@ -248,6 +252,7 @@ def test_kv_cache_greedy_and_beam_search(family, scan_layers):
     ('bart', 'activation_function', 'silu'),
     ('bart', 'decoder_attention_heads', 2),
     ('bart', 'normalize_before', True),
+    ('mbart', 'normalize_before', False),
     ('bart', 'add_bias_logits', True),
 ])
 def test_unsupported_hf_option_is_named(family, field, value):
@@ -258,10 +263,13 @@ def test_unsupported_hf_option_is_named(family, field, value):
 
 
 def test_hf_config_round_trips_the_architecture():
-  for family in ('t5', 'bart'):
+  for family in ('t5', 'bart', 'mbart'):
     cfg = hf_encoder_decoder.config_from_hf(_hf_config(family))
+    assert cfg.pre_norm == (family == 'mbart')
     again = hf_encoder_decoder.config_from_hf(hf_encoder_decoder.hf_config_from(cfg))
     assert again == cfg
+  with pytest.raises(ValueError, match='pre_norm=True.*leave it False for family t5'):
+    dataclasses.replace(config_lib.get_preset('t5', 'tiny'), pre_norm=True)
   bad = dataclasses.replace(config_lib.get_preset('bart', 'tiny'), layer_norm_eps=1e-6)
   with pytest.raises(ValueError, match='layer_norm_eps'):
     hf_encoder_decoder.hf_config_from(bad)

@@ -59,10 +59,10 @@ def config_from_hf(hf_config):
     return _bert_config_from_hf(hf_config)
   if model_type == 'gpt2':
     return _gpt2_config_from_hf(hf_config)
-  if model_type in ('t5', 'bart'):
+  if model_type in ('t5', 'bart', 'mbart'):
     return _encoder_decoder().config_from_hf(hf_config)
   raise ValueError(f'model_type={model_type!r} is not supported; ssl_jax converts '
-                   "'bert', 'gpt2', 't5' and 'bart'")
+                   "'bert', 'gpt2', 't5', 'bart' and 'mbart'")
 
 
 def hf_config_from(cfg):

@@ -1,5 +1,6 @@
-"""Hugging Face <-> ssl_jax conversion for `T5ForConditionalGeneration` and
-`BartForConditionalGeneration` (the 't5' and 'bart' families of ssl_jax.interop.hf).
+"""Hugging Face <-> ssl_jax conversion for `T5ForConditionalGeneration`,
+`BartForConditionalGeneration` and `MBartForConditionalGeneration` (the 't5' and 'bart'
+families of ssl_jax.interop.hf; mBART is the 'bart' family with pre_norm=True).
 
 Four functions, all pure data (torch and transformers are imported only by
 `hf_config_from`, so the rest works without the interop extra):
@@ -7,7 +8,7 @@ Four functions, all pure data (torch and transformers are imported only by
   config_from_hf(hf_config) -> EncoderDecoderConfig
   params_from_hf(cfg, state_dict) -> params          (scanned or not, per cfg.scan_layers)
   params_to_hf(cfg, params) -> state_dict            (numpy, HF names and layouts)
-  hf_config_from(cfg) -> transformers.T5Config | transformers.BartConfig
+  hf_config_from(cfg) -> transformers.T5Config | BartConfig | MBartConfig
 
 An HF option that changes what the model computes and that ssl_jax does not implement raises
 ValueError naming the option and its value. Options that only change training-time
@@ -47,15 +48,16 @@ def _unsupported(field: str, value: Any, fix: str) -> ValueError:
 
 
 def config_from_hf(hf_config) -> EncoderDecoderConfig:
-  """The EncoderDecoderConfig computing the same function as an HF T5 or BART config
+  """The EncoderDecoderConfig computing the same function as an HF T5, BART or mBART config
   (a transformers config object or its dict). Raises ValueError for options ssl_jax lacks."""
   get = _getter(hf_config)
   model_type = get('model_type')
   if model_type == 't5':
     return _t5_config_from_hf(get)
-  if model_type == 'bart':
-    return _bart_config_from_hf(get)
-  raise _unsupported('model_type', model_type, "encoder-decoders must be 't5' or 'bart'")
+  if model_type in ('bart', 'mbart'):
+    return _bart_config_from_hf(get, pre_norm=model_type == 'mbart')
+  raise _unsupported('model_type', model_type,
+                     "encoder-decoders must be 't5', 'bart' or 'mbart'")
 
 
 def _t5_config_from_hf(get) -> EncoderDecoderConfig:
@@ -84,14 +86,16 @@ def _t5_config_from_hf(get) -> EncoderDecoderConfig:
       decoder_start_token_id=pad if start is None else start)
 
 
-def _bart_config_from_hf(get) -> EncoderDecoderConfig:
-  # Options of older BART-family configs (mBART, Blenderbot, PEGASUS share the class).
-  for field, supported in (('normalize_before', False), ('add_final_layer_norm', False),
+def _bart_config_from_hf(get, pre_norm: bool) -> EncoderDecoderConfig:
+  # Options of older BART-family configs (mBART, Blenderbot, PEGASUS shared the class); the
+  # pre-LN layout they could ask for is model_type 'mbart' now.
+  for field, supported in (('normalize_before', pre_norm), ('add_final_layer_norm', pre_norm),
                            ('add_bias_logits', False), ('static_position_embeddings', False),
                            ('do_blenderbot_90_layernorm', False), ('normalize_embedding', True)):
     value = get(field)
     if value is not None and bool(value) != supported:
-      raise _unsupported(field, value, f'ssl_jax BART requires {field}={supported}')
+      raise _unsupported(field, value, f'ssl_jax {get("model_type")} requires '
+                         f'{field}={supported}')
   if get('extra_pos_embeddings') not in (None, 2):
     raise _unsupported('extra_pos_embeddings', get('extra_pos_embeddings'),
                        'ssl_jax BART uses HF BART\'s position offset of 2')
@@ -115,6 +119,7 @@ def _bart_config_from_hf(get) -> EncoderDecoderConfig:
     if get(field):
       warnings.warn(f'HF config {field}={get(field)}: ssl_jax has no LayerDrop and trains all '
                     'layers (the converted model computes the same function)')
+  start = get('decoder_start_token_id')
   return EncoderDecoderConfig(
       family='bart', vocab_size=get('vocab_size'), hidden_size=get('d_model'),
       num_layers=get('encoder_layers'), num_decoder_layers=get('decoder_layers'),
@@ -124,12 +129,14 @@ def _bart_config_from_hf(get) -> EncoderDecoderConfig:
       layer_norm_eps=BART_LAYER_NORM_EPS, activation=activation,
       initializer_range=get('init_std', 0.02),
       tie_word_embeddings=bool(get('tie_word_embeddings', True)),
-      scale_embedding=bool(get('scale_embedding', False)), pad_token_id=get('pad_token_id', 1),
-      decoder_start_token_id=get('decoder_start_token_id', 2))
+      scale_embedding=bool(get('scale_embedding', False)), pre_norm=pre_norm,
+      pad_token_id=get('pad_token_id', 1),
+      # mBART leaves it None (it starts from a language code); its EOS, 2, when unset.
+      decoder_start_token_id=2 if start is None else start)
 
 
 def hf_config_from(cfg: EncoderDecoderConfig):
-  """The transformers T5Config / BartConfig of the same architecture as `cfg`.
+  """The transformers T5Config / BartConfig / MBartConfig (pre_norm) of `cfg`'s architecture.
 
   HF T5 has one dropout rate (cfg.dropout_rate, also used on attention probabilities) and
   no max_length. Raises ValueError where HF cannot express cfg.
@@ -155,7 +162,10 @@ def hf_config_from(cfg: EncoderDecoderConfig):
   if not math.isclose(cfg.layer_norm_eps, BART_LAYER_NORM_EPS):
     raise ValueError(f'model.layer_norm_eps={cfg.layer_norm_eps}: HF BART fixes it at '
                      f'{BART_LAYER_NORM_EPS}; set layer_norm_eps={BART_LAYER_NORM_EPS}')
-  return transformers.BartConfig(
+  config_cls, architecture = ((transformers.MBartConfig, 'MBartForConditionalGeneration')
+                               if cfg.pre_norm else
+                               (transformers.BartConfig, 'BartForConditionalGeneration'))
+  return config_cls(
       vocab_size=cfg.vocab_size, d_model=cfg.hidden_size, encoder_layers=cfg.num_layers,
       decoder_layers=cfg.num_decoder_layers, encoder_attention_heads=cfg.num_heads,
       decoder_attention_heads=cfg.num_heads, encoder_ffn_dim=cfg.mlp_dim,
@@ -165,7 +175,7 @@ def hf_config_from(cfg: EncoderDecoderConfig):
       init_std=cfg.initializer_range, scale_embedding=cfg.scale_embedding,
       tie_word_embeddings=cfg.tie_word_embeddings, pad_token_id=cfg.pad_token_id,
       decoder_start_token_id=cfg.decoder_start_token_id,
-      forced_eos_token_id=None, architectures=['BartForConditionalGeneration'])
+      forced_eos_token_id=None, architectures=[architecture])
 
 
 # ------------------------------------------------------------------------------ name tables
@@ -240,6 +250,8 @@ def _bart_entries(cfg) -> list:
     entries += [((stack, 'position_embed', 'embedding'),
                  f'model.{stack}.embed_positions.weight', 'vec')]
     entries += _norm_entries((stack, 'embed_norm'), f'model.{stack}.layernorm_embedding', True)
+    if cfg.pre_norm:
+      entries += _norm_entries((stack, 'final_norm'), f'model.{stack}.layer_norm', True)
     for i in range(num_layers):
       path, hf = (stack, 'stack', f'layers_{i}'), f'model.{stack}.layers.{i}'
       entries += _attention_entries(path + ('attention',), f'{hf}.self_attn', projections, True)

@@ -83,6 +83,10 @@ class EncoderDecoderConfig(_Common):
   num_layers counts encoder layers, num_decoder_layers decoder layers.
   relative_attention_*: T5 relative position buckets (unused by BART).
   scale_embedding: multiply token embeddings by sqrt(hidden_size) (BART option).
+  pre_norm: BART only: pre-LN layers plus a final LayerNorm per stack, mBART's layout
+    (`transformers.MBartForConditionalGeneration`). Published BART is post-LN (False); the
+    tiny preset is pre-LN because a post-LN tiny BART sits on the unigram plateau for
+    hundreds of steps (HF's BART does too) while the pre-LN one leaves it at once.
   """
   family: str = 't5'
   num_decoder_layers: int = 2
@@ -91,6 +95,7 @@ class EncoderDecoderConfig(_Common):
   activation: str = 'gated-gelu'
   tie_word_embeddings: bool = False
   scale_embedding: bool = False
+  pre_norm: bool = False
   decoder_start_token_id: int = 0
   pad_token_id: int = 0
   layer_norm_eps: float = 1e-6
@@ -136,6 +141,9 @@ def _validate(cfg) -> None:
   if isinstance(cfg, EncoderDecoderConfig):
     if cfg.family not in ('t5', 'bart'):
       bad('family', "use 't5' or 'bart'")
+    if cfg.pre_norm and cfg.family != 'bart':
+      bad('pre_norm', "is a BART option (mBART's pre-LN layout); T5 layers are always "
+          'pre-norm, so leave it False for family t5')
     if cfg.num_decoder_layers < 1:
       bad('num_decoder_layers', 'must be a positive int')
     if cfg.relative_attention_num_buckets < 2:
@@ -191,7 +199,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     'bart': {
         'tiny': _tiny(EncoderDecoderConfig, family='bart', num_decoder_layers=2,
                       activation='gelu', tie_word_embeddings=True, decoder_start_token_id=2,
-                      pad_token_id=1, layer_norm_eps=1e-5),
+                      pad_token_id=1, layer_norm_eps=1e-5, pre_norm=True),
         'base': EncoderDecoderConfig(family='bart', vocab_size=50265, hidden_size=768,
                                      num_layers=6, num_decoder_layers=6, num_heads=12,
                                      mlp_dim=3072, max_length=1024, activation='gelu',

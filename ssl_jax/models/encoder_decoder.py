@@ -11,6 +11,8 @@ numerically (see ssl_jax.interop.hf_encoder_decoder).
   family 'bart': shared token embedding (times sqrt(hidden_size) if scale_embedding) plus
                  learned positions with HF's offset of 2, then LayerNorm; post-norm
                  LayerNorm layers with biases; LM head tied (or untied) + final_logits_bias.
+                 With pre_norm (mBART's layout): pre-norm layers and a final LayerNorm
+                 per stack.
 
 Packed rows (seqio EncDecFeatureConverter: several examples per row, told apart by
 `*_segment_ids`, `*_positions` restarting at 0) never attend across examples, and positions
@@ -46,7 +48,7 @@ def _layer_kwargs(cfg: EncoderDecoderConfig, cross_attention: bool) -> dict:
   t5 = cfg.family == 't5'
   return dict(
       num_heads=cfg.num_heads, head_dim=cfg.resolved_head_dim, mlp_dim=cfg.mlp_dim,
-      activation=cfg.activation, pre_norm=t5, norm='rms' if t5 else 'layer',
+      activation=cfg.activation, pre_norm=t5 or cfg.pre_norm, norm='rms' if t5 else 'layer',
       layer_norm_eps=cfg.layer_norm_eps, use_bias=not t5, scale_attention=not t5,
       cross_attention=cross_attention, dropout_rate=cfg.dropout_rate,
       attention_dropout_rate=cfg.attention_dropout_rate,
@@ -55,7 +57,7 @@ def _layer_kwargs(cfg: EncoderDecoderConfig, cross_attention: bool) -> dict:
 
 
 class _Stack(nn.Module):
-  """Embeddings -> encoder or decoder layers -> final norm (T5). Returns hidden [B, L, E]."""
+  """Embeddings -> encoder or decoder layers -> final norm (T5, pre-norm BART). Returns [B, L, E]."""
   config: EncoderDecoderConfig
   token_embed: nn.Module
   is_decoder: bool
@@ -127,6 +129,9 @@ class _Stack(nn.Module):
       x = layers.RMSNorm(epsilon=cfg.layer_norm_eps, dtype=dtype, param_dtype=param_dtype,
                          name='final_norm')(x)
       x = layers.constrain(nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic))
+    elif cfg.pre_norm:   # mBART: no dropout after the final LayerNorm
+      x = layers.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dtype, param_dtype=param_dtype,
+                           name='final_norm')(x)
     return x
 
 
