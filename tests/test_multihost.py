@@ -307,7 +307,15 @@ def _wait_for_exit(proc, bound_s: float):
   return returncode, time.monotonic() - start
 
 
-def _assert_names_the_lost_process(log: str, lost: int) -> None:
+# When a peer dies in the middle of a transfer, gloo can abort the survivor before the heartbeat
+# says who went silent (seen about 1 run in 10; the job still ends, faster): the other accepted
+# report. Its own message blames a "collective mismatch".
+_GLOO_BROKEN_TRANSFER = "Received data size doesn't match expected size"
+
+
+def _assert_reports_the_lost_process(log: str, lost: int) -> None:
+  if _GLOO_BROKEN_TRANSFER in log:
+    return
   if lost == 0:  # the coordinator itself is gone
     assert "leader task was preempted/died" in log, log[-3000:]
   else:  # the coordinator names the silent process
@@ -327,7 +335,7 @@ def test_killing_a_training_process_ends_the_others(tmp_path):
     returncode, elapsed = _wait_for_exit(procs[0], heartbeat_timeout_s + 60)
   print(f"process 0 exited {elapsed:.1f} s after process 1 was killed")
   assert returncode != 0
-  _assert_names_the_lost_process("".join(outputs[0]), 1)
+  _assert_reports_the_lost_process("".join(outputs[0]), 1)
 
 
 # Every process sums a global array in a loop; the victim dies (SIGKILL from the test) or
@@ -376,6 +384,6 @@ def test_a_failed_process_ends_the_others(tmp_path, failure):
     returncode, elapsed = _wait_for_exit(procs[1 - lost], 5 + 60)
   print(f"{failure}: process {1 - lost} exited {elapsed:.1f} s later")
   assert returncode != 0
-  _assert_names_the_lost_process("".join(outputs[1 - lost]), lost)
+  _assert_reports_the_lost_process("".join(outputs[1 - lost]), lost)
   if failure == "worker_raises":
     assert "ssl_jax: process 1 of 2 failed" in "".join(outputs[1])
