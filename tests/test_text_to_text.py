@@ -91,6 +91,8 @@ def test_decoded_text_is_scored_with_the_tasks_metric(vocab):
 def test_train_batches_start_every_target_with_the_models_start_token(vocab, family, pack):
   config = tiny_config(family, pack=pack)
   config.data.targets_length = 16
+  if family == 'bart':   # a start token other than seqio's 0, as an HF BART checkpoint has
+    config.model.decoder_start_token_id = 2
   model_cfg = trainer.resolve_model_config(config)
   pairs = [t2t.TextPair('dog', 'cat', ()), t2t.TextPair('the tree', 'a big song', ())]
   task = t2t.make_task('pairs', {'train': pairs}, vocab)

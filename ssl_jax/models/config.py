@@ -196,20 +196,21 @@ PRESETS: dict[str, dict[str, Any]] = {
                                       head_dim=64, mlp_dim=2816, max_length=512,
                                       attention_dropout_rate=0.0),
     },
+    # Token ids are those of ssl_jax's seqio vocabularies and feature converters (pad 0, decoder
+    # start 0), as pretraining feeds them; a Hugging Face BART checkpoint brings its own (pad 1,
+    # decoder start 2) through ssl_jax.interop.hf.
     'bart': {
         'tiny': _tiny(EncoderDecoderConfig, family='bart', num_decoder_layers=2,
-                      activation='gelu', tie_word_embeddings=True, decoder_start_token_id=2,
-                      pad_token_id=1, layer_norm_eps=1e-5, pre_norm=True),
+                      activation='gelu', tie_word_embeddings=True, layer_norm_eps=1e-5,
+                      pre_norm=True),
         'base': EncoderDecoderConfig(family='bart', vocab_size=50265, hidden_size=768,
                                      num_layers=6, num_decoder_layers=6, num_heads=12,
                                      mlp_dim=3072, max_length=1024, activation='gelu',
-                                     tie_word_embeddings=True, decoder_start_token_id=2,
-                                     pad_token_id=1, layer_norm_eps=1e-5),
+                                     tie_word_embeddings=True, layer_norm_eps=1e-5),
         'large': EncoderDecoderConfig(family='bart', vocab_size=50265, hidden_size=1024,
                                       num_layers=12, num_decoder_layers=12, num_heads=16,
                                       mlp_dim=4096, max_length=1024, activation='gelu',
-                                      tie_word_embeddings=True, decoder_start_token_id=2,
-                                      pad_token_id=1, layer_norm_eps=1e-5),
+                                      tie_word_embeddings=True, layer_norm_eps=1e-5),
     },
 }
 
