@@ -20,6 +20,11 @@ Prints one JSON line per objective (and per model with --compile-scaling). How i
 - `host_fraction` = median time of one `next(iterator)` (read before the steps run, so the
   pipeline's threads never compete with a timed step) / median step time: the share of a step the
   input pipeline would cost if it did not overlap with it.
+- In the trainer's own loop (`--steps` more steps after the timed rounds: `next(iterator)` while
+  the previous step runs, the pipeline's threads beside XLA), `loop_wait_s` = median time the
+  loop waits in `next`, `loop_wait_fraction` = that / the median step time (what would starve an
+  accelerator), `loop_step_s` = wall time per loop step and `loop_vs_step` = that / the median
+  isolated step (what the pipeline's CPU use costs the step on a host that shares its cores).
 - `compile_s`: lowering + compilation of the train step (no persistent cache).
 Threads: torch gets `--threads` intra-op threads (default: all cores); XLA uses its own pool of one
 thread per core.
@@ -100,7 +105,7 @@ class SslJaxStep:
     self.state = self.exp.init_state()
     self.compiled, self.compile_s = _timed(lambda: trainer.compile_train_step(self.exp))
     self.flops = trainer.flops_per_step(self.compiled)
-    iterator = pipeline.make_iterator(config, "train", self.exp.batch_sharding)
+    self.iterator = iterator = pipeline.make_iterator(config, "train", self.exp.batch_sharding)
     next(iterator)  # the pipeline's start-up is not a per-batch cost
     reads = [_timed(lambda: next(iterator)) for _ in range(num_batches)]
     self.batches = [batch for batch, _ in reads]
@@ -117,6 +122,20 @@ class SslJaxStep:
       jax.block_until_ready(sums)
     _, step_s = _timed(step)
     return host_s, step_s
+
+  def loop(self, num_steps: int) -> tuple[list[float], float]:
+    """`num_steps` steps as the trainer's loop runs them: `next(iterator)` while the previous
+    step computes (dispatch is asynchronous), the pipeline's threads running beside XLA.
+    Returns (seconds the loop waited in each `next`, wall seconds per step)."""
+    waits = []
+    def run():
+      for _ in range(num_steps):
+        batch, wait = _timed(lambda: next(self.iterator))
+        waits.append(wait)
+        self.state, sums = self.compiled(self.state, batch)
+      jax.block_until_ready(sums)
+    _, total = _timed(run)
+    return waits, total / num_steps
 
 
 def hf_inputs(objective: str, batch) -> dict:
@@ -195,6 +214,7 @@ def measure(objective: str, args) -> dict:
       theirs_s.append(hf_s)
       ratios.append(hf_s / step_s)
   step_s, rate = statistics.median(ours_s), statistics.median(rates)
+  waits, loop_step_s = ours.loop(args.steps)
   row = {
       "benchmark": "train_step", "objective": objective, "size": args.size,
       "model": {k: getattr(ours.exp.model_config, k) for k in (
@@ -218,6 +238,9 @@ def measure(objective: str, args) -> dict:
       "mfu_per_round_median": round(statistics.median(mfus), 3),
       "compile_s": round(ours.compile_s, 2), "host_s": round(statistics.median(host), 5),
       "host_fraction": round(statistics.median(host) / step_s, 4),
+      "loop_wait_s": round(statistics.median(waits), 5),
+      "loop_wait_fraction": round(statistics.median(waits) / step_s, 4),
+      "loop_step_s": round(loop_step_s, 4), "loop_vs_step": round(loop_step_s / step_s, 3),
       "ssl_jax_step_s_all": [round(s, 4) for s in ours_s],
   })
   if theirs is not None:
