@@ -3,6 +3,9 @@
   ssl-jax train --config configs/bart.py:tiny --workdir /tmp/bart_tiny      # 2 CPU cores, minutes
   ssl-jax train --config configs/bart.py:base --workdir $WORKDIR            # BART base, 140M
 
+The tiny model is pre-LayerNorm (`model.pre_norm=True`, mBART's layout): a tiny post-LN BART sits
+on the unigram plateau for hundreds of steps. base and large are post-LN, as published.
+
 Each noise has its rate under `config.data.denoising` (mask_ratio, random_ratio, delete_ratio,
 infill_ratio, poisson_lambda, permute_sentence_ratio, rotate_ratio); they compose.
 """
