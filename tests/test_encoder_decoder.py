@@ -1,5 +1,6 @@
-"""EncoderDecoder (T5 v1.1, BART, pre-norm BART = mBART): parity with transformers, HF round trip, packing, presets,
-KV-cache decoding, greedy and beam search, and rejection of HF options ssl_jax lacks."""
+"""EncoderDecoder (T5 v1.1, BART, pre-norm BART = mBART): parity with transformers, HF round
+trip, packing, presets, KV-cache decoding, greedy and beam search, and rejection of HF options
+ssl_jax lacks."""
 import dataclasses
 import functools
 

@@ -57,7 +57,7 @@ def _layer_kwargs(cfg: EncoderDecoderConfig, cross_attention: bool) -> dict:
 
 
 class _Stack(nn.Module):
-  """Embeddings -> encoder or decoder layers -> final norm (T5, pre-norm BART). Returns [B, L, E]."""
+  """Embeddings -> encoder or decoder layers -> final norm (T5, pre-norm BART) -> [B, L, E]."""
   config: EncoderDecoderConfig
   token_embed: nn.Module
   is_decoder: bool
