@@ -207,7 +207,7 @@ BAD_INPUTS = {
         "--workdir=", "a_file/run", "not writable", "pass a directory you can write"]),
     "checkpoint_of_another_model": (_checkpoint_of_another_model, [
         "parameter bert/encoder/layers_0/mlp/wi/bias", "(512,)", "(1024,)",
-        "match config.model"]),
+        "config.model.mlp_dim=1024 (the checkpoint's: 512)", "match config.model"]),
     "checkpoint_of_another_vocabulary": (_checkpoint_of_another_vocabulary, [
         "config.data.vocab=", "'extra_ids': 100", "'extra_ids': 50", "checkpoint's vocabulary"]),
 }
