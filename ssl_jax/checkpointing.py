@@ -158,26 +158,27 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout) 
         "words. Use the checkpoint's vocabulary, or a fresh --workdir.")
   saved_shapes = _param_shapes(manager.item_metadata(step)["state"]["params"])
   shapes = _param_shapes(layout.abstract.params)
-  fix = (f"{_model_differences(saved['model'], config.model)}match config.model to the "
-         "checkpoint's config.json, or use a fresh --workdir.")
   for path in sorted(saved_shapes.keys() | shapes.keys()):
     if path not in saved_shapes or path not in shapes:
       where, other = ("this config's model", "the checkpoint") if path in shapes else (
           "the checkpoint", "this config's model")
-      raise ValueError(
-          f"parameter {path} is in {where} but not in {other} (step {step} in "
-          f"{manager.directory}): config.model differs from the checkpoint's model; {fix}")
-    if saved_shapes[path] != shapes[path]:
-      raise ValueError(
-          f"parameter {path} has shape {saved_shapes[path]} in the checkpoint at step {step} in "
-          f"{manager.directory} but {shapes[path]} in this config's model; {fix}")
+      problem = (f"parameter {path} is in {where} but not in {other} (step {step} in "
+                 f"{manager.directory}): config.model differs from the checkpoint's model")
+    elif saved_shapes[path] != shapes[path]:
+      problem = (f"parameter {path} has shape {saved_shapes[path]} in the checkpoint at step "
+                 f"{step} in {manager.directory} but {shapes[path]} in this config's model")
+    else:
+      continue
+    raise ValueError(f"{problem}; {_model_differences(saved['model'], config.model)}match "
+                     "config.model to the checkpoint's config.json, or use a fresh --workdir.")
 
 
 def _model_differences(saved_model: dict, model) -> str:
   """'config.model.x=1 (the checkpoint's: 2); ' for each field that differs, or ''."""
-  ours, theirs = json.loads(model.to_json_best_effort()), dict(saved_model)
-  return "".join(f"config.model.{key}={ours.get(key)!r} (the checkpoint's: {theirs.get(key)!r}); "
-                 for key in sorted(ours.keys() | theirs.keys()) if ours.get(key) != theirs.get(key))
+  ours = json.loads(model.to_json_best_effort())
+  return "".join(
+      f"config.model.{key}={ours.get(key)!r} (the checkpoint's: {saved_model.get(key)!r}); "
+      for key in sorted(ours.keys() | saved_model.keys()) if ours.get(key) != saved_model.get(key))
 
 
 def _param_shapes(params) -> dict[str, tuple]:
