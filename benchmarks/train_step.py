@@ -5,6 +5,7 @@
   python benchmarks/train_step.py --objectives=mlm --steps=10           # ssl_jax alone
   python benchmarks/train_step.py --objectives=mlm --model='{"dtype": "bfloat16"}'
   python benchmarks/train_step.py --compile-scaling                     # scan_layers: 2 vs 24 layers
+  python benchmarks/train_step.py --objectives=mlm --profile=/tmp/prof  # where the step's time goes
 
 Prints one JSON line per objective (and per model with --compile-scaling). How it counts:
 - A step is forward + backward + optimizer update (ssl_jax: the AOT-compiled, state-donating train
@@ -26,13 +27,21 @@ Prints one JSON line per objective (and per model with --compile-scaling). How i
   accelerator), `loop_step_s` = wall time per loop step and `loop_vs_step` = that / the median
   isolated step (what the pipeline's CPU use costs the step on a host that shares its cores).
 - `compile_s`: lowering + compilation of the train step (no persistent cache).
+- `--profile=DIR`: instead, `--steps` steps under `jax.profiler.trace` (a Perfetto/TensorBoard
+  trace in DIR/<objective>), then one JSON line with the `--top` XLA ops by time per step, each
+  with its output shape and the JAX operation it came from. Ops of one step run on several threads
+  at once, so their times add up to more than the step.
 Threads: torch gets `--threads` intra-op threads (default: all cores); XLA uses its own pool of one
 thread per core.
 """
 import argparse
+import collections
+import glob
+import gzip
 import importlib
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -248,6 +257,42 @@ def measure(objective: str, args) -> dict:
   return row
 
 
+def _hlo_origins(hlo_text: str) -> dict:
+  """{instruction name: (output shape, JAX op_name)} from a compiled HLO module's text."""
+  origins = {}
+  for line in hlo_text.splitlines():
+    match = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (\S+)", line)
+    if match:
+      op_name = re.search(r'op_name="([^"]*)"', line)
+      origins.setdefault(match.group(1), (match.group(2), op_name.group(1) if op_name else ""))
+  return origins
+
+
+def profile(objective: str, args) -> dict:
+  """`--steps` train steps under the profiler; the `--top` XLA ops by time per step."""
+  config = make_config(objective, args.size, args.model)
+  ours = SslJaxStep(config, args.warmup + args.steps)
+  for _ in range(args.warmup):
+    ours()
+  trace_dir = os.path.join(args.profile, objective)
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    step_s = statistics.median(ours()[1] for _ in range(args.steps))
+  trace = sorted(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True))[-1]
+  with gzip.open(trace) as f:
+    events = json.load(f)["traceEvents"]
+  origins = _hlo_origins(ours.compiled.as_text())
+  micros = collections.Counter()
+  for event in events:
+    if event.get("ph") == "X" and event["name"] in origins:
+      micros[event["name"]] += event["dur"]
+  top = [{"op": name, "ms_per_step": round(us / args.steps / 1e3, 2),
+          "shape": origins[name][0], "from": origins[name][1]}
+         for name, us in micros.most_common(args.top)]
+  return {"benchmark": "train_step_profile", "objective": objective, "size": args.size,
+          "steps": args.steps, "ssl_jax_step_s": round(step_s, 4), "trace": trace,
+          "ops_ms_per_step": round(sum(micros.values()) / args.steps / 1e3, 1), "top_ops": top}
+
+
 def compile_scaling(args) -> list[dict]:
   """Compile time of the BERT train step with scan_layers=True for each of `--scan_layers_counts`."""
   rows = []
@@ -278,7 +323,13 @@ def main(argv=None):
                       dest="compile_scaling")
   parser.add_argument("--scan_layers_counts", type=lambda s: [int(x) for x in s.split(",")],
                       default=[2, 24])
+  parser.add_argument("--profile", default="",
+                      help="a directory: trace --steps steps there and list the slowest XLA ops")
+  parser.add_argument("--top", type=int, default=25, help="with --profile: how many ops to list")
   args = parser.parse_args(argv)
+  if args.profile and (args.compare_transformers or args.compile_scaling):
+    parser.error("--profile traces ssl_jax's step alone; drop --compare-transformers and "
+                 "--compile-scaling.")
   if args.compare_transformers:
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(args.threads)
@@ -288,8 +339,9 @@ def main(argv=None):
     for row in compile_scaling(args):
       print(json.dumps({**row, **meta}), flush=True)
     return
+  run = profile if args.profile else measure
   for objective in args.objectives.split(","):
-    print(json.dumps({**measure(objective, args), **meta}), flush=True)
+    print(json.dumps({**run(objective, args), **meta}), flush=True)
 
 
 if __name__ == "__main__":
