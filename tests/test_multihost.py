@@ -307,10 +307,10 @@ def _wait_for_exit(proc, bound_s: float):
   return returncode, time.monotonic() - start
 
 
-# When a peer dies in the middle of a transfer, gloo can see the broken connection before the
-# heartbeat says who went silent (seen about 1 run in 10; the job still ends, faster): the survivor
-# either aborts, blaming a "collective mismatch", or its collective raises "Connection reset by
-# peer" and `fail_fast` exits. Either is the other accepted report.
+# When a peer dies, gloo can see the broken connection before the heartbeat says who went silent
+# (the job still ends, faster): the survivor either aborts, blaming a "collective mismatch" (the
+# training kill, ~1 run in 10), or its collective raises "Connection reset by peer" and `fail_fast`
+# exits (the coordinator kill, most runs on an idle machine). Either is an accepted report.
 _GLOO_LOST_PEER = ("Received data size doesn't match expected size", "Connection reset by peer",
                    "Connection closed by peer")
 
