@@ -59,7 +59,7 @@ FAMILY = {"mlm": "bert", "causal_lm": "gpt", "span_corruption": "t5", "denoising
 # Encoder-decoders take the class their HF config names (BART, or mBART for a pre-norm BART).
 _HF_CLASS = {"mlm": "BertForMaskedLM", "causal_lm": "GPT2LMHeadModel"}
 # 'small' is the BERT shape of the performance targets, used for every family; 'tiny' is the
-# configs' tiny models (vocabulary from the default corpus).
+# configs' tiny models (vocabulary from the default corpus; BERT with learned positions).
 _SMALL = dict(vocab_size=30522, hidden_size=256, num_layers=4, num_heads=4, mlp_dim=1024)
 SIZES = {"tiny": dict(model={}, global_batch_size=32),
          "small": dict(model=_SMALL, global_batch_size=16)}
@@ -69,6 +69,8 @@ def make_config(objective: str, size: str, overrides=None):
   """The configs/<family>.py tiny config with the benchmark's model size and batch."""
   config = importlib.import_module(f"configs.{FAMILY[objective]}").get_config("tiny")
   model = dict(SIZES[size]["model"])
+  if objective == "mlm":  # transformers' BERT has learned positions, not the tiny config's ALiBi
+    model.update(position_embedding="learned")
   if objective in ("span_corruption", "denoising") and model:
     model.update(num_decoder_layers=model["num_layers"])
     if objective == "span_corruption":  # T5 sets head_dim explicitly

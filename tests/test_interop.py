@@ -1,4 +1,5 @@
 """HF <-> ssl_jax conversion (BERT, GPT-2): parity with PyTorch, real checkpoint, round trip."""
+import dataclasses
 import os
 
 import jax
@@ -160,3 +161,13 @@ def test_relative_position_bucket_matches_transformers():
       got = layers.relative_position_bucket(jnp.asarray(rel), bidirectional, num_buckets,
                                             max_distance)
       np.testing.assert_array_equal(got, want)
+
+
+def test_alibi_bert_refuses_to_convert_to_transformers(tmp_path):
+  cfg = dataclasses.replace(get_preset('bert', 'tiny'), vocab_size=101, hidden_size=32,
+                            mlp_dim=48, position_embedding='alibi')
+  model = bert.BertForPreTraining(cfg)
+  params = model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))['params']
+  with pytest.raises(ValueError, match="position_embedding='alibi'.*learned"):
+    hf.save_pretrained(model, params, str(tmp_path))
+  assert not os.listdir(tmp_path)

@@ -50,6 +50,8 @@ def test_config_dict_round_trip_for_every_preset():
     ({'family': 'bert', 'dtype': 'fp8'}, "dtype='fp8'"),
     ({'family': 't5', 'activation': 'geglu'}, "activation='geglu'"),
     ({'family': 'roberta'}, "family='roberta'"),
+    ({'family': 'bert', 'position_embedding': 'rotary'}, "position_embedding='rotary'"),
+    ({'family': 'bert', 'alibi_bias_max': 0.0}, 'alibi_bias_max=0.0'),
 ])
 def test_config_from_dict_rejects_bad_values(overrides, match):
   with pytest.raises(ValueError, match=match):
@@ -89,9 +91,11 @@ def test_every_param_has_allowed_logical_axes(family, scan_layers):
 
 
 # ------------------------------------------------------------------------------ behaviour
-@pytest.mark.parametrize('scan_layers', [False, True])
-def test_bert_packed_row_equals_segments_run_alone(scan_layers):
-  model = bert.BertForPreTraining(tiny('bert', scan_layers=scan_layers))
+@pytest.mark.parametrize('scan_layers,position_embedding',
+                         [(False, 'learned'), (True, 'learned'), (False, 'alibi')])
+def test_bert_packed_row_equals_segments_run_alone(scan_layers, position_embedding):
+  model = bert.BertForPreTraining(tiny('bert', scan_layers=scan_layers,
+                                       position_embedding=position_embedding))
   rng = np.random.default_rng(0)
   a, b = rng.integers(5, 97, 6), rng.integers(5, 97, 4)
   packed = np.concatenate([a, b, [0, 0]])[None]
@@ -108,6 +112,31 @@ def test_bert_packed_row_equals_segments_run_alone(scan_layers):
                                atol=1e-5)
     np.testing.assert_allclose(out['sentence_logits'][:, k], alone['sentence_logits'],
                                atol=1e-5)
+
+
+def test_alibi_bias_has_the_papers_slopes():
+  # Press et al. (2022): with 8 heads the slopes are 1/2, 1/4, ..., 1/256.
+  bias = np.asarray(layers.alibi_bias(8, 5))
+  distance = np.abs(np.arange(5)[None, :] - np.arange(5)[:, None])
+  assert bias.shape == (1, 8, 5, 5)
+  for h in range(8):
+    np.testing.assert_allclose(bias[0, h], -distance / 2.0 ** (h + 1))
+  np.testing.assert_allclose(layers.alibi_bias(4, 5, bias_max=4.0), bias[:, :4])
+
+
+def test_alibi_bert_has_no_position_table_and_attends_nearby_from_init():
+  cfg = tiny('bert', position_embedding='alibi', alibi_bias_max=4.0)
+  model = bert.BertForPreTraining(cfg)
+  tokens = np.arange(1, 25)[None] % 97
+  params = model.init(jax.random.key(0), tokens)['params']
+  assert 'position_embed' not in params['bert']
+  _, state = model.apply({'params': params}, tokens, mutable=[layers.ATTENTION_WEIGHTS])
+  probs = np.asarray(layers.attention_probs(state[layers.ATTENTION_WEIGHTS]['bert'], 'encoder'))
+  # [layers, B, heads, Lq, Lk]: each head's steepest slope (1/2) makes neighbours outweigh
+  # tokens ten positions away, in every layer, before any training.
+  near, far = probs[..., 12, 13], probs[..., 12, 22]
+  assert probs.shape[2] == 4 and (near > far).all()
+  assert (near[..., 0] > 10 * far[..., 0]).all()
 
 
 def test_bert_gathers_masked_positions():

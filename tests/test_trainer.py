@@ -20,8 +20,9 @@ from ssl_jax.data import vocabularies
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {"bert": "mlm", "gpt": "causal_lm", "t5": "span_corruption", "bart": "denoising"}
 # Steps for each CLI run (a GPT step costs a third of the others). The tiny BART leaves the
-# unigram plateau near step 75 and needs ~200 steps to end a nat below it at batch 16.
-CLI_STEPS = {"bert": 60, "gpt": 120, "t5": 60, "bart": 210}
+# unigram plateau near step 75 and needs ~200 steps to end a nat below it at batch 16; the tiny
+# BERT (ALiBi) leaves it near step 70 and needs ~250.
+CLI_STEPS = {"bert": 300, "gpt": 120, "t5": 60, "bart": 210}
 
 
 def tiny_config(name: str):
@@ -78,16 +79,12 @@ def test_cli_trains_tiny_config(name, tmp_path):
   assert [r["step"] for r in evals] == list(range(30, CLI_STEPS[name] + 1, 30))
   for key in ("loss", "learning_rate", "tokens_per_sec", "step_time_s"):
     assert all(math.isfinite(r[key]) for r in train), key
-  # Per-token loss against the unigram entropy of the corpus (the best loss that ignores context).
-  # GPT, T5 and BART (pre-LN, the tiny preset) fall far below it within the test's steps. BERT's
-  # masked LM sits on that plateau for ~600 steps until attention learns where to look
-  # (transformers' BertForMaskedLM on the same batches does too): in a test it is only asked to
-  # beat the untrained, uniform model by a nat; the README's 1500-step job ends far below.
+  # Per-token loss a nat below the unigram entropy of the corpus (the best loss that ignores
+  # context): every tiny config has learned to use the context.
   config = tiny_config(name)
   vocab = vocabularies.get_vocabulary(config.data.vocab)
   per_token = "mlm_loss" if name == "bert" else "token_loss"
-  bound = (math.log(vocab.vocab_size) - 1.0 if name == "bert"
-           else unigram_entropy(vocab, config.data.corpus) - 1.0)
+  bound = unigram_entropy(vocab, config.data.corpus) - 1.0
   assert train[-1][per_token] < bound, (train[-1][per_token], bound)
   assert evals[-1][per_token] < bound, (evals[-1][per_token], bound)
   assert train[-1]["loss"] < train[0]["loss"]

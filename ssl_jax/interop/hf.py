@@ -206,6 +206,10 @@ def _bert_config_from_hf(c) -> BertConfig:
 
 def _bert_hf_config(cfg: BertConfig):
   import transformers
+  if cfg.position_embedding != 'learned':
+    raise ValueError(f'BertConfig.position_embedding={cfg.position_embedding!r}: transformers '
+                     "BERT has learned absolute positions only; only a model trained with "
+                     "position_embedding='learned' converts")
   if cfg.resolved_head_dim * cfg.num_heads != cfg.hidden_size:
     raise ValueError(f'BertConfig.head_dim={cfg.head_dim}: HF BERT needs num_heads * head_dim '
                      '== hidden_size; set head_dim=0')

@@ -2,7 +2,8 @@
 
 Matches `transformers.BertModel` / `BertForPreTraining` numerically (see ssl_jax.interop.hf);
 packed rows (several examples per row, told apart by `segment_ids`) never attend across
-examples, and positions restart per example when `positions` is given.
+examples, and positions restart per example when `positions` is given. With
+`position_embedding='alibi'` (MosaicBERT) positions come from ALiBi's attention bias instead.
 """
 from __future__ import annotations
 
@@ -40,8 +41,10 @@ class BertModel(nn.Module):
     init = layers.normal_init(cfg.initializer_range)
     self.token_embed = layers.Embed(cfg.vocab_size, cfg.hidden_size, init, dtype=dtype,
                                     param_dtype=param_dtype)
-    self.position_embed = layers.position_embed(cfg.max_length, cfg.hidden_size,
-                                                cfg.initializer_range, dtype, param_dtype)
+    # ALiBi has no position table: it biases the attention logits by distance instead.
+    self.position_embed = (layers.position_embed(cfg.max_length, cfg.hidden_size,
+                                                 cfg.initializer_range, dtype, param_dtype)
+                           if cfg.position_embedding == 'learned' else None)
     self.type_embed = layers.Embed(cfg.type_vocab_size, cfg.hidden_size, init,
                                    axes=(None, 'embed'), dtype=dtype, param_dtype=param_dtype)
     self.embed_norm = layers.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dtype,
@@ -75,12 +78,17 @@ class BertModel(nn.Module):
       positions = jnp.arange(input_tokens.shape[1])[None, :]
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_tokens)
-    x = (self.token_embed(input_tokens) + self.position_embed(positions)
-         + self.type_embed(token_type_ids))
+    x = self.token_embed(input_tokens) + self.type_embed(token_type_ids)
+    bias = None
+    if self.position_embed is not None:
+      x = x + self.position_embed(positions)
+    else:   # ALiBi: distances within a packed example are index distances; across, masked
+      bias = layers.alibi_bias(self.config.num_heads, input_tokens.shape[1],
+                               self.config.alibi_bias_max)
     x = self.embed_dropout(self.embed_norm(x), deterministic=deterministic)
     x = layers.constrain(x)
     mask = None if segment_ids is None else layers.make_attention_mask(segment_ids, segment_ids)
-    return self.encoder(x, mask, deterministic=deterministic)
+    return self.encoder(x, mask, bias, deterministic=deterministic)
 
   def pool(self, hidden, sentence_positions=None):
     """tanh(dense(hidden)) at sentence_positions [B, S] -> [B, S, E]; None -> [B, E] at 0."""

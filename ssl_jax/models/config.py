@@ -16,6 +16,7 @@ from typing import Any, Union
 
 DTYPES = ('float32', 'bfloat16', 'float16')
 REMAT_POLICIES = ('none', 'full', 'dots', 'dots_with_no_batch_dims')
+BERT_POSITION_EMBEDDINGS = ('learned', 'alibi')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,10 +60,18 @@ class _Common:
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig(_Common):
-  """BERT encoder (post-LN) with MLM and sentence (NSP/SOP) heads."""
+  """BERT encoder (post-LN) with MLM and sentence (NSP/SOP) heads.
+
+  position_embedding: 'learned' (BERT's table of max_length positions) or 'alibi' (MosaicBERT's:
+    no table; head h of N adds -2^(-alibi_bias_max * h / N) * |i - j| to its attention logits;
+    alibi_bias_max=8 gives the slopes of Press et al., 2022, and is llm-foundry's name for it).
+    max_length bounds the input length either way.
+  """
   type_vocab_size: int = 2
   activation: str = 'gelu'
   pad_token_id: int = 0
+  position_embedding: str = 'learned'
+  alibi_bias_max: float = 8.0
 
   _ACTIVATIONS = ('gelu', 'gelu_new', 'relu')
 
@@ -136,8 +145,13 @@ def _validate(cfg) -> None:
     bad('remat_policy', f'unknown policy; use one of {REMAT_POLICIES}')
   if cfg.activation not in cfg._ACTIVATIONS:
     bad('activation', f'unsupported for {type(cfg).__name__}; use one of {cfg._ACTIVATIONS}')
-  if isinstance(cfg, BertConfig) and cfg.type_vocab_size < 1:
-    bad('type_vocab_size', 'must be >= 1')
+  if isinstance(cfg, BertConfig):
+    if cfg.type_vocab_size < 1:
+      bad('type_vocab_size', 'must be >= 1')
+    if cfg.position_embedding not in BERT_POSITION_EMBEDDINGS:
+      bad('position_embedding', f'use one of {BERT_POSITION_EMBEDDINGS}')
+    if not cfg.alibi_bias_max > 0:
+      bad('alibi_bias_max', 'must be > 0 (8 is the ALiBi paper\'s; smaller is less local)')
   if isinstance(cfg, EncoderDecoderConfig):
     if cfg.family not in ('t5', 'bart'):
       bad('family', "use 't5' or 'bart'")

@@ -283,6 +283,17 @@ class MultiHeadAttention(nn.Module):
     return cached_k.value, cached_v.value, mask
 
 
+# ---------------------------------------------------------------------------------- ALiBi
+def alibi_bias(num_heads: int, length: int, bias_max: float = 8.0) -> Array:
+  """ALiBi's attention bias (Press et al., 2022), symmetric as in MosaicBERT's encoder:
+  -slope_h * |i - j| -> [1, N, L, L] float32, slopes 2^(-bias_max * h / N) for heads h = 1..N
+  (the paper's with bias_max=8)."""
+  slopes = 2.0 ** (-bias_max * jnp.arange(1, num_heads + 1, dtype=jnp.float32) / num_heads)
+  position = jnp.arange(length)
+  distance = jnp.abs(position[None, :] - position[:, None]).astype(jnp.float32)
+  return (-slopes[:, None, None] * distance)[None]
+
+
 # ---------------------------------------------------------------------------------- T5 bias
 def relative_position_bucket(relative_position: Array, bidirectional: bool = True,
                              num_buckets: int = 32, max_distance: int = 128) -> Array:
