@@ -170,4 +170,6 @@ def test_alibi_bert_refuses_to_convert_to_transformers(tmp_path):
   params = model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))['params']
   with pytest.raises(ValueError, match="position_embedding='alibi'.*learned"):
     hf.save_pretrained(model, params, str(tmp_path))
+  with pytest.raises(ValueError, match="position_embedding='alibi'"):
+    hf.params_to_hf(cfg, params)
   assert not os.listdir(tmp_path)

@@ -204,12 +204,17 @@ def _bert_config_from_hf(c) -> BertConfig:
       activation=_activation(c, 'hidden_act'), pad_token_id=c.pad_token_id or 0)
 
 
-def _bert_hf_config(cfg: BertConfig):
-  import transformers
+def _check_bert_exportable(cfg: BertConfig) -> None:
+  """Raises for a BertConfig that transformers' BERT cannot express (config and weights alike)."""
   if cfg.position_embedding != 'learned':
     raise ValueError(f'BertConfig.position_embedding={cfg.position_embedding!r}: transformers '
                      "BERT has learned absolute positions only; only a model trained with "
                      "position_embedding='learned' converts")
+
+
+def _bert_hf_config(cfg: BertConfig):
+  import transformers
+  _check_bert_exportable(cfg)
   if cfg.resolved_head_dim * cfg.num_heads != cfg.hidden_size:
     raise ValueError(f'BertConfig.head_dim={cfg.head_dim}: HF BERT needs num_heads * head_dim '
                      '== hidden_size; set head_dim=0')
@@ -288,6 +293,7 @@ def _bert_from_hf(cfg: BertConfig, sd) -> dict:
 
 
 def _bert_to_hf(cfg: BertConfig, params) -> dict:
+  _check_bert_exportable(cfg)
   with_heads = 'bert' in params
   model = params['bert'] if with_heads else params
   prefix = 'bert.' if with_heads else ''

@@ -74,13 +74,13 @@ class BertModel(nn.Module):
   def encode(self, input_tokens, token_type_ids=None, segment_ids=None, positions=None, *,
              deterministic: bool = True):
     """input_tokens [B, L] -> final hidden states [B, L, E]."""
-    if positions is None:
-      positions = jnp.arange(input_tokens.shape[1])[None, :]
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_tokens)
     x = self.token_embed(input_tokens) + self.type_embed(token_type_ids)
     bias = None
     if self.position_embed is not None:
+      if positions is None:
+        positions = jnp.arange(input_tokens.shape[1])[None, :]
       x = x + self.position_embed(positions)
     else:   # ALiBi: distances within a packed example are index distances; across, masked
       bias = layers.alibi_bias(self.config.num_heads, input_tokens.shape[1],

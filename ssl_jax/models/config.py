@@ -151,7 +151,7 @@ def _validate(cfg) -> None:
     if cfg.position_embedding not in BERT_POSITION_EMBEDDINGS:
       bad('position_embedding', f'use one of {BERT_POSITION_EMBEDDINGS}')
     if not cfg.alibi_bias_max > 0:
-      bad('alibi_bias_max', 'must be > 0 (8 is the ALiBi paper\'s; smaller is less local)')
+      bad('alibi_bias_max', "must be > 0 (8 is the ALiBi paper's; smaller is more local)")
   if isinstance(cfg, EncoderDecoderConfig):
     if cfg.family not in ('t5', 'bart'):
       bad('family', "use 't5' or 'bart'")
