@@ -25,6 +25,7 @@ from ssl_jax import optim
 from ssl_jax import partitioning
 from ssl_jax import train_state as train_state_lib
 from ssl_jax.data import pipeline
+from ssl_jax.data import shards
 from ssl_jax.data import vocabularies
 
 
@@ -228,11 +229,25 @@ def _log_compiled(compiled) -> None:
   logging.info("train step FLOPs (XLA cost analysis): %.3g", flops_per_step(compiled))
 
 
-def evaluate(exp: Experiment, eval_step, params, step: int, logger) -> dict:
-  """Runs `train.eval_steps` batches of the validation split and writes one eval row."""
-  it = pipeline.make_iterator(exp.config, "validation", exp.batch_sharding)
-  sums = [eval_step(params, next(it)) for _ in range(exp.config.train.eval_steps)]
-  return logger.write_eval(step, sums)
+class EvalSet:
+  """The batches every eval reads: the first `train.eval_steps` global batches of the validation
+  split. They are read once and kept on the host (this process's rows, numpy: eval_steps x the
+  per-process batch), so each eval sees the same examples and none rebuilds the input pipeline,
+  which takes seconds."""
+
+  def __init__(self, exp: Experiment):
+    it = pipeline.make_iterator(exp.config, "validation", exp.batch_sharding)
+    self._local = [it.next_local() for _ in range(exp.config.train.eval_steps)]
+    self._sharding = exp.batch_sharding
+    self._global_batch = int(exp.config.train.global_batch_size)
+
+  def __iter__(self):
+    return (shards.global_arrays(b, self._sharding, self._global_batch) for b in self._local)
+
+
+def evaluate(eval_step, params, eval_set: EvalSet, step: int, logger) -> dict:
+  """Runs `eval_step` on every batch of `eval_set` and writes one eval row."""
+  return logger.write_eval(step, [eval_step(params, batch) for batch in eval_set])
 
 
 def _raise_if_nonfinite(step: int, sums) -> None:
@@ -284,8 +299,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, init_par
     return state
   train_step = compile_train_step(exp)
   if evaluate_fn is None and train_cfg.eval_steps:
-    eval_step = compile_eval_step(exp)
-    evaluate_fn = lambda params, step, logger: evaluate(exp, eval_step, params, step, logger)
+    eval_step, eval_set = compile_eval_step(exp), EvalSet(exp)
+    evaluate_fn = lambda params, step, logger: evaluate(eval_step, params, eval_set, step, logger)
   logger = metrics_lib.MetricsLogger(
       workdir, num_steps=train_cfg.num_steps, log_every=train_cfg.log_every, start_step=start,
       tokens_per_step=_tokens_per_step(exp.batch_spec), learning_rate_fn=exp.schedule)
@@ -342,4 +357,4 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
   manager.close()
   with metrics_lib.MetricsLogger(workdir, num_steps=config.train.num_steps, log_every=1,
                                  start_step=step) as logger:
-    return evaluate(exp, compile_eval_step(exp), params, step, logger)
+    return evaluate(compile_eval_step(exp), params, EvalSet(exp), step, logger)

@@ -75,6 +75,15 @@ def shards_for_rows(start: int, stop: int, shard_count: int,
           for s in range(shard_count) if max(start, s * per) < min(stop, (s + 1) * per)]
 
 
+def global_arrays(local: dict, batch_sharding, global_batch: int) -> dict:
+  """This process's rows (`ShardedIterator.next_local`) as global `jax.Array`s laid out by
+  `batch_sharding`; with `batch_sharding=None`, the numpy rows themselves."""
+  if batch_sharding is None:
+    return local
+  return {k: jax.make_array_from_process_local_data(
+      batch_sharding, v, (global_batch,) + v.shape[1:]) for k, v in local.items()}
+
+
 class ShardedIterator:
   """This process's rows of the global batch stream (see the module docstring)."""
 
@@ -122,15 +131,14 @@ class ShardedIterator:
     return self
 
   def __next__(self) -> dict:
+    return global_arrays(self.next_local(), self._sharding, self._global_batch)
+
+  def next_local(self) -> dict:
+    """This process's rows of the next global batch, as numpy (what `next` lays out on devices)."""
     if self._readers is None:
       self._build()
     parts = [(next(reader), lo, hi) for _, reader, lo, hi, _ in self._readers]
-    local = {k: np.concatenate([batch[k][lo:hi] for batch, lo, hi in parts])
-             for k in parts[0][0]}
-    if self._sharding is None:
-      return local
-    return {k: jax.make_array_from_process_local_data(
-        self._sharding, v, (self._global_batch,) + v.shape[1:]) for k, v in local.items()}
+    return {k: np.concatenate([batch[k][lo:hi] for batch, lo, hi in parts]) for k in parts[0][0]}
 
   def save(self, directory) -> None:
     """Writes the position of the shards this process saves (every process calls this)."""
