@@ -143,10 +143,15 @@ def test_slurm_script_sets_the_coordinator_from_slurm_variables(tmp_path):
       for i in range(2)]
 
 
-def test_local_launcher_prefixes_output_and_stops_the_others_when_one_fails():
-  # Process 1 fails at once; process 0 would sleep for a minute unless the launcher stops it.
-  script = ("import sys, time; print('hello from', sys.argv[-1]); "
-            "sys.exit(3) if sys.argv[-1] == '--process_id=1' else time.sleep(60)")
+def test_local_launcher_prefixes_output_and_stops_the_others_when_one_fails(tmp_path):
+  # Process 1 fails as soon as process 0 has printed (a marker file says so: on a loaded machine
+  # process 0 may start later than process 1 exits); process 0 would then sleep for a minute
+  # unless the launcher stops it.
+  marker = str(tmp_path / "p0_printed")
+  script = ("import os, sys, time; print('hello from', sys.argv[-1])\n"
+            f"if sys.argv[-1] == '--process_id=0': open({marker!r}, 'w').close(); time.sleep(60)\n"
+            f"while not os.path.exists({marker!r}): time.sleep(0.05)\n"
+            "sys.exit(3)")
   start = time.monotonic()
   result = subprocess.run(
       [sys.executable, os.path.join(LAUNCH, "local.py"), "-n", "2", "-m", "1", "--kill_after_s=5",
