@@ -31,15 +31,20 @@ def _get(cfg, key, default=None):
 
 
 def feature_converter(config) -> seqio.FeatureConverter:
-  """The objective's converter: LM (causal_lm), EncDec (span_corruption, denoising), Bert (mlm)."""
+  """The objective's converter: LM (causal_lm), EncDec (span_corruption, denoising), Bert (mlm).
+
+  Without seqio's length check: the Task already trims every sequence feature to its length, so the
+  check cannot fail, and tracing it costs seconds of every process's start (autograph).
+  """
   pack = bool(_get(config.data, "pack", True))
   if config.objective == "causal_lm":
-    return seqio.LMFeatureConverter(pack=pack)
+    return seqio.LMFeatureConverter(pack=pack, apply_length_check=False)
   if config.objective in ("span_corruption", "denoising"):
-    return seqio.EncDecFeatureConverter(pack=pack)
+    return seqio.EncDecFeatureConverter(pack=pack, apply_length_check=False)
   if config.objective == "mlm":
     from ssl_jax.objectives import mlm  # pylint: disable=g-import-not-at-top  (imports the model stack)
-    return mlm.BertFeatureConverter(pack=pack, mask_rate=float(config.data.mlm.mask_rate))
+    return mlm.BertFeatureConverter(pack=pack, mask_rate=float(config.data.mlm.mask_rate),
+                                    apply_length_check=False)
   raise ValueError(
       f"config.objective={config.objective!r} is not an objective; use one of {', '.join(tasks.OBJECTIVES)}.")
 
