@@ -20,6 +20,3 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # cache hit is the compiled program itself, so no result depends on it.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"ssl_jax_tests_xla_cache_{os.getuid()}"))
-# Every program, however quick to compile (JAX's default caches only those taking over 1 s): the
-# many small ones (init, eval, layout changes) cost each of the suite's ~40 training processes seconds.
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
