@@ -215,7 +215,9 @@ def make_train_iterator(config, task: seqio.Task, model_config, batch_sharding=N
                         shard_info=seqio.ShardInfo(jax.process_index(), count) if count > 1
                         else None, num_epochs=None, try_in_mem_cache=False)
   pack = bool(config.data.pack)
-  ds = seqio.EncDecFeatureConverter(pack=pack)(ds, task_feature_lengths=lengths)
+  # No length check, as in pipeline.feature_converter: the Task trims inputs and targets already.
+  ds = seqio.EncDecFeatureConverter(pack=pack, apply_length_check=False)(
+      ds, task_feature_lengths=lengths)
   ds = ds.map(functools.partial(_model_features, pack=pack,
                                 decoder_start_token_id=model_config.decoder_start_token_id),
               num_parallel_calls=tf.data.AUTOTUNE)
