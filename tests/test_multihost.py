@@ -54,14 +54,25 @@ def launch(workdir, name: str, processes: int, devices: int, *extra: str):
   """Runs `ssl-jax train` for configs/<name>.py:tiny as processes x devices; returns train rows."""
   command = [sys.executable, os.path.join(LAUNCH, "local.py"), f"--num_processes={processes}",
              f"--devices_per_process={devices}", "--", sys.executable, "-m", "ssl_jax.main",
-             "train", f"--config=configs/{name}.py:tiny", f"--workdir={workdir}",
-             "--heartbeat_timeout_s=20", *TRAIN_FLAGS, *extra]
+             "train", f"--config=configs/{name}.py:tiny", f"--workdir={workdir}", *TRAIN_FLAGS,
+             *extra]
   start = time.monotonic()
   result = subprocess.run(command, cwd=REPO, env=_clean_env(), capture_output=True, text=True,
                           timeout=900)
   print(f"{name} {processes}x{devices} {' '.join(extra)}: {time.monotonic() - start:.0f} s")
-  assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+  assert result.returncode == 0, failure_report(result.stdout + result.stderr, processes)
   return train_losses(workdir)
+
+
+def failure_report(output: str, processes: int, lines: int = 40) -> str:
+  """The last `lines` lines of each process's output (prefixed `[p<i>]` by the launcher), and the
+  launcher's own, without native stack frames and module lists, which would hide the others."""
+  noise = re.compile(r"^\[p\d+\]\s+(@\s+0x|Extension modules:)")
+  kept = [line for line in output.splitlines() if not noise.match(line)]
+  parts = [[line for line in kept if line.startswith(f"[p{i}]")][-lines:]
+           for i in range(processes)]
+  parts.append([line for line in kept if not line.startswith("[p")][-lines:])
+  return "\n...\n".join("\n".join(part) for part in parts)
 
 
 def train_losses(workdir) -> dict:
