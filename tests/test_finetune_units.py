@@ -172,7 +172,7 @@ def test_pair_rows_truncate_the_longer_text_first(vocab):
 def test_classification_rows_match_encoding_of_each_text(vocab):
   examples = [formats.TextExample("the dog runs .", "a cat", 1, "0")]
   rows = classification.featurize(tiny_config(task="rte"), vocab, examples)
-  a, b = encoding.encode(vocab, ["the dog runs .", "a cat"])
+  a, b = vocabularies.encode_batch(vocab, ["the dog runs .", "a cat"])
   special = encoding.specials(vocab)
   expected = [special.cls] + a + [special.sep] + b + [special.sep]
   assert rows.arrays["input_tokens"][0, :len(expected)].tolist() == expected
@@ -181,7 +181,7 @@ def test_classification_rows_match_encoding_of_each_text(vocab):
 
 def test_tagging_labels_sit_on_each_words_first_piece(vocab):
   sentence = formats.TaggedSentence(("The", "xq", "runs"), ("DET", "NOUN", "VERB"), "s")
-  pieces = encoding.encode(vocab, ["The", "xq", "runs"])
+  pieces = vocabularies.encode_batch(vocab, ["The", "xq", "runs"])
   assert len(pieces[1]) == 2  # 'xq' is not in the corpus lexicon: x ##q
   rows = tagging.featurize(tiny_config("tagging", "conllu", "upos"), vocab, [sentence])
   index = {t: i for i, t in enumerate(tagging.UPOS)}

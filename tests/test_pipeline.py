@@ -92,52 +92,47 @@ _WORKER = textwrap.dedent("""
         h.update(k.encode()); h.update(batch[k].tobytes())
       return h.hexdigest()
 
-    mode, directory = sys.argv[1], sys.argv[2]
+    directory, restore_from = sys.argv[1], sys.argv[2:]
     out = {}
     for objective in ("mlm", "span_corruption"):
       it = pipeline.make_iterator(config(objective), "train", None)
-      if mode == "stream":      # 50 batches; the position after batch 5 is saved on the way
-        stream = []
-        for i in range(50):
-          if i == 5:
-            it.save(f"{directory}/{objective}")
-          stream.append(digest(next(it)))
-        out[objective] = stream
-      else:                     # resume from the saved position
-        it.restore(f"{directory}/{objective}")
-        out[objective] = [digest(next(it)) for _ in range(10)]
+      stream = []  # 50 batches; the position after batch 5 is saved on the way
+      for i in range(50):
+        if i == 5:
+          it.save(f"{directory}/{objective}")
+        stream.append(digest(next(it)))
+      out[objective] = stream
+      if restore_from:  # the position another process saved, restored in this one
+        again = pipeline.make_iterator(config(objective), "train", None)
+        again.restore(f"{restore_from[0]}/{objective}")
+        out["resumed_" + objective] = [digest(next(again)) for _ in range(10)]
     print("RESULT" + json.dumps(out))
 """)
 
 
-def _run_worker(tmp_path, mode):
-  script = tmp_path / "worker.py"
+def _run_worker(directory, *restore_from):
+  script = directory / "worker.py"
   script.write_text(_WORKER)
   env = dict(os.environ, PYTHONPATH=_REPO, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
   env.pop("XLA_FLAGS", None)
-  return subprocess.Popen([sys.executable, str(script), mode, str(tmp_path / "ckpt")], cwd=_REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  process = subprocess.run([sys.executable, str(script), str(directory), *map(str, restore_from)],
+                           cwd=_REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert process.returncode == 0, process.stderr[-3000:]
+  return json.loads(process.stdout.split("RESULT")[-1])
 
 
-def _result(process):
-  stdout, stderr = process.communicate(timeout=600)
-  assert process.returncode == 0, stderr[-3000:]
-  return json.loads(stdout.split("RESULT")[-1])
-
-
-@pytest.mark.slow  # three fresh processes (~20 s each on 2 idle cores)
+@pytest.mark.slow  # two fresh processes (~25 s each on 2 idle cores)
 def test_same_seed_same_stream_in_fresh_processes_and_restore_resumes_it(tmp_path):
   first_dir, second_dir = tmp_path / "a", tmp_path / "b"
   first_dir.mkdir()
   second_dir.mkdir()
-  runs = [_run_worker(first_dir, "stream"), _run_worker(second_dir, "stream")]
-  first, second = [_result(p) for p in runs]
+  first = _run_worker(first_dir)
+  # A second fresh process: the same stream, then the first one's position after batch 5.
+  second = _run_worker(second_dir, first_dir)
   for objective in ("mlm", "span_corruption"):
     assert first[objective] == second[objective]  # 50 identical batches in two fresh processes
     assert len(set(first[objective])) == 50
-  resumed = _result(_run_worker(first_dir, "restore"))  # a fresh process, restored after batch 5
-  for objective in ("mlm", "span_corruption"):
-    assert resumed[objective] == first[objective][5:15]
+    assert second["resumed_" + objective] == first[objective][5:15]
 
 
 def test_digest_helper_is_order_sensitive():

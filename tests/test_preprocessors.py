@@ -123,7 +123,7 @@ def test_nsp_real_next_sentence_continues_the_document(bert_nsp, vocab, docs, id
 
 def test_sop_swaps_half_of_the_pairs(vocab, docs, ids):
   examples = _bert(vocab, docs[:200], sequence_length=128, sentence_task="sop", whole_word=True)
-  texts = {i: vocab.encode(" ".join(d)) for i, d in enumerate(docs[:200])}
+  texts = dict(enumerate(vocabularies.encode_batch(vocab, [" ".join(d) for d in docs[:200]])))
   for e in examples:
     tokens = e["input_tokens"].copy()
     tokens[e["masked_positions"]] = e["masked_targets"]
@@ -256,7 +256,7 @@ def test_bart_permutation_and_rotation_keep_the_tokens(vocab, docs):
   permuted = _bart(vocab, docs[:100], permute_sentence_ratio=1.0)
   changed = 0
   for e, doc in zip(permuted, docs[:100]):
-    sentences = [tuple(vocab.encode(s)) for s in doc]
+    sentences = [tuple(ids) for ids in vocabularies.encode_batch(vocab, doc)]
     assert len(e["inputs"]) == len(e["targets"])
     # Split the inputs back into sentences: same multiset as the document's.
     inputs, pieces = e["inputs"][:-1].tolist(), []

@@ -57,10 +57,10 @@ def first_losses(config, devices, batches):
 
 def unigram_entropy(vocab, corpus_cfg, num_documents=500) -> float:
   """Entropy (nats) of the corpus's token frequencies: the loss of a model that ignores context."""
-  counts = collections.Counter()
-  for document in corpora.generate_documents(num_documents, corpus_cfg.seed):
-    for sentence in document:
-      counts.update(vocab.encode(corpora.sentence_text(sentence)))
+  sentences = [corpora.sentence_text(sentence)
+               for document in corpora.generate_documents(num_documents, corpus_cfg.seed)
+               for sentence in document]
+  counts = collections.Counter(i for ids in vocabularies.encode_batch(vocab, sentences) for i in ids)
   total = sum(counts.values())
   return -sum(c / total * math.log(c / total) for c in counts.values())
 

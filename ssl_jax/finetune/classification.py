@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssl_jax import objectives
+from ssl_jax.data import vocabularies
 from ssl_jax.finetune import data
 from ssl_jax.finetune import encoding
 from ssl_jax.finetune import formats
@@ -41,9 +42,9 @@ def metric_names(config) -> tuple[str, ...]:
 def token_rows(config, vocab, examples) -> dict:
   """The [CLS] A [SEP] B [SEP] rows of TextExamples."""
   special = encoding.specials(vocab)
-  ids_a = encoding.encode(vocab, [e.text_a for e in examples])
+  ids_a = vocabularies.encode_batch(vocab, [e.text_a for e in examples])
   pairs = examples[0].text_b is not None
-  ids_b = encoding.encode(vocab, [e.text_b or "" for e in examples]) if pairs else [None] * len(ids_a)
+  ids_b = vocabularies.encode_batch(vocab, [e.text_b or "" for e in examples]) if pairs else [None] * len(ids_a)
   return encoding.stack([encoding.pair_row(a, b, config.data.sequence_length, special)
                          for a, b in zip(ids_a, ids_b)])
 

@@ -1,15 +1,12 @@
 """Text -> BERT input rows: `[CLS] A [SEP] (B [SEP])` with token types, padded to a fixed length.
 
     vocab = vocabularies.get_vocabulary(config.data.vocab)
-    ids = encode(vocab, ["a sentence", "another"])             # one id list per string
+    ids = vocabularies.encode_batch(vocab, ["a sentence", "another"])   # one id list per string
     row = pair_row(ids_a, ids_b, length=128, specials=specials(vocab))
-
-Encoding a list of strings runs the vocabulary's tf.text tokenizer once over the whole list.
 """
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from ssl_jax.data import vocabularies
 
@@ -24,15 +21,6 @@ def specials(vocab) -> Specials:
   """[CLS], [SEP] and [PAD] of `vocab`; raises naming config.data.vocab if it lacks them."""
   ids = vocabularies.require(vocab, ("cls", "sep"), "fine-tuning")
   return Specials(ids.cls, ids.sep, ids.pad)
-
-
-def encode(vocab, texts: Sequence[str]) -> list[list[int]]:
-  """Token ids of every string (no special tokens), in one tokenizer call."""
-  if not texts:
-    return []
-  ragged = vocab.encode_tf(tf.constant(list(texts), tf.string))
-  return [row.tolist() for row in ragged.numpy()] if isinstance(ragged, tf.Tensor) else \
-      ragged.to_list()
 
 
 def truncate_pair(a: list, b: Optional[list], budget: int) -> tuple[list, Optional[list]]:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssl_jax import objectives
+from ssl_jax.data import vocabularies
 from ssl_jax.finetune import data
 from ssl_jax.finetune import encoding
 from ssl_jax.finetune import metrics
@@ -78,7 +79,7 @@ def _piece_spans(vocab, ids, start, end):
 def passage_tokens(vocab, contexts):
   """Per passage: (token ids, [(char start, char end)] per token)."""
   words = [words_with_spans(c) for c in contexts]
-  pieces = iter(encoding.encode(vocab, [w for ws in words for w, _, _ in ws]))
+  pieces = iter(vocabularies.encode_batch(vocab, [w for ws in words for w, _, _ in ws]))
   out = []
   for ws in words:
     ids, spans = [], []
@@ -92,7 +93,7 @@ def passage_tokens(vocab, contexts):
 def featurize(config, vocab, examples) -> data.Rows:
   qa, length = config.data.qa, config.data.sequence_length
   special = encoding.specials(vocab)
-  questions = [q[:qa.max_query_length] for q in encoding.encode(vocab, [e.question for e in examples])]
+  questions = [q[:qa.max_query_length] for q in vocabularies.encode_batch(vocab, [e.question for e in examples])]
   rows, owners, offsets = [], [], []
   for k, (example, question, (ids, spans)) in enumerate(
       zip(examples, questions, passage_tokens(vocab, [e.context for e in examples]))):

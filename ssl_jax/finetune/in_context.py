@@ -49,7 +49,6 @@ import numpy as np
 from ssl_jax import config as config_lib
 from ssl_jax import metrics as metrics_lib
 from ssl_jax.data import vocabularies
-from ssl_jax.finetune import encoding
 from ssl_jax.finetune import formats
 from ssl_jax.finetune import metrics as task_metrics
 from ssl_jax.finetune import text_to_text
@@ -170,7 +169,7 @@ def score_completions(model, params, vocab, contexts: Sequence[str],
   if len(contexts) != len(completions):
     raise ValueError(f'{len(contexts)} contexts but {len(completions)} completions')
   unique = sorted(set(contexts) | set(completions))   # tokenized once, in one call
-  ids = dict(zip(unique, encoding.encode(vocab, unique)))
+  ids = dict(zip(unique, vocabularies.encode_batch(vocab, unique)))
   rows, truncated = [], []
   for context, completion in zip(contexts, completions):
     comp = ids[completion]
@@ -225,14 +224,14 @@ def greedy_answers(model, params, vocab, prompts: Sequence[str], *, max_new_toke
     raise ValueError(f'max_new_tokens={max_new_tokens} must be in [1, {max_length - 1}] '
                      f"(the model's max_length={max_length} holds prompt and answer)")
   contexts, truncated = [], 0
-  for prompt, prompt_ids in zip(prompts, encoding.encode(vocab, list(prompts))):
+  for prompt, prompt_ids in zip(prompts, vocabularies.encode_batch(vocab, list(prompts))):
     ids, cut = _context_ids(prompt_ids, bos_id, max_length - max_new_tokens)
     if not ids:
       raise ValueError(f'with bos_id=None every prompt needs a token; {prompt!r} has none')
     contexts.append(ids)
     truncated += cut
   # Stops are compared in decoded form, where the vocabulary may respace punctuation.
-  stops = [s for s in (vocab.decode(x).strip() for x in encoding.encode(vocab, list(stop))) if s]
+  stops = [s for s in (vocab.decode(x).strip() for x in vocabularies.encode_batch(vocab, list(stop))) if s]
   eos = vocab.eos_id
   answers = [''] * len(prompts)
   order = np.argsort([len(c) for c in contexts], kind='stable')

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssl_jax import objectives
+from ssl_jax.data import vocabularies
 from ssl_jax.finetune import data
 from ssl_jax.finetune import encoding
 from ssl_jax.models import heads
@@ -35,7 +36,7 @@ def featurize(config, vocab, sentences) -> data.Rows:
   if unknown:
     raise ValueError(f"tags {unknown[:5]} are not in config.data.labels (or UPOS when it is ''); "
                      "list every tag of the files in --config.data.labels=TAG,TAG,...")
-  pieces = encoding.encode(vocab, [w for s in sentences for w in s.tokens])
+  pieces = vocabularies.encode_batch(vocab, [w for s in sentences for w in s.tokens])
   length = config.data.sequence_length
   rows, firsts, k = [], [], 0
   for s in sentences:

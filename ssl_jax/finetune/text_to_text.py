@@ -51,7 +51,6 @@ from ssl_jax import metrics as metrics_lib
 from ssl_jax import trainer
 from ssl_jax.data import pipeline
 from ssl_jax.data import vocabularies
-from ssl_jax.finetune import encoding
 from ssl_jax.finetune import formats
 from ssl_jax.finetune import lm_init
 from ssl_jax.finetune import metrics as task_metrics
@@ -138,7 +137,7 @@ def read_pairs(config, split: str) -> list[TextPair]:
 
 def canonical(vocab, texts: Sequence[str]) -> list[str]:
   """Each text as the vocabulary decodes its tokens (how predictions come out of a model)."""
-  return [vocab.decode(ids).strip() for ids in encoding.encode(vocab, list(texts))]
+  return [vocab.decode(ids).strip() for ids in vocabularies.encode_batch(vocab, list(texts))]
 
 
 def score(task: str, predictions: Sequence[str], pairs: Sequence[TextPair], vocab) -> dict:
@@ -245,7 +244,7 @@ def predict(model, params, vocab, inputs: Sequence[str], *, max_input_length: in
     batch_size = -(-batch_size // devices) * devices
   keep = max_input_length - (eos is not None)
   encoded = [ids[:keep] + ([eos] if eos is not None else [])
-             for ids in encoding.encode(vocab, list(inputs))]
+             for ids in vocabularies.encode_batch(vocab, list(inputs))]
   texts = []
   for start in range(0, len(encoded), batch_size):
     chunk = encoded[start:start + batch_size]
@@ -324,7 +323,7 @@ def prepare(config, init: str = 'none'):
 def _warn_if_truncated(pairs, vocab, data) -> None:
   for field, length, setting in (('inputs', data.sequence_length, 'sequence_length'),
                                  ('targets', data.targets_length, 'targets_length')):
-    ids = encoding.encode(vocab, [getattr(p, field) for p in pairs])
+    ids = vocabularies.encode_batch(vocab, [getattr(p, field) for p in pairs])
     long = sum(len(x) + 1 > length for x in ids)
     if long:
       logging.warning('%d of %d train %s are longer than config.data.%s=%d tokens (EOS '

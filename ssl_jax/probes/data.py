@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from ssl_jax.data import corpora
+from ssl_jax.data import vocabularies
 
 # Universal Dependencies v2 UPOS tags; the default corpus uses 14 of them.
 UPOS_TAGS = ("ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON",
@@ -109,15 +110,14 @@ def tokenize(sentences: Sequence[Sentence], vocab, edges: Sequence[int] = FREQUE
   `ranks` (word -> frequency rank) defaults to `frequency_ranks(sentences)`.
   """
   ranks = frequency_ranks(sentences) if ranks is None else ranks
-  pieces: dict[str, list[int]] = {}
+  words = sorted({word for sentence in sentences for word, _ in sentence})
+  pieces = dict(zip(words, vocabularies.encode_batch(vocab, words)))
   types: dict[str, int] = {}
   columns = {k: [] for k in ("tokens", "word_index", "word_type", "pos", "frequency")}
   for sentence in sentences:
     row = {k: [] for k in columns}
     for position, (word, tag) in enumerate(sentence):
       lower = word.lower()
-      if word not in pieces:
-        pieces[word] = [int(i) for i in vocab.encode(word)]
       ids = pieces[word]
       bucket = int(np.searchsorted(edges, ranks.get(lower, edges[-1]), side="right"))
       row["tokens"] += ids
