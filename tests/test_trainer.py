@@ -60,7 +60,8 @@ def unigram_entropy(vocab, corpus_cfg, num_documents=500) -> float:
   sentences = [corpora.sentence_text(sentence)
                for document in corpora.generate_documents(num_documents, corpus_cfg.seed)
                for sentence in document]
-  counts = collections.Counter(i for ids in vocabularies.encode_batch(vocab, sentences) for i in ids)
+  counts = collections.Counter(
+      i for ids in vocabularies.encode_batch(vocab, sentences) for i in ids)
   total = sum(counts.values())
   return -sum(c / total * math.log(c / total) for c in counts.values())
 

@@ -44,7 +44,8 @@ def token_rows(config, vocab, examples) -> dict:
   special = encoding.specials(vocab)
   ids_a = vocabularies.encode_batch(vocab, [e.text_a for e in examples])
   pairs = examples[0].text_b is not None
-  ids_b = vocabularies.encode_batch(vocab, [e.text_b or "" for e in examples]) if pairs else [None] * len(ids_a)
+  ids_b = (vocabularies.encode_batch(vocab, [e.text_b or "" for e in examples]) if pairs
+           else [None] * len(ids_a))
   return encoding.stack([encoding.pair_row(a, b, config.data.sequence_length, special)
                          for a, b in zip(ids_a, ids_b)])
 

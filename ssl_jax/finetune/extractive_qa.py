@@ -93,7 +93,8 @@ def passage_tokens(vocab, contexts):
 def featurize(config, vocab, examples) -> data.Rows:
   qa, length = config.data.qa, config.data.sequence_length
   special = encoding.specials(vocab)
-  questions = [q[:qa.max_query_length] for q in vocabularies.encode_batch(vocab, [e.question for e in examples])]
+  questions = [q[:qa.max_query_length]
+               for q in vocabularies.encode_batch(vocab, [e.question for e in examples])]
   rows, owners, offsets = [], [], []
   for k, (example, question, (ids, spans)) in enumerate(
       zip(examples, questions, passage_tokens(vocab, [e.context for e in examples]))):

@@ -231,7 +231,8 @@ def greedy_answers(model, params, vocab, prompts: Sequence[str], *, max_new_toke
     contexts.append(ids)
     truncated += cut
   # Stops are compared in decoded form, where the vocabulary may respace punctuation.
-  stops = [s for s in (vocab.decode(x).strip() for x in vocabularies.encode_batch(vocab, list(stop))) if s]
+  stops = [s for s in (vocab.decode(x).strip()
+                       for x in vocabularies.encode_batch(vocab, list(stop))) if s]
   eos = vocab.eos_id
   answers = [''] * len(prompts)
   order = np.argsort([len(c) for c in contexts], kind='stable')
