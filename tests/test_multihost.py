@@ -64,7 +64,7 @@ def launch(workdir, name: str, processes: int, devices: int, *extra: str):
   return train_losses(workdir)
 
 
-def failure_report(output: str, processes: int, lines: int = 40) -> str:
+def failure_report(output: str, processes: int, lines: int = 80) -> str:
   """The last `lines` lines of each process's output (prefixed `[p<i>]` by the launcher), and the
   launcher's own, without native stack frames and module lists, which would hide the others."""
   noise = re.compile(r"^\[p\d+\]\s+(@\s+0x|Extension modules:)")
