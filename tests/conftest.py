@@ -20,3 +20,20 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # cache hit is the compiled program itself, so no result depends on it.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"ssl_jax_tests_xla_cache_{os.getuid()}"))
+
+import pytest  # noqa: E402  (after the environment above, which must precede any jax import)
+
+# Module fixtures that run a training job. Under `-n 2` (pytest.ini sets `--dist loadgroup`) the
+# tests that use one run on the same worker, so the job runs once rather than once per worker.
+SHARED_RUNS = ("bert_runs", "bert_workdir", "bert_checkpoint")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items):
+  """Slow tests first (each worker takes the next test when it is free, so the short ones fill in
+  at the end), and one xdist group per shared training run."""
+  for item in items:
+    for name in SHARED_RUNS:
+      if name in item.fixturenames:
+        item.add_marker(pytest.mark.xdist_group(name))
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -66,6 +66,7 @@ def unigram_entropy(vocab, corpus_cfg, num_documents=500) -> float:
   return -sum(c / total * math.log(c / total) for c in counts.values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_cli_trains_tiny_config(name, tmp_path):
   workdir = str(tmp_path / name)
@@ -111,6 +112,7 @@ def test_cli_trains_tiny_config(name, tmp_path):
                                rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["bert", "t5", "gpt"])
 def test_meshes_give_the_one_device_losses(name):
   config = tiny_config(name)
