@@ -28,7 +28,7 @@ from ssl_jax.data import shards
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, "launch")
 STEPS = 6
-# Small enough for 2 cores; log every step, save at step 3 and 6, no eval.
+# Small enough for 2 cores; log every step, save at step 3 and 6, no eval (the BERT runs add one).
 TRAIN_FLAGS = (f"--config.train.num_steps={STEPS}", "--config.train.log_every=1",
                "--config.train.save_every=3", "--config.train.eval_steps=0",
                "--config.train.global_batch_size=16", "--config.data.corpus.num_documents=400",
@@ -61,7 +61,7 @@ def launch(workdir, name: str, processes: int, devices: int, *extra: str):
                           timeout=900)
   print(f"{name} {processes}x{devices} {' '.join(extra)}: {time.monotonic() - start:.0f} s")
   assert result.returncode == 0, failure_report(result.stdout + result.stderr, processes)
-  return train_losses(workdir)
+  return losses(workdir)
 
 
 def failure_report(output: str, processes: int, lines: int = 80) -> str:
@@ -75,10 +75,10 @@ def failure_report(output: str, processes: int, lines: int = 80) -> str:
   return "\n...\n".join("\n".join(part) for part in parts)
 
 
-def train_losses(workdir) -> dict:
+def losses(workdir, split: str = "train") -> dict:
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
     rows = [json.loads(line) for line in f if line.strip()]
-  return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+  return {r["step"]: r["loss"] for r in rows if r["split"] == split}
 
 
 def assert_same_losses(a: dict, b: dict, steps) -> None:
@@ -223,19 +223,25 @@ def test_shards_for_rows():
 
 @pytest.fixture(scope="module")
 def bert_runs(tmp_path_factory):
-  """BERT tiny as 2 processes x 4 devices (2 shards by default) and as 1 x 8 with 2 shards."""
+  """BERT tiny as 2 processes x 4 devices (2 shards by default) and as 1 x 8 with 2 shards, both
+  evaluating 2 batches at steps 3 and 6."""
   root = tmp_path_factory.mktemp("bert")
-  two = launch(root / "2x4", "bert", 2, 4)
-  one = launch(root / "1x8", "bert", 1, 8, "--config.data.num_shards=2")
+  evals = ("--config.train.eval_steps=2", "--config.train.eval_every=3")
+  two = launch(root / "2x4", "bert", 2, 4, *evals)
+  one = launch(root / "1x8", "bert", 1, 8, "--config.data.num_shards=2", *evals)
   return root, two, one
 
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_bert(bert_runs):
-  _, two, one = bert_runs
+  root, two, one = bert_runs
   assert sorted(two) == list(range(1, STEPS + 1))
   assert len(set(np.round(list(one.values()), 4))) > 1  # the losses move: not a vacuous match
   assert_same_losses(two, one, range(1, STEPS + 1))
+  # Each process reads its shard of the validation split: together, the one-process batches.
+  two_eval, one_eval = losses(root / "2x4", "eval"), losses(root / "1x8", "eval")
+  assert sorted(two_eval) == [3, STEPS]
+  assert_same_losses(two_eval, one_eval, [3, STEPS])
 
 
 @pytest.mark.slow
