@@ -20,8 +20,10 @@ from __future__ import annotations
 import contextlib
 import glob
 import importlib.util
+import itertools
 import os
 import sys
+import time
 import traceback
 from collections.abc import Iterator
 
@@ -31,6 +33,8 @@ from absl import logging
 HEARTBEAT_TIMEOUT_S = 60
 INITIALIZATION_TIMEOUT_S = 300
 SHUTDOWN_TIMEOUT_S = 120
+BARRIER_TIMEOUT_S = 600
+_barrier_ids = itertools.count()
 
 
 def detect_cluster() -> str | None:
@@ -116,6 +120,26 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   logging.info("joined a %d-process job as process %d", jax.process_count(),
                jax.process_index())
   return jax.process_count() > 1
+
+
+def barrier(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
+  """Waits until every process of the job has called `barrier` (as its n-th call); a no-op in a
+  single-process run.
+
+  It goes through the coordination service, not a collective: on CPU, gloo connects the
+  processes of a device group at that group's first collective and fails when a peer is more
+  than 30 s late ("Gloo context initialization failed: DEADLINE_EXCEEDED: GetKeyValue() timed
+  out", a timeout JAX does not expose), which processes that compile and build their input
+  pipelines at different speeds easily are. A dead peer still ends the wait via the heartbeat.
+  """
+  if not jax.distributed.is_initialized() or jax.process_count() == 1:
+    return
+  # JAX 0.10 has no public barrier; its own array serialization waits on this client the same way.
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  start = time.monotonic()
+  jax_distributed.global_state.client.wait_at_barrier(
+      f"ssl_jax/{next(_barrier_ids)}/{name}", timeout_in_ms=timeout_s * 1000)
+  logging.info("%s: waited %.1f s for the other processes", name, time.monotonic() - start)
 
 
 def _check_explicit(coordinator_address: str, num_processes: int, process_id: int) -> None:

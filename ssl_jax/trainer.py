@@ -19,6 +19,7 @@ import numpy as np
 
 from ssl_jax import checkpointing
 from ssl_jax import config as config_lib
+from ssl_jax import distributed
 from ssl_jax import metrics as metrics_lib
 from ssl_jax import objectives
 from ssl_jax import optim
@@ -318,7 +319,10 @@ def _loop(exp, state, start, train_step, evaluate_fn, train_iter, manager, logge
   abort = train_cfg.on_nonfinite == "abort"
   previous = None  # (step, sums) of the step before the one in flight
   for step in range(start + 1, train_cfg.num_steps + 1):
-    state, sums = train_step(state, next(train_iter))
+    batch = next(train_iter)
+    if step == start + 1:  # every process has compiled and read a batch: start together
+      distributed.barrier("first train step")
+    state, sums = train_step(state, batch)
     logger.train_step(step, sums)
     if abort and previous is not None:
       _raise_if_nonfinite(*previous)  # one step late: the device is busy with `step`

@@ -1,7 +1,7 @@
 """Multi-host for real: several local processes joined by jax.distributed (gloo on CPU).
 
-The slow tests run `ssl-jax train` through `launch/local.py` as 2 processes x 4 CPU devices and
-as 1 process x 8, and compare `metrics.jsonl`: per-step losses, and resuming across a change of
+The slow tests run `ssl-jax train` through `launch/local.py` as 2 processes x 4 CPU devices, and
+the same config as 1 process x 8 (the test process itself), and compare `metrics.jsonl`: per-step losses, and resuming across a change of
 process count. Others kill (or break) one process of a running job and time how long the rest
 take to exit. The fast ones check the launchers and the flag handling without starting a job.
 Each CLI run takes 1.5-2 minutes on 2 CPU cores (imports and compilation dominate).
@@ -20,9 +20,12 @@ import time
 
 import numpy as np
 import pytest
+from absl import flags as absl_flags
+from ml_collections import config_flags
 
 from ssl_jax import config as config_lib
 from ssl_jax import distributed
+from ssl_jax import trainer
 from ssl_jax.data import shards
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,6 +64,18 @@ def launch(workdir, name: str, processes: int, devices: int, *extra: str):
                           timeout=900)
   print(f"{name} {processes}x{devices} {' '.join(extra)}: {time.monotonic() - start:.0f} s")
   assert result.returncode == 0, failure_report(result.stdout + result.stderr, processes)
+  return losses(workdir)
+
+
+def train_here(workdir, name: str, *extra: str) -> dict:
+  """What `launch(workdir, name, 1, 8, *extra)` runs, in this process (conftest's 8 devices):
+  the config parsed from the same flags by the CLI's parser, without starting a process."""
+  argv = ["ssl-jax", f"--config={os.path.join(REPO, 'configs', name + '.py')}:tiny",
+          *TRAIN_FLAGS, *extra]
+  values = absl_flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=argv)
+  values(argv)
+  trainer.train_and_evaluate(values.config, str(workdir))
   return losses(workdir)
 
 
@@ -228,7 +243,7 @@ def bert_runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("bert")
   evals = ("--config.train.eval_steps=2", "--config.train.eval_every=3")
   two = launch(root / "2x4", "bert", 2, 4, *evals)
-  one = launch(root / "1x8", "bert", 1, 8, "--config.data.num_shards=2", *evals)
+  one = train_here(root / "1x8", "bert", "--config.data.num_shards=2", *evals)
   return root, two, one
 
 
@@ -247,7 +262,7 @@ def test_two_processes_match_one_process_bert(bert_runs):
 @pytest.mark.slow
 def test_two_processes_match_one_process_t5(tmp_path):
   two = launch(tmp_path / "2x4", "t5", 2, 4)
-  one = launch(tmp_path / "1x8", "t5", 1, 8, "--config.data.num_shards=2")
+  one = train_here(tmp_path / "1x8", "t5", "--config.data.num_shards=2")
   assert_same_losses(two, one, range(1, STEPS + 1))
 
 
@@ -411,3 +426,50 @@ def test_a_failed_process_ends_the_others(tmp_path, failure):
   _assert_reports_the_lost_process("".join(outputs[1 - lost]), lost)
   if failure == "worker_raises":
     assert "ssl_jax: process 1 of 2 failed" in "".join(outputs[1])
+
+
+# Process 1 reaches the job's first collective `--late_s` seconds after process 0 (as after a
+# slower compile or input pipeline), with or without `distributed.barrier` before it.
+_LATE_FIRST_COLLECTIVE = """
+import time
+from absl import app, flags
+from ssl_jax import distributed
+flags.DEFINE_string("coordinator_address", None, "")
+flags.DEFINE_integer("num_processes", None, "")
+flags.DEFINE_integer("process_id", None, "")
+flags.DEFINE_integer("late_s", 0, "")
+flags.DEFINE_bool("barrier", False, "")
+
+def main(_):
+  f = flags.FLAGS
+  distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
+  import jax, numpy as np
+  from jax.experimental import multihost_utils
+  with distributed.fail_fast():
+    if jax.process_index() == 1:
+      time.sleep(f.late_s)
+    if f.barrier:
+      distributed.barrier("first collective")
+    print("gathered", multihost_utils.process_allgather(np.ones(1)).sum(), flush=True)
+
+app.run(main)
+"""
+
+
+@pytest.mark.slow
+def test_a_process_late_to_the_first_collective_is_waited_for_at_the_barrier(tmp_path):
+  """gloo fails a job whose processes reach their first collective more than 30 s apart; the
+  trainer calls `distributed.barrier` before its first step, and with it the job goes on."""
+  script = tmp_path / "late_first_collective.py"
+  script.write_text(_LATE_FIRST_COLLECTIVE)
+  command = [sys.executable, str(script), "--late_s=40"]
+  with _job([*command, "--barrier"], devices=1) as (waited, waited_out), \
+       _job(command, devices=1) as (unwaited, unwaited_out):
+    codes = [proc.wait(timeout=300) for proc in waited + unwaited]
+  time.sleep(1)  # the reader threads take the last lines
+  report = "\n".join("".join(out[-30:]) for out in waited_out + unwaited_out)
+  assert codes[:2] == [0, 0], report
+  assert all("gathered 2.0" in "".join(out) for out in waited_out), report
+  # The same job without the barrier: process 0 gives up (so the test above can fail).
+  assert codes[2] != 0, report
+  assert "Gloo context initialization failed" in "".join(unwaited_out[0]), report
