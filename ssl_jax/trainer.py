@@ -359,6 +359,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
   checkpointing.check_compatible(manager, step, config, exp.layout)
   params = checkpointing.restore_params(manager, step, exp.layout)
   manager.close()
+  eval_step, eval_set = compile_eval_step(exp), EvalSet(exp)
+  distributed.barrier("first eval step")  # as before the first train step
   with metrics_lib.MetricsLogger(workdir, num_steps=config.train.num_steps, log_every=1,
                                  start_step=step) as logger:
-    return evaluate(compile_eval_step(exp), params, EvalSet(exp), step, logger)
+    return evaluate(eval_step, params, eval_set, step, logger)
