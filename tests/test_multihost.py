@@ -1,8 +1,8 @@
 """Multi-host for real: several local processes joined by jax.distributed (gloo on CPU).
 
 The slow tests run `ssl-jax train` through `launch/local.py` as 2 processes x 4 CPU devices, and
-the same config as 1 process x 8 (the test process itself), and compare `metrics.jsonl`: per-step losses, and resuming across a change of
-process count. Others kill (or break) one process of a running job and time how long the rest
+the same config as 1 process x 8 (the test process itself), and compare `metrics.jsonl`:
+per-step losses, eval losses, and resuming across a change of process count. Others kill (or break) one process of a running job and time how long the rest
 take to exit. The fast ones check the launchers and the flag handling without starting a job.
 Each CLI run takes 1.5-2 minutes on 2 CPU cores (imports and compilation dominate).
 """
