@@ -377,8 +377,10 @@ def test_killing_a_training_process_ends_the_others(tmp_path):
   _assert_reports_the_lost_process("".join(outputs[0]), 1)
 
 
-# Every process sums a global array in a loop; the victim dies (SIGKILL from the test) or
-# raises (at iteration 5), in the middle of the job.
+# Every process sums a global array `--iterations` times. The victim dies (SIGKILL from the test)
+# or raises (`--raise_in`, at iteration 5) in the middle of the job; or process 1 reaches the first
+# collective `--late_s` seconds after process 0 (a slower compile or input pipeline), with or
+# without `distributed.barrier` before it.
 _COLLECTIVE_LOOP = """
 import sys, time
 from absl import app, flags
@@ -387,6 +389,9 @@ flags.DEFINE_string("coordinator_address", None, "")
 flags.DEFINE_integer("num_processes", None, "")
 flags.DEFINE_integer("process_id", None, "")
 flags.DEFINE_integer("raise_in", -1, "")
+flags.DEFINE_integer("iterations", 100000, "")
+flags.DEFINE_integer("late_s", 0, "")
+flags.DEFINE_bool("barrier", False, "")
 
 def main(_):
   f = flags.FLAGS
@@ -394,11 +399,15 @@ def main(_):
                          heartbeat_timeout_s=5)
   import jax, numpy as np
   with distributed.fail_fast():
+    if jax.process_index() == 1:
+      time.sleep(f.late_s)
+    if f.barrier:
+      distributed.barrier("first collective")
     mesh = jax.make_mesh((jax.device_count(),), ("d",))
     shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
     total = jax.jit(lambda x: x.sum(), out_shardings=jax.sharding.NamedSharding(
         mesh, jax.sharding.PartitionSpec()))
-    for i in range(100000):
+    for i in range(f.iterations):
       x = jax.make_array_from_process_local_data(shard, np.ones(jax.local_device_count()))
       print("iteration", i, float(total(x)), flush=True)
       if i == 5 and jax.process_index() == f.raise_in:
@@ -428,48 +437,20 @@ def test_a_failed_process_ends_the_others(tmp_path, failure):
     assert "ssl_jax: process 1 of 2 failed" in "".join(outputs[1])
 
 
-# Process 1 reaches the job's first collective `--late_s` seconds after process 0 (as after a
-# slower compile or input pipeline), with or without `distributed.barrier` before it.
-_LATE_FIRST_COLLECTIVE = """
-import time
-from absl import app, flags
-from ssl_jax import distributed
-flags.DEFINE_string("coordinator_address", None, "")
-flags.DEFINE_integer("num_processes", None, "")
-flags.DEFINE_integer("process_id", None, "")
-flags.DEFINE_integer("late_s", 0, "")
-flags.DEFINE_bool("barrier", False, "")
-
-def main(_):
-  f = flags.FLAGS
-  distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
-  import jax, numpy as np
-  from jax.experimental import multihost_utils
-  with distributed.fail_fast():
-    if jax.process_index() == 1:
-      time.sleep(f.late_s)
-    if f.barrier:
-      distributed.barrier("first collective")
-    print("gathered", multihost_utils.process_allgather(np.ones(1)).sum(), flush=True)
-
-app.run(main)
-"""
-
-
 @pytest.mark.slow
 def test_a_process_late_to_the_first_collective_is_waited_for_at_the_barrier(tmp_path):
   """gloo fails a job whose processes reach their first collective more than 30 s apart; the
   trainer calls `distributed.barrier` before its first step, and with it the job goes on."""
-  script = tmp_path / "late_first_collective.py"
-  script.write_text(_LATE_FIRST_COLLECTIVE)
-  command = [sys.executable, str(script), "--late_s=40"]
+  script = tmp_path / "collective_loop.py"
+  script.write_text(_COLLECTIVE_LOOP)
+  command = [sys.executable, str(script), "--late_s=40", "--iterations=1"]
   with _job([*command, "--barrier"], devices=1) as (waited, waited_out), \
        _job(command, devices=1) as (unwaited, unwaited_out):
     codes = [proc.wait(timeout=300) for proc in waited + unwaited]
   time.sleep(1)  # the reader threads take the last lines
   report = "\n".join("".join(out[-30:]) for out in waited_out + unwaited_out)
   assert codes[:2] == [0, 0], report
-  assert all("gathered 2.0" in "".join(out) for out in waited_out), report
+  assert all("iteration 0 2.0" in "".join(out) for out in waited_out), report
   # The same job without the barrier: process 0 gives up (so the test above can fail).
   assert codes[2] != 0, report
   assert "Gloo context initialization failed" in "".join(unwaited_out[0]), report
