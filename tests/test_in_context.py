@@ -1,13 +1,11 @@
 """GPT in-context evaluation: prompts, shot selection, log-likelihood scoring, greedy answers.
 
-The slow test pretrains a tiny GPT with `ssl-jax train` on text written in a prompt format and
-scores it through `ssl-jax finetune`'s in-context path.
+The slow test pretrains a tiny GPT (the `ssl-jax train` flags, run in this process) on text written
+in a prompt format and scores it through `ssl-jax finetune`'s in-context path.
 """
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -20,6 +18,8 @@ from ssl_jax.finetune import lm_init
 from ssl_jax.finetune import metrics as task_metrics
 from ssl_jax.finetune import run as finetune_run
 from ssl_jax.models import config as model_config, decoding, gpt
+
+import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMT = ic.PromptFormat(input_prefix='Review: ', output_prefix='\nSentiment:')
@@ -207,14 +207,11 @@ def _write_task(tmp_path):
 def test_trained_gpt_picks_the_right_label_in_context(tmp_path, vocab):
   text, dev, train = _write_task(tmp_path)
   run_dir = str(tmp_path / 'gpt')
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
-  subprocess.run(
-      [sys.executable, '-m', 'ssl_jax.main', 'train', '--config=configs/gpt.py:tiny',
-       f'--workdir={run_dir}', '--config.data.source=text_files',
-       f'--config.data.text_files={text}', '--config.data.sequence_length=64',
-       '--config.train.num_steps=200', '--config.train.global_batch_size=16',
-       '--config.train.eval_steps=0', '--config.train.save_every=200',
-       '--config.optim.warmup_steps=20'], check=True, cwd=REPO, env=env, timeout=900)
+  helpers.train_here(
+      'gpt', run_dir, '--config.data.source=text_files', f'--config.data.text_files={text}',
+      '--config.data.sequence_length=64', '--config.train.num_steps=200',
+      '--config.train.global_batch_size=16', '--config.train.eval_steps=0',
+      '--config.train.save_every=200', '--config.optim.warmup_steps=20', num_devices=1)
 
   config = config_lib.load_config_file(
       os.path.join(REPO, 'configs', 'finetune', 'in_context', 'sst2.py'), 'tiny')

@@ -2,9 +2,10 @@
 
 The slow tests run `ssl-jax train` through `launch/local.py` as 2 processes x 4 CPU devices, and
 the same config as 1 process x 8 (the test process itself), and compare `metrics.jsonl`:
-per-step losses, eval losses, and resuming across a change of process count. Others kill (or break) one process of a running job and time how long the rest
-take to exit. The fast ones check the launchers and the flag handling without starting a job.
-Each CLI run takes 1.5-2 minutes on 2 CPU cores (imports and compilation dominate).
+per-step losses, eval losses, and resuming across a change of process count. Others kill (or
+break) one process of a running job and time how long the rest take to exit. The fast ones check
+the launchers and the flag handling without starting a job. Each 2-process run takes 1-2 minutes
+on 2 CPU cores (imports and compilation dominate).
 """
 import contextlib
 import importlib.util
@@ -20,13 +21,12 @@ import time
 
 import numpy as np
 import pytest
-from absl import flags as absl_flags
-from ml_collections import config_flags
 
 from ssl_jax import config as config_lib
 from ssl_jax import distributed
-from ssl_jax import trainer
 from ssl_jax.data import shards
+
+import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, "launch")
@@ -68,14 +68,8 @@ def launch(workdir, name: str, processes: int, devices: int, *extra: str):
 
 
 def train_here(workdir, name: str, *extra: str) -> dict:
-  """What `launch(workdir, name, 1, 8, *extra)` runs, in this process (conftest's 8 devices):
-  the config parsed from the same flags by the CLI's parser, without starting a process."""
-  argv = ["ssl-jax", f"--config={os.path.join(REPO, 'configs', name + '.py')}:tiny",
-          *TRAIN_FLAGS, *extra]
-  values = absl_flags.FlagValues()
-  config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=argv)
-  values(argv)
-  trainer.train_and_evaluate(values.config, str(workdir))
+  """What `launch(workdir, name, 1, 8, *extra)` runs, in this process (conftest's 8 devices)."""
+  helpers.train_here(name, workdir, *TRAIN_FLAGS, *extra)
   return losses(workdir)
 
 
@@ -277,7 +271,7 @@ def _restart_from_step_3(workdir, copy_to):
 def test_checkpoint_of_two_processes_continues_on_one(bert_runs, tmp_path):
   root, two, _ = bert_runs
   workdir = _restart_from_step_3(root / "2x4", tmp_path / "resumed")
-  resumed = launch(workdir, "bert", 1, 8)  # num_shards 0: follows the checkpoint's 2 shards
+  resumed = train_here(workdir, "bert")  # 1 x 8; num_shards 0: follows the checkpoint's 2 shards
   assert sorted(resumed) == list(range(1, STEPS + 1))
   assert_same_losses(resumed, two, range(4, STEPS + 1))
 

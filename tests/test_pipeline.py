@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import jax
 import numpy as np
@@ -73,70 +72,59 @@ def test_restore_refuses_a_different_process_count(tmp_path):
     pipeline.DataIterator(ds, None, process_index=1, process_count=2).restore(tmp_path)
 
 
-_WORKER = textwrap.dedent("""
-    import hashlib, importlib, json, sys
-    from ssl_jax.data import pipeline
-
-    def config(objective):
-      family = {"mlm": "bert", "span_corruption": "t5"}[objective]
-      c = importlib.import_module("configs." + family).get_config("tiny")
-      c.data.corpus.num_documents = 64
-      c.data.sequence_length = 64
-      c.data.shuffle_buffer = 16
-      c.train.global_batch_size = 4
-      return c
-
-    def digest(batch):
-      h = hashlib.sha256()
-      for k in sorted(batch):
-        h.update(k.encode()); h.update(batch[k].tobytes())
-      return h.hexdigest()
-
-    directory, restore_from = sys.argv[1], sys.argv[2:]
-    out = {}
-    for objective in ("mlm", "span_corruption"):
-      it = pipeline.make_iterator(config(objective), "train", None)
-      stream = []  # 50 batches; the position after batch 5 is saved on the way
-      for i in range(50):
-        if i == 5:
-          it.save(f"{directory}/{objective}")
-        stream.append(digest(next(it)))
-      out[objective] = stream
-      if restore_from:  # the position another process saved, restored in this one
-        again = pipeline.make_iterator(config(objective), "train", None)
-        again.restore(f"{restore_from[0]}/{objective}")
-        out["resumed_" + objective] = [digest(next(again)) for _ in range(10)]
-    print("RESULT" + json.dumps(out))
-""")
+def _digest(batch) -> str:
+  h = hashlib.sha256()
+  for k in sorted(batch):
+    h.update(k.encode())
+    h.update(batch[k].tobytes())
+  return h.hexdigest()
 
 
-def _run_worker(directory, *restore_from):
-  script = directory / "worker.py"
-  script.write_text(_WORKER)
-  env = dict(os.environ, PYTHONPATH=_REPO, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-  env.pop("XLA_FLAGS", None)
-  process = subprocess.run([sys.executable, str(script), str(directory), *map(str, restore_from)],
-                           cwd=_REPO, env=env, capture_output=True, text=True, timeout=600)
-  assert process.returncode == 0, process.stderr[-3000:]
-  return json.loads(process.stdout.split("RESULT")[-1])
+def _streams(directory, restore_from=None) -> dict:
+  """Digests of the first 50 train batches of two objectives, saving the position after batch 5
+  in `directory`; with `restore_from`, also 10 batches from the position saved there."""
+  out = {}
+  for objective in ("mlm", "span_corruption"):
+    it = pipeline.make_iterator(tiny_config(objective, global_batch_size=4), "train", None)
+    stream = []
+    for i in range(50):
+      if i == 5:
+        it.save(f"{directory}/{objective}")
+      stream.append(_digest(next(it)))
+    out[objective] = stream
+    if restore_from:
+      again = pipeline.make_iterator(tiny_config(objective, global_batch_size=4), "train", None)
+      again.restore(f"{restore_from}/{objective}")
+      out["resumed_" + objective] = [_digest(next(again)) for _ in range(10)]
+  return out
 
 
-@pytest.mark.slow  # two fresh processes (~25 s each on 2 idle cores)
-def test_same_seed_same_stream_in_fresh_processes_and_restore_resumes_it(tmp_path):
+@pytest.mark.slow  # a fresh process (~25 s on 2 idle cores)
+def test_same_seed_same_stream_in_another_process_and_restore_resumes_it(tmp_path):
   first_dir, second_dir = tmp_path / "a", tmp_path / "b"
   first_dir.mkdir()
   second_dir.mkdir()
-  first = _run_worker(first_dir)
-  # A second fresh process: the same stream, then the first one's position after batch 5.
-  second = _run_worker(second_dir, first_dir)
+  first = _streams(first_dir)  # this process: it has run other tests before, with their seeds
+  # A fresh process: the same stream, then this one's position after batch 5.
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  env.pop("XLA_FLAGS", None)
+  process = subprocess.run(
+      [sys.executable, os.path.abspath(__file__), "streams", str(second_dir), str(first_dir)],
+      cwd=_REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert process.returncode == 0, process.stderr[-3000:]
+  second = json.loads(process.stdout.split("RESULT")[-1])
   for objective in ("mlm", "span_corruption"):
-    assert first[objective] == second[objective]  # 50 identical batches in two fresh processes
+    assert first[objective] == second[objective]  # 50 identical batches in two processes
     assert len(set(first[objective])) == 50
     assert second["resumed_" + objective] == first[objective][5:15]
 
 
 def test_digest_helper_is_order_sensitive():
-  # Guards the worker's digest: equal digests mean equal batches, feature by feature.
-  a = hashlib.sha256(b"input_tokens" + np.arange(4).tobytes()).hexdigest()
-  b = hashlib.sha256(b"input_tokens" + np.arange(4)[::-1].copy().tobytes()).hexdigest()
-  assert a != b
+  # Guards the stream test's digest: equal digests mean equal batches, feature by feature.
+  assert _digest({"a": np.arange(4)}) != _digest({"a": np.arange(4)[::-1].copy()})
+  assert _digest({"a": np.arange(2), "b": np.arange(2)}) != _digest({"a": np.arange(4)})
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["streams"]:  # the fresh process of the test above
+  sys.path.insert(0, _REPO)  # configs/
+  print("RESULT" + json.dumps(_streams(*sys.argv[2:])))

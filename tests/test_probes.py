@@ -103,18 +103,18 @@ def test_conllu_probe_sentences(bert_workdir, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_writes_identical_probes_jsonl_twice(bert_workdir, tmp_path):
+def test_cli_writes_the_probes_jsonl_of_the_python_api(bert_workdir, tmp_path):
   copies = [str(tmp_path / f"run{i}") for i in range(2)]
   for copy in copies:
     shutil.copytree(bert_workdir, copy, ignore=shutil.ignore_patterns("probes.jsonl"))
-  cmd = [sys.executable, "-m", "ssl_jax.main", "probe", f"--probe_sentences={NUM_SENTENCES}",
-         "--probes=pos_accuracy,linear_probe,cka,attention_entropy"]
-  # The two runs go side by side, each on its own copy of the workdir.
-  procs = [subprocess.Popen(cmd + [f"--workdir={c}"], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True) for c in copies]
-  for proc in procs:
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out[-3000:]
+  probes = ["pos_accuracy", "linear_probe", "cka", "attention_entropy"]
+  cli = subprocess.Popen(
+      [sys.executable, "-m", "ssl_jax.main", "probe", f"--probe_sentences={NUM_SENTENCES}",
+       f"--probes={','.join(probes)}", f"--workdir={copies[0]}"],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  runner.probe_workdir(copies[1], probes, num_sentences=NUM_SENTENCES)  # meanwhile, here
+  out, _ = cli.communicate(timeout=600)
+  assert cli.returncode == 0, out[-3000:]
   first, second = (os.path.join(c, "probes.jsonl") for c in copies)
   assert filecmp.cmp(first, second, shallow=False)
   rows = [json.loads(line) for line in open(first)]
