@@ -362,7 +362,7 @@ def test_killing_a_training_process_ends_the_others(tmp_path):
   with _job([sys.executable, "-m", "ssl_jax.main", "train", "--config=configs/bert.py:tiny",
              f"--workdir={tmp_path}", f"--heartbeat_timeout_s={heartbeat_timeout_s}",
              *TRAIN_FLAGS, "--config.train.num_steps=100000",
-             "--config.train.save_every=100000"]) as (procs, outputs):
+             "--config.train.save_every=100000"], devices=1) as (procs, outputs):
     _wait_for(procs, outputs, 1, "step 2/")  # training is under way
     os.kill(procs[1].pid, signal.SIGKILL)
     returncode, elapsed = _wait_for_exit(procs[0], heartbeat_timeout_s + 60)
