@@ -1,4 +1,4 @@
-"""Shared by several test files: a config parsed from `ssl-jax train` flags, trained in this process."""
+"""Shared by test files: a config parsed from `ssl-jax train` flags, trained in this process."""
 import os
 
 import jax
