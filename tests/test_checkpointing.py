@@ -28,7 +28,6 @@ import pytest
 import tensorflow as tf
 
 from ssl_jax import checkpointing
-from ssl_jax import config as config_lib
 from ssl_jax import trainer
 from ssl_jax.data import pipeline
 
@@ -42,12 +41,8 @@ CLI_FLAGS = ("--config.train.global_batch_size=8", "--config.data.corpus.num_doc
 
 
 def tiny_config(name: str) -> ml_collections.ConfigDict:
-  """configs/<name>.py:tiny made as small as CLI_FLAGS make it."""
-  config = config_lib.load_config_file(os.path.join(REPO, "configs", f"{name}.py"), "tiny")
-  config.train.update(global_batch_size=8, eval_steps=0)
-  config.data.corpus.num_documents = 300
-  config.data.shuffle_buffer = 16
-  return config
+  """configs/<name>.py:tiny with CLI_FLAGS, as the CLI runs below parse them."""
+  return helpers.cli_config(name, *CLI_FLAGS)
 
 
 def bitwise_equal(a, b) -> bool:

@@ -11,11 +11,12 @@ import jax
 import numpy as np
 import pytest
 
-from ssl_jax import config as config_lib
 from ssl_jax import partitioning
 from ssl_jax import trainer
 from ssl_jax.data import corpora
 from ssl_jax.data import vocabularies
+
+import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {"bert": "mlm", "gpt": "causal_lm", "t5": "span_corruption", "bart": "denoising"}
@@ -30,13 +31,14 @@ CLI_STEPS = {"bert": 240, "gpt": 90, "t5": 30, "bart": 150}
 CLI_FLAGS = {"bart": ("--config.data.sequence_length=64", "--config.data.targets_length=64")}
 
 
+# A small corpus and batch for every run of this file, CLI and in-process.
+SMALL = ("--config.train.global_batch_size=16", "--config.data.corpus.num_documents=2000",
+         "--config.data.shuffle_buffer=64")
+
+
 def tiny_config(name: str):
-  """The tiny config of `configs/<name>.py` with a small corpus, made smaller still for tests."""
-  config = config_lib.load_config_file(os.path.join(REPO, "configs", f"{name}.py"), "tiny")
-  config.data.corpus.num_documents = 2000
-  config.data.shuffle_buffer = 64
-  config.train.global_batch_size = 16
-  return config
+  """The tiny config of `configs/<name>.py` made smaller still for tests (SMALL)."""
+  return helpers.cli_config(name, *SMALL)
 
 
 def host_batches(config, num_steps=5):
@@ -76,8 +78,7 @@ def test_cli_trains_tiny_config(name, tmp_path):
          f"--config=configs/{name}.py:tiny", f"--workdir={workdir}",
          f"--config.train.num_steps={CLI_STEPS[name]}", "--config.train.log_every=10",
          "--config.train.eval_every=30", "--config.train.eval_steps=2",
-         "--config.train.save_every=30", "--config.train.global_batch_size=16",
-         "--config.data.corpus.num_documents=2000", "--config.data.shuffle_buffer=64",
+         "--config.train.save_every=30", *SMALL,
          "--config.optim.warmup_steps=10", "--config.optim.schedule=constant",
          *CLI_FLAGS.get(name, ())]
   result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
