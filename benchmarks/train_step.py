@@ -6,6 +6,7 @@
   python benchmarks/train_step.py --objectives=mlm --model='{"dtype": "bfloat16"}'
   python benchmarks/train_step.py --compile-scaling                     # scan_layers: 2 vs 24 layers
   python benchmarks/train_step.py --objectives=mlm --profile=/tmp/prof  # where the step's time goes
+  python benchmarks/train_step.py --compare-compiler-options='[{}]'     # XLA options vs the default
 
 Prints one JSON line per objective (and per model with --compile-scaling). How it counts:
 - A step is forward + backward + optimizer update (ssl_jax: the AOT-compiled, state-donating train
@@ -31,6 +32,10 @@ Prints one JSON line per objective (and per model with --compile-scaling). How i
   trace in DIR/<objective>), then one JSON line with the `--top` XLA ops by time per step, each
   with its output shape and the JAX operation it came from. Ops of one step run on several threads
   at once, so their times add up to more than the step.
+- `--compare-compiler-options=JSON`: instead, a list of XLA option sets (`{}` = XLA's defaults);
+  the step compiled with ssl_jax's options for the platform and once per set, the programs run in
+  turn on the same batches round after round; one JSON line per set with its median step time
+  and `vs_ssl_jax` = that / the median under ssl_jax's options (same run, so noise mostly cancels).
 Threads: torch gets `--threads` intra-op threads (default: all cores); XLA uses its own pool of one
 thread per core.
 """
@@ -295,6 +300,33 @@ def profile(objective: str, args) -> dict:
           "ops_ms_per_step": round(sum(micros.values()) / args.steps / 1e3, 1), "top_ops": top}
 
 
+def compare_compiler_options(objective: str, args) -> list[dict]:
+  """The train step under ssl_jax's compiler options and under each of `--compare-compiler-options`,
+  timed in turn on the same batches; one row per option set."""
+  config = make_config(objective, args.size, args.model)
+  ours = SslJaxStep(config, args.warmup + args.steps)
+  runs = [dict(options=trainer.compiler_options(ours.exp.mesh), compiled=ours.compiled,
+               compile_s=ours.compile_s, state=ours.state, times=[])]
+  for options in args.compare_compiler_options:
+    start = time.perf_counter()
+    compiled = trainer.compile_train_step(ours.exp, options)
+    runs.append(dict(options=options, compiled=compiled, compile_s=time.perf_counter() - start,
+                     state=ours.exp.init_state(), times=[]))
+  for round_, batch in enumerate(ours.batches):
+    for run in runs:
+      start = time.perf_counter()
+      run["state"], sums = run["compiled"](run["state"], batch)
+      jax.block_until_ready(sums)
+      if round_ >= args.warmup:
+        run["times"].append(time.perf_counter() - start)
+  baseline = statistics.median(runs[0]["times"])
+  return [{"benchmark": "compiler_options", "objective": objective, "size": args.size,
+           "options": run["options"], "ssl_jax_options": index == 0, "steps": args.steps,
+           "step_s": round(statistics.median(run["times"]), 4),
+           "vs_ssl_jax": round(statistics.median(run["times"]) / baseline, 3),
+           "compile_s": round(run["compile_s"], 2)} for index, run in enumerate(runs)]
+
+
 def compile_scaling(args) -> list[dict]:
   """Compile time of the BERT train step with scan_layers=True for each of `--scan_layers_counts`."""
   rows = []
@@ -328,10 +360,22 @@ def main(argv=None):
   parser.add_argument("--profile", default="",
                       help="a directory: trace --steps steps there and list the slowest XLA ops")
   parser.add_argument("--top", type=int, default=25, help="with --profile: how many ops to list")
+  parser.add_argument("--compare-compiler-options", "--compare_compiler_options", type=json.loads,
+                      default=None, dest="compare_compiler_options",
+                      help="a JSON list of XLA option sets to time against ssl_jax's, e.g. '[{}]'")
   args = parser.parse_args(argv)
   if args.profile and (args.compare_transformers or args.compile_scaling):
     parser.error("--profile traces ssl_jax's step alone; drop --compare-transformers and "
                  "--compile-scaling.")
+  if args.compare_compiler_options is not None and (
+      not isinstance(args.compare_compiler_options, list)
+      or not all(isinstance(o, dict) for o in args.compare_compiler_options)):
+    parser.error(f"--compare-compiler-options={args.compare_compiler_options!r}: give a JSON list "
+                 "of option dicts, e.g. '[{}]' or '[{\"xla_cpu_use_thunk_runtime\": false}]'.")
+  if args.compare_compiler_options is not None and (args.profile or args.compare_transformers
+                                                    or args.compile_scaling):
+    parser.error("--compare-compiler-options times ssl_jax's step alone; drop --profile, "
+                 "--compare-transformers and --compile-scaling.")
   if args.compare_transformers:
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(args.threads)
@@ -340,6 +384,11 @@ def main(argv=None):
   if args.compile_scaling:
     for row in compile_scaling(args):
       print(json.dumps({**row, **meta}), flush=True)
+    return
+  if args.compare_compiler_options is not None:
+    for objective in args.objectives.split(","):
+      for row in compare_compiler_options(objective, args):
+        print(json.dumps({**row, **meta}), flush=True)
     return
   run = profile if args.profile else measure
   for objective in args.objectives.split(","):

@@ -10,7 +10,7 @@ import dataclasses
 import functools
 import logging
 import os
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -176,10 +176,14 @@ def _tokens_per_step(batch_spec) -> int:
   return sum(int(np.prod(v.shape)) for k, v in batch_spec.items() if k.endswith("input_tokens"))
 
 
-# XLA:CPU hands dots to YNNPACK (fast) and, by default, reductions too: a YNNPACK column sum or max
-# over [tokens, vocab] (the vocab bias gradient, the softmax max) took 5-20x longer than XLA's own
-# fused reduction on a 2-core AVX-512 host (benchmarks/RESULTS.md). Dots only.
-_CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+# XLA:CPU hands dots and reductions to YNNPACK; elementwise fusions stay XLA's own. Without YNNPACK
+# reductions XLA splits each [tokens, features] sum (bias gradients, norms) into a strided
+# reduce-window: 11 ms for one [4096, 512] column sum in the tiny BERT step, 0.3 ms in YNNPACK.
+# Against dots alone, the tiny BERT step is 8-10% faster; the other tiny configs and BERT `small`
+# move within the run-to-run noise (+-5%); GPT `small` is 4-5% slower (its [2048, 30522] softmax
+# sums fuse better in XLA). `benchmarks/train_step.py --compare-compiler-options`; RESULTS.md.
+_CPU_COMPILER_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 def compiler_options(mesh) -> dict:
@@ -187,8 +191,12 @@ def compiler_options(mesh) -> dict:
   return dict(_CPU_COMPILER_OPTIONS) if mesh.devices.flat[0].platform == "cpu" else {}
 
 
-def compile_train_step(exp: Experiment):
-  """The train step compiled ahead of time for the state and batch layouts (state donated)."""
+def compile_train_step(exp: Experiment, options: Optional[dict] = None):
+  """The train step compiled ahead of time for the state and batch layouts (state donated).
+
+  `options`: XLA compiler options instead of the platform's (`compiler_options`), e.g. to compare
+  flags (`benchmarks/train_step.py --compare-compiler-options`).
+  """
   replicated = partitioning.replicated(exp.mesh)
   batch_abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=exp.batch_sharding)
                     for k, v in exp.batch_spec.items()}
@@ -196,7 +204,7 @@ def compile_train_step(exp: Experiment):
                  out_shardings=(exp.layout.shardings, replicated), donate_argnums=0)
   with partitioning.with_logical_rules(exp.layout.rules, exp.mesh):
     compiled = step.lower(exp.layout.abstract, batch_abstract).compile(
-        compiler_options=compiler_options(exp.mesh))
+        compiler_options=compiler_options(exp.mesh) if options is None else options)
   _log_compiled(compiled)
   return compiled
 
