@@ -352,7 +352,7 @@ def test_nonfinite_abort_raises_and_keeps_only_the_checkpoints_before_the_bad_st
 
 @pytest.mark.slow
 def test_sigkill_during_async_saves_never_leaves_a_partial_latest_checkpoint(tmp_path):
-  kills = 12
+  kills = 8
   start = time.monotonic()
   result = subprocess.run(
       [sys.executable, os.path.abspath(__file__), "kill_driver", str(tmp_path), str(kills)],
