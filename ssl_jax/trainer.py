@@ -176,14 +176,11 @@ def _tokens_per_step(batch_spec) -> int:
   return sum(int(np.prod(v.shape)) for k, v in batch_spec.items() if k.endswith("input_tokens"))
 
 
-# XLA:CPU hands dots and reductions to YNNPACK; elementwise fusions stay XLA's own. Without YNNPACK
-# reductions XLA splits each [tokens, features] sum (bias gradients, norms) into a strided
-# reduce-window: 11 ms for one [4096, 512] column sum in the tiny BERT step, 0.3 ms in YNNPACK.
-# Against dots alone, the tiny BERT step is 8-10% faster; the other tiny configs and BERT `small`
-# move within the run-to-run noise (+-5%); GPT `small` is 4-5% slower (its [2048, 30522] softmax
-# sums fuse better in XLA). `benchmarks/train_step.py --compare-compiler-options`; RESULTS.md.
-_CPU_COMPILER_OPTIONS = {
-    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+# XLA:CPU hands dots to YNNPACK and nothing else. With YNNPACK reductions as well, the tiny BERT
+# step is 8-10% faster, but a step's sums then differ in the last bits between a process with one
+# CPU device and one with several (`--xla_force_host_platform_device_count`), so a run resumed in
+# the other setting would not repeat the uninterrupted one bit for bit (benchmarks/RESULTS.md).
+_CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
 
 def compiler_options(mesh) -> dict:
