@@ -6,7 +6,7 @@
   python benchmarks/train_step.py --objectives=mlm --model='{"dtype": "bfloat16"}'
   python benchmarks/train_step.py --compile-scaling                     # scan_layers: 2 vs 24 layers
   python benchmarks/train_step.py --objectives=mlm --profile=/tmp/prof  # where the step's time goes
-  python benchmarks/train_step.py --compare-compiler-options='[{}]'     # XLA options vs the default
+  python benchmarks/train_step.py --compare-compiler-options='[{}]'     # XLA options vs ssl_jax's
 
 Prints one JSON line per objective (and per model with --compile-scaling). How it counts:
 - A step is forward + backward + optimizer update (ssl_jax: the AOT-compiled, state-donating train
