@@ -7,6 +7,7 @@
   python benchmarks/train_step.py --compile-scaling                     # scan_layers: 2 vs 24 layers
   python benchmarks/train_step.py --objectives=mlm --profile=/tmp/prof  # where the step's time goes
   python benchmarks/train_step.py --compare-compiler-options='[{}]'     # XLA options vs ssl_jax's
+  python benchmarks/train_step.py --compare-autodiff-dense              # dense backward vs autodiff's
 
 Prints one JSON line per objective (and per model with --compile-scaling). How it counts:
 - A step is forward + backward + optimizer update (ssl_jax: the AOT-compiled, state-donating train
@@ -36,11 +37,15 @@ Prints one JSON line per objective (and per model with --compile-scaling). How i
   the step compiled with ssl_jax's options for the platform and once per set, the programs run in
   turn on the same batches round after round; one JSON line per set with its median step time
   and `vs_ssl_jax` = that / the median under ssl_jax's options (same run, so noise mostly cancels).
+- `--compare-autodiff-dense`: the same, for the step traced under `layers.autodiff_dense()`
+  (autodiff's backward pass for the dense layers instead of `layers.dense`'s own); combines with
+  `--compare-compiler-options`.
 Threads: torch gets `--threads` intra-op threads (default: all cores); XLA uses its own pool of one
 thread per core.
 """
 import argparse
 import collections
+import functools
 import glob
 import gzip
 import importlib
@@ -58,6 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssl_jax import trainer
+from ssl_jax.models import layers
 from ssl_jax.data import pipeline
 
 FAMILY = {"mlm": "bert", "causal_lm": "gpt", "span_corruption": "t5", "denoising": "bart"}
@@ -300,17 +306,28 @@ def profile(objective: str, args) -> dict:
           "ops_ms_per_step": round(sum(micros.values()) / args.steps / 1e3, 1), "top_ops": top}
 
 
-def compare_compiler_options(objective: str, args) -> list[dict]:
-  """The train step under ssl_jax's compiler options and under each of `--compare-compiler-options`,
-  timed in turn on the same batches; one row per option set."""
+def compare_steps(objective: str, args) -> list[dict]:
+  """ssl_jax's train step against variants of it, timed in turn on the same batches: the step
+  compiled under each of `--compare-compiler-options`, and with `--compare-autodiff-dense`
+  traced with autodiff's backward pass for the dense layers. One row per program."""
   config = make_config(objective, args.size, args.model)
   ours = SslJaxStep(config, args.warmup + args.steps)
-  runs = [dict(options=trainer.compiler_options(ours.exp.mesh), compiled=ours.compiled,
-               compile_s=ours.compile_s, state=ours.state, times=[])]
-  for options in args.compare_compiler_options:
-    start = time.perf_counter()
-    compiled = trainer.compile_train_step(ours.exp, options)
-    runs.append(dict(options=options, compiled=compiled, compile_s=time.perf_counter() - start,
+  ssl_jax_options = trainer.compiler_options(ours.exp.mesh)
+
+  def autodiff_dense():
+    with layers.autodiff_dense():
+      return trainer.compile_train_step(ours.exp)
+
+  variants = [(dict(options=options, dense_backward="ssl_jax"),
+               functools.partial(trainer.compile_train_step, ours.exp, options))
+              for options in args.compare_compiler_options or []]
+  if args.compare_autodiff_dense:
+    variants.append((dict(options=ssl_jax_options, dense_backward="autodiff"), autodiff_dense))
+  runs = [dict(variant=dict(options=ssl_jax_options, dense_backward="ssl_jax"),
+               compiled=ours.compiled, compile_s=ours.compile_s, state=ours.state, times=[])]
+  for variant, compile_fn in variants:
+    compiled, compile_s = _timed(compile_fn)
+    runs.append(dict(variant=variant, compiled=compiled, compile_s=compile_s,
                      state=ours.exp.init_state(), times=[]))
   for round_, batch in enumerate(ours.batches):
     for run in runs:
@@ -320,22 +337,24 @@ def compare_compiler_options(objective: str, args) -> list[dict]:
       if round_ >= args.warmup:
         run["times"].append(time.perf_counter() - start)
   baseline = statistics.median(runs[0]["times"])
-  return [{"benchmark": "compiler_options", "objective": objective, "size": args.size,
-           "options": run["options"], "ssl_jax_options": index == 0, "steps": args.steps,
+  return [{"benchmark": "step_variants", "objective": objective, "size": args.size,
+           **run["variant"], "ssl_jax": index == 0, "steps": args.steps,
            "step_s": round(statistics.median(run["times"]), 4),
            "vs_ssl_jax": round(statistics.median(run["times"]) / baseline, 3),
+           "vs_ssl_jax_per_round": [round(t / b, 3) for t, b in zip(run["times"],
+                                                                   runs[0]["times"])],
            "compile_s": round(run["compile_s"], 2)} for index, run in enumerate(runs)]
 
 
 def compile_scaling(args) -> list[dict]:
   """Compile time of the BERT train step with scan_layers=True for each of `--scan_layers_counts`."""
   rows = []
-  for layers in args.scan_layers_counts:
-    config = make_config("mlm", args.size, dict(num_layers=layers, scan_layers=True))
+  for num_layers in args.scan_layers_counts:
+    config = make_config("mlm", args.size, dict(num_layers=num_layers, scan_layers=True))
     exp = trainer.Experiment.build(config)
     _, seconds = _timed(lambda: trainer.compile_train_step(exp))  # pylint: disable=cell-var-from-loop
     rows.append({"benchmark": "compile_time", "objective": "mlm", "size": args.size,
-                 "num_layers": layers, "scan_layers": True, "compile_s": round(seconds, 2)})
+                 "num_layers": num_layers, "scan_layers": True, "compile_s": round(seconds, 2)})
   for row in rows:
     row["vs_fewest_layers"] = round(row["compile_s"] / rows[0]["compile_s"], 2)
   return rows
@@ -363,6 +382,10 @@ def main(argv=None):
   parser.add_argument("--compare-compiler-options", "--compare_compiler_options", type=json.loads,
                       default=None, dest="compare_compiler_options",
                       help="a JSON list of XLA option sets to time against ssl_jax's, e.g. '[{}]'")
+  parser.add_argument("--compare-autodiff-dense", "--compare_autodiff_dense", action="store_true",
+                      dest="compare_autodiff_dense",
+                      help="time the step with autodiff's backward pass for dense layers "
+                           "(layers.autodiff_dense) against ssl_jax's")
   args = parser.parse_args(argv)
   if args.profile and (args.compare_transformers or args.compile_scaling):
     parser.error("--profile traces ssl_jax's step alone; drop --compare-transformers and "
@@ -372,10 +395,10 @@ def main(argv=None):
       or not all(isinstance(o, dict) for o in args.compare_compiler_options)):
     parser.error(f"--compare-compiler-options={args.compare_compiler_options!r}: give a JSON list "
                  "of option dicts, e.g. '[{}]' or '[{\"xla_cpu_use_thunk_runtime\": false}]'.")
-  if args.compare_compiler_options is not None and (args.profile or args.compare_transformers
-                                                    or args.compile_scaling):
-    parser.error("--compare-compiler-options times ssl_jax's step alone; drop --profile, "
-                 "--compare-transformers and --compile-scaling.")
+  compare_steps_ = args.compare_compiler_options is not None or args.compare_autodiff_dense
+  if compare_steps_ and (args.profile or args.compare_transformers or args.compile_scaling):
+    parser.error("--compare-compiler-options and --compare-autodiff-dense time ssl_jax's step "
+                 "alone; drop --profile, --compare-transformers and --compile-scaling.")
   if args.compare_transformers:
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(args.threads)
@@ -385,9 +408,9 @@ def main(argv=None):
     for row in compile_scaling(args):
       print(json.dumps({**row, **meta}), flush=True)
     return
-  if args.compare_compiler_options is not None:
+  if compare_steps_:
     for objective in args.objectives.split(","):
-      for row in compare_compiler_options(objective, args):
+      for row in compare_steps(objective, args):
         print(json.dumps({**row, **meta}), flush=True)
     return
   run = profile if args.profile else measure

@@ -222,6 +222,33 @@ def test_remat_and_scan_do_not_change_the_function(remat_policy):
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
 
 
+@pytest.mark.parametrize('x_shape,kernel_shape,in_ndim,use_bias', [
+    ((2, 5, 8), (8, 12), 1, True),         # in < out: x is copied transposed
+    ((2, 5, 12), (12, 8), 1, True),        # in > out: the gradient is copied transposed
+    ((2, 5, 3, 4), (3, 4, 6), 2, False),   # attention output: [heads, head_dim] -> embed
+    ((7, 6), (6, 2, 3), 1, True),          # q/k/v: embed -> [heads, head_dim]
+])
+def test_dense_backward_pass_equals_autodiff(x_shape, kernel_shape, in_ndim, use_bias):
+  keys = jax.random.split(jax.random.key(0), 4)
+  x = jax.random.normal(keys[0], x_shape)
+  kernel = jax.random.normal(keys[1], kernel_shape)
+  bias = jax.random.normal(keys[2], kernel_shape[in_ndim:]) if use_bias else None
+  probe = jax.random.normal(keys[3], x_shape[:x.ndim - in_ndim] + kernel_shape[in_ndim:])
+
+  def autodiff(x, kernel, bias):
+    contract = tuple(range(x.ndim - in_ndim, x.ndim)), tuple(range(in_ndim))
+    y = jax.lax.dot_general(x, kernel, (contract, ((), ())))
+    return jnp.sum((y if bias is None else y + bias) * probe)
+
+  ours = lambda x, kernel, bias: jnp.sum(layers.dense(x, kernel, bias, in_ndim) * probe)  # noqa: E731
+  np.testing.assert_allclose(jax.jit(ours)(x, kernel, bias), autodiff(x, kernel, bias), rtol=1e-6)
+  got = jax.jit(jax.grad(ours, argnums=(0, 1, 2)))(x, kernel, bias)
+  want = jax.grad(autodiff, argnums=(0, 1, 2))(x, kernel, bias)
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
 def test_vocab_size_minus_one_must_be_resolved_before_building():
   model = gpt.GPT(dataclasses.replace(config.get_preset('gpt', 'tiny'), vocab_size=-1))
   with pytest.raises(ValueError, match='vocab_size'):

@@ -18,11 +18,10 @@ from ssl_jax.models.config import BertConfig
 
 
 def _dense(features, axes, cfg: BertConfig, name):
-  return nn.Dense(features, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-                  kernel_init=nn.with_logical_partitioning(
-                      layers.normal_init(cfg.initializer_range), axes),
-                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
-                  name=name)
+  return layers.Projection((features,), 1, axes,
+                           kernel_init=layers.normal_init(cfg.initializer_range),
+                           dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+                           name=name)
 
 
 def gather(x: jax.Array, positions: jax.Array) -> jax.Array:
@@ -123,7 +122,7 @@ class BertForPreTraining(nn.Module):
     # Gather before the vocab projection: [B,P,V] instead of [B,L,V] logits.
     h = hidden if masked_positions is None else gather(hidden, masked_positions)
     h = self.mlm_norm(layers.ACTIVATIONS[self.config.activation](self.mlm_transform(h)))
-    mlm_logits = self.bert.token_embed.attend(h) + jnp.asarray(self.mlm_bias, h.dtype)
+    mlm_logits = self.bert.token_embed.attend(h, self.mlm_bias)
     pooled = self.bert.pool(hidden, sentence_positions)
     return {'hidden': hidden, 'mlm_logits': mlm_logits.astype(jnp.float32),
             'sentence_logits': self.sentence_head(pooled).astype(jnp.float32)}

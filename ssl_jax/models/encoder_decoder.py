@@ -157,9 +157,9 @@ class EncoderDecoder(nn.Module):
     if not cfg.tie_word_embeddings:
       head_init = (nn.initializers.variance_scaling(1.0, 'fan_in', 'normal')   # as t5x
                    if cfg.family == 't5' else layers.normal_init(cfg.initializer_range))
-      self.lm_head = nn.DenseGeneral(
-          cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,
-          kernel_init=nn.with_logical_partitioning(head_init, ('embed', 'vocab')))
+      self.lm_head = layers.Projection((cfg.vocab_size,), 1, ('embed', 'vocab'), use_bias=False,
+                                       kernel_init=head_init, dtype=dtype,
+                                       param_dtype=param_dtype)
     if cfg.family == 'bart':
       # A buffer in HF (always zeros when pretrained from scratch); a plain param here.
       self.final_logits_bias = self.param(

@@ -28,11 +28,10 @@ class Head(nn.Module):
   def __call__(self, x, *, deterministic: bool = True):
     cfg = self.config
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    dense = nn.Dense(
-        self.num_outputs, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-        kernel_init=nn.with_logical_partitioning(layers.normal_init(cfg.initializer_range),
-                                                 ('embed', None)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)), name='dense')
+    dense = layers.Projection(
+        (self.num_outputs,), 1, ('embed', None),
+        kernel_init=layers.normal_init(cfg.initializer_range), dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype), name='dense')
     return dense(x).astype(jnp.float32)
 
 

@@ -9,6 +9,8 @@ Conventions every module here keeps:
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 from typing import Any, Callable, Optional
@@ -33,6 +35,81 @@ def constrain(x: Array) -> Array:
   return nn.with_logical_constraint(x, ACTIVATION_AXES)
 
 
+# ---------------------------------------------------------------------------------- dense maps
+def dense(x: Array, kernel: Array, bias: Optional[Array] = None, in_ndim: int = 1) -> Array:
+  """x's last `in_ndim` axes contracted with kernel [*in, *out], plus bias [*out] if given.
+
+  Every dense layer and the tied output projection compute through here. On CPU the backward
+  pass is written for XLA:CPU, 5-15% off a train step (benchmarks/RESULTS.md, "Dense backward
+  pass"): the kernel's gradient is a YNNPACK dot after copying the smaller of x and the gradient
+  transposed (autodiff's x^T·grad copies x, or for the tied output projection the whole logits
+  gradient, or runs as an Eigen dot whose sums depend on the process's device count), and the
+  bias's is a dot with a matrix of ones (XLA:CPU compiles autodiff's column sum over [tokens,
+  features] into a slow strided reduce-window). The gradients equal autodiff's up to float
+  rounding. Other backends, and code traced under `autodiff_dense()`, take autodiff's.
+  """
+  if jax.default_backend() != 'cpu' or not _HAND_WRITTEN_BACKWARD.get():
+    return _affine(x, kernel, bias, in_ndim)
+  return _dense(x, kernel, bias, in_ndim)
+
+
+_HAND_WRITTEN_BACKWARD = contextvars.ContextVar('hand_written_backward', default=True)
+
+
+@contextlib.contextmanager
+def autodiff_dense():
+  """Within this context `dense` traces autodiff's backward pass, to time it against the
+  hand-written one (`benchmarks/train_step.py --compare-autodiff-dense`) or to rule it out."""
+  token = _HAND_WRITTEN_BACKWARD.set(False)
+  try:
+    yield
+  finally:
+    _HAND_WRITTEN_BACKWARD.reset(token)
+
+
+def _affine(x, kernel, bias, in_ndim):
+  y = jax.lax.dot_general(
+      x, kernel, ((tuple(range(x.ndim - in_ndim, x.ndim)), tuple(range(in_ndim))), ((), ())))
+  return y if bias is None else y + bias
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _dense(x, kernel, bias, in_ndim):
+  return _affine(x, kernel, bias, in_ndim)
+
+
+def _dense_fwd(x, kernel, bias, in_ndim):
+  return _affine(x, kernel, bias, in_ndim), (x, kernel, bias)
+
+
+def _dense_bwd(in_ndim, residuals, grad):
+  x, kernel, bias = residuals
+  out_ndim = kernel.ndim - in_ndim
+  dx = jax.lax.dot_general(grad, kernel, ((tuple(range(grad.ndim - out_ndim, grad.ndim)),
+                                           tuple(range(in_ndim, kernel.ndim))), ((), ())))
+  in_size = math.prod(kernel.shape[:in_ndim])
+  out_size = kernel.size // in_size
+  x2, grad2 = x.reshape(-1, in_size), grad.reshape(-1, out_size)
+  # The kernel's gradient sums over tokens. YNNPACK's dots take no transposed left operand, so
+  # the smaller of x and grad is copied transposed. The barriers keep XLA from folding the
+  # transposes back into a dot it would run in Eigen (whose sums differ between a 1-device
+  # process and 1 device of 8, which would break bit-exact resume across the two).
+  barrier = jax.lax.optimization_barrier
+  if in_size <= out_size:
+    dkernel = barrier(jnp.dot(barrier(x2.T), grad2))
+  else:
+    dkernel = barrier(jnp.dot(barrier(grad2.T), x2)).T
+  dkernel = dkernel.reshape(kernel.shape)
+  dbias = None
+  if bias is not None:  # 8 rows, as XLA turns a dot with one row of ones back into a reduction
+    dbias = jnp.dot(jnp.ones((8, grad2.shape[0]), grad2.dtype), grad2)[0].reshape(
+        kernel.shape[in_ndim:])
+  return dx, dkernel, dbias
+
+
+_dense.defvjp(_dense_fwd, _dense_bwd)
+
+
 # ---------------------------------------------------------------------------------- embeddings
 class Embed(nn.Module):
   """A lookup table [num_embeddings, features]; `attend` is the tied output projection."""
@@ -55,10 +132,11 @@ class Embed(nn.Module):
     """[...] int ids -> [..., features] embeddings."""
     return jnp.take(jnp.asarray(self.embedding, self.dtype), ids, axis=0)
 
-  def attend(self, x: Array) -> Array:
-    """[..., features] -> [..., num_embeddings] logits against the table (weight tying)."""
-    return jnp.einsum('...e,ve->...v', x.astype(self.dtype),
-                      jnp.asarray(self.embedding, self.dtype))
+  def attend(self, x: Array, bias: Optional[Array] = None) -> Array:
+    """[..., features] -> [..., num_embeddings] logits against the table (weight tying), plus
+    `bias` [num_embeddings] if given."""
+    return dense(x.astype(self.dtype), jnp.asarray(self.embedding, self.dtype).T,
+                 None if bias is None else jnp.asarray(bias, self.dtype))
 
 
 def position_embed(num_positions: int, features: int, init_std: float, dtype, param_dtype,
@@ -114,10 +192,8 @@ class MLP(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def _dense(self, features, axes, init, name):
-    return nn.DenseGeneral(
-        features, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=nn.with_logical_partitioning(init, axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]), name=name)
+    return Projection((features,), 1, axes, use_bias=self.use_bias, kernel_init=init,
+                      dtype=self.dtype, param_dtype=self.param_dtype, name=name)
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
@@ -163,7 +239,8 @@ def combine_masks(*masks: Optional[Array]) -> Optional[Array]:
 
 # ---------------------------------------------------------------------------------- attention
 class Projection(nn.Module):
-  """Dense map from the last `in_ndim` axes of x to `out_shape`, e.g. [B,L,E] -> [B,L,N,H].
+  """Dense map from the last `in_ndim` axes of x to `out_shape`, e.g. [B,L,E] -> [B,L,N,H]; the
+  models' one dense layer (attention, MLP, BERT's heads, T5's untied LM head), through `dense`.
 
   The kernel is created in its full [*in, *out] shape under `kernel_axes` (flax's DenseGeneral
   creates a flat 2-D kernel and reshapes it, which breaks a 3-D logical sharding constraint
@@ -182,15 +259,12 @@ class Projection(nn.Module):
     in_shape = x.shape[x.ndim - self.in_ndim:]
     kernel = self.param('kernel', nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
                         (*in_shape, *self.out_shape), self.param_dtype)
-    contract = tuple(range(x.ndim - self.in_ndim, x.ndim))
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
-                            ((contract, tuple(range(self.in_ndim))), ((), ())))
+    bias = None
     if self.use_bias:
       bias = self.param('bias', nn.with_logical_partitioning(
           nn.initializers.zeros, self.kernel_axes[self.in_ndim:]), self.out_shape,
-                        self.param_dtype)
-      y = y + bias.astype(self.dtype)
-    return y
+                        self.param_dtype).astype(self.dtype)
+    return dense(x.astype(self.dtype), kernel.astype(self.dtype), bias, self.in_ndim)
 
 
 class MultiHeadAttention(nn.Module):
