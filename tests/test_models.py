@@ -248,6 +248,16 @@ def test_dense_backward_pass_equals_autodiff(x_shape, kernel_shape, in_ndim, use
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
 
 
+def test_autodiff_dense_traces_autodiffs_backward_pass_inside_the_context_only():
+  x, kernel = jnp.ones((4, 3)), jnp.ones((3, 2))
+  # a new function each time: JAX caches traces by function, and the context is not in the key
+  jaxpr = lambda: str(jax.make_jaxpr(lambda *a: layers.dense(*a))(x, kernel))  # noqa: E731
+  assert 'custom_vjp_call' in jaxpr()
+  with layers.autodiff_dense():
+    assert 'custom_vjp_call' not in jaxpr()
+  assert 'custom_vjp_call' in jaxpr()
+
+
 def test_vocab_size_minus_one_must_be_resolved_before_building():
   model = gpt.GPT(dataclasses.replace(config.get_preset('gpt', 'tiny'), vocab_size=-1))
   with pytest.raises(ValueError, match='vocab_size'):

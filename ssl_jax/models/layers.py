@@ -40,7 +40,7 @@ def dense(x: Array, kernel: Array, bias: Optional[Array] = None, in_ndim: int = 
   """x's last `in_ndim` axes contracted with kernel [*in, *out], plus bias [*out] if given.
 
   Every dense layer and the tied output projection compute through here. On CPU the backward
-  pass is written for XLA:CPU, 5-15% off a train step (benchmarks/RESULTS.md, "Dense backward
+  pass is written for XLA:CPU, 4-15% off a train step (benchmarks/RESULTS.md, "Dense backward
   pass"): the kernel's gradient is a YNNPACK dot after copying the smaller of x and the gradient
   transposed (autodiff's x^T·grad copies x, or for the tied output projection the whole logits
   gradient, or runs as an Eigen dot whose sums depend on the process's device count), and the
@@ -59,7 +59,10 @@ _HAND_WRITTEN_BACKWARD = contextvars.ContextVar('hand_written_backward', default
 @contextlib.contextmanager
 def autodiff_dense():
   """Within this context `dense` traces autodiff's backward pass, to time it against the
-  hand-written one (`benchmarks/train_step.py --compare-autodiff-dense`) or to rule it out."""
+  hand-written one (`benchmarks/train_step.py --compare-autodiff-dense`) or to rule it out.
+  It acts on tracing: a function JAX traced before (e.g. a jitted step already called) keeps
+  what it traced, so build and trace the step inside the context (`trainer.compile_train_step`
+  traces anew)."""
   token = _HAND_WRITTEN_BACKWARD.set(False)
   try:
     yield
