@@ -395,8 +395,8 @@ def main(argv=None):
       or not all(isinstance(o, dict) for o in args.compare_compiler_options)):
     parser.error(f"--compare-compiler-options={args.compare_compiler_options!r}: give a JSON list "
                  "of option dicts, e.g. '[{}]' or '[{\"xla_cpu_use_thunk_runtime\": false}]'.")
-  compare_steps_ = args.compare_compiler_options is not None or args.compare_autodiff_dense
-  if compare_steps_ and (args.profile or args.compare_transformers or args.compile_scaling):
+  comparing = args.compare_compiler_options is not None or args.compare_autodiff_dense
+  if comparing and (args.profile or args.compare_transformers or args.compile_scaling):
     parser.error("--compare-compiler-options and --compare-autodiff-dense time ssl_jax's step "
                  "alone; drop --profile, --compare-transformers and --compile-scaling.")
   if args.compare_transformers:
@@ -408,7 +408,7 @@ def main(argv=None):
     for row in compile_scaling(args):
       print(json.dumps({**row, **meta}), flush=True)
     return
-  if compare_steps_:
+  if comparing:
     for objective in args.objectives.split(","):
       for row in compare_steps(objective, args):
         print(json.dumps({**row, **meta}), flush=True)
