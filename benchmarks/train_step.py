@@ -314,7 +314,7 @@ def compare_steps(objective: str, args) -> list[dict]:
   ours = SslJaxStep(config, args.warmup + args.steps)
   ssl_jax_options = trainer.compiler_options(ours.exp.mesh)
 
-  def autodiff_dense():
+  def compile_with_autodiff_dense():
     with layers.autodiff_dense():
       return trainer.compile_train_step(ours.exp)
 
@@ -322,7 +322,8 @@ def compare_steps(objective: str, args) -> list[dict]:
                functools.partial(trainer.compile_train_step, ours.exp, options))
               for options in args.compare_compiler_options or []]
   if args.compare_autodiff_dense:
-    variants.append((dict(options=ssl_jax_options, dense_backward="autodiff"), autodiff_dense))
+    variants.append((dict(options=ssl_jax_options, dense_backward="autodiff"),
+                     compile_with_autodiff_dense))
   runs = [dict(variant=dict(options=ssl_jax_options, dense_backward="ssl_jax"),
                compiled=ours.compiled, compile_s=ours.compile_s, state=ours.state, times=[])]
   for variant, compile_fn in variants:

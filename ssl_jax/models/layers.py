@@ -113,6 +113,36 @@ def _dense_bwd(in_ndim, residuals, grad):
 _dense.defvjp(_dense_fwd, _dense_bwd)
 
 
+class Projection(nn.Module):
+  """Dense map from the last `in_ndim` axes of x to `out_shape`, e.g. [B,L,E] -> [B,L,N,H]; the
+  models' one dense layer (attention, MLP, BERT's and the fine-tuning heads, T5's untied LM
+  head), computed by `dense`.
+
+  The kernel is created in its full [*in, *out] shape under `kernel_axes` (flax's DenseGeneral
+  creates a flat 2-D kernel and reshapes it, which breaks a 3-D logical sharding constraint
+  under a mesh). Param names ('kernel', 'bias') are DenseGeneral's.
+  """
+  out_shape: tuple[int, ...]
+  in_ndim: int
+  kernel_axes: tuple[Optional[str], ...]
+  use_bias: bool = True
+  kernel_init: Callable = normal_init(0.02)
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    in_shape = x.shape[x.ndim - self.in_ndim:]
+    kernel = self.param('kernel', nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
+                        (*in_shape, *self.out_shape), self.param_dtype)
+    bias = None
+    if self.use_bias:
+      bias = self.param('bias', nn.with_logical_partitioning(
+          nn.initializers.zeros, self.kernel_axes[self.in_ndim:]), self.out_shape,
+                        self.param_dtype).astype(self.dtype)
+    return dense(x.astype(self.dtype), kernel.astype(self.dtype), bias, self.in_ndim)
+
+
 # ---------------------------------------------------------------------------------- embeddings
 class Embed(nn.Module):
   """A lookup table [num_embeddings, features]; `attend` is the tied output projection."""
@@ -241,35 +271,6 @@ def combine_masks(*masks: Optional[Array]) -> Optional[Array]:
 
 
 # ---------------------------------------------------------------------------------- attention
-class Projection(nn.Module):
-  """Dense map from the last `in_ndim` axes of x to `out_shape`, e.g. [B,L,E] -> [B,L,N,H]; the
-  models' one dense layer (attention, MLP, BERT's heads, T5's untied LM head), through `dense`.
-
-  The kernel is created in its full [*in, *out] shape under `kernel_axes` (flax's DenseGeneral
-  creates a flat 2-D kernel and reshapes it, which breaks a 3-D logical sharding constraint
-  under a mesh). Param names ('kernel', 'bias') are DenseGeneral's.
-  """
-  out_shape: tuple[int, ...]
-  in_ndim: int
-  kernel_axes: tuple[Optional[str], ...]
-  use_bias: bool = True
-  kernel_init: Callable = normal_init(0.02)
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    in_shape = x.shape[x.ndim - self.in_ndim:]
-    kernel = self.param('kernel', nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
-                        (*in_shape, *self.out_shape), self.param_dtype)
-    bias = None
-    if self.use_bias:
-      bias = self.param('bias', nn.with_logical_partitioning(
-          nn.initializers.zeros, self.kernel_axes[self.in_ndim:]), self.out_shape,
-                        self.param_dtype).astype(self.dtype)
-    return dense(x.astype(self.dtype), kernel.astype(self.dtype), bias, self.in_ndim)
-
-
 class MultiHeadAttention(nn.Module):
   """Multi-head attention with q/k/v/o projections, masks, additive bias and a KV cache.
 
