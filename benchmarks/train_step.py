@@ -28,7 +28,9 @@ Prints one JSON line per objective (and per model with --compile-scaling). How i
   loop waits in `next`, `loop_wait_fraction` = that / the median step time (what would starve an
   accelerator), `loop_step_s` = wall time per loop step and `loop_vs_step` = that / the median
   isolated step (what the pipeline's CPU use costs the step on a host that shares its cores).
-- `compile_s`: lowering + compilation of the train step (no persistent cache).
+- `compile_s`: lowering + compilation of the train step (no persistent cache); `temp_mib`: the
+  compiled step's temporary buffers per device (XLA's memory analysis), what its activations and
+  gradients need beyond the state and the batch.
 - `--profile=DIR`: instead, `--steps` steps under `jax.profiler.trace` (a Perfetto/TensorBoard
   trace in DIR/<objective>), then one JSON line with the `--top` XLA ops by time per step, each
   with its output shape and the JAX operation it came from. Ops of one step run on several threads
@@ -213,6 +215,11 @@ class TransformersStep:
     return _timed(step)[1]
 
 
+def _temp_mib(compiled):
+  memory = compiled.memory_analysis()
+  return None if memory is None else round(memory.temp_size_in_bytes / 2**20, 1)
+
+
 def measure(objective: str, args) -> dict:
   config = make_config(objective, args.size, args.model)
   ours = SslJaxStep(config, args.warmup + args.steps)
@@ -258,7 +265,8 @@ def measure(objective: str, args) -> dict:
       "flops_per_step": ours.flops, "achieved_gflops": round(ours.flops / step_s / 1e9, 2),
       "matmul_gflops": round(rate, 2), "mfu": round(ours.flops / step_s / 1e9 / rate, 3),
       "mfu_per_round_median": round(statistics.median(mfus), 3),
-      "compile_s": round(ours.compile_s, 2), "host_s": round(statistics.median(host), 5),
+      "compile_s": round(ours.compile_s, 2), "temp_mib": _temp_mib(ours.compiled),
+      "host_s": round(statistics.median(host), 5),
       "host_fraction": round(statistics.median(host) / step_s, 4),
       "loop_wait_s": round(statistics.median(waits), 5),
       "loop_wait_fraction": round(statistics.median(waits) / step_s, 4),
@@ -344,7 +352,8 @@ def compare_steps(objective: str, args) -> list[dict]:
            "vs_ssl_jax": round(statistics.median(run["times"]) / baseline, 3),
            "vs_ssl_jax_per_round": [round(t / b, 3) for t, b in zip(run["times"],
                                                                    runs[0]["times"])],
-           "compile_s": round(run["compile_s"], 2)} for index, run in enumerate(runs)]
+           "compile_s": round(run["compile_s"], 2), "temp_mib": _temp_mib(run["compiled"])}
+          for index, run in enumerate(runs)]
 
 
 def compile_scaling(args) -> list[dict]:
