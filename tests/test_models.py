@@ -5,8 +5,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from ssl_jax import objectives
 from ssl_jax.models import bert, config, decoding, gpt, layers
 
 ALLOWED_AXES = {'embed', 'mlp', 'heads', 'kv', 'vocab', 'layers', None}
@@ -246,6 +248,32 @@ def test_dense_backward_pass_equals_autodiff(x_shape, kernel_shape, in_ndim, use
   assert jax.tree.structure(got) == jax.tree.structure(want)
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_token_losses_and_their_gradient_equal_optax_cross_entropy():
+  keys = jax.random.split(jax.random.key(0), 3)
+  logits = 3 * jax.random.normal(keys[0], (3, 5, 11))
+  targets = jax.random.randint(keys[1], (3, 5), 0, 11)
+  logits = logits.at[0, 0].set(1.0)  # every logit tied for the largest: a hit
+  probe = jax.random.normal(keys[2], (3, 5))
+
+  def ours(logits):
+    losses, hits = objectives.token_losses(logits, targets)
+    return jnp.sum(losses * probe), hits
+
+  reference = lambda logits: jnp.sum(  # noqa: E731
+      optax.softmax_cross_entropy_with_integer_labels(logits, targets) * probe)
+  (loss, hits), grad = jax.jit(jax.value_and_grad(ours, has_aux=True))(logits)
+  want_loss, want_grad = jax.jit(jax.value_and_grad(reference))(logits)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+  np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-7)
+  want_hits = np.array(jnp.argmax(logits, -1) == targets)
+  want_hits[0, 0] = True
+  np.testing.assert_array_equal(hits, want_hits.astype(np.float32))
+  # bfloat16 logits: the loss is computed in float32, the gradient comes back in bfloat16
+  bf16_grad = jax.grad(lambda l: ours(l)[0])(logits.astype(jnp.bfloat16))
+  assert bf16_grad.dtype == jnp.bfloat16
+  np.testing.assert_allclose(bf16_grad.astype(jnp.float32), want_grad, atol=2e-2)
 
 
 def test_autodiff_dense_traces_autodiffs_backward_pass_inside_the_context_only():

@@ -95,17 +95,41 @@ def token_losses(logits, targets):
   """Per-token softmax cross-entropy (float32) and hit (1.0 where the target has the largest logit).
 
   The loss equals `optax.softmax_cross_entropy_with_integer_labels`; a hit is `argmax(logits) ==
-  targets` except that a tie for the largest logit counts as a hit. Written so that XLA fuses it: the
-  target logit is picked by comparing with an iota (its gradient is an elementwise select fused into
-  the softmax gradient, where `take_along_axis`'s is a scatter over [..., V]), and the hit reuses the
-  logsumexp's max (an argmax is a second pass over [..., V] that costs as much as the loss itself).
+  targets` except that a tie for the largest logit counts as a hit (it reuses the logsumexp's max:
+  an argmax is a second pass over [..., V] that costs as much as the loss itself).
   """
-  logits = logits.astype(jnp.float32)
-  shifted = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-  vocab = jnp.arange(logits.shape[-1], dtype=targets.dtype)
-  target_logit = jnp.sum(jnp.where(vocab == targets[..., None], shifted, 0.0), axis=-1)
-  losses = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1)) - target_logit
-  return losses, (target_logit >= 0).astype(jnp.float32)
+  return _token_losses(logits.astype(jnp.float32), targets)
+
+
+# The gradient is written out (as t5x's cross_entropy_with_logits does) so that XLA sees three
+# passes over the [..., V] logits instead of autodiff's six (benchmarks/RESULTS.md, "Softmax
+# cross-entropy"): the forward keeps exp(logits - max) for the backward, picks the target logit
+# with a gather rather than a select and sum over V, and the backward is one elementwise pass.
+@jax.custom_vjp
+def _token_losses(logits, targets):
+  return _token_losses_fwd(logits, targets)[0]
+
+
+def _token_losses_fwd(logits, targets):
+  top = jnp.max(logits, axis=-1, keepdims=True)
+  exp = jnp.exp(logits - top)
+  total = jnp.sum(exp, axis=-1)
+  picked = jnp.take_along_axis(logits, targets[..., None], axis=-1, mode="clip")[..., 0]
+  target_logit = picked - top[..., 0]
+  losses = jnp.log(total) - target_logit
+  return (losses, (target_logit >= 0).astype(jnp.float32)), (exp, total, targets)
+
+
+def _token_losses_bwd(residuals, cotangents):
+  exp, total, targets = residuals
+  dlosses = cotangents[0]  # hits are piecewise constant: no gradient
+  vocab = jnp.arange(exp.shape[-1], dtype=targets.dtype)
+  dlogits = exp * (dlosses / total)[..., None] - jnp.where(
+      vocab == targets[..., None], dlosses[..., None], 0.0)
+  return dlogits, None
+
+
+_token_losses.defvjp(_token_losses_fwd, _token_losses_bwd)
 
 
 def safe_denominator(count):
