@@ -30,7 +30,10 @@ Prints one JSON line per objective (and per model with --compile-scaling). How i
   isolated step (what the pipeline's CPU use costs the step on a host that shares its cores).
 - `compile_s`: lowering + compilation of the train step (no persistent cache); `temp_mib`: the
   compiled step's temporary buffers per device (XLA's memory analysis), what its activations and
-  gradients need beyond the state and the batch.
+  gradients need beyond the state and the batch. `malloc`: the process's C allocator
+  (`trainer.host_allocator`; both frameworks share it) and `page_faults_per_step`: the median
+  minor page faults of the process during one ssl_jax step. Run as
+  `LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 python benchmarks/...` for tcmalloc.
 - `--profile=DIR`: instead, `--steps` steps under `jax.profiler.trace` (a Perfetto/TensorBoard
   trace in DIR/<objective>), then one JSON line with the `--top` XLA ops by time per step, each
   with its output shape and the JAX operation it came from. Ops of one step run on several threads
@@ -54,6 +57,7 @@ import importlib
 import json
 import os
 import re
+import resource
 import statistics
 import sys
 import time
@@ -136,6 +140,7 @@ class SslJaxStep:
     self.host_s = [seconds for _, seconds in reads]
     self.tokens = trainer._tokens_per_step(self.exp.batch_spec)  # pylint: disable=protected-access
     self.batch, self.round = None, 0
+    self.page_faults = []  # the process's minor page faults in each step
 
   def __call__(self) -> tuple[float, float]:
     """Runs one step; returns (seconds the pipeline took for its batch, seconds in the step)."""
@@ -144,7 +149,9 @@ class SslJaxStep:
     def step():
       self.state, sums = self.compiled(self.state, self.batch)
       jax.block_until_ready(sums)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     _, step_s = _timed(step)
+    self.page_faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
     return host_s, step_s
 
   def loop(self, num_steps: int) -> tuple[list[float], float]:
@@ -266,6 +273,8 @@ def measure(objective: str, args) -> dict:
       "matmul_gflops": round(rate, 2), "mfu": round(ours.flops / step_s / 1e9 / rate, 3),
       "mfu_per_round_median": round(statistics.median(mfus), 3),
       "compile_s": round(ours.compile_s, 2), "temp_mib": _temp_mib(ours.compiled),
+      "malloc": trainer.host_allocator(),
+      "page_faults_per_step": int(statistics.median(ours.page_faults[args.warmup:])),
       "host_s": round(statistics.median(host), 5),
       "host_fraction": round(statistics.median(host) / step_s, 4),
       "loop_wait_s": round(statistics.median(waits), 5),

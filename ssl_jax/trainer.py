@@ -203,6 +203,10 @@ def compile_train_step(exp: Experiment, options: Optional[dict] = None):
     compiled = step.lower(exp.layout.abstract, batch_abstract).compile(
         compiler_options=compiler_options(exp.mesh) if options is None else options)
   _log_compiled(compiled)
+  if exp.mesh.devices.flat[0].platform == "cpu" and host_allocator() == "system":
+    logging.info("XLA:CPU under the system malloc maps its temporary buffers afresh and page-faults "
+                 "them in every step; with tcmalloc preloaded (LD_PRELOAD=<path to "
+                 "libtcmalloc_minimal.so.4>) CPU steps ran 7-25% faster (README, Performance)")
   return compiled
 
 
@@ -224,6 +228,17 @@ def flops_per_step(compiled) -> float:
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
   return float((cost or {}).get("flops", 0.0))
+
+
+def host_allocator() -> str:
+  """This process's C heap allocator: 'tcmalloc' or 'jemalloc' when one is loaded (by LD_PRELOAD),
+  else 'system'."""
+  try:
+    with open("/proc/self/maps") as f:
+      maps = f.read()
+  except OSError:  # not Linux
+    return "system"
+  return next((name for name in ("tcmalloc", "jemalloc") if f"lib{name}" in maps), "system")
 
 
 def _log_compiled(compiled) -> None:

@@ -1,5 +1,6 @@
 """The training spine end to end: CLI runs, sharding equivalence, one compile, microbatching, FSDP."""
 import collections
+import glob
 import json
 import math
 import os
@@ -140,6 +141,18 @@ def test_train_step_traces_once():
     for _ in range(3):
       state, _ = step(state, next(it))
   assert int(state.step) == 3
+
+
+def test_host_allocator_names_a_preloaded_tcmalloc():
+  if not os.environ.get("LD_PRELOAD"):
+    assert trainer.host_allocator() == "system"
+  libraries = glob.glob("/usr/lib/*/libtcmalloc*.so.4") + glob.glob("/usr/lib/libtcmalloc*.so.4")
+  if not libraries:
+    pytest.skip("no tcmalloc installed (Debian/Ubuntu: libtcmalloc-minimal4)")
+  code = "from ssl_jax import trainer; print(trainer.host_allocator())"
+  run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "LD_PRELOAD": libraries[0]},
+                       capture_output=True, text=True, check=True)
+  assert run.stdout.split()[-1] == "tcmalloc"
 
 
 def test_microbatches_give_the_full_batch_update():
