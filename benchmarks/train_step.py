@@ -30,9 +30,9 @@ Prints one JSON line per objective (and per model with --compile-scaling). How i
   isolated step (what the pipeline's CPU use costs the step on a host that shares its cores).
 - `compile_s`: lowering + compilation of the train step (no persistent cache); `temp_mib`: the
   compiled step's temporary buffers per device (XLA's memory analysis), what its activations and
-  gradients need beyond the state and the batch. `malloc`: the process's C allocator
-  (`trainer.host_allocator`; both frameworks share it) and `page_faults_per_step`: the median
-  minor page faults of the process during one ssl_jax step. Run as
+  gradients need beyond the state and the batch. `page_faults_per_step`: the median minor page
+  faults of the process during one ssl_jax step. Every row names the process's C allocator,
+  `malloc` (`trainer.host_allocator`; both frameworks share it). Run as
   `LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 python benchmarks/...` for tcmalloc.
 - `--profile=DIR`: instead, `--steps` steps under `jax.profiler.trace` (a Perfetto/TensorBoard
   trace in DIR/<objective>), then one JSON line with the `--top` XLA ops by time per step, each
@@ -273,7 +273,6 @@ def measure(objective: str, args) -> dict:
       "matmul_gflops": round(rate, 2), "mfu": round(ours.flops / step_s / 1e9 / rate, 3),
       "mfu_per_round_median": round(statistics.median(mfus), 3),
       "compile_s": round(ours.compile_s, 2), "temp_mib": _temp_mib(ours.compiled),
-      "malloc": trainer.host_allocator(),
       "page_faults_per_step": int(statistics.median(ours.page_faults[args.warmup:])),
       "host_s": round(statistics.median(host), 5),
       "host_fraction": round(statistics.median(host) / step_s, 4),
@@ -422,7 +421,7 @@ def main(argv=None):
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(args.threads)
   meta = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": jax.device_count(),
-          "cpu_count": os.cpu_count(), "threads": args.threads}
+          "cpu_count": os.cpu_count(), "threads": args.threads, "malloc": trainer.host_allocator()}
   if args.compile_scaling:
     for row in compile_scaling(args):
       print(json.dumps({**row, **meta}), flush=True)

@@ -183,9 +183,13 @@ def _tokens_per_step(batch_spec) -> int:
 _CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
 
+def _on_cpu(mesh) -> bool:
+  return mesh.devices.flat[0].platform == "cpu"
+
+
 def compiler_options(mesh) -> dict:
   """XLA options for compiling a step on `mesh`'s platform."""
-  return dict(_CPU_COMPILER_OPTIONS) if mesh.devices.flat[0].platform == "cpu" else {}
+  return dict(_CPU_COMPILER_OPTIONS) if _on_cpu(mesh) else {}
 
 
 def compile_train_step(exp: Experiment, options: Optional[dict] = None):
@@ -203,11 +207,16 @@ def compile_train_step(exp: Experiment, options: Optional[dict] = None):
     compiled = step.lower(exp.layout.abstract, batch_abstract).compile(
         compiler_options=compiler_options(exp.mesh) if options is None else options)
   _log_compiled(compiled)
-  if exp.mesh.devices.flat[0].platform == "cpu" and host_allocator() == "system":
-    logging.info("XLA:CPU under the system malloc maps its temporary buffers afresh and page-faults "
-                 "them in every step; with tcmalloc preloaded (LD_PRELOAD=<path to "
-                 "libtcmalloc_minimal.so.4>) CPU steps ran 7-25% faster (README, Performance)")
+  if _on_cpu(exp.mesh) and host_allocator() == "system":
+    _remind_tcmalloc()
   return compiled
+
+
+@functools.cache  # once per process
+def _remind_tcmalloc() -> None:
+  logging.info("XLA:CPU under the system malloc maps its temporary buffers afresh and page-faults "
+               "them in every step; with tcmalloc preloaded (LD_PRELOAD=<path to "
+               "libtcmalloc_minimal.so.4>) CPU steps ran 7-25% faster (README, Performance)")
 
 
 def compile_eval_step(exp: Experiment):
