@@ -26,6 +26,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import type_handlers
 
+from ssl_jax.models import config as model_config_lib
+
 # Orbax's default "replica-parallel" save slices each replicated array across its replicas with a
 # program compiled per array shape: the first save of a BERT tiny state blocked training 3.8 s,
 # of 140 differently shaped arrays 47 s (vs 0.08 s without; benchmarks/checkpoint.py). Each
@@ -146,8 +148,10 @@ def check_workdir(workdir: str) -> None:
 
 
 def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout) -> None:
-  """Raises if checkpoint `step` cannot be the start of this run: the vocabulary differs, or a
-  parameter is missing on one side or has another shape (naming its path and both shapes)."""
+  """Raises if checkpoint `step` cannot be the start of this run: the vocabulary differs, a
+  parameter is missing on one side or has another shape (naming its path and both shapes), or a
+  config.model field other than the `RUN_FIELDS` (dtype, dropout, ...) differs, so that the same
+  parameters would compute another function (pre_norm, activation, layer_norm_eps, ...)."""
   saved = restore_config(manager, step)
   saved_vocab = dict(saved["data"]["vocab"])
   vocab = json.loads(config.data.vocab.to_json_best_effort())
@@ -171,14 +175,25 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout) 
       continue
     raise ValueError(f"{problem}; {_model_differences(saved['model'], config.model)}match "
                      "config.model to the checkpoint's config.json, or use a fresh --workdir.")
+  differences = _model_differences(saved["model"], config.model,
+                                   ignore=model_config_lib.RUN_FIELDS)
+  if differences:
+    raise ValueError(
+        f"the checkpoint at step {step} in {manager.directory} has the parameters of another "
+        f"model: {differences}its parameters would compute something else here. Match "
+        "config.model to the checkpoint's config.json, or use a fresh --workdir (a resumed run "
+        f"may change only config.model.{{{','.join(model_config_lib.RUN_FIELDS)}}}).")
 
 
-def _model_differences(saved_model: dict, model) -> str:
-  """'config.model.x=1 (the checkpoint's: 2); ' for each field that differs, or ''."""
-  ours = json.loads(model.to_json_best_effort())
+def _model_differences(saved_model: dict, model, ignore=()) -> str:
+  """'config.model.x=1 (the checkpoint's: 2); ' for each field not in `ignore` that differs (a
+  field the checkpoint's config.json lacks counts as its default), or ''."""
+  ours, theirs = (model_config_lib.config_to_dict(model_config_lib.config_from_dict(m))
+                  for m in (json.loads(model.to_json_best_effort()), saved_model))
   return "".join(
-      f"config.model.{key}={ours.get(key)!r} (the checkpoint's: {saved_model.get(key)!r}); "
-      for key in sorted(ours.keys() | saved_model.keys()) if ours.get(key) != saved_model.get(key))
+      f"config.model.{key}={ours.get(key)!r} (the checkpoint's: {theirs.get(key)!r}); "
+      for key in sorted(ours.keys() | theirs.keys())
+      if key not in ignore and ours.get(key) != theirs.get(key))
 
 
 def _param_shapes(params) -> dict[str, tuple]:

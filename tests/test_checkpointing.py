@@ -114,6 +114,7 @@ def bert_checkpoint(tmp_path_factory):
 def test_checkpoint_from_data8_restores_on_another_mesh(bert_checkpoint, mesh, num_devices):
   config = bert_checkpoint.config.copy_and_resolve_references()
   config.mesh.update({"data": 1, "fsdp": 1, "tensor": 1, **mesh})
+  config.model.dropout_rate = 0.3  # a resumed run may change how the model trains
   exp = trainer.Experiment.build(config, devices=jax.devices()[:num_devices])
   manager = checkpointing.make_manager(bert_checkpoint.workdir, config.train, read_only=True)
   checkpointing.check_compatible(manager, 1, config, exp.layout)
@@ -188,6 +189,12 @@ def _checkpoint_of_another_model(config, checkpoint):
   return config, checkpoint.workdir
 
 
+def _checkpoint_of_another_function(config, checkpoint):
+  config = checkpoint.config.copy_and_resolve_references()
+  config.model.layer_norm_eps = 1e-6  # same parameter shapes, another function
+  return config, checkpoint.workdir
+
+
 def _checkpoint_of_another_vocabulary(config, checkpoint):
   config = checkpoint.config.copy_and_resolve_references()
   config.data.vocab.extra_ids = 50
@@ -206,6 +213,9 @@ BAD_INPUTS = {
     "checkpoint_of_another_model": (_checkpoint_of_another_model, [
         "parameter bert/encoder/layers_0/mlp/wi/bias", "(512,)", "(1024,)",
         "config.model.mlp_dim=1024 (the checkpoint's: 512)", "match config.model"]),
+    "checkpoint_of_another_function": (_checkpoint_of_another_function, [
+        "config.model.layer_norm_eps=1e-06 (the checkpoint's: 1e-12)", "Match config.model",
+        "may change only config.model.{dtype,"]),
     "checkpoint_of_another_vocabulary": (_checkpoint_of_another_vocabulary, [
         "config.data.vocab=", "'extra_ids': 100", "'extra_ids': 50", "checkpoint's vocabulary"]),
 }

@@ -17,6 +17,10 @@ from typing import Any, Union
 DTYPES = ('float32', 'bfloat16', 'float16')
 REMAT_POLICIES = ('none', 'full', 'dots', 'dots_with_no_batch_dims')
 BERT_POSITION_EMBEDDINGS = ('learned', 'alibi')
+# Fields that set how a model runs or trains, not the function its parameters compute: a run
+# resumed from a checkpoint may change them (every other field must match the checkpoint's).
+RUN_FIELDS = ('dtype', 'param_dtype', 'remat_policy', 'dropout_rate', 'attention_dropout_rate',
+              'initializer_range')
 
 
 @dataclasses.dataclass(frozen=True)
