@@ -179,7 +179,7 @@ class DataIterator:
     local = {k: v.numpy() for k, v in next(self._iterator).items()}
     if self._sharding is None:
       return local
-    return {k: jax.make_array_from_process_local_data(self._sharding, v) for k, v in local.items()}
+    return jax.make_array_from_process_local_data(self._sharding, local)
 
   def _process_dir(self, directory) -> str:
     return os.path.join(os.fspath(directory), f"process_{self._process_index}")

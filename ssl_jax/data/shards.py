@@ -80,8 +80,10 @@ def global_arrays(local: dict, batch_sharding, global_batch: int) -> dict:
   `batch_sharding`; with `batch_sharding=None`, the numpy rows themselves."""
   if batch_sharding is None:
     return local
-  return {k: jax.make_array_from_process_local_data(
-      batch_sharding, v, (global_batch,) + v.shape[1:]) for k, v in local.items()}
+  # One call for the whole batch: in one process that is one batched transfer (half the time of
+  # one call per feature for the tiny configs' 11 arrays).
+  return jax.make_array_from_process_local_data(
+      batch_sharding, local, {k: (global_batch,) + v.shape[1:] for k, v in local.items()})
 
 
 class ShardedIterator:

@@ -42,10 +42,8 @@ def predict_rows(exp, params, arrays: dict) -> np.ndarray:
   for begin in range(0, n, batch_size):
     index = np.arange(begin, begin + batch_size)
     index = np.where(index < n, index, 0)
-    batch = {k: jax.make_array_from_process_local_data(
-        exp.batch_sharding, arrays[k][index[lo:hi]], (batch_size,) + arrays[k].shape[1:])
-             for k in exp.batch_spec}
-    outputs.append(predict(params, batch))
+    local = {k: arrays[k][index[lo:hi]] for k in exp.batch_spec}
+    outputs.append(predict(params, shards.global_arrays(local, exp.batch_sharding, batch_size)))
   return np.concatenate(jax.device_get(outputs))[:n]
 
 
