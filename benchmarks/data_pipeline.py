@@ -6,6 +6,9 @@
 
 Prints one JSON line per objective. Each batch is timed alone after `--warmup` batches; the median batch
 time gives `tokens_per_sec` (tokens = positions with a non-zero segment id in the model's input).
+`cpu_ms_per_batch` is the process's CPU time (user + system, all of tf.data's threads) over the timed
+batches, per batch: on a CPU-only host that much of the cores' time goes to the pipeline instead of
+the step, however well the pipeline overlaps the step.
 With `--compare_train_step` the same config's compiled train step (benchmarks/train_step.py's
 `SslJaxStep`, all local devices) is timed in the same process right after, on batches of the same
 shape: `pipeline_vs_step` = median step time / median batch time, i.e. how many times faster the
@@ -15,6 +18,7 @@ import argparse
 import importlib
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -29,6 +33,11 @@ _SEGMENTS = {"mlm": "segment_ids", "causal_lm": "decoder_segment_ids",
              "span_corruption": "encoder_segment_ids", "denoising": "encoder_segment_ids"}
 
 
+def _cpu_s() -> float:
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
+
+
 def measure(objective, *, global_batch_size, sequence_length, batches, warmup,
             compare_train_step=False):
   config = importlib.import_module(f"configs.{train_step.FAMILY[objective]}").get_config("tiny")
@@ -40,17 +49,20 @@ def measure(objective, *, global_batch_size, sequence_length, batches, warmup,
     next(it)
   startup_s = time.perf_counter() - start
   times, tokens = [], []
+  cpu_start = _cpu_s()
   for _ in range(batches):
     t = time.perf_counter()
     batch = next(it)
     times.append(time.perf_counter() - t)
     tokens.append(int((batch[_SEGMENTS[objective]] > 0).sum()))
+  cpu_ms_per_batch = 1e3 * (_cpu_s() - cpu_start) / batches
   median_s = statistics.median(times)
   row = {
       "benchmark": "data_pipeline", "objective": objective, "global_batch_size": global_batch_size,
       "sequence_length": sequence_length, "pack": bool(config.data.pack), "batches": batches,
       "median_batch_s": round(median_s, 5), "tokens_per_sec": round(statistics.median(tokens) / median_s),
       "mean_tokens_per_sec": round(sum(tokens) / sum(times)),
+      "cpu_ms_per_batch": round(cpu_ms_per_batch, 1),
       "fill": round(statistics.mean(tokens) / (global_batch_size * sequence_length), 3),
       "startup_s": round(startup_s, 2)}
   if compare_train_step:
