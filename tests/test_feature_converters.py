@@ -1,4 +1,5 @@
-"""Feature converters give the batch features CONTRACTS.md names: BERT (ours), T5/BART and GPT (seqio)."""
+"""Feature converters give the batch features CONTRACTS.md names: BERT (ours), T5/BART and GPT (seqio's,
+with our packer, which must pack exactly as seqio's does)."""
 import ml_collections
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ import seqio
 import tensorflow as tf
 from seqio import test_utils
 
-from ssl_jax.data import corpora, preprocessors, vocabularies
+from ssl_jax.data import corpora, packing, preprocessors, vocabularies
 from ssl_jax.objectives.mlm import BertFeatureConverter
 
 BERT_TASK_SPEC = {
@@ -125,10 +126,10 @@ def test_bert_pretraining_through_packing_points_at_the_right_tokens():
     assert r["masked_positions"].shape == (6 * 2,) and r["sentence_labels"].shape == (2,)
 
 
-def test_seqio_enc_dec_converter_gives_the_contract_features_packed():
+def test_enc_dec_converter_gives_the_contract_features_packed():
   ds = _dataset([{"inputs": [7, 8, 5, 1], "targets": [3, 9, 1]}, {"inputs": [8, 4, 9, 3, 1], "targets": [4, 1]}],
                 {"inputs": tf.TensorSpec([None], tf.int32), "targets": tf.TensorSpec([None], tf.int32)})
-  converted = seqio.EncDecFeatureConverter(pack=True)(ds, {"inputs": 10, "targets": 7})
+  converted = packing.EncDecFeatureConverter(pack=True)(ds, {"inputs": 10, "targets": 7})
   test_utils.assert_dataset(converted, {
       "encoder_input_tokens": [7, 8, 5, 1, 8, 4, 9, 3, 1, 0],
       "encoder_segment_ids": [1, 1, 1, 1, 2, 2, 2, 2, 2, 0],
@@ -141,9 +142,9 @@ def test_seqio_enc_dec_converter_gives_the_contract_features_packed():
   })
 
 
-def test_seqio_lm_converter_gives_the_contract_features_packed():
+def test_lm_converter_gives_the_contract_features_packed():
   ds = _dataset([{"targets": [3, 9, 1]}, {"targets": [4, 1]}], {"targets": tf.TensorSpec([None], tf.int32)})
-  converted = seqio.LMFeatureConverter(pack=True)(ds, {"targets": 6})
+  converted = packing.LMFeatureConverter(pack=True)(ds, {"targets": 6})
   test_utils.assert_dataset(converted, {
       "decoder_target_tokens": [3, 9, 1, 4, 1, 0],
       "decoder_input_tokens": [0, 3, 9, 0, 4, 0],
@@ -151,6 +152,55 @@ def test_seqio_lm_converter_gives_the_contract_features_packed():
       "decoder_positions": [0, 1, 2, 0, 1, 0],
       "decoder_segment_ids": [1, 1, 1, 2, 2, 0],
   })
+
+
+@pytest.mark.parametrize("max_length", [3, 40], ids=["short_examples", "long_examples"])
+def test_packing_equals_seqio_packing(max_length):
+  """Rows, values, positions and segment ids as seqio.utils.trim_and_pack_dataset's, with empty
+  features, examples longer than a row, and a 0 inside an example (seqio's rule: its length is
+  its number of non-zero values)."""
+  rng = np.random.default_rng(max_length)
+  lengths = {"a": 16, "b": 9, "c": 4}
+  examples = []
+  for _ in range(300):  # more than one group of max(lengths) examples
+    example = {"other": np.int32(1)}  # dropped by both
+    for k in lengths:
+      v = rng.integers(1, 30, int(rng.integers(0, max_length + 1))).astype(np.int32)
+      if len(v) and rng.random() < 0.1:
+        v[rng.integers(len(v))] = 0
+      example[k] = v
+    examples.append(example)
+  spec = {**{k: tf.TensorSpec([None], tf.int32) for k in lengths}, "other": tf.TensorSpec([], tf.int32)}
+  want = list(seqio.utils.trim_and_pack_dataset(_dataset(examples, spec), lengths).as_numpy_iterator())
+  ours = packing.trim_and_pack_dataset(_dataset(examples, spec), lengths)
+  got = list(ours.as_numpy_iterator())
+  assert len(got) == len(want)
+  if max_length == 3:
+    assert len(got) < len(examples) / 2  # short examples share rows
+  for g, w in zip(got, want):
+    assert sorted(g) == sorted(w)
+    for k in w:
+      np.testing.assert_array_equal(g[k], w[k], err_msg=k)
+  assert all(s.shape == (lengths[k.split("_")[0]],) for k, s in ours.element_spec.items())
+
+
+def test_a_data_position_saved_with_seqio_packing_restores_into_ours(tmp_path):
+  """Runs checkpointed before ssl_jax had its own packer resume at the same row."""
+  rng = np.random.default_rng(1)
+  lengths = {"a": 16, "b": 9}
+  rows = {k: tf.ragged.constant([rng.integers(1, 30, rng.integers(1, 6)).tolist() for _ in range(400)])
+          for k in lengths}
+  examples = tf.data.Dataset.from_tensor_slices(rows)
+  seqio_iterator = iter(seqio.utils.trim_and_pack_dataset(examples, lengths).batch(4))
+  for _ in range(7):
+    next(seqio_iterator)
+  tf.train.Checkpoint(iterator=seqio_iterator).write(str(tmp_path / "position"))
+  ours = iter(packing.trim_and_pack_dataset(examples, lengths).batch(4))
+  tf.train.Checkpoint(iterator=ours).read(str(tmp_path / "position")).assert_consumed()
+  for _ in range(5):
+    want, got = next(seqio_iterator), next(ours)
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k], err_msg=k)
 
 
 def test_bert_converter_with_mask_rate_sizes_predictions_to_what_a_row_can_hold():

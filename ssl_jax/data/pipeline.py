@@ -20,6 +20,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from ssl_jax.data import packing
 from ssl_jax.data import tasks
 
 _ITERATOR_PREFIX = "iterator"
@@ -38,9 +39,9 @@ def feature_converter(config) -> seqio.FeatureConverter:
   """
   pack = bool(_get(config.data, "pack", True))
   if config.objective == "causal_lm":
-    return seqio.LMFeatureConverter(pack=pack, apply_length_check=False)
+    return packing.LMFeatureConverter(pack=pack, apply_length_check=False)
   if config.objective in ("span_corruption", "denoising"):
-    return seqio.EncDecFeatureConverter(pack=pack, apply_length_check=False)
+    return packing.EncDecFeatureConverter(pack=pack, apply_length_check=False)
   if config.objective == "mlm":
     from ssl_jax.objectives import mlm  # pylint: disable=g-import-not-at-top  (imports the model stack)
     return mlm.BertFeatureConverter(pack=pack, mask_rate=float(config.data.mlm.mask_rate),

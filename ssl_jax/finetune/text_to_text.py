@@ -49,6 +49,7 @@ from jax.experimental import multihost_utils
 from ssl_jax import config as config_lib
 from ssl_jax import metrics as metrics_lib
 from ssl_jax import trainer
+from ssl_jax.data import packing
 from ssl_jax.data import pipeline
 from ssl_jax.data import vocabularies
 from ssl_jax.finetune import formats
@@ -215,7 +216,7 @@ def make_train_iterator(config, task: seqio.Task, model_config, batch_sharding=N
                         else None, num_epochs=None, try_in_mem_cache=False)
   pack = bool(config.data.pack)
   # No length check, as in pipeline.feature_converter: the Task trims inputs and targets already.
-  ds = seqio.EncDecFeatureConverter(pack=pack, apply_length_check=False)(
+  ds = packing.EncDecFeatureConverter(pack=pack, apply_length_check=False)(
       ds, task_feature_lengths=lengths)
   ds = ds.map(functools.partial(_model_features, pack=pack,
                                 decoder_start_token_id=model_config.decoder_start_token_id),

@@ -10,12 +10,13 @@ import seqio
 import tensorflow as tf
 
 from ssl_jax import objectives
+from ssl_jax.data import packing
 from ssl_jax.models import bert
 
 _Spec = seqio.FeatureConverter.FeatureSpec
 
 
-class BertFeatureConverter(seqio.FeatureConverter):
+class BertFeatureConverter(packing.Packing, seqio.FeatureConverter):
   """Feature converter for BERT pretraining (objective `mlm`), packed or padded.
 
   Task features (from `bert_pretraining`): `input_tokens`, `token_type_ids` [n], `masked_positions`,
@@ -117,7 +118,7 @@ class BertFeatureConverter(seqio.FeatureConverter):
     lengths = self.get_model_feature_lengths(task_feature_lengths)
     if self.pack:
       ds = ds.map(_to_packable, num_parallel_calls=tf.data.AUTOTUNE)
-      ds = seqio.utils.trim_and_pack_dataset(ds, _packed_lengths(lengths), self._use_custom_packing_ops)
+      ds = self._pack_or_pad(ds, _packed_lengths(lengths))
       return ds.map(_from_packed, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.map(_single_example_row, num_parallel_calls=tf.data.AUTOTUNE)
     return seqio.utils.trim_and_pad_dataset(ds, lengths)
