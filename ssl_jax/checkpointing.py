@@ -179,8 +179,8 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout) 
                                    ignore=model_config_lib.RUN_FIELDS)
   if differences:
     raise ValueError(
-        f"the checkpoint at step {step} in {manager.directory} has the parameters of another "
-        f"model: {differences}its parameters would compute something else here. Match "
+        f"the checkpoint at step {step} in {manager.directory} was trained with another model: "
+        f"{differences}its parameters would compute another function here. Match "
         "config.model to the checkpoint's config.json, or use a fresh --workdir (a resumed run "
         f"may change only config.model.{{{','.join(model_config_lib.RUN_FIELDS)}}}).")
 
@@ -188,12 +188,17 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout) 
 def _model_differences(saved_model: dict, model, ignore=()) -> str:
   """'config.model.x=1 (the checkpoint's: 2); ' for each field not in `ignore` that differs (a
   field the checkpoint's config.json lacks counts as its default), or ''."""
-  ours, theirs = (model_config_lib.config_to_dict(model_config_lib.config_from_dict(m))
-                  for m in (json.loads(model.to_json_best_effort()), saved_model))
+  ours, theirs = (_with_defaults(m) for m in (json.loads(model.to_json_best_effort()), saved_model))
   return "".join(
       f"config.model.{key}={ours.get(key)!r} (the checkpoint's: {theirs.get(key)!r}); "
       for key in sorted(ours.keys() | theirs.keys())
       if key not in ignore and ours.get(key) != theirs.get(key))
+
+
+def _with_defaults(model: dict) -> dict:
+  """config.model as a dict with every field of its family (defaults for those it lacks)."""
+  family = {"family": model.get("family")}
+  return {**model_config_lib.config_to_dict(model_config_lib.config_from_dict(family)), **model}
 
 
 def _param_shapes(params) -> dict[str, tuple]:
