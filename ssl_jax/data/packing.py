@@ -60,17 +60,14 @@ def _pack_group(group, *, feature_lengths):
   num_rows = rows[-1] + 1
   out = {}
   for f, k in enumerate(keys):
-    width = tf.shape(values[k])[1]
-    position = tf.range(width)[None, :]
+    position = tf.broadcast_to(tf.range(tf.shape(values[k])[1]), tf.shape(values[k]))
     real = position < lengths[:, f:f + 1]  # the first `length` values of each example
     example = tf.where(real)[:, 0]
-    index = tf.stack([tf.gather(rows, example),
-                      tf.gather(offsets[:, f], example) + tf.boolean_mask(
-                          tf.broadcast_to(position, tf.shape(real)), real)], 1)
+    position = tf.boolean_mask(position, real)  # each value's position within its example
+    index = tf.stack([tf.gather(rows, example), tf.gather(offsets[:, f], example) + position], 1)
     shape = tf.stack([num_rows, feature_lengths[k]])
     out[k] = tf.scatter_nd(index, tf.boolean_mask(values[k], real), shape)
-    positions = tf.scatter_nd(
-        index, tf.boolean_mask(tf.broadcast_to(position, tf.shape(real)), real), shape)
+    positions = tf.scatter_nd(index, position, shape)
     out[f"{k}_positions"] = positions
     out[f"{k}_segment_ids"] = tf.cumsum(tf.cast(positions == 0, tf.int32), axis=1) * tf.cast(
         out[k] != 0, tf.int32)
