@@ -147,11 +147,14 @@ def check_workdir(workdir: str) -> None:
         "to (checkpoints, metrics.jsonl and config.json go there).") from e
 
 
-def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout) -> None:
+def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout, *,
+                     resume: bool = False) -> None:
   """Raises if checkpoint `step` cannot be the start of this run: the vocabulary differs, a
   parameter is missing on one side or has another shape (naming its path and both shapes), or a
   config.model field other than the `RUN_FIELDS` (dtype, dropout, ...) differs, so that the same
-  parameters would compute another function (pre_norm, activation, layer_norm_eps, ...)."""
+  parameters would compute another function (pre_norm, activation, layer_norm_eps, ...). With
+  `resume` (the whole state will be restored, not only the params), also if the optimizer
+  state's tree differs, naming the config.optim fields that differ."""
   saved = restore_config(manager, step)
   saved_vocab = dict(saved["data"]["vocab"])
   vocab = json.loads(config.data.vocab.to_json_best_effort())
@@ -160,8 +163,8 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout) 
         f"the checkpoint at step {step} in {manager.directory} was trained with "
         f"config.data.vocab={saved_vocab}, this run has {vocab}; token ids would mean other "
         "words. Use the checkpoint's vocabulary, or a fresh --workdir.")
-  saved_shapes = _param_shapes(manager.item_metadata(step)["state"]["params"])
-  shapes = _param_shapes(layout.abstract.params)
+  saved_shapes = _leaf_shapes(manager.item_metadata(step)["state"]["params"])
+  shapes = _leaf_shapes(layout.abstract.params)
   for path in sorted(saved_shapes.keys() | shapes.keys()):
     if path not in saved_shapes or path not in shapes:
       where, other = ("this config's model", "the checkpoint") if path in shapes else (
@@ -183,14 +186,39 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout) 
         f"{differences}its parameters would compute another function here. Match "
         "config.model to the checkpoint's config.json, or use a fresh --workdir (a resumed run "
         f"may change only config.model.{{{','.join(model_config_lib.RUN_FIELDS)}}}).")
+  if resume:
+    _check_state_tree(manager, step, config, layout.abstract)
+
+
+def _check_state_tree(manager: ocp.CheckpointManager, step: int, config, abstract_state) -> None:
+  """Raises if the checkpoint's state has other leaves than `abstract_state` (the parameters
+  matched already, so the optimizer's state differs)."""
+  saved, wanted = (set(_leaf_shapes(tree)) for tree in (
+      manager.item_metadata(step)["state"], abstract_state))
+  if saved == wanted:
+    return
+  path, where = (min(saved - wanted), "the checkpoint") if saved - wanted else (
+      min(wanted - saved), "this run's state")
+  differences = _differences("optim", json.loads(config.optim.to_json_best_effort()),
+                             restore_config(manager, step)["optim"])
+  raise ValueError(
+      f"the optimizer state of the checkpoint at step {step} in {manager.directory} has another "
+      f"tree than this run's ({path} is only in {where}); "
+      f"{differences or 'it was written by another version of ssl_jax; '}resume with the "
+      "optimizer it was written with, or use a fresh --workdir.")
 
 
 def _model_differences(saved_model: dict, model, ignore=()) -> str:
   """'config.model.x=1 (the checkpoint's: 2); ' for each field not in `ignore` that differs (a
   field the checkpoint's config.json lacks counts as its default), or ''."""
   ours, theirs = (_with_defaults(m) for m in (json.loads(model.to_json_best_effort()), saved_model))
+  return _differences("model", ours, theirs, ignore)
+
+
+def _differences(section: str, ours: dict, theirs: dict, ignore=()) -> str:
+  """'config.<section>.x=1 (the checkpoint's: 2); ' for each field not in `ignore` that differs."""
   return "".join(
-      f"config.model.{key}={ours.get(key)!r} (the checkpoint's: {theirs.get(key)!r}); "
+      f"config.{section}.{key}={ours.get(key)!r} (the checkpoint's: {theirs.get(key)!r}); "
       for key in sorted(ours.keys() | theirs.keys())
       if key not in ignore and ours.get(key) != theirs.get(key))
 
@@ -201,10 +229,14 @@ def _with_defaults(model: dict) -> dict:
   return {**model_config_lib.config_to_dict(model_config_lib.config_from_dict(family)), **model}
 
 
-def _param_shapes(params) -> dict[str, tuple]:
-  """{'bert/encoder/layers_0/mlp/wi/kernel': shape} of a params tree (arrays or metadata)."""
-  return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+def _leaf_shapes(tree) -> dict[str, tuple]:
+  """{'bert/encoder/layers_0/mlp/wi/kernel': shape} of a tree of arrays or of Orbax metadata
+  (dict keys, sequence indices and attribute names alike)."""
+  def name(key):
+    return str(next(getattr(key, a) for a in ("key", "idx", "name") if hasattr(key, a)))
+
+  return {"/".join(map(name, path)): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 @contextlib.contextmanager

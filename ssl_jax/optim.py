@@ -109,9 +109,10 @@ def make_optimizer(optim_cfg: Mapping[str, Any],
       eps=float(optim_cfg["eps"]), weight_decay=float(optim_cfg["weight_decay"]),
       mask=decay_mask)
   clip_norm = float(optim_cfg["grad_clip_norm"])
-  if clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(clip_norm), adamw), schedule
-  return adamw, schedule
+  # Clipping is stateless, and the chain is there with it or without, so the optimizer state has
+  # one tree whatever grad_clip_norm is: a resumed run may turn clipping on or off.
+  clip = optax.clip_by_global_norm(clip_norm) if clip_norm > 0 else optax.identity()
+  return optax.chain(clip, adamw), schedule
 
 
 def learning_rate_at(schedule: Callable[[int], Any], step: int) -> float:

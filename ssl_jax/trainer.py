@@ -311,7 +311,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, init_par
   manager = checkpointing.make_manager(workdir, train_cfg)
   latest = manager.latest_step()
   if latest is not None:
-    checkpointing.check_compatible(manager, latest, config, exp.layout)
+    checkpointing.check_compatible(manager, latest, config, exp.layout, resume=True)
   if train_iter is None:
     train_iter = pipeline.make_iterator(config, "train", exp.batch_sharding)
   if latest is None:

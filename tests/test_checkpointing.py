@@ -114,10 +114,12 @@ def bert_checkpoint(tmp_path_factory):
 def test_checkpoint_from_data8_restores_on_another_mesh(bert_checkpoint, mesh, num_devices):
   config = bert_checkpoint.config.copy_and_resolve_references()
   config.mesh.update({"data": 1, "fsdp": 1, "tensor": 1, **mesh})
-  config.model.dropout_rate = 0.3  # a resumed run may change how the model trains
+  # A resumed run may change how the model trains, and turn gradient clipping off (or on).
+  config.model.dropout_rate = 0.3
+  config.optim.grad_clip_norm = 0.0
   exp = trainer.Experiment.build(config, devices=jax.devices()[:num_devices])
   manager = checkpointing.make_manager(bert_checkpoint.workdir, config.train, read_only=True)
-  checkpointing.check_compatible(manager, 1, config, exp.layout)
+  checkpointing.check_compatible(manager, 1, config, exp.layout, resume=True)
   it = pipeline.make_iterator(config, "train", exp.batch_sharding)
   state = checkpointing.restore(manager, 1, exp.layout.abstract, exp.layout.shardings, it)
   params = checkpointing.restore_params(manager, 1, exp.layout)
@@ -162,40 +164,52 @@ def test_nonfinite_step_is_skipped_with_params_and_optimizer_state_unchanged():
   assert steps[2][2] == 1 and bitwise_equal(steps[2][1].params, before_2.params)
 
 
-def _mesh_not_device_count(config, tmp_path):
+def _mesh_not_device_count(config, tmp_path, checkpoint):
   config.mesh.update(data=3, fsdp=1, tensor=1)
   return config, str(tmp_path / "run")
 
 
-def _batch_not_divisible(config, tmp_path):
+def _batch_not_divisible(config, tmp_path, checkpoint):
   config.mesh.update(data=8, fsdp=1, tensor=1)
   config.train.global_batch_size = 12
   return config, str(tmp_path / "run")
 
 
-def _sequence_beyond_positions(config, tmp_path):
+def _sequence_beyond_positions(config, tmp_path, checkpoint):
   config.data.sequence_length = config.model.max_length + 1
   return config, str(tmp_path / "run")
 
 
-def _workdir_not_writable(config, tmp_path):
+def _workdir_not_writable(config, tmp_path, checkpoint):
   (tmp_path / "a_file").write_text("not a directory")
   return config, str(tmp_path / "a_file" / "run")
 
 
-def _checkpoint_of_another_model(config, checkpoint):
+def _checkpoint_of_another_model(config, tmp_path, checkpoint):
   config = checkpoint.config.copy_and_resolve_references()
   config.model.mlp_dim = 2 * config.model.mlp_dim
   return config, checkpoint.workdir
 
 
-def _checkpoint_of_another_function(config, checkpoint):
+def _checkpoint_of_another_function(config, tmp_path, checkpoint):
   config = checkpoint.config.copy_and_resolve_references()
   config.model.layer_norm_eps = 1e-6  # same parameter shapes, another function
   return config, checkpoint.workdir
 
 
-def _checkpoint_of_another_vocabulary(config, checkpoint):
+def _checkpoint_of_another_optimizer(config, tmp_path, checkpoint):
+  # Before clipping was always in the chain, a run with grad_clip_norm=0 saved AdamW's state alone.
+  config = checkpoint.config.copy_and_resolve_references()
+  workdir = str(tmp_path / "run")
+  manager = checkpointing.make_manager(workdir, config.train)
+  checkpointing.save(manager, 1, checkpoint.state.replace(opt_state=checkpoint.state.opt_state[1]),
+                     range_iterator(), config, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return config, workdir
+
+
+def _checkpoint_of_another_vocabulary(config, tmp_path, checkpoint):
   config = checkpoint.config.copy_and_resolve_references()
   config.data.vocab.extra_ids = 50
   return config, checkpoint.workdir
@@ -216,6 +230,9 @@ BAD_INPUTS = {
     "checkpoint_of_another_function": (_checkpoint_of_another_function, [
         "config.model.layer_norm_eps=1e-06 (the checkpoint's: 1e-12)", "Match config.model",
         "may change only config.model.{dtype,"]),
+    "checkpoint_of_another_optimizer": (_checkpoint_of_another_optimizer, [
+        "optimizer state of the checkpoint at step 1", "opt_state/0/count is only in the "
+        "checkpoint", "another version of ssl_jax", "or use a fresh --workdir"]),
     "checkpoint_of_another_vocabulary": (_checkpoint_of_another_vocabulary, [
         "config.data.vocab=", "'extra_ids': 100", "'extra_ids': 50", "checkpoint's vocabulary"]),
 }
@@ -225,8 +242,8 @@ BAD_INPUTS = {
 def test_bad_input_is_refused_before_compiling_with_a_message(case, tmp_path, request,
                                                              monkeypatch):
   make, expected = BAD_INPUTS[case]
-  base = request.getfixturevalue("bert_checkpoint") if "checkpoint" in case else tmp_path
-  config, workdir = make(tiny_config("bert"), base)
+  checkpoint = request.getfixturevalue("bert_checkpoint") if "checkpoint" in case else None
+  config, workdir = make(tiny_config("bert"), tmp_path, checkpoint)
   compiled = []
   original = trainer.compile_train_step
   # A spy, not a stand-in: it records whether the step got compiled before the error.

@@ -99,7 +99,7 @@ def test_state_shardings_follow_rules_and_optimizer_mirrors_params():
   assert specs.params["Dense_0"]["bias"] == P("tensor")
   assert specs.params["LayerNorm_0"]["scale"] == P("fsdp")
   assert specs.step == P()
-  adam = specs.opt_state[0]  # adamw = chain(scale_by_adam, ...)
+  adam = specs.opt_state[1][0]  # chain(clipping, adamw = chain(scale_by_adam, ...))
   assert adam.count == P()
   assert adam.mu == specs.params and adam.nu == specs.params
   logical = partitioning.logical_specs(boxed)
