@@ -157,9 +157,11 @@ def test_init_takes_model_vocabulary_and_params_from_a_run(tmp_path):
   pretrain.model.hidden_size = 96   # differs from the fine-tuning config's model
   saved = _save_run(str(tmp_path / 'bart'), pretrain, devices)
 
-  config = lm_init.config_from_init(tiny_config('t5'), str(tmp_path / 'bart'), ('t5', 'bart'))
-  assert (config.model.family, config.model.hidden_size, config.finetune.init) == (
-      'bart', 96, str(tmp_path / 'bart'))
+  finetune = tiny_config('t5')
+  finetune.model.dropout_rate = 0.2  # a fine-tuning choice: kept over the run's 0.0
+  config = lm_init.config_from_init(finetune, str(tmp_path / 'bart'), ('t5', 'bart'))
+  assert (config.model.family, config.model.hidden_size, config.model.dropout_rate,
+          config.finetune.init) == ('bart', 96, 0.2, str(tmp_path / 'bart'))
   exp = trainer.Experiment.build(config, devices)
   for init in (str(tmp_path / 'bart'), str(tmp_path / 'bart' / 'checkpoints' / '1')):
     params = lm_init.params_from_init(config, init, exp.layout)

@@ -13,7 +13,8 @@
   config.json; a T5 directory's spiece.model becomes the vocabulary (SentencePiece, 100 extra
   ids). Byte-level BPE vocabularies (GPT-2, BART) are not ssl_jax vocabularies: give a
   compatible one in config.data.vocab.
-The compute settings of config.model (dtype, param_dtype, scan_layers, remat_policy) are kept.
+The fine-tuning settings of config.model (dropout_rate, attention_dropout_rate, dtype,
+param_dtype, remat_policy, scan_layers) are kept.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ import ml_collections
 from ssl_jax import checkpointing
 from ssl_jax.models import config as model_config_lib
 
-_COMPUTE_FIELDS = ('dtype', 'param_dtype', 'scan_layers', 'remat_policy')
+# What this run's config.model keeps: the fine-tuning choices (dropout, dtype, ...) and the layout.
+_KEPT_FIELDS = model_config_lib.FINETUNING_FIELDS + ('scan_layers',)
 
 
 def _is_none(init: str) -> bool:
@@ -52,7 +54,7 @@ def _set_model(config, model_dict: dict, vocab: dict | None):
   config = copy.deepcopy(config)
   with config.unlocked():
     model = dict(model_dict)
-    model.update({k: config.model[k] for k in _COMPUTE_FIELDS if k in config.model})
+    model.update({k: config.model[k] for k in _KEPT_FIELDS if k in config.model})
     config.model = ml_collections.ConfigDict(model)
     if vocab is not None:
       config.data.vocab = ml_collections.ConfigDict(vocab)
@@ -103,7 +105,7 @@ def params_from_init(config, init: str, layout):
     return None
   if init.startswith('hf:'):
     from ssl_jax.interop import hf  # pylint: disable=g-import-not-at-top
-    overrides = {k: config.model[k] for k in _COMPUTE_FIELDS if k in config.model}
+    overrides = {k: config.model[k] for k in _KEPT_FIELDS if k in config.model}
     _, params = hf.from_pretrained(init[3:], **overrides)
     expected = jax.tree_util.tree_flatten_with_path(layout.abstract.params)[0]
     got = dict(jax.tree_util.tree_flatten_with_path(params)[0])

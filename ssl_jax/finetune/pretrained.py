@@ -24,15 +24,11 @@ import numpy as np
 from ssl_jax.models import bert
 from ssl_jax.models import config as model_config_lib
 
-# Fields of config.model a fine-tuning run chooses whatever the checkpoint's values.
-_FINETUNING_FIELDS = ("dropout_rate", "attention_dropout_rate", "dtype", "param_dtype",
-                      "remat_policy")
-
-
 def _set_model(config, model_cfg, vocab: dict):
   config = copy.deepcopy(config)
   model = model_config_lib.config_to_dict(model_cfg)
-  model.update({k: config.model[k] for k in _FINETUNING_FIELDS if k in config.model})
+  model.update({k: config.model[k] for k in model_config_lib.FINETUNING_FIELDS
+                if k in config.model})
   with config.unlocked():
     config.model = ml_collections.ConfigDict(model)
     config.data.vocab = ml_collections.ConfigDict(vocab)
@@ -46,7 +42,7 @@ def _from_hf(config, directory: str):
     raise FileNotFoundError(
         f"--init=hf:{directory} has no vocab.txt; fine-tuning needs the checkpoint's WordPiece "
         "vocabulary next to config.json (save the tokenizer with the model).")
-  overrides = {k: config.model[k] for k in _FINETUNING_FIELDS + ("scan_layers",)
+  overrides = {k: config.model[k] for k in model_config_lib.FINETUNING_FIELDS + ("scan_layers",)
                if k in config.model}
   model, params = hf.from_pretrained(directory, **overrides)
   if not isinstance(model.config, model_config_lib.BertConfig):

@@ -21,6 +21,9 @@ BERT_POSITION_EMBEDDINGS = ('learned', 'alibi')
 # resumed from a checkpoint may change them (every other field must match the checkpoint's).
 RUN_FIELDS = ('dtype', 'param_dtype', 'remat_policy', 'dropout_rate', 'attention_dropout_rate',
               'initializer_range')
+# Fields a fine-tuning run takes from its own config.model whatever the pretrained checkpoint's.
+FINETUNING_FIELDS = ('dropout_rate', 'attention_dropout_rate', 'dtype', 'param_dtype',
+                     'remat_policy')
 
 
 @dataclasses.dataclass(frozen=True)
