@@ -12,6 +12,7 @@ from ssl_jax.finetune import encoding
 from ssl_jax.finetune import extractive_qa
 from ssl_jax.finetune import formats
 from ssl_jax.finetune import metrics
+from ssl_jax.finetune import suite
 from ssl_jax.finetune import tagging
 from ssl_jax.finetune import config as finetune_config
 from ssl_jax.models import bert
@@ -142,6 +143,18 @@ def test_classification_metrics_against_hand_computed_values():
   rng = np.random.default_rng(0)
   p, y = rng.integers(0, 3, 50), rng.integers(0, 3, 50)
   assert metrics.matthews_corr(p, y) == pytest.approx(sklearn.matthews_corrcoef(y, p))
+
+
+def test_suite_task_scores_follow_glue():
+  cola = {"matthews_corr": 0.5, "accuracy": 0.8}
+  assert suite.task_score(cola, finetune_config.glue_config("cola", "tiny")) == pytest.approx(50)
+  mrpc = {"f1": 0.9, "accuracy": 0.8}
+  assert suite.task_score(mrpc, finetune_config.glue_config("mrpc", "tiny")) == pytest.approx(85)
+  chosen = finetune_config.glue_config("cola", "tiny")
+  chosen.data.metrics = "accuracy"  # the user's metrics are averaged as they are
+  assert suite.task_score({"accuracy": 0.8}, chosen) == pytest.approx(80)
+  squad = {"exact": 70.0, "f1": 80.0, "total": 8}
+  assert suite.task_score(squad, tiny_config("extractive_qa", "squad_json", "squad")) == 80.0
 
 
 # ------------------------------------------------------------------------------ encoding

@@ -63,15 +63,17 @@ class GlueSpec:
   """
   tfds_fields: tuple[str, ...]  # text_a[, text_b] feature names in TFDS glue/<task>
   label_names: tuple[str, ...]  # () = regression
-  metrics: tuple[str, ...]      # ssl_jax.finetune.metrics names; the first is the headline
+  metrics: tuple[str, ...]      # ssl_jax.finetune.metrics names, reported
   tsv_columns: tuple[tuple[Union[str, int], ...], ...]
   header: bool = True
+  score: tuple[str, ...] = ()   # the metrics GLUE's task score averages; () = all of `metrics`
 
 
 _PAIR = (("sentence1",), ("sentence2",), ("label",))
 GLUE = {
     "cola": GlueSpec(("sentence",), ("unacceptable", "acceptable"), ("matthews_corr", "accuracy"),
-                     ((3, "sentence"), (), (1, "label")), header=False),
+                     ((3, "sentence"), (), (1, "label")), header=False,
+                     score=("matthews_corr",)),  # accuracy is reported, not scored
     "sst2": GlueSpec(("sentence",), ("negative", "positive"), ("accuracy",),
                      (("sentence",), (), ("label",))),
     "mrpc": GlueSpec(("sentence1", "sentence2"), ("not_equivalent", "equivalent"), ("f1", "accuracy"),

@@ -9,8 +9,9 @@ by default `<data_dir>/<task>/{train,dev}.<ext>` (ext: tsv, conllu or json by fo
 `<workdir>/<task>/` (so a re-run resumes or re-scores); the table is written to
 `<workdir>/scores.md` and `scores.json`.
 
-A task's score is the mean of its metrics in percent (GLUE's rule for tasks with two metrics);
-for SQuAD it is F1. The suite's score is the mean over tasks.
+A task's score is GLUE's: the mean of its metrics in percent (MRPC, QQP: F1 and accuracy;
+STS-B: Pearson and Spearman), except CoLA, scored by Matthews correlation alone
+(`formats.GlueSpec.score`); for SQuAD it is F1. The suite's score is the mean over tasks.
 """
 import copy
 import json
@@ -19,6 +20,7 @@ import os
 import jax
 
 from ssl_jax import config as config_lib
+from ssl_jax.finetune import formats
 from ssl_jax.finetune import run as run_lib
 
 _EXTENSIONS = {"glue_tsv": "tsv", "conllu": "conllu", "squad_json": "json"}
@@ -51,11 +53,16 @@ def task_config(suite, task: str):
   return config
 
 
-def task_score(scores: dict) -> float:
-  """Headline percent: SQuAD F1, else the mean of the task's metrics (fractions -> percent)."""
+def task_score(scores: dict, config) -> float:
+  """Headline percent: SQuAD F1; for a GLUE task with its own metrics, the mean of those GLUE
+  scores (CoLA: Matthews correlation alone); else the mean of the metrics (fractions -> percent)."""
   if "f1" in scores and "exact" in scores:
     return scores["f1"]
-  return 100.0 * sum(scores.values()) / len(scores)
+  spec = formats.GLUE.get(config.data.get("task", ""))
+  names = (spec.score or spec.metrics) if spec else ()
+  if not names or not set(names) <= set(scores):  # other metrics chosen (config.data.metrics)
+    names = tuple(scores)
+  return 100.0 * sum(scores[name] for name in names) / len(names)
 
 
 def markdown(rows: list[dict], average: float, init: str) -> str:
@@ -77,7 +84,7 @@ def run(suite, workdir: str, init: str = "none") -> dict:
   rows = []
   for task, config in configs.items():
     scores = run_lib.finetune(copy.deepcopy(config), os.path.join(workdir, task), init)
-    rows.append({"task": task, "objective": config.objective, "score": task_score(scores),
+    rows.append({"task": task, "objective": config.objective, "score": task_score(scores, config),
                  "scores": scores})
   average = sum(r["score"] for r in rows) / len(rows)
   result = {"init": init, "tasks": rows, "average": average}
