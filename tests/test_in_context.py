@@ -109,6 +109,16 @@ def test_task_files_become_examples_with_the_configs_answers(tmp_path):
     ic.read_examples(config, 'train')
 
 
+def test_squad_config_stops_an_answer_where_a_next_example_starts():
+  config = config_lib.load_config_file(
+      os.path.join(REPO, 'configs', 'finetune', 'in_context', 'squad.py'), 'pretrained')
+  fmt = ic.prompt_format(config)
+  demonstration = fmt.render(config.in_context.text_template.format(a='Ann ran.', b='Who?'), 'Ann')
+  assert demonstration == 'Context: Ann ran.\nQuestion: Who?\nAnswer: Ann'
+  # Newlines do not survive WordPiece or SentencePiece, so the separator cannot be the only stop.
+  assert fmt.stops() == ['Context: ']
+
+
 # ------------------------------------------------------------------------------ scoring
 def reference_log_prob(model, params, vocab, prompt, completion, bos=0):
   """log p(completion | prompt) from one unbatched, unpadded forward pass."""

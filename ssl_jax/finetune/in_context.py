@@ -80,6 +80,11 @@ class PromptFormat:
   def completion(self, answer: str) -> str:
     return f'{self.answer_prefix}{answer}'
 
+  def stops(self) -> list[str]:
+    """Where a generated answer ends: the input prefix (a next example starts) and the
+    separator, those that are not blank."""
+    return [s for s in (self.input_prefix, self.example_separator) if s.strip()]
+
 
 def build_prompt(query: str, demonstrations: Sequence[Example],
                  prompt_format: PromptFormat = PromptFormat()) -> str:
@@ -309,8 +314,7 @@ def evaluate_in_context(model, params, vocab, examples: Sequence[Example], shots
       result['option_scores'] = ranked
   else:
     if stop is None:
-      stop = [s for s in (prompt_format.input_prefix, prompt_format.example_separator)
-              if s.strip()]
+      stop = prompt_format.stops()
     predictions, truncated = greedy_answers(model, params, vocab, prompts,
                                             max_new_tokens=max_new_tokens, stop=stop,
                                             bos_id=bos_id, batch_size=batch_size)
@@ -346,6 +350,13 @@ def base_config(task: str, data_format: str = 'glue_tsv', *, text_template: str 
       output_prefix=output_prefix, answer_prefix=' ', example_separator='\n\n', instruction='',
       options=options, length_normalize=False, max_new_tokens=16, batch_size=16, bos_id=0))
   return c
+
+
+def prompt_format(config) -> PromptFormat:
+  """The PromptFormat of config.in_context."""
+  ic = config.in_context
+  return PromptFormat(ic.input_prefix, ic.output_prefix, ic.answer_prefix, ic.example_separator,
+                      ic.instruction)
 
 
 def _options(config) -> tuple[str, ...] | None:
@@ -405,11 +416,10 @@ def run(config, workdir: str, init: str = 'none') -> dict:
   ic = config.in_context
   eval_examples = read_examples(config, 'validation')
   pool = read_examples(config, 'train') if config.data.train_file else None
-  fmt = PromptFormat(ic.input_prefix, ic.output_prefix, ic.answer_prefix, ic.example_separator,
-                     ic.instruction)
   result = evaluate_in_context(
       exp.model, params, vocabularies.get_vocabulary(config.data.vocab), eval_examples,
-      ic.shots, shot_pool=pool, options=_options(config), prompt_format=fmt, seed=ic.seed,
+      ic.shots, shot_pool=pool, options=_options(config), prompt_format=prompt_format(config),
+      seed=ic.seed,
       length_normalize=ic.length_normalize, max_new_tokens=ic.max_new_tokens,
       bos_id=None if ic.bos_id < 0 else ic.bos_id, batch_size=ic.batch_size,
       return_predictions=True)
