@@ -242,6 +242,21 @@ def test_qa_windows_label_the_answer_and_decode_it_back(vocab):
   assert extractive_qa.best_spans(config, [example], rows.meta, logits) == {"q": "Anna"}
 
 
+def test_qa_answer_with_surrounding_spaces_labels_the_same_tokens(vocab):
+  config = tiny_config("extractive_qa", "squad_json", "squad", length=32)
+  config.data.qa.max_query_length = 4
+  context = "the boat sails near the island and anna waits on the ship ."
+  at = context.index("anna")
+  labels = []
+  for text, start in (("anna", at), ("anna ", at), (" anna", at - 1), (" anna waits ", at - 1)):
+    example = formats.QAExample("q", "who ?", context, (formats.Answer(text, start),))
+    rows = extractive_qa.featurize(config, vocab, [example])
+    labels.append((int(rows.arrays["start_positions"][0]), int(rows.arrays["end_positions"][0])))
+  first = labels[0]
+  assert first[0] > 0 and labels[1] == labels[2] == first
+  assert labels[3] == (first[0], first[0] + 1)
+
+
 def test_qa_windows_cover_the_passage_even_with_a_stride_longer_than_a_window(vocab):
   config = tiny_config("extractive_qa", "squad_json", "squad", length=16)
   config.data.qa.update(max_query_length=4, doc_stride=100)

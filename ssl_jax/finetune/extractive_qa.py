@@ -123,10 +123,14 @@ def featurize(config, vocab, examples) -> data.Rows:
 
 
 def _label(answer, offsets) -> tuple[np.int32, np.int32]:
-  """(first, last) row position of the answer's tokens, or (0, 0) if not wholly inside."""
-  if answer is None:
+  """(first, last) row position of the answer's tokens, or (0, 0) if not wholly inside.
+
+  Spaces around the answer text (SQuAD's files have some) are not part of the span.
+  """
+  if answer is None or not answer.text.strip():
     return np.int32(0), np.int32(0)
-  start, end = answer.start, answer.start + len(answer.text)
+  start = answer.start + len(answer.text) - len(answer.text.lstrip())
+  end = start + len(answer.text.strip())
   inside = offsets[:, 0] >= 0
   starts = np.nonzero(inside & (offsets[:, 0] <= start) & (offsets[:, 1] > start))[0]
   ends = np.nonzero(inside & (offsets[:, 0] < end) & (offsets[:, 1] >= end))[0]
