@@ -207,6 +207,44 @@ def test_span_corruption_literal(vocab, ids):
   assert restored == original
 
 
+def _restored(inputs, targets, sentinels):
+  """The tokens a span-corrupted example came from: each sentinel in `inputs` replaced by its span."""
+  spans, span = {}, None
+  for t in targets[:-1]:
+    if t in sentinels:
+      span = spans.setdefault(t, [])
+    else:
+      span.append(t)
+  return [x for t in inputs[:-1] for x in (spans[t] if t in sentinels else [t])]
+
+
+@pytest.mark.parametrize("inputs_length, noise_density, mean_span_length",
+                         [(172, 0.15, 3.0), (362, 0.15, 2.0), (9, 0.15, 3.0), (64, 0.5, 1.0)])
+def test_span_corruption_makes_the_targets_it_sizes(vocab, ids, docs, inputs_length, noise_density,
+                                                    mean_span_length):
+  # 172 and 362: noise counts at .5 that float64 and float32 round apart; 9: one noise span clamped;
+  # (0.5, 1.0): short last pieces (3, 7, ... tokens) with fewer non-noise tokens than spans.
+  tokens_length, targets_length = span_corruption.span_corruption_lengths(
+      inputs_length, noise_density, mean_span_length)
+  long_docs = [sum(docs[i:i + 8], []) for i in range(0, 240, 8)]  # pieces of every length
+  long_docs += [["the fox runs ."], ["a dog sat on the old boat ."]]  # 4 and 8 tokens
+  ds = span_corruption.span_corruption(
+      _text_dataset(long_docs), vocab=vocab, inputs_length=inputs_length,
+      targets_length=targets_length, noise_density=noise_density,
+      mean_span_length=mean_span_length, seed=0)
+  sentinels = set(ids.sentinels)
+  pieces = [vocab.encode(" ".join(doc)) for doc in long_docs]
+  pieces = [p[i:i + tokens_length] for p in pieces for i in range(0, len(p), tokens_length)]
+  examples = list(ds.as_numpy_iterator())
+  assert len(examples) == len(pieces)
+  longest = 0
+  for e, piece in zip(examples, pieces):
+    assert len(e["inputs"]) <= inputs_length and e["inputs"][-1] == e["targets"][-1] == ids.eos
+    assert _restored(e["inputs"].tolist(), e["targets"].tolist(), sentinels) == piece
+    longest = max(longest, len(e["targets"]))
+  assert longest == targets_length  # full pieces make targets of exactly the sized length
+
+
 # ----------------------------------------------------------------------------- BART
 
 

@@ -30,8 +30,7 @@ def span_corruption_lengths(inputs_length, noise_density, mean_span_length):
         f"token, a sentinel and EOS (at least 3); raise sequence_length.")
 
   def lengths_after_corruption(tokens_length):
-    num_noise = int(round(tokens_length * noise_density))
-    num_spans = int(round(num_noise / mean_span_length))
+    num_noise, num_spans = map(int, _noise_counts(tokens_length, noise_density, mean_span_length))
     # inputs: non-noise tokens + a sentinel per span + EOS; targets: noise + a sentinel per span + EOS.
     return tokens_length - num_noise + num_spans + 1, num_noise + num_spans + 1
 
@@ -71,7 +70,7 @@ def span_corruption(ds, *, vocab, inputs_length, targets_length, noise_density, 
   vocabularies.require(vocab, ("sentinels",), "span_corruption")
   _check_dataset_fields(ds, ("doc_index", "text"), "span_corruption")
   special = vocabularies.special_ids(vocab)
-  max_spans = max(1, int(round(int(round(tokens_length * noise_density)) / mean_span_length)))
+  max_spans = int(_noise_counts(tokens_length, noise_density, mean_span_length)[1])
   if max_spans > len(special.sentinels):
     raise ValueError(
         f"span corruption of {inputs_length} tokens makes up to {max_spans} spans but the vocabulary has "
@@ -104,15 +103,25 @@ def span_corruption(ds, *, vocab, inputs_length, targets_length, noise_density, 
   return ds.map(_as_written(corrupt), num_parallel_calls=AUTOTUNE)
 
 
+def _noise_counts(length, noise_density, mean_span_length):
+  """(num_noise, num_spans) int32 tensors for a piece of `length` tokens (at least 2): T5's counts,
+  in float32 as T5 rounds them. The mask and the length sizing above both use this function, so
+  the targets it sizes are the targets the mask makes."""
+  num_noise = tf.cast(tf.round(tf.cast(length, tf.float32) * noise_density), tf.int32)
+  num_noise = tf.clip_by_value(num_noise, 1, length - 1)
+  num_spans = tf.maximum(
+      tf.cast(tf.round(tf.cast(num_noise, tf.float32) / mean_span_length), tf.int32), 1)
+  # Each span needs a non-noise token before it. T5 only sees full pieces; a document's short last
+  # piece (e.g. 7 tokens at noise 0.5, mean span 1) can have fewer.
+  return num_noise, tf.minimum(num_spans, length - num_noise)
+
+
 def _random_spans_noise_mask(length, noise_density, mean_span_length, seeds):
   """T5's noise mask: bool [length], noise in round(num_noise / mean_span_length) spans, first span
   non-noise."""
   orig_length = length
   length = tf.maximum(length, 2)  # avoid degenerate one-token pieces, as T5 does
-  num_noise = tf.cast(tf.round(tf.cast(length, tf.float32) * noise_density), tf.int32)
-  num_noise = tf.clip_by_value(num_noise, 1, length - 1)
-  num_spans = tf.maximum(
-      tf.cast(tf.round(tf.cast(num_noise, tf.float32) / mean_span_length), tf.int32), 1)
+  num_noise, num_spans = _noise_counts(length, noise_density, mean_span_length)
 
   def random_segmentation(num_items, num_segments, seed):
     first_in_segment = tf.pad(
