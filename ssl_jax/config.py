@@ -55,6 +55,7 @@ def base_config(objective: str, family: str, preset: str) -> ml_collections.Conf
   c.data.source = "default_corpus"
   c.data.text_files = ""
   c.data.tfds_name = "c4/en:3.1.0"
+  c.data.tfds_data_dir = ""  # '' = TFDS's default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
   c.data.mixture = ""
   c.data.seed = 0
   c.data.shuffle_buffer = 1024

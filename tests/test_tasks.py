@@ -1,4 +1,5 @@
 """seqio tasks: every objective over the default corpus, text files, TFDS (mocked) and mixtures."""
+import collections
 import importlib
 
 import pytest
@@ -6,6 +7,7 @@ import seqio
 import tensorflow_datasets as tfds
 
 from ssl_jax.data import corpora
+from ssl_jax.data import pipeline
 from ssl_jax.data import tasks
 from ssl_jax.data import vocabularies
 
@@ -126,6 +128,47 @@ def test_tfds_source_with_mock_data():
   assert len(docs) == 2 and docs[0]["text"] and docs[0]["doc_index"] != docs[1]["doc_index"]
   with pytest.raises(ValueError, match="config.data.tfds_name.*version"):
     tasks.get_task(tiny_config("causal_lm", source="tfds", tfds_name="wikipedia/20230601.en"))
+
+
+class SslJaxTestDocuments(tfds.core.GeneratorBasedBuilder):
+  """A TFDS dataset prepared on disk (real record files, unlike mock_data's generator, so tf.data
+  can save a position in it): default-corpus documents, 3 for train and 2 for validation."""
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {"train": self._generate_examples(0, 3), "validation": self._generate_examples(3, 2)}
+
+  def _generate_examples(self, start, count):
+    for i, doc in enumerate(corpora.generate_documents(count, 0, start=start)):
+      yield i, {"text": " ".join(corpora.sentence_text(s) for s in doc)}
+
+
+def test_tfds_train_split_corrupts_each_epoch_anew_and_resumes(tmp_path):
+  SslJaxTestDocuments(data_dir=str(tmp_path)).download_and_prepare()
+  config = tiny_config("denoising", source="tfds", tfds_name="ssl_jax_test_documents:1.0.0",
+                       tfds_data_dir=str(tmp_path))
+  ds = tasks.get_task(config).get_dataset(tasks.task_feature_lengths(config), split="train",
+                                          shuffle=False, num_epochs=None, try_in_mem_cache=False)
+  it = pipeline.DataIterator(ds, None)
+  examples = [next(it) for _ in range(30)]
+  it.save(tmp_path / "position")
+  following = [next(it) for _ in range(5)]
+  resumed = pipeline.DataIterator(ds, None)
+  resumed.restore(tmp_path / "position")
+  for want, got in zip(following, [next(resumed) for _ in range(5)]):
+    assert all((want[k] == got[k]).all() for k in want)
+  # BART's targets are a document's chunk, its inputs the noised chunk: each epoch noises anew.
+  inputs_by_chunk = collections.defaultdict(set)
+  for ex in examples:
+    inputs_by_chunk[tuple(ex["targets"])].add(tuple(ex["inputs"]))
+  assert len(inputs_by_chunk) <= 10  # 3 documents' chunks, over and over
+  assert sum(len(v) > 1 for v in inputs_by_chunk.values()) >= 0.8 * len(inputs_by_chunk)
+  assert len(_examples(config, "validation", 100)) < 100  # validation is one pass
 
 
 def test_mixture_of_sources(tmp_path):

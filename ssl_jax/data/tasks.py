@@ -24,7 +24,10 @@ Sources (`config.data.source`):
   a space. Validation = every 20th document (19, 39, ...), or the last one for files with < 20.
   Train is an endless stream as for the corpus.
 - 'tfds': `seqio.TfdsDataSource(config.data.tfds_name)` (e.g. 'c4/en:3.1.0', 'wikipedia/20230601.en:1.0.0');
-  documents are the `text` field, sentences split as above, `doc_index` a fingerprint of the text.
+  documents are the `text` field, sentences split as above, `doc_index` a fingerprint of the text. The
+  train split is an endless stream of epochs too, the fingerprint offset by the epoch (dynamic masking).
+  `config.data.tfds_data_dir` is where the prepared datasets are ('' = TFDS's default: $TFDS_DATA_DIR or
+  ~/tensorflow_datasets; e.g. gs://bucket/tensorflow_datasets on a TPU pod).
 `config.data.mixture = 'src:rate,...'` (src a source name or a TFDS name) makes a `seqio.Mixture`.
 """
 import functools
@@ -181,17 +184,41 @@ def _text_files_dataset(split, shuffle_files, seed=None, *, paths, endless=True)
 def _tfds_documents(ds):
   def make_document(ex):
     doc_index = tf.strings.to_hash_bucket_fast(ex["text"], 2 ** 62)
+    if "epoch" in ex:  # the train split's later epochs corrupt the document anew
+      doc_index = (doc_index + ex["epoch"] * _EPOCH_STRIDE) % 2 ** 62
     return _document(doc_index, split_sentences(ex["text"]))
   return ds.map(make_document, num_parallel_calls=AUTOTUNE)
 
 
-def _tfds_source(tfds_name):
+_EPOCH_STRIDE = 1_000_003  # doc_index offset per epoch of a TFDS train split (a prime)
+
+
+class _TfdsEpochs(seqio.TfdsDataSource):
+  """seqio's TFDS source whose train split is an endless stream of epochs, each example
+  carrying its `epoch` (as the in-memory sources offset doc_index by epoch), so that every epoch
+  masks or corrupts a document differently. seqio repeats a source only after the preprocessors,
+  which would repeat epoch 1's corruption."""
+
+  def get_dataset(self, split=None, shuffle=True, seed=None, shard_info=None, **kwargs):
+    ds = super().get_dataset(split, shuffle, seed, shard_info, **kwargs)
+    if split != "train":
+      return ds
+
+    def epoch_of(epoch):
+      def with_epoch(ex):
+        return {**ex, "epoch": epoch}
+      return ds.map(with_epoch)
+    return tf.data.Dataset.range(2 ** 62).flat_map(epoch_of)
+
+
+def _tfds_source(tfds_name, data_dir=""):
   if not tfds_name or ":" not in tfds_name:
     raise ValueError(
         f"config.data.tfds_name={tfds_name!r} must name a TFDS dataset with its version, e.g. "
         "'c4/en:3.1.0' or 'wikipedia/20230601.en:1.0.0'.")
   base = tfds_name.split("/")[0].split(":")[0]
-  return seqio.TfdsDataSource(tfds_name, splits=_TFDS_SPLITS.get(base, {s: s for s in SPLITS}))
+  return _TfdsEpochs(tfds_name, tfds_data_dir=data_dir or None,
+                     splits=_TFDS_SPLITS.get(base, {s: s for s in SPLITS}))
 
 
 def _source(config, source, tfds_name):
@@ -204,7 +231,7 @@ def _source(config, source, tfds_name):
         functools.partial(_text_files_dataset, paths=_text_file_paths(_get(data, "text_files"))),
         splits=SPLITS)
   if source == "tfds":
-    return _tfds_source(tfds_name)
+    return _tfds_source(tfds_name, _get(data, "tfds_data_dir", ""))
   raise ValueError(f"config.data.source={source!r} is not a source; use one of {', '.join(SOURCES)}.")
 
 
@@ -331,6 +358,7 @@ def _settings_key(config, source, tfds_name):
     settings["text_files"] = _get(data, "text_files")
   else:
     settings["tfds_name"] = tfds_name
+    settings["tfds_data_dir"] = _get(data, "tfds_data_dir", "")
   settings[config.objective] = plain(_get(data, {"mlm": "mlm", "span_corruption": "span_corruption",
                                                    "denoising": "denoising"}.get(config.objective, ""), None))
   blob = json.dumps(settings, sort_keys=True, default=str)
