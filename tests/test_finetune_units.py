@@ -5,6 +5,7 @@ import json
 import jax
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from ssl_jax.data import vocabularies
 from ssl_jax.finetune import classification
@@ -69,6 +70,13 @@ def test_glue_tfds_reader_on_mock_data():
   assert len(sst2) == 4 and sst2[0].text_b is None and sst2[0].label in (0, 1)
   assert mnli[0].text_b is not None and mnli[0].label in (0, 1, 2)
   assert isinstance(stsb[0].label, float)
+  # The test splits hide their labels as -1 (STS-B: -1.0): no label, so no silent scoring.
+  hidden = {"sentence1": [b"a"], "sentence2": [b"b"], "label": [-1.0], "idx": [0]}
+  with tfds.testing.mock_data(as_dataset_fn=lambda *_, **__: tf.data.Dataset.from_tensor_slices(hidden)):
+    [test_row] = formats.read_glue_tfds("stsb", "test")
+  assert test_row.label is None
+  with pytest.raises(ValueError, match="1 examples have no label"):
+    classification.labels_of([test_row])
 
 
 def test_conllu_reader_skips_multiword_tokens_and_empty_nodes(tmp_path):

@@ -184,7 +184,8 @@ def read_glue_tsv(task: str, path: str) -> list[TextExample]:
 
 
 def read_glue_tfds(task: str, split: str, data_dir: Optional[str] = None) -> list[TextExample]:
-  """TFDS `glue/<task>` split as TextExamples (labels -1 of the test splits become None)."""
+  """TFDS `glue/<task>` split as TextExamples (the test splits' labels, -1 or STS-B's -1.0, become
+  None)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   spec = glue_spec(task)
   ds = tfds.load(f"glue/{task}", split=split, data_dir=data_dir, shuffle_files=False)
@@ -192,8 +193,10 @@ def read_glue_tfds(task: str, split: str, data_dir: Optional[str] = None) -> lis
   for i, ex in enumerate(tfds.as_numpy(ds)):
     texts = [ex[f].decode("utf-8") for f in spec.tfds_fields]
     label = ex["label"].item()
-    if spec.label_names:
-      label = None if label < 0 else int(label)
+    if label < 0:  # a hidden test label (regression scores are >= 0: STS-B's are 0 to 5)
+      label = None
+    elif spec.label_names:
+      label = int(label)
     examples.append(TextExample(texts[0], texts[1] if len(texts) > 1 else None, label,
                                 str(ex["idx"].item()) if "idx" in ex else str(i)))
   return examples
