@@ -57,14 +57,17 @@ class MetricsLogger:
 
   Only process 0 writes files; other processes only log to the console. A row holds `step`,
   `split`, the normalized metrics (objectives name their loss 'loss'), and for train rows
-  `learning_rate`, `tokens_per_sec` and `step_time_s` (wall time per step over the window).
-  Reopening a workdir at `start_step` drops rows past that step, so a resumed run's file reads
-  like an uninterrupted one.
+  `learning_rate` (the rate the row's step applied: step s is optax's update s - 1, which reads
+  the schedule at s - 1; a skipped non-finite step holds the schedule back by one), `tokens_per_sec`
+  and `step_time_s` (wall time per step over the window). A window closes every `log_every` steps,
+  at `num_steps` and at `flush` (the trainer flushes before each checkpoint, so a run resumed from
+  any checkpoint writes the rows of an uninterrupted one). Reopening a workdir at `start_step`
+  drops rows past that step (`truncate=False`, for a reader such as `ssl-jax eval`, keeps them).
   """
 
   def __init__(self, workdir: str | os.PathLike, *, num_steps: int, log_every: int,
                start_step: int = 0, tokens_per_step: int | None = None,
-               learning_rate_fn: Callable[[int], Any] | None = None):
+               learning_rate_fn: Callable[[int], Any] | None = None, truncate: bool = True):
     if log_every <= 0:
       raise ValueError(f"config.train.log_every={log_every} must be positive.")
     self._num_steps = num_steps
@@ -73,6 +76,7 @@ class MetricsLogger:
     self._learning_rate_fn = learning_rate_fn
     self._is_writer = jax.process_index() == 0
     self._window: list[MetricSums] = []  # device sums since the last row
+    self._window_end = start_step  # the last step in the window
     self._pending: tuple[int, list[MetricSums]] | None = None  # closed window, not yet fetched
     self._last_step = start_step
     self._last_time: float | None = None  # set when the first step is handed over
@@ -80,7 +84,8 @@ class MetricsLogger:
     if self._is_writer:
       os.makedirs(workdir, exist_ok=True)
       path = os.path.join(workdir, "metrics.jsonl")
-      _truncate_after(path, start_step)
+      if truncate:
+        _truncate_after(path, start_step)
       self._file = open(path, "a", encoding="utf-8", buffering=1)  # whole lines, tail-able
     self._writer = metric_writers.create_default_writer(
         os.path.join(workdir, "tensorboard"), just_logging=not self._is_writer)
@@ -100,12 +105,16 @@ class MetricsLogger:
     if self._pending is not None:
       self._write_pending()
     self._window.append(sums)
+    self._window_end = step
     if step % self._log_every == 0 or step == self._num_steps:
-      self._pending = (step, self._window)
-      self._window = []
+      self._close_window()
 
   def flush(self) -> None:
-    """Writes any closed-but-unwritten window and flushes the files."""
+    """Closes the open window, writes its row (waiting for its last step) and flushes the files."""
+    if self._window:
+      if self._pending is not None:
+        self._write_pending()
+      self._close_window()
     if self._pending is not None:
       self._write_pending()
     self._writer.flush()
@@ -132,6 +141,10 @@ class MetricsLogger:
   def __exit__(self, *exc) -> None:
     self.close()
 
+  def _close_window(self) -> None:
+    self._pending = (self._window_end, self._window)
+    self._window = []
+
   def _write_pending(self) -> None:
     step, window = self._pending
     self._pending = None
@@ -140,7 +153,7 @@ class MetricsLogger:
     step_time_s = (now - self._last_time) / max(step - self._last_step, 1)
     self._last_step, self._last_time = step, now
     if self._learning_rate_fn is not None:
-      row["learning_rate"] = optim.learning_rate_at(self._learning_rate_fn, step)
+      row["learning_rate"] = optim.learning_rate_at(self._learning_rate_fn, step - 1)
     row["step_time_s"] = step_time_s
     if self._tokens_per_step:
       row["tokens_per_sec"] = self._tokens_per_step / step_time_s

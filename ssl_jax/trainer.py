@@ -364,8 +364,8 @@ def _loop(exp, state, start, train_step, evaluate_fn, train_iter, manager, logge
     if last or manager.should_save(step):
       if abort:
         _raise_if_nonfinite(step, sums)  # never checkpoint at or after a bad step
-      # Rows up to `step` reach metrics.jsonl before its checkpoint can be final: a run killed
-      # after the checkpoint resumes at step + 1 and would never write them.
+      # Rows up to `step`, the open window's too, reach metrics.jsonl before its checkpoint can
+      # be final: a run killed after the checkpoint resumes at step + 1 and would never write them.
       logger.flush()
       checkpointing.save(manager, step, state, train_iter, config, force=True)
     if stop:
@@ -390,6 +390,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
   manager.close()
   eval_step, eval_set = compile_eval_step(exp), EvalSet(exp)
   distributed.barrier("first eval step")  # as before the first train step
+  # A reader: the run may still be writing this workdir's rows.
   with metrics_lib.MetricsLogger(workdir, num_steps=config.train.num_steps, log_every=1,
-                                 start_step=step) as logger:
+                                 start_step=step, truncate=False) as logger:
     return evaluate(eval_step, params, eval_set, step, logger)

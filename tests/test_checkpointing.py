@@ -164,6 +164,34 @@ def test_nonfinite_step_is_skipped_with_params_and_optimizer_state_unchanged():
   assert steps[2][2] == 1 and bitwise_equal(steps[2][1].params, before_2.params)
 
 
+def test_resume_between_log_rows_writes_the_uninterrupted_rows_and_eval_keeps_them(tmp_path):
+  # Checkpoints at 2, 4, 6, rows every 3 steps: the rows written at a checkpoint close the window,
+  # so a run resumed from step 2 or 4 writes what an uninterrupted run writes.
+  flags = (*CLI_FLAGS, "--config.train.num_steps=6", "--config.train.save_every=2",
+           "--config.train.log_every=3", "--config.optim.learning_rate=1e-3")
+  reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+  helpers.train_here("gpt", reference, *flags, num_devices=1)
+  helpers.train_here("gpt", resumed, *flags, num_devices=1)
+  for step in (4, 6):  # as if killed right after the step-2 checkpoint
+    subprocess.run(["rm", "-r", str(resumed / "checkpoints" / str(step))], check=True)
+  helpers.train_here("gpt", resumed, *flags, num_devices=1)
+  want, got = train_rows(reference), train_rows(resumed)
+  assert sorted(want) == [2, 3, 4, 6]
+  for step in want:
+    assert {k: v for k, v in got[step].items() if k not in ("step_time_s", "tokens_per_sec")} == {
+        k: v for k, v in want[step].items() if k not in ("step_time_s", "tokens_per_sec")}, step
+  # The logged rate is the one the row's step applied: warmup from 0 over 2 steps.
+  assert [want[s]["learning_rate"] for s in (2, 3)] == pytest.approx([0.5e-3, 1e-3])
+
+  # `ssl-jax eval` of an earlier checkpoint (a run still going) appends, and drops no row.
+  subprocess.run(["rm", "-r", str(reference / "checkpoints" / "6")], check=True)
+  before = open(reference / "metrics.jsonl", encoding="utf-8").read()
+  trainer.evaluate_workdir(tiny_config("gpt"), str(reference))
+  after = open(reference / "metrics.jsonl", encoding="utf-8").read()
+  assert after.startswith(before)
+  assert [json.loads(line)["split"] for line in after[len(before):].splitlines()] == ["eval"]
+
+
 def _mesh_not_device_count(config, tmp_path, checkpoint):
   config.mesh.update(data=3, fsdp=1, tensor=1)
   return config, str(tmp_path / "run")

@@ -46,7 +46,7 @@ def test_logger_writes_rows_one_step_late(tmp_path):
   first = rows[0]
   assert first["loss"] == pytest.approx(3.0)  # mean over the window's steps 1 and 2
   assert first["mlm_accuracy"] == pytest.approx(0.75)
-  assert first["learning_rate"] == pytest.approx(0.2)
+  assert first["learning_rate"] == pytest.approx(0.1)  # step 2 applied the schedule at 1
   assert first["step_time_s"] > 0
   assert first["tokens_per_sec"] == pytest.approx(128 / first["step_time_s"])
   assert "mlm_accuracy" not in rows[1]
