@@ -200,6 +200,17 @@ def test_attention_probs_are_distributions_and_scan_agnostic(text):
   np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
 
 
+def test_linear_probe_tests_seen_words_only_on_types_it_trained_on():
+  rng = np.random.default_rng(0)
+  word_type, sentence = rng.zipf(1.5, size=2000) % 300, np.repeat(np.arange(200), 10)
+  split = linear_probe.word_splits(word_type, sentence, seed=0)
+  assert (split["train"].astype(int) + split["test"] + split["unseen"] == 1).all()
+  assert set(word_type[split["test"]]) <= set(word_type[split["train"]])
+  assert not set(word_type[split["unseen"]]) & set(word_type[split["train"]])
+  assert (sentence[split["test"]] % linear_probe.TEST_EVERY == 0).all()
+  assert split["test"].sum() > 100 and split["unseen"].sum() > 100
+
+
 def test_ridge_and_cka_maths():
   rng = np.random.default_rng(0)
   labels = rng.integers(3, size=300)

@@ -7,11 +7,13 @@ A closed-form ridge classifier (one-hot targets, standardised features, float64 
 iterations, no randomness) is fitted per depth on the word vectors of
 `representations.word_representations` (depth 0 = the input token embeddings).
 
-Splits (fixed by `seed`): every 5th sentence is test. A fifth of the word types never reach the
-training set: `accuracy_unseen_words/<depth>` is accuracy on them, so it asks whether a
-representation encodes part of speech in a way that generalises to new words (from context and
-shared structure) rather than memorising each word's tag -- in the default corpus every spelling
-has one tag, so `accuracy/<depth>` on seen words can be reached by memorising.
+Splits (`word_splits`, fixed by `seed`): every 5th sentence is test. A fifth of the word types
+never reach the training set: `accuracy_unseen_words/<depth>` is accuracy on them (and on the
+types that occur only in test sentences), so it asks whether a representation encodes part of
+speech in a way that generalises to new words (from context and shared structure) rather than
+memorising each word's tag -- in the default corpus every spelling has one tag, so
+`accuracy/<depth>`, on test-sentence words whose type the probe trained on, can be reached by
+memorising.
 """
 from __future__ import annotations
 
@@ -53,6 +55,19 @@ def ridge_predict(model, features: np.ndarray) -> np.ndarray:
   return np.argmax(np.concatenate([x, np.ones((len(x), 1))], 1) @ weights, axis=1)
 
 
+def word_splits(word_type: np.ndarray, sentence: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+  """Masks over the words: 'train' (not in every 5th sentence, type not held out), 'test' (in
+  every 5th sentence, type in 'train') and 'unseen' (every other word: its type never reaches
+  'train', being one of the held-out fifth or only in test sentences). Each word is in one."""
+  types = np.unique(word_type)
+  rng = np.random.default_rng(seed)
+  heldout_types = rng.permutation(types)[:int(round(HELDOUT_TYPE_FRACTION * len(types)))]
+  test = sentence % TEST_EVERY == 0
+  train = ~test & ~np.isin(word_type, heldout_types)
+  seen = np.isin(word_type, word_type[train])
+  return {"train": train, "test": test & seen, "unseen": ~seen}
+
+
 class LinearProbe:
   """Part of speech from each depth's word vectors (see the module doc). Names:
   `accuracy/<depth>`, `accuracy_unseen_words/<depth>` with depth `token_embedding`,
@@ -67,18 +82,10 @@ class LinearProbe:
     self.seed = seed
     self.l2 = l2
 
-  def _splits(self, words) -> dict[str, np.ndarray]:
-    types = np.unique(words.word_type)
-    rng = np.random.default_rng(self.seed)
-    heldout_types = rng.permutation(types)[:int(round(HELDOUT_TYPE_FRACTION * len(types)))]
-    heldout = np.isin(words.word_type, heldout_types)
-    test = words.sentence % TEST_EVERY == 0
-    return {"train": ~test & ~heldout, "test": test & ~heldout, "unseen": heldout}
-
   def run(self, state) -> Iterator[tuple[str, float]]:
     """(name, value) pairs for the params of `state` (a TrainState or a params tree)."""
     words = representations.word_representations(self.subject, state, self.rows)
-    split = self._splits(words)
+    split = word_splits(words.word_type, words.sentence, self.seed)
     labels = words.pos
     num_classes = len(data.UPOS_TAGS)
     majority = np.bincount(labels[split["train"]], minlength=num_classes).argmax()
