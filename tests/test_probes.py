@@ -175,7 +175,12 @@ def _check_t5_rows(subject, one_sentence):
   batch = preds.batch
   for r in range(preds.num_rows):
     inputs = batch["encoder_input_tokens"][r][batch["encoder_segment_ids"][r] > 0].tolist()
-    targets = batch["decoder_target_tokens"][r][preds.weights[r] > 0].tolist()
+    present = batch["decoder_segment_ids"][r] > 0
+    targets = batch["decoder_target_tokens"][r][present].tolist()
+    # Scored: every target but a final `<s_n> EOS`'s sentinel (T5 training never ends so).
+    tail_sentinel = len(targets) > 1 and targets[-2] in sentinels
+    assert preds.weights[r][present].tolist() == [1.0] * (len(targets) - 2) + [
+        0.0 if tail_sentinel else 1.0, 1.0]
     spans, current = {}, None
     for t in targets[:-1]:   # EOS ends both
       if t in sentinels:

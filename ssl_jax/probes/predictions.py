@@ -15,7 +15,9 @@ rows, each corrupting a disjoint part of it, so every word is predicted once:
 - causal_lm: one row; every token is a slot (next-token prediction).
 - span_corruption (T5): the sentence is cut into spans of 1 + Poisson(mean_span_length - 1)
   tokens; ~1/noise_density rows each turn a disjoint set of spans into sentinels. A sentence's
-  first span is never noise (as in T5). Slots: `<s0> span <s1> span ... EOS`.
+  first span is never noise (as in T5). Slots: `<s0> span <s1> span ... EOS`; a row whose last
+  span is kept ends `<s_n> EOS`, which T5's pieces never do (their last span is noise), so
+  that `<s_n>` is fed to the decoder but not scored.
 - denoising (BART text infilling): spans as above, poisson_lambda for the mean, ~1/infill_ratio
   rows (1/0.3 when the config does no infilling); each span becomes one [MASK]. Slots: the
   whole sentence + EOS; tokens inside a span have `span_length` >= 1, copied ones 0.
@@ -43,7 +45,7 @@ class Predictions:
   (mlm: masked slots; causal_lm: all; T5/BART: tokens inside a span).
   """
   batch: dict
-  weights: np.ndarray         # float32, 1 on real slots
+  weights: np.ndarray         # float32, 1 on scored slots (not T5's kept-tail sentinel)
   pos: np.ndarray             # int32 UPOS index, -1 on sentinels / EOS
   frequency: np.ndarray       # int32 frequency bucket, -1 on sentinels / EOS
   kind: np.ndarray            # int32, mlm only (KIND_NAMES), else 0
@@ -106,8 +108,9 @@ def build(subject: Subject, text: data.ProbeText, seed: int = 0,
   return _assemble(subject, rows)
 
 
-def _slot(pos=-1, frequency=-1, kind=0, span_length=0, counts=False):
-  return dict(pos=pos, frequency=frequency, kind=kind, span_length=span_length, counts=counts)
+def _slot(pos=-1, frequency=-1, kind=0, span_length=0, counts=False, scored=True):
+  return dict(pos=pos, frequency=frequency, kind=kind, span_length=span_length, counts=counts,
+              scored=scored)
 
 
 def _mlm(subject, rng, tokens, labels, kind_ratios):
@@ -169,8 +172,10 @@ def _span_corruption(subject, rng, tokens, labels, kind_ratios):
       cursor = end
     inputs += list(tokens[cursor:])
     if cursor < len(tokens):
+      # The kept tail's sentinel: T5's training targets never end `<s_n> EOS` (a piece's last
+      # span is noise), so it is fed to the decoder but not scored.
       targets.append(sentinels[len(noise)])
-      slots.append(_slot())
+      slots.append(_slot(scored=False))
     rows.append({"inputs": inputs + tail, "targets": targets + tail,
                  "slots": slots + [_slot()] * len(tail)})
   return rows
@@ -205,7 +210,8 @@ def _assemble(subject: Subject, rows: list[dict]) -> Predictions:
   slots = -(-max(len(r["targets"]) for r in rows) // 8) * 8   # rows fit max_length by design
   inputs = _pad([r["inputs"] for r in rows], length)
   segments = _pad([[1] * len(r["inputs"]) for r in rows], length)
-  weights = _pad([[1.0] * len(r["targets"]) for r in rows], slots, 0.0, np.float32)
+  present = _pad([[1] * len(r["targets"]) for r in rows], slots)
+  weights = _pad([[float(s["scored"]) for s in r["slots"]] for r in rows], slots, 0.0, np.float32)
   targets = _pad([r["targets"] for r in rows], slots)
   label = {k: _pad([[s[k] for s in r["slots"]] for r in rows], slots, fill)
            for k, fill in (("pos", -1), ("frequency", -1), ("kind", 0), ("span_length", 0))}
@@ -222,7 +228,7 @@ def _assemble(subject: Subject, rows: list[dict]) -> Predictions:
   else:
     decoder_inputs = _pad([([0] + r["targets"][:-1]) if subject.name != "causal_lm"
                            else r["inputs"] for r in rows], slots)
-    decoder_segments = (weights > 0).astype(np.int32)
+    decoder_segments = present
     batch = {"decoder_input_tokens": decoder_inputs, "decoder_target_tokens": targets,
              "decoder_loss_weights": weights, "decoder_segment_ids": decoder_segments,
              "decoder_positions": _positions(decoder_segments)}
