@@ -92,8 +92,9 @@ def test_conllu_probe_sentences(bert_workdir, tmp_path):
                   "4\t.\t.\tPUNCT\t_\t_\t3\tpunct\t_\t_\n\n"
                   "1\tSynthesizers\t_\tNOUN\t_\t_\t2\tnsubj\t_\t_\n"
                   "2\thum\t_\tVERB\t_\t_\t0\troot\t_\t_\n\n")
-  rows = runner.probe_workdir(bert_workdir, ["pos_accuracy"], conllu=[str(path)], steps=[4])
+  rows = runner.probe_workdir(bert_workdir, ["pos_accuracy"], conllu=[str(path)], steps=[4, 4])
   names = {r["name"] for r in rows}
+  assert len(rows) == len(names)  # a step named twice is probed once
   assert {"accuracy/NOUN", "accuracy/VERB", "accuracy/all"} <= names
   assert "accuracy/ADJ" not in names
   bad = tmp_path / "bad.conllu"

@@ -82,7 +82,7 @@ def probe_workdir(workdir: str, names: Sequence[str] | None = None, *,
     if names is not None:
       check_names(names, subject.name)   # before any checkpoint is read
     available = subject.steps()
-    steps = available if steps is None else sorted(steps)
+    steps = available if steps is None else sorted(set(steps))  # each step probed once
     missing = sorted(set(steps) - set(available))
     if missing:
       raise ValueError(f"--steps names {missing}, which have no checkpoint in {workdir!r}; "
