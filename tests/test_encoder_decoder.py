@@ -263,6 +263,20 @@ def test_unsupported_hf_option_is_named(family, field, value):
     hf_encoder_decoder.config_from_hf(hf_config)
 
 
+@pytest.mark.parametrize('family', ['bart', 'mbart'])
+def test_untied_bart_embeddings_are_refused(family):
+  # transformers 5 gives an untied BART three embedding tables; ssl_jax's BART has one.
+  hf_config = _hf_config(family)
+  hf_config.tie_word_embeddings = False
+  cls = {'bart': transformers.BartForConditionalGeneration,
+         'mbart': transformers.MBartForConditionalGeneration}[family]
+  model = cls(hf_config)
+  cfg = hf_encoder_decoder.config_from_hf(model.config)
+  with pytest.raises(ValueError, match='model.encoder.embed_tokens.weight differs from '
+                     'model.shared.weight: a checkpoint with untied embeddings'):
+    hf_encoder_decoder.params_from_hf(cfg, model.state_dict())
+
+
 def test_hf_config_round_trips_the_architecture():
   for family in ('t5', 'bart', 'mbart'):
     cfg = hf_encoder_decoder.config_from_hf(_hf_config(family))

@@ -272,15 +272,22 @@ def _entries(cfg) -> list:
   return _t5_entries(cfg) if cfg.family == 't5' else _bart_entries(cfg)
 
 
+def _shared_key(cfg) -> str:
+  return 'shared.weight' if cfg.family == 't5' else 'model.shared.weight'
+
+
+def _tied_copies(cfg) -> list[str]:
+  """HF keys that must equal the shared embedding: ssl_jax keeps one table for them."""
+  prefix = '' if cfg.family == 't5' else 'model.'
+  keys = [f'{prefix}{stack}.embed_tokens.weight' for stack in ('encoder', 'decoder')]
+  return keys + (['lm_head.weight'] if cfg.tie_word_embeddings else [])
+
+
 def _ignorable_keys(cfg) -> set:
   """HF keys that duplicate a converted tensor (tied copies) or that HF itself ignores."""
+  keys = set(_tied_copies(cfg))
   if cfg.family == 't5':
-    keys = {'encoder.embed_tokens.weight', 'decoder.embed_tokens.weight',
-            'decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight'}
-  else:
-    keys = {'model.encoder.embed_tokens.weight', 'model.decoder.embed_tokens.weight'}
-  if cfg.tie_word_embeddings:
-    keys.add('lm_head.weight')
+    keys.add('decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight')
   return keys
 
 
@@ -350,6 +357,12 @@ def params_from_hf(cfg: EncoderDecoderConfig, state_dict: dict) -> dict:
                      f'{missing[:8]}{"..." if len(missing) > 8 else ""}, unexpected '
                      f'{unexpected[:8]}{"..." if len(unexpected) > 8 else ""}; check that the '
                      'config came from config_from_hf of the same checkpoint')
+  shared = _to_numpy(state_dict[_shared_key(cfg)])
+  for key in _tied_copies(cfg):
+    if key in state_dict and not np.array_equal(_to_numpy(state_dict[key]), shared):
+      raise ValueError(f'{key} differs from {_shared_key(cfg)}: a checkpoint with untied '
+                       f'embeddings (tie_word_embeddings=False) is not a {cfg.family} model '
+                       'ssl_jax converts; its encoder, decoder and tied head share one table.')
   dtype = jnp.dtype(cfg.param_dtype)
   flat = {path: np.asarray(_from_hf_layout(_to_numpy(state_dict[hf]), kind, cfg), dtype)
           for path, hf, kind in entries}
@@ -375,10 +388,6 @@ def params_to_hf(cfg: EncoderDecoderConfig, params) -> dict:
   flat = flax.traverse_util.flatten_dict(params)
   state = {hf: np.asarray(_to_hf_layout(np.asarray(flat[path], np.float32), kind))
            for path, hf, kind in _entries(cfg)}
-  shared = 'shared.weight' if cfg.family == 't5' else 'model.shared.weight'
-  prefix = '' if cfg.family == 't5' else 'model.'
-  for stack in ('encoder', 'decoder'):
-    state[f'{prefix}{stack}.embed_tokens.weight'] = state[shared]
-  if cfg.tie_word_embeddings:
-    state['lm_head.weight'] = state[shared]
+  for key in _tied_copies(cfg):
+    state[key] = state[_shared_key(cfg)]
   return state
