@@ -124,6 +124,11 @@ def test_alibi_bias_has_the_papers_slopes():
   for h in range(8):
     np.testing.assert_allclose(bias[0, h], -distance / 2.0 ** (h + 1))
   np.testing.assert_allclose(layers.alibi_bias(4, 5, bias_max=4.0), bias[:, :4])
+  # Other head counts: the paper's code (and llm-foundry's gen_slopes), e.g. 12 heads take the
+  # 8-head slopes, then every other slope of 16 heads.
+  slopes = -np.asarray(layers.alibi_bias(12, 2))[0, :, 0, 1]
+  np.testing.assert_allclose(slopes, [2.0 ** -k for k in range(1, 9)] +
+                             [2.0 ** -k for k in (0.5, 1.5, 2.5, 3.5)], rtol=1e-6)
 
 
 def test_alibi_bert_has_no_position_table_and_attends_nearby_from_init():

@@ -70,8 +70,9 @@ class BertConfig(_Common):
   """BERT encoder (post-LN) with MLM and sentence (NSP/SOP) heads.
 
   position_embedding: 'learned' (BERT's table of max_length positions) or 'alibi' (MosaicBERT's:
-    no table; head h of N adds -2^(-alibi_bias_max * h / N) * |i - j| to its attention logits;
-    alibi_bias_max=8 gives the slopes of Press et al., 2022, and is llm-foundry's name for it).
+    no table; head h of N adds -2^(-alibi_bias_max * h / N) * |i - j| to its attention logits,
+    N a power of two, else the interleaved slopes of `layers.alibi_bias`; alibi_bias_max=8 gives
+    the slopes of Press et al., 2022, and is llm-foundry's name for it).
     max_length bounds the input length either way.
   """
   type_vocab_size: int = 2

@@ -364,9 +364,14 @@ class MultiHeadAttention(nn.Module):
 # ---------------------------------------------------------------------------------- ALiBi
 def alibi_bias(num_heads: int, length: int, bias_max: float = 8.0) -> Array:
   """ALiBi's attention bias (Press et al., 2022), symmetric as in MosaicBERT's encoder:
-  -slope_h * |i - j| -> [1, N, L, L] float32, slopes 2^(-bias_max * h / N) for heads h = 1..N
-  (the paper's with bias_max=8)."""
-  slopes = 2.0 ** (-bias_max * jnp.arange(1, num_heads + 1, dtype=jnp.float32) / num_heads)
+  -slope_h * |i - j| -> [1, N, L, L] float32. For N a power of two the slopes are
+  2^(-bias_max * h / N), h = 1..N (the paper's with bias_max=8); otherwise, as the paper's code
+  and llm-foundry's `gen_slopes`, those of the next power of two M, odd h first then even:
+  2^(-bias_max * h / M) for h = 2, 4, ..., M, then h = 1, 3, ..., cut to N."""
+  padded = 1 << (num_heads - 1).bit_length()  # the next power of two
+  slopes = 2.0 ** (-bias_max * jnp.arange(1, padded + 1, dtype=jnp.float32) / padded)
+  if padded != num_heads:
+    slopes = jnp.concatenate([slopes[1::2], slopes[::2]])[:num_heads]
   position = jnp.arange(length)
   distance = jnp.abs(position[None, :] - position[:, None]).astype(jnp.float32)
   return (-slopes[:, None, None] * distance)[None]
