@@ -51,6 +51,7 @@ _TFDS_SPLITS = {  # datasets without a validation split hold out the end of trai
     "wikipedia": {"train": "train[:99%]", "validation": "train[99%:]"},
 }
 _TEXT_FILES_HOLDOUT = 20  # every 20th document of text files is validation
+_EPOCH_STRIDE = 1_000_003  # doc_index offset per epoch of a TFDS train split (a prime)
 # Sentence boundary: . ! ? (with closing quotes/brackets) followed by whitespace; also any line break.
 _SENTENCE_END = r"""([.!?]['"’”)\]]*)\s+"""
 
@@ -188,9 +189,6 @@ def _tfds_documents(ds):
       doc_index = (doc_index + ex["epoch"] * _EPOCH_STRIDE) % 2 ** 62
     return _document(doc_index, split_sentences(ex["text"]))
   return ds.map(make_document, num_parallel_calls=AUTOTUNE)
-
-
-_EPOCH_STRIDE = 1_000_003  # doc_index offset per epoch of a TFDS train split (a prime)
 
 
 class _TfdsEpochs(seqio.TfdsDataSource):

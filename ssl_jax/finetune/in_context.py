@@ -419,8 +419,7 @@ def run(config, workdir: str, init: str = 'none') -> dict:
   result = evaluate_in_context(
       exp.model, params, vocabularies.get_vocabulary(config.data.vocab), eval_examples,
       ic.shots, shot_pool=pool, options=_options(config), prompt_format=prompt_format(config),
-      seed=ic.seed,
-      length_normalize=ic.length_normalize, max_new_tokens=ic.max_new_tokens,
+      seed=ic.seed, length_normalize=ic.length_normalize, max_new_tokens=ic.max_new_tokens,
       bos_id=None if ic.bos_id < 0 else ic.bos_id, batch_size=ic.batch_size,
       return_predictions=True)
   scores = {k: result[k] for k in ('accuracy', 'exact', 'f1') if k in result}
