@@ -108,10 +108,12 @@ class Job:
       log.close()
 
   def signal_all(self, sig: int) -> None:
+    """Signals each running process's group (it leads its own), so that a worker under a
+    wrapper (`bash -c 'source venv/bin/activate; ssl-jax ...'`) gets it too."""
     for proc in self.procs:
       if proc.poll() is None:
         try:
-          os.kill(proc.pid, sig)
+          os.killpg(proc.pid, sig)
         except ProcessLookupError:
           pass
 

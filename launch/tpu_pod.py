@@ -70,10 +70,12 @@ def run_commands(args) -> list:
   user_command = " ".join(shlex.quote(c) for c in args.command)
   if args.attach:
     return [_ssh(args, f"cd {args.remote_dir} && {user_command}")]
-  # nohup + a pid file: the job outlives the SSH session, and `stop` can signal exactly it.
+  # nohup + a pid file: the job outlives the SSH session, and `stop` can signal exactly it. The
+  # braces put only nohup in the background (`a && b & c` would background all of `a && b`), so
+  # `$!` is nohup's pid, which becomes the job's when nohup execs it.
   remote = (f"mkdir -p {LOG_DIR} && cd {args.remote_dir} && "
-            f"nohup {user_command} > {_log_file(args)} 2>&1 < /dev/null & "
-            f"echo $! > {LOG_DIR}/{args.name}.pid")
+            f"{{ nohup {user_command} > {_log_file(args)} 2>&1 < /dev/null & "
+            f"echo $! > {LOG_DIR}/{args.name}.pid; }}")
   return [_ssh(args, remote)]
 
 

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -138,8 +139,67 @@ def test_tpu_pod_dry_run_prints_the_exact_gcloud_commands():
       capture_output=True, text=True, check=True).stdout.splitlines()
   assert run == [
       f"{tpu} ssh bert --zone=us-central2-b --worker=all '--command=mkdir -p ~/ssl_jax_logs && "
-      "cd ~/ssl_jax && nohup ssl-jax train --config=configs/bert.py:base --workdir=gs://b/run "
-      "> ~/ssl_jax_logs/bert.log 2>&1 < /dev/null & echo $! > ~/ssl_jax_logs/bert.pid'"]
+      "cd ~/ssl_jax && { nohup ssl-jax train --config=configs/bert.py:base --workdir=gs://b/run "
+      "> ~/ssl_jax_logs/bert.log 2>&1 < /dev/null & echo $! > ~/ssl_jax_logs/bert.pid; }'"]
+
+
+def _running(marker: str) -> list:
+  """Pids of this machine's processes whose command line holds `marker`."""
+  pids = []
+  for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      with open(f"/proc/{pid}/cmdline", "rb") as f:
+        if marker.encode() in f.read():
+          pids.append(int(pid))
+    except OSError:
+      pass
+  return pids
+
+
+def test_tpu_pod_run_and_stop_reach_the_job_itself(tmp_path):
+  # The remote commands of `run` and `stop`, run here by bash in a fresh home (what ssh runs on
+  # each host): the pid file names the job, and `stop` delivers its SIGTERM to the job.
+  def remote(*args):
+    line = subprocess.run(
+        [sys.executable, os.path.join(LAUNCH, "tpu_pod.py"), *args[:1], "--name=bert",
+         "--zone=z", "--dry_run", *args[1:]], capture_output=True, text=True,
+        check=True).stdout.splitlines()[0]
+    return next(a for a in shlex.split(line) if a.startswith("--command="))[len("--command="):]
+
+  (tmp_path / "ssl_jax").mkdir()
+  env = {**os.environ, "HOME": str(tmp_path)}
+  job = ("import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: "
+         "(open('stopped', 'w').close(), sys.exit(0))); open('ready', 'w').close(); "
+         "time.sleep(60)")
+  subprocess.run(["bash", "-c", remote("run", "--", sys.executable, "-c", job)], env=env,
+                 check=True, timeout=60)
+  deadline = time.monotonic() + 60
+  while not (tmp_path / "ssl_jax" / "ready").exists():
+    assert time.monotonic() < deadline, "the job did not start"
+    time.sleep(0.05)
+  pid = int((tmp_path / "ssl_jax_logs" / "bert.pid").read_text())
+  with open(f"/proc/{pid}/cmdline", "rb") as f:
+    assert b"signal.SIGTERM" in f.read()  # the job, not a shell around it
+  subprocess.run(["bash", "-c", remote("stop")], env=env, check=True, timeout=60)
+  while not (tmp_path / "ssl_jax" / "stopped").exists():
+    assert time.monotonic() < deadline, "stop did not reach the job"
+    time.sleep(0.05)
+
+
+def test_local_launcher_stops_a_worker_under_a_wrapper(tmp_path):
+  # Process 1 fails; process 0 is bash running a worker: the worker must stop with it.
+  marker = f"ssl-jax-test-worker-{os.getpid()}"
+  script = ('case "$3" in --process_id=1) exit 3;; esac; '
+            f'{sys.executable} -c "import time; time.sleep(120)" {marker}; exit 0')
+  result = subprocess.run(
+      [sys.executable, os.path.join(LAUNCH, "local.py"), "--num_processes=2",
+       "--kill_after_s=5", "--", "bash", "-c", script, "wrapper"],
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode == 3, result.stdout[-2000:]
+  deadline = time.monotonic() + 10
+  while _running(marker):
+    assert time.monotonic() < deadline, f"worker {_running(marker)} outlived the launcher"
+    time.sleep(0.1)
 
 
 def test_slurm_script_sets_the_coordinator_from_slurm_variables(tmp_path):
