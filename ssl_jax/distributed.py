@@ -110,6 +110,15 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
     return True
   cluster = detect_cluster()
+  ranks = int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))
+  if cluster is None and ranks > 1:
+    # Open MPI >= 5 (PRRTE) sets no OMPI_MCA_orte_hnp_uri, which JAX's detection reads: every
+    # rank would train alone, all writing one workdir.
+    raise ValueError(
+        f"this process is rank {os.environ.get('OMPI_COMM_WORLD_RANK', '?')} of an mpirun job of "
+        f"{ranks} (OMPI_COMM_WORLD_SIZE={ranks}) that JAX cannot configure itself from (Open MPI "
+        ">= 5); pass --coordinator_address=HOST:PORT (process 0's host) "
+        f"--num_processes={ranks} --process_id=$OMPI_COMM_WORLD_RANK.")
   if cluster is None:
     return False
   if cluster == "slurm":

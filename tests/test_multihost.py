@@ -276,6 +276,13 @@ def test_cluster_detection(monkeypatch):
     # The batch script itself (a one-task step of a 4-task allocation) is not the job.
     monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")
     assert distributed.detect_cluster() is None
+    # An Open MPI 5 rank: JAX cannot configure itself, so the user must say where process 0 is.
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "2")
+    assert distributed.detect_cluster() is None
+    with pytest.raises(ValueError, match=r"rank 2 of an mpirun job of 4 .* --num_processes=4 "
+                       r"--process_id=\$OMPI_COMM_WORLD_RANK"):
+      distributed.initialize()
 
 
 def test_shards_for_rows():
