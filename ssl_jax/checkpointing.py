@@ -163,7 +163,8 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout, 
         f"the checkpoint at step {step} in {manager.directory} was trained with "
         f"config.data.vocab={saved_vocab}, this run has {vocab}; token ids would mean other "
         "words. Use the checkpoint's vocabulary, or a fresh --workdir.")
-  saved_shapes = _leaf_shapes(manager.item_metadata(step)["state"]["params"])
+  metadata = manager.item_metadata(step)["state"]
+  saved_shapes = _leaf_shapes(metadata["params"])
   shapes = _leaf_shapes(layout.abstract.params)
   for path in sorted(saved_shapes.keys() | shapes.keys()):
     if path not in saved_shapes or path not in shapes:
@@ -187,23 +188,22 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout, 
         "config.model to the checkpoint's config.json, or use a fresh --workdir (a resumed run "
         f"may change only config.model.{{{','.join(model_config_lib.RUN_FIELDS)}}}).")
   if resume:
-    _check_state_tree(manager, step, config, layout.abstract)
+    _check_state_tree(metadata, layout.abstract, saved["optim"], config.optim,
+                      f"the checkpoint at step {step} in {manager.directory}")
 
 
-def _check_state_tree(manager: ocp.CheckpointManager, step: int, config, abstract_state) -> None:
-  """Raises if the checkpoint's state has other leaves than `abstract_state` (the parameters
-  matched already, so the optimizer's state differs)."""
-  saved, wanted = (set(_leaf_shapes(tree)) for tree in (
-      manager.item_metadata(step)["state"], abstract_state))
+def _check_state_tree(metadata, abstract_state, saved_optim: dict, optim, checkpoint: str) -> None:
+  """Raises if the checkpoint's state (its Orbax `metadata`) has other leaves than
+  `abstract_state` (the parameters matched already, so the optimizer's state differs)."""
+  saved, wanted = set(_leaf_shapes(metadata)), set(_leaf_shapes(abstract_state))
   if saved == wanted:
     return
   path, where = (min(saved - wanted), "the checkpoint") if saved - wanted else (
       min(wanted - saved), "this run's state")
-  differences = _differences("optim", json.loads(config.optim.to_json_best_effort()),
-                             restore_config(manager, step)["optim"])
+  differences = _differences("optim", json.loads(optim.to_json_best_effort()), saved_optim)
   raise ValueError(
-      f"the optimizer state of the checkpoint at step {step} in {manager.directory} has another "
-      f"tree than this run's ({path} is only in {where}); "
+      f"the optimizer state of {checkpoint} has another tree than this run's ({path} is only in "
+      f"{where}); "
       f"{differences or 'it was written by another version of ssl_jax; '}resume with the "
       "optimizer it was written with, or use a fresh --workdir.")
 

@@ -71,8 +71,8 @@ def _pack_group(group, *, feature_lengths):
     out[f"{k}_positions"] = positions
     out[f"{k}_segment_ids"] = tf.cumsum(tf.cast(positions == 0, tf.int32), axis=1) * tf.cast(
         out[k] != 0, tf.int32)
-  for k, v in out.items():
-    v.set_shape([None, feature_lengths[k.removesuffix("_positions").removesuffix("_segment_ids")]])
+    for name in (k, f"{k}_positions", f"{k}_segment_ids"):
+      out[name].set_shape([None, feature_lengths[k]])
   return out
 
 
