@@ -18,8 +18,10 @@ Prints one JSON line per objective (and per model with --compile-scaling). How i
 - The two frameworks and a square float32 matmul (`--matmul_size`, XLA) are timed in turn, round
   after round, so that a busy machine slows all three alike; medians over `--steps` rounds after
   `--warmup` rounds. `speedup` = median HF step time / median ssl_jax step time (same tokens).
-- `flops_per_step` is XLA's cost analysis of the compiled step; `mfu` = flops_per_step / median step
-  time / median matmul rate (the measured dense float32 matmul rate of this machine, not a datasheet).
+- `flops_per_step` is XLA's cost analysis of the step, all devices together, lowered with its layers
+  unrolled and one microbatch (`trainer.flops_per_step`: a scanned layer stack or microbatch loop
+  would be counted once); `mfu` = flops_per_step / devices / median step time / median matmul rate
+  (the measured dense float32 matmul rate of one device of this machine, not a datasheet).
 - `host_fraction` = median time of one `next(iterator)` (read before the steps run, so the
   pipeline's threads never compete with a timed step) / median step time: the share of a step the
   input pipeline would cost if it did not overlap with it.
@@ -28,7 +30,8 @@ Prints one JSON line per objective (and per model with --compile-scaling). How i
   loop waits in `next`, `loop_wait_fraction` = that / the median step time (what would starve an
   accelerator), `loop_step_s` = wall time per loop step and `loop_vs_step` = that / the median
   isolated step (what the pipeline's CPU use costs the step on a host that shares its cores).
-- `compile_s`: lowering + compilation of the train step (no persistent cache); `temp_mib`: the
+- `compile_s`: lowering + compilation of the train step (the persistent compilation cache is
+  turned off, even where `JAX_COMPILATION_CACHE_DIR` is set); `temp_mib`: the
   compiled step's temporary buffers per device (XLA's memory analysis), what its activations and
   gradients need beyond the state and the batch. `page_faults_per_step`: the median minor page
   faults of the process during one ssl_jax step. Every row names the process's C allocator,
@@ -45,8 +48,9 @@ Prints one JSON line per objective (and per model with --compile-scaling). How i
 - `--compare-autodiff-dense`: the same, for the step traced under `layers.autodiff_dense()`
   (autodiff's backward pass for the dense layers instead of `layers.dense`'s own); combines with
   `--compare-compiler-options`.
-Threads: torch gets `--threads` intra-op threads (default: all cores); XLA uses its own pool of one
-thread per core.
+Threads: torch gets `--threads` intra-op threads (default: the cores this process may run on);
+XLA uses its own pool of one thread per core. On a GPU host, transformers runs on the GPU too
+(`transformers_device`), synchronised before its clock stops.
 """
 import argparse
 import collections
@@ -132,7 +136,7 @@ class SslJaxStep:
     self.exp = trainer.Experiment.build(config)
     self.state = self.exp.init_state()
     self.compiled, self.compile_s = _timed(lambda: trainer.compile_train_step(self.exp))
-    self.flops = trainer.flops_per_step(self.compiled)
+    self.flops = trainer.flops_per_step(config)
     self.iterator = iterator = pipeline.make_iterator(config, "train", self.exp.batch_sharding)
     next(iterator)  # the pipeline's start-up is not a per-batch cost
     reads = [_timed(lambda: next(iterator)) for _ in range(num_batches)]
@@ -169,11 +173,11 @@ class SslJaxStep:
     return waits, total / num_steps
 
 
-def hf_inputs(objective: str, batch) -> dict:
+def hf_inputs(objective: str, batch, device: str) -> dict:
   """The torch inputs of the HF model for an ssl_jax batch (labels -100 where no loss)."""
   import torch  # pylint: disable=g-import-not-at-top
   b = {k: np.asarray(v) for k, v in batch.items()}
-  long = lambda x: torch.as_tensor(np.asarray(x, np.int64))
+  long = lambda x: torch.as_tensor(np.asarray(x, np.int64), device=device)
   if objective == "mlm":
     labels = np.full(b["input_tokens"].shape, -100)
     real = b["masked_weights"] > 0
@@ -195,14 +199,14 @@ def hf_inputs(objective: str, batch) -> dict:
 class TransformersStep:
   """`transformers` training step (AdamW, clipping as our config) on the same model shapes."""
 
-  def __init__(self, objective: str, model_config, optim_config):
+  def __init__(self, objective: str, model_config, optim_config, device: str):
     import torch  # pylint: disable=g-import-not-at-top
     import transformers  # pylint: disable=g-import-not-at-top
     from ssl_jax.interop import hf  # pylint: disable=g-import-not-at-top
-    self.torch = torch
+    self.torch, self.device = torch, device
     hf_config = hf.hf_config_from(model_config)
     self.model = getattr(transformers, _HF_CLASS.get(objective, hf_config.architectures[0]))(
-        hf_config)
+        hf_config).to(device)
     self.model.train()
     self.optimizer = torch.optim.AdamW(
         self.model.parameters(), lr=optim_config.learning_rate, betas=(optim_config.b1,
@@ -219,6 +223,8 @@ class TransformersStep:
         self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
       self.optimizer.step()
       self.optimizer.zero_grad(set_to_none=True)
+      if self.device == "cuda":
+        self.torch.cuda.synchronize()
     return _timed(step)[1]
 
 
@@ -230,14 +236,15 @@ def _temp_mib(compiled):
 def measure(objective: str, args) -> dict:
   config = make_config(objective, args.size, args.model)
   ours = SslJaxStep(config, args.warmup + args.steps)
-  theirs = (TransformersStep(objective, ours.exp.model_config, config.optim)
+  theirs = (TransformersStep(objective, ours.exp.model_config, config.optim, args.torch_device)
             if args.compare_transformers else None)
   matmul = MatmulRate(args.matmul_size)
+  devices = ours.exp.mesh.size
   host, ours_s, theirs_s, rates, ratios, mfus = [], [], [], [], [], []
   for round_ in range(args.warmup + args.steps):
     host_s, step_s = ours()
     if theirs is not None:
-      theirs.inputs = hf_inputs(objective, ours.batch)
+      theirs.inputs = hf_inputs(objective, ours.batch, args.torch_device)
       hf_s = theirs()
     rate = matmul()
     if round_ < args.warmup:
@@ -245,11 +252,12 @@ def measure(objective: str, args) -> dict:
     host.append(host_s)
     ours_s.append(step_s)
     rates.append(rate)
-    mfus.append(ours.flops / step_s / 1e9 / rate)
+    mfus.append(ours.flops / devices / step_s / 1e9 / rate)
     if theirs is not None:
       theirs_s.append(hf_s)
       ratios.append(hf_s / step_s)
   step_s, rate = statistics.median(ours_s), statistics.median(rates)
+  achieved = ours.flops / devices / step_s / 1e9  # GFLOP/s per device
   waits, loop_step_s = ours.loop(args.steps)
   row = {
       "benchmark": "train_step", "objective": objective, "size": args.size,
@@ -264,13 +272,14 @@ def measure(objective: str, args) -> dict:
   if theirs is not None:
     hf_s = statistics.median(theirs_s)
     row.update({"transformers_model": type(theirs.model).__name__,
+                "transformers_device": args.torch_device,
                 "transformers_step_s": round(hf_s, 4),
                 "transformers_tokens_per_sec": round(ours.tokens / hf_s, 1),
                 "speedup": round(hf_s / step_s, 2),
                 "speedup_per_round_median": round(statistics.median(ratios), 2)})
   row.update({
-      "flops_per_step": ours.flops, "achieved_gflops": round(ours.flops / step_s / 1e9, 2),
-      "matmul_gflops": round(rate, 2), "mfu": round(ours.flops / step_s / 1e9 / rate, 3),
+      "flops_per_step": ours.flops, "achieved_gflops": round(achieved, 2),
+      "matmul_gflops": round(rate, 2), "mfu": round(achieved / rate, 3),
       "mfu_per_round_median": round(statistics.median(mfus), 3),
       "compile_s": round(ours.compile_s, 2), "temp_mib": _temp_mib(ours.compiled),
       "page_faults_per_step": int(statistics.median(ours.page_faults[args.warmup:])),
@@ -389,7 +398,7 @@ def main(argv=None):
   parser.add_argument("--model", type=json.loads, default={},
                       help='model config overrides, e.g. \'{"dtype": "bfloat16"}\'')
   parser.add_argument("--matmul_size", type=int, default=1536)
-  parser.add_argument("--threads", type=int, default=os.cpu_count())
+  parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
   parser.add_argument("--compile-scaling", "--compile_scaling", action="store_true",
                       dest="compile_scaling")
   parser.add_argument("--scan_layers_counts", type=lambda s: [int(x) for x in s.split(",")],
@@ -417,9 +426,15 @@ def main(argv=None):
   if comparing and (args.profile or args.compare_transformers or args.compile_scaling):
     parser.error("--compare-compiler-options and --compare-autodiff-dense time ssl_jax's step "
                  "alone; drop --profile, --compare-transformers and --compile-scaling.")
+  jax.config.update("jax_enable_compilation_cache", False)  # compile_s is a real compile
+  args.torch_device = "cuda" if jax.default_backend() == "gpu" else "cpu"
   if args.compare_transformers:
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(args.threads)
+    if args.torch_device == "cuda" and not torch.cuda.is_available():
+      parser.error(f"JAX runs on the GPU but torch {torch.__version__} sees no CUDA device, so "
+                   "transformers would be timed on the CPU; install a CUDA build of torch or drop "
+                   "--compare-transformers.")
   meta = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": jax.device_count(),
           "cpu_count": os.cpu_count(), "threads": args.threads, "malloc": trainer.host_allocator()}
   if args.compile_scaling:

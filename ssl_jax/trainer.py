@@ -6,6 +6,7 @@ Everything a user can get wrong is checked in `Experiment.build` before anything
 train step is compiled once, ahead of time, with the state donated; its rng is
 `fold_in(seed, step)`, so a resumed run draws exactly the numbers an uninterrupted one does.
 """
+import copy
 import dataclasses
 import functools
 import logging
@@ -192,21 +193,26 @@ def compiler_options(mesh) -> dict:
   return dict(_CPU_COMPILER_OPTIONS) if _on_cpu(mesh) else {}
 
 
-def compile_train_step(exp: Experiment, options: Optional[dict] = None):
-  """The train step compiled ahead of time for the state and batch layouts (state donated).
-
-  `options`: XLA compiler options instead of the platform's (`compiler_options`), e.g. to compare
-  flags (`benchmarks/train_step.py --compare-compiler-options`).
-  """
+def lower_train_step(exp: Experiment):
+  """The train step lowered for the state and batch layouts (state donated), not yet compiled."""
   replicated = partitioning.replicated(exp.mesh)
   batch_abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=exp.batch_sharding)
                     for k, v in exp.batch_spec.items()}
   step = jax.jit(make_train_step(exp), in_shardings=(exp.layout.shardings, exp.batch_sharding),
                  out_shardings=(exp.layout.shardings, replicated), donate_argnums=0)
   with partitioning.with_logical_rules(exp.layout.rules, exp.mesh):
-    compiled = step.lower(exp.layout.abstract, batch_abstract).compile(
-        compiler_options=compiler_options(exp.mesh) if options is None else options)
-  _log_compiled(compiled)
+    return step.lower(exp.layout.abstract, batch_abstract)
+
+
+def compile_train_step(exp: Experiment, options: Optional[dict] = None):
+  """The train step compiled ahead of time for the state and batch layouts (state donated).
+
+  `options`: XLA compiler options instead of the platform's (`compiler_options`), e.g. to compare
+  flags (`benchmarks/train_step.py --compare-compiler-options`).
+  """
+  compiled = lower_train_step(exp).compile(
+      compiler_options=compiler_options(exp.mesh) if options is None else options)
+  _log_memory(compiled)
   if _on_cpu(exp.mesh) and host_allocator() == "system":
     _remind_tcmalloc()
   return compiled
@@ -231,9 +237,17 @@ def compile_eval_step(exp: Experiment):
         compiler_options=compiler_options(exp.mesh))
 
 
-def flops_per_step(compiled) -> float:
-  """FLOPs of one compiled step from XLA's cost analysis (0 when the backend reports none)."""
-  cost = compiled.cost_analysis()
+def flops_per_step(config: ml_collections.ConfigDict) -> float:
+  """FLOPs of one train step of `config`, all devices together: XLA's cost analysis of the step
+  lowered with its layers unrolled (`model.scan_layers=False`) and one microbatch, as the step
+  does the same arithmetic either way. Cost analysis counts a loop's body once, so the scanned
+  layer stack or the microbatch loop would count 1/num_layers or 1/microbatches of the work.
+  Lowers only (nothing is compiled); 0 when the backend reports no cost analysis."""
+  unrolled = copy.deepcopy(config)
+  with unrolled.unlocked():
+    unrolled.model.scan_layers = False
+    unrolled.train.microbatches = 1
+  cost = lower_train_step(Experiment.build(unrolled)).cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
   return float((cost or {}).get("flops", 0.0))
@@ -250,13 +264,12 @@ def host_allocator() -> str:
   return next((name for name in ("tcmalloc", "jemalloc") if f"lib{name}" in maps), "system")
 
 
-def _log_compiled(compiled) -> None:
+def _log_memory(compiled) -> None:
   memory = compiled.memory_analysis()
   if memory is not None:
     logging.info("train step memory per device: arguments %.1f MiB, outputs %.1f MiB, "
                  "temporaries %.1f MiB", memory.argument_size_in_bytes / 2**20,
                  memory.output_size_in_bytes / 2**20, memory.temp_size_in_bytes / 2**20)
-  logging.info("train step FLOPs (XLA cost analysis): %.3g", flops_per_step(compiled))
 
 
 class EvalSet:

@@ -171,6 +171,23 @@ def test_microbatches_give_the_full_batch_update():
   chex.assert_trees_all_close(params_4, params_1, atol=1e-5, rtol=1e-4)
 
 
+def test_flops_per_step_counts_every_scanned_layer_and_microbatch():
+  # XLA's cost analysis counts a loop body once; the scanned layers and microbatches must not be.
+  config = tiny_config("gpt")
+  flops = {}
+  for num_layers in (2, 4):
+    config.model.update(num_layers=num_layers, scan_layers=True)
+    config.train.microbatches = 2
+    flops[num_layers] = trainer.flops_per_step(config)
+  model = trainer.resolve_model_config(config)
+  batch, length = config.train.global_batch_size, config.data.sequence_length
+  h, m = model.hidden_size, model.mlp_dim
+  # One block, forward + backward (x3): the dense layers 2*T*(4h^2 + 2hm) and the attention
+  # scores and values 2*2*B*S^2*h; softmax, GELU and LayerNorm add ~3%.
+  per_layer = 3 * (2 * batch * length * (4 * h * h + 2 * h * m) + 4 * batch * length**2 * h)
+  np.testing.assert_allclose(flops[4] - flops[2], 2 * per_layer, rtol=0.05)
+
+
 def test_fsdp_shards_params_and_optimizer_state():
   config = tiny_config("bert")
   config.mesh.update(data=1, fsdp=8, tensor=1)
