@@ -121,6 +121,27 @@ def test_nsp_real_next_sentence_continues_the_document(bert_nsp, vocab, docs, id
     assert contiguous == (e["sentence_label"] == 0)
 
 
+def test_nsp_label_is_not_given_away_by_the_length_or_where_b_stops(vocab, docs):
+  # Documents of ~8 default-corpus documents (~320 tokens), several chunks each. A random B that
+  # always filled the row while a real B stopped at its chunk's last sentence end would let the
+  # row's length or B's last token predict the label (86% accuracy before the fix).
+  long_docs = [sum(docs[i:i + 8], []) for i in range(0, 640, 8)]
+  examples = _bert(vocab, long_docs, sequence_length=128, sentence_task="nsp")
+  labels = np.array([e["sentence_label"] for e in examples])
+  lengths = np.array([len(e["input_tokens"]) for e in examples])
+  period = vocab.encode(".")[-1]
+  ends_sentence = []
+  for e in examples:
+    tokens = e["input_tokens"].copy()
+    tokens[e["masked_positions"]] = e["masked_targets"]
+    ends_sentence.append(tokens[-2] == period)
+  ends_sentence = np.array(ends_sentence)
+  assert abs(labels.mean() - 0.5) < 0.06
+  best_by_length = max(np.mean((lengths >= t) == labels) for t in range(5, 130))
+  assert best_by_length < 0.62, best_by_length
+  assert abs(labels[ends_sentence].mean() - labels[~ends_sentence].mean()) < 0.2
+
+
 def test_sop_swaps_half_of_the_pairs(vocab, docs, ids):
   examples = _bert(vocab, docs[:200], sequence_length=128, sentence_task="sop", whole_word=True)
   texts = dict(enumerate(vocabularies.encode_batch(vocab, [" ".join(d) for d in docs[:200]])))

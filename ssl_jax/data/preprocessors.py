@@ -127,11 +127,16 @@ def _one_element_per_chunk(doc, min_tokens):
 
 def _chunk(doc):
   """(tokens, word_starts, sentence lengths) of chunk `doc['chunk_index']`."""
+  lengths, begin, end = _chunk_span(doc)
+  return doc["tokens"][begin:end], doc["word_starts"][begin:end], lengths
+
+
+def _chunk_span(doc):
+  """(sentence lengths, first token, end token) of chunk `doc['chunk_index']` in the document."""
   in_chunk = tf.equal(doc["chunk_ids"], doc["chunk_index"])
   lengths = tf.boolean_mask(doc["lengths"], in_chunk)
   begin = tf.reduce_sum(tf.boolean_mask(doc["lengths"], doc["chunk_ids"] < doc["chunk_index"]))
-  end = begin + tf.reduce_sum(lengths)
-  return doc["tokens"][begin:end], doc["word_starts"][begin:end], lengths
+  return lengths, begin, begin + tf.reduce_sum(lengths)
 
 
 def _regular_ids(vocab, special):
@@ -177,8 +182,10 @@ def bert_pretraining(ds, *, vocab, sequence_length, mlm_cfg, seed):
   Input documents: `doc_index` (int64), `sentences` (string vector). Each chunk of a document (see the
   module docstring) becomes one example; with a sentence task the chunk is split at a random sentence
   boundary (mid-chunk when it holds one sentence) into A and B:
-    'nsp': with probability 1/2, B is replaced by text from the previous document of the stream,
-           starting at a random sentence; `sentence_label` 1 = random, 0 = real next.
+    'nsp': B fills the row: the real B runs on past the chunk into the rest of the document; with
+           probability 1/2 it is replaced by as many tokens of the previous document of the stream,
+           starting at a random sentence (so length and B's last token do not give the label
+           away); `sentence_label` 1 = random, 0 = real next.
     'sop': with probability 1/2, A and B swap; `sentence_label` 1 = swapped, 0 = original order.
     'none': one segment; `sentence_label` = NO_SENTENCE_LABEL (-1).
   Pairs longer than `sequence_length` lose tokens from the longer segment (A from its front, B from its
@@ -298,6 +305,14 @@ def _sentence_pair(doc, tokens, starts, lengths, task, budget, seeds):
   a, a_starts, b, b_starts = tokens[:split], starts[:split], tokens[split:], starts[split:]
   label = tf.constant(0, tf.int32)
   if task == "nsp":
+    # Either B fills the row from a sentence start: the real one runs on past the chunk into the
+    # rest of the document, the random one through the previous document, as BERT's
+    # target_b_length. So neither the row's length nor where B stops (the end of a sentence, or
+    # the middle of one) tells the two apart; each stops early only where its document ends.
+    room = tf.cast(budget - split, tf.int64)
+    end = _chunk_span(doc)[2]
+    b = tf.concat([b, doc["tokens"][end:]], 0)[:room]
+    b_starts = tf.concat([b_starts, doc["word_starts"][end:]], 0)[:room]
     other, other_lengths = doc["other_tokens"], doc["other_lengths"]
     is_random = tf.logical_and(tf.random.stateless_uniform([], seeds[1]) < 0.5, tf.size(other) > 0)
     sentence = tf.random.stateless_uniform(
@@ -305,8 +320,8 @@ def _sentence_pair(doc, tokens, starts, lengths, task, budget, seeds):
     other_begin = tf.gather(tf.concat([tf.cumsum(other_lengths, exclusive=True), [0]], 0), sentence)
     b, b_starts = tf.cond(
         is_random,
-        lambda: (other[other_begin:other_begin + budget],
-                 doc["other_word_starts"][other_begin:other_begin + budget]),
+        lambda: (other[other_begin:other_begin + room],
+                 doc["other_word_starts"][other_begin:other_begin + room]),
         lambda: (b, b_starts))
     label = tf.cast(is_random, tf.int32)
   # Cut the longer segment first (BERT's truncate_seq_pair), A from its front, B from its end.
