@@ -146,12 +146,22 @@ def validate(config: ml_collections.ConfigDict):
     _check(d.sequence_length <= model_cfg.max_length, "data.sequence_length", d.sequence_length,
            f"the model has {model_cfg.max_length} positions (config.model.max_length); use a "
            "sequence length at most that, or a model with more positions.")
+  if family == "bart":  # the decoder's learned positions too
+    _check(d.targets_length <= model_cfg.max_length, "data.targets_length", d.targets_length,
+           f"the model has {model_cfg.max_length} positions (config.model.max_length); use a "
+           "targets length at most that, or a model with more positions.")
+  _check(d.get("shuffle_buffer", 0) >= 0, "data.shuffle_buffer", d.get("shuffle_buffer"),
+         "use a positive buffer size, or 0 for seqio's default.")
   _check(0 < d.mlm.mask_rate < 1, "data.mlm.mask_rate", d.mlm.mask_rate, "use a rate in (0, 1).")
   _check(d.mlm.mask_token_ratio + d.mlm.random_token_ratio <= 1, "data.mlm.random_token_ratio",
          d.mlm.random_token_ratio, "mask_token_ratio + random_token_ratio must be at most 1.")
   _check(d.mlm.max_predictions > 0, "data.mlm.max_predictions", d.mlm.max_predictions,
          "use a positive number.")
   _one_of("data.mlm.sentence_task", d.mlm.sentence_task, _SENTENCE_TASKS)
+  if config.objective == "mlm" and d.mlm.sentence_task != "none":
+    _check(model_cfg.type_vocab_size >= 2, "model.type_vocab_size", model_cfg.type_vocab_size,
+           f"sentence_task={d.mlm.sentence_task!r} rows have two segments (token types 0 and 1); "
+           "use 2, or config.data.mlm.sentence_task='none'.")
   _check(0 < d.span_corruption.noise_density < 1, "data.span_corruption.noise_density",
          d.span_corruption.noise_density, "use a density in (0, 1).")
   _check(d.span_corruption.mean_span_length >= 1, "data.span_corruption.mean_span_length",

@@ -340,28 +340,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, init_par
   if start >= train_cfg.num_steps:  # a finished run, re-run: nothing to compile or train
     manager.close()
     return state
-  train_step = compile_train_step(exp)
+  # The data is read before anything compiles, so that a missing file or a bad data setting fails
+  # at once (not after minutes of compiling on a pod), and the pipeline starts while XLA compiles.
+  first_batch = next(train_iter)
   if evaluate_fn is None and train_cfg.eval_steps:
-    eval_step, eval_set = compile_eval_step(exp), EvalSet(exp)
+    eval_set = EvalSet(exp)
+    eval_step = compile_eval_step(exp)
     evaluate_fn = lambda params, step, logger: evaluate(eval_step, params, eval_set, step, logger)
+  train_step = compile_train_step(exp)
   logger = metrics_lib.MetricsLogger(
       workdir, num_steps=train_cfg.num_steps, log_every=train_cfg.log_every, start_step=start,
       tokens_per_step=_tokens_per_step(exp.batch_spec), learning_rate_fn=exp.schedule)
   try:
     with logger, checkpointing.preemption_guard() as preempted:
-      return _loop(exp, state, start, train_step, evaluate_fn, train_iter, manager, logger,
-                   preempted)
+      return _loop(exp, state, start, train_step, evaluate_fn, first_batch, train_iter, manager,
+                   logger, preempted)
   finally:
     manager.wait_until_finished()  # a save in flight completes even when the loop raised
     manager.close()
 
 
-def _loop(exp, state, start, train_step, evaluate_fn, train_iter, manager, logger, preempted):
+def _loop(exp, state, start, train_step, evaluate_fn, first_batch, train_iter, manager, logger,
+          preempted):
   config, train_cfg = exp.config, exp.config.train
   abort = train_cfg.on_nonfinite == "abort"
   previous = None  # (step, sums) of the step before the one in flight
   for step in range(start + 1, train_cfg.num_steps + 1):
-    batch = next(train_iter)
+    batch = first_batch if step == start + 1 else next(train_iter)
     if step == start + 1:  # every process has compiled and read a batch: start together
       distributed.barrier("first train step")
     state, sums = train_step(state, batch)

@@ -243,6 +243,22 @@ def _checkpoint_of_another_vocabulary(config, tmp_path, checkpoint):
   return config, checkpoint.workdir
 
 
+def _checkpoint_of_other_batch_shapes(config, tmp_path, checkpoint):
+  config = checkpoint.config.copy_and_resolve_references()
+  config.data.sequence_length = 64  # the model fits; the saved data stream's batches do not
+  return config, checkpoint.workdir
+
+
+def _text_file_missing(config, tmp_path, checkpoint):
+  config.data.update(source="text_files", text_files=str(tmp_path / "missing.txt"))
+  return config, str(tmp_path / "run")
+
+
+def _one_token_type_with_nsp(config, tmp_path, checkpoint):
+  config.model.type_vocab_size = 1
+  return config, str(tmp_path / "run")
+
+
 BAD_INPUTS = {
     "mesh_not_device_count": (_mesh_not_device_count, [
         "config.mesh", "data=3", "8 are available", "product"]),
@@ -263,6 +279,14 @@ BAD_INPUTS = {
         "checkpoint", "another version of ssl_jax", "or use a fresh --workdir"]),
     "checkpoint_of_another_vocabulary": (_checkpoint_of_another_vocabulary, [
         "config.data.vocab=", "'extra_ids': 100", "'extra_ids': 50", "checkpoint's vocabulary"]),
+    "checkpoint_of_other_batch_shapes": (_checkpoint_of_other_batch_shapes, [
+        "input_tokens: [128] in the checkpoint, [64] now", "config.data.sequence_length",
+        "Resume with the checkpoint's data settings"]),
+    # Read before compiling, though only reading the data finds it.
+    "text_file_missing": (_text_file_missing, [
+        "config.data.text_files", "missing.txt", "does not exist"]),
+    "one_token_type_with_nsp": (_one_token_type_with_nsp, [
+        "config.model.type_vocab_size=1", "token types 0 and 1", "sentence_task='none'"]),
 }
 
 
@@ -277,7 +301,7 @@ def test_bad_input_is_refused_before_compiling_with_a_message(case, tmp_path, re
   # A spy, not a stand-in: it records whether the step got compiled before the error.
   monkeypatch.setattr(trainer, "compile_train_step",
                       lambda exp: compiled.append(1) or original(exp))
-  with pytest.raises(ValueError) as error:
+  with pytest.raises((ValueError, FileNotFoundError)) as error:
     trainer.train_and_evaluate(config, workdir)
   for text in expected:
     assert text in str(error.value), (text, str(error.value))

@@ -13,6 +13,7 @@ from ssl_jax.finetune import encoding
 from ssl_jax.finetune import extractive_qa
 from ssl_jax.finetune import formats
 from ssl_jax.finetune import metrics
+from ssl_jax.finetune import run
 from ssl_jax.finetune import suite
 from ssl_jax.finetune import tagging
 from ssl_jax.finetune import config as finetune_config
@@ -176,6 +177,15 @@ def tiny_config(objective="classification", data_format="glue_tsv", task="sst2",
   finetune_config.use_tiny_model(config)
   config.data.sequence_length = length
   return config
+
+
+def test_finetune_reads_the_eval_file_before_training(tmp_path):
+  # A typo in eval_file failed after the whole run had trained.
+  config = tiny_config()
+  config.data.train_file = write(tmp_path / "train.tsv", "sentence\tlabel\ngood .\t1\nbad .\t0\n")
+  config.data.eval_file = str(tmp_path / "dev_typo.tsv")
+  with pytest.raises(FileNotFoundError, match="dev_typo.tsv"):
+    run.prepare(config, "none")
 
 
 def test_pair_rows_truncate_the_longer_text_first(vocab):

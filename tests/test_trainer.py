@@ -171,6 +171,19 @@ def test_microbatches_give_the_full_batch_update():
   chex.assert_trees_all_close(params_4, params_1, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name, setting, value, message", [
+    # BART's decoder has learned positions too: beyond them every logit was NaN.
+    ("bart", "targets_length", 256, "config.data.targets_length=256 is invalid: the model has 128"),
+    ("gpt", "shuffle_buffer", -1, "config.data.shuffle_buffer=-1 is invalid: use a positive"),
+])
+def test_data_settings_are_checked_against_the_model_before_building(name, setting, value,
+                                                                    message):
+  config = tiny_config(name)
+  config.data[setting] = value
+  with pytest.raises(ValueError, match=message):
+    trainer.resolve_model_config(config)
+
+
 def test_flops_per_step_counts_every_scanned_layer_and_microbatch():
   # XLA's cost analysis counts a loop body once; the scanned layers and microbatches must not be.
   config = tiny_config("gpt")

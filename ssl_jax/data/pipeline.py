@@ -191,7 +191,12 @@ class DataIterator:
     tf.io.gfile.makedirs(path)
     tf.train.Checkpoint(iterator=self._iterator).write(os.path.join(path, _ITERATOR_PREFIX))
     with tf.io.gfile.GFile(os.path.join(path, _META_FILE), "w") as f:
-      json.dump({"process_index": self._process_index, "process_count": self._process_count}, f)
+      json.dump({"process_index": self._process_index, "process_count": self._process_count,
+                 "feature_lengths": self._feature_lengths()}, f)
+
+  def _feature_lengths(self) -> dict:
+    """{feature: its shape after the batch axis} of the stream's batches."""
+    return {k: spec.shape.as_list()[1:] for k, spec in self._dataset.element_spec.items()}
 
   def restore(self, directory) -> None:
     """Moves to the position saved under `directory`; the process count must equal the saving run's."""
@@ -203,7 +208,20 @@ class DataIterator:
           f"it was saved by fewer processes than the {self._process_count} now running. Resume with the "
           "process count that saved it, or start a fresh workdir.")
     with tf.io.gfile.GFile(meta_path) as f:
-      saved = json.load(f)["process_count"]
+      meta = json.load(f)
+    saved = meta["process_count"]
+    lengths = self._feature_lengths()
+    if meta.get("feature_lengths", lengths) != lengths:  # written since 2026-11-30
+      differences = "; ".join(
+          f"{k}: {meta['feature_lengths'].get(k)} in the checkpoint, {lengths.get(k)} now"
+          for k in sorted(lengths.keys() | meta["feature_lengths"].keys())
+          if meta["feature_lengths"].get(k) != lengths.get(k))
+      raise ValueError(
+          f"the data position under {os.fspath(directory)!r} belongs to a stream of other "
+          f"shapes ({differences}): the data settings that size the batches "
+          "(config.data.sequence_length, targets_length, the objective's lengths) differ from "
+          "the checkpoint's config.json. Resume with the checkpoint's data settings, or use a "
+          "fresh --workdir.")
     if saved != self._process_count:
       raise ValueError(
           f"the data iterator checkpoint under {os.fspath(directory)!r} was saved by {saved} processes, but "

@@ -29,6 +29,7 @@ def prepare(config, init: str):
   vocabulary, and the step count and warmup from config.finetune's epochs and ratio."""
   finetune_config.validate(config)
   config, encoder = pretrained.load(config, init)
+  data.featurized(config, "validation")  # cached: a bad eval file fails now, not after training
   f = config.finetune
   if f.num_epochs > 0:
     rows = data.num_rows(config, "train")
