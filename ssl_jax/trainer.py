@@ -115,7 +115,8 @@ def make_train_step(exp: Experiment):
   With `train.microbatches=k` the batch is split into k microbatches whose gradients are summed
   inside the step (`lax.scan`); every loss term is divided by the whole batch's denominator, so the
   update equals that of one batch of B. A non-finite loss or gradient leaves the state unchanged
-  and is counted in `nonfinite_steps`.
+  and is counted in `nonfinite_steps`; its other metrics get count 0, so the logged means are
+  those of the steps applied.
   """
   objective, model, tx = exp.objective, exp.model, exp.tx
   k = exp.config.train.microbatches
@@ -152,6 +153,9 @@ def make_train_step(exp: Experiment):
     new_state = new_state.replace(step=state.step + 1)
     sums = dict(sums)
     sums["loss"] = (loss, jnp.ones(()))
+    # A skipped step's metrics (NaN) stay out of the logged means of the steps that were applied.
+    sums = {name: (jnp.where(finite, total, 0.0), jnp.where(finite, count, 0.0))
+            for name, (total, count) in sums.items()}
     sums["nonfinite_steps"] = (1.0 - finite.astype(jnp.float32), jnp.ones(()))
     return new_state, sums
 

@@ -28,6 +28,7 @@ import pytest
 import tensorflow as tf
 
 from ssl_jax import checkpointing
+from ssl_jax import metrics
 from ssl_jax import trainer
 from ssl_jax.data import pipeline
 
@@ -153,11 +154,15 @@ def test_nonfinite_step_is_skipped_with_params_and_optimizer_state_unchanged():
     before = jax.device_get(state)
     state, sums = train_step(state, next(it))
     steps.append((before, jax.device_get(state), float(sums["nonfinite_steps"][0]),
-                  float(sums["loss"][0])))
-  (before_1, after_1, bad_1, loss_1), (before_2, after_2, bad_2, loss_2) = steps[:2]
-  assert bad_1 == 0 and np.isfinite(loss_1) and not bitwise_equal(after_1.params,
-                                                                   before_1.params)
-  assert bad_2 == 1 and not np.isfinite(loss_2)
+                  jax.device_get(sums)))
+  (before_1, after_1, bad_1, sums_1), (before_2, after_2, bad_2, sums_2) = steps[:2]
+  assert bad_1 == 0 and np.isfinite(sums_1["loss"][0]) and not bitwise_equal(after_1.params,
+                                                                             before_1.params)
+  # The skipped step's metrics stay out of the logged means: the row of steps 1-2 is step 1's.
+  assert bad_2 == 1 and all(count == 0 for name, (_, count) in sums_2.items()
+                            if name != "nonfinite_steps")
+  window = metrics.normalize(metrics.merge([sums_1, sums_2]))
+  assert window == {**metrics.normalize(sums_1), "nonfinite_steps": 0.5}
   assert bitwise_equal(after_2.params, before_2.params)
   assert bitwise_equal(after_2.opt_state, before_2.opt_state)
   assert int(after_2.step) == int(before_2.step) + 1 == 2  # next step draws new randomness
