@@ -53,6 +53,9 @@ def test_tasks_become_text_pairs_in_t5_format(tmp_path):
       t2t.TextPair('rte sentence1: A b. sentence2: B.', 'not_entailment', ('not_entailment',))]
   stsb = formats.TextExample('a', 'b', 3.13, '0')
   assert t2t.glue_pairs('stsb', [stsb])[0].targets == '3.2'
+  # T5 orders the fields by name (t5.data.preprocessors.glue), so MNLI's hypothesis comes first.
+  mnli = formats.TextExample('P.', 'H.', 0, '0')
+  assert t2t.glue_pairs('mnli', [mnli])[0].inputs == 'mnli hypothesis: H. premise: P.'
   qa = [formats.QAExample('1', 'Who?', 'Ann ran.', (formats.Answer('Ann', 0),
                                                     formats.Answer('Ann ran', 0))),
         formats.QAExample('2', 'Why?', 'Ann ran.', ())]
@@ -80,10 +83,21 @@ def test_decoded_text_is_scored_with_the_tasks_metric(vocab):
   assert t2t.score('sst2', ['positive', 'nonsense'], pairs, vocab) == {'accuracy': 0.5}
   pairs = [t2t.TextPair('', '1.0', ()), t2t.TextPair('', '4.2', ()), t2t.TextPair('', '2.0', ())]
   assert t2t.score('stsb', ['1.2', '4.0', '2.2'], pairs, vocab)['pearson'] > 0.9
+  # STS-B scores as the WordPiece vocabulary decodes them (every score was -1 before: NaN).
+  assert t2t.canonical(vocab, ['4.2']) == ['4 . 2']
+  assert t2t.score('stsb', t2t.canonical(vocab, [p.targets for p in pairs]), pairs,
+                   vocab)['pearson'] == pytest.approx(1.0)
   pairs = [t2t.TextPair('', 'Ann', ('Ann', 'Ann ran')), t2t.TextPair('', '', ())]
   assert t2t.score('squad', ['ann ran', ''], pairs, vocab) == {'exact': 100.0, 'f1': 100.0}
   pairs = [t2t.TextPair('', 'Hello, World', ()), t2t.TextPair('', 'x', ())]
   assert t2t.score('reverse', ['hello , world', 'y'], pairs, vocab) == {'accuracy': 0.5}
+  # The metric follows the format: a tsv file under the default task name 'sst2' scored every
+  # prediction right (its targets and wrong outputs all mapped to label -1).
+  config = tiny_config(format='tsv')
+  assert config.data.task == 'sst2'
+  assert t2t.score(t2t.scored_as(config), ['y', 'z'], pairs, vocab) == {'accuracy': 0.0}
+  config.data.format = 'squad_json'
+  assert t2t.scored_as(config) == 'squad'
 
 
 # ------------------------------------------------------------------------------ data
@@ -135,6 +149,22 @@ def test_sharded_decoding_equals_unsharded_and_beam_one_equals_greedy(vocab):
                      length_penalty=0.0, **kwargs) == greedy
   with pytest.raises(ValueError, match="config.eval.decoding='sample'"):
     t2t.predict(exp.model, params, vocab, inputs, decoding='sample', **kwargs)
+
+
+@pytest.mark.parametrize('setting, value, message', [
+    ('decoding', 'beem', "config.eval.decoding='beem'"),
+    ('beam_size', 0, 'config.eval.beam_size=0 is invalid'),
+    ('max_decode_len', 128, 'config.eval.max_decode_len=128 . 1 start token exceeds'),
+])
+def test_eval_settings_are_refused_before_training(tmp_path, setting, value, message):
+  # They were read only when the first eval decoded, after train.eval_every steps.
+  config = tiny_config('bart', format='tsv', train_file=write(tmp_path / 'p.tsv', 'a\tb\n'),
+                       eval_file=write(tmp_path / 'e.tsv', 'a\tb\n'))
+  config.model.max_length = 128
+  config.eval[setting] = value
+  with pytest.raises(ValueError, match=message):
+    t2t.finetune(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
 
 
 # ------------------------------------------------------------------------------ --init

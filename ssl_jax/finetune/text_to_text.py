@@ -79,7 +79,8 @@ def glue_pairs(task: str, examples: Sequence[formats.TextExample]) -> list[TextP
     if ex.label is None:
       continue
     texts = [ex.text_a] + ([ex.text_b] if ex.text_b is not None else [])
-    inputs = ' '.join([task] + [f'{f}: {t}' for f, t in zip(spec.tfds_fields, texts)])
+    # T5 writes the fields sorted by name (MNLI: hypothesis before premise).
+    inputs = ' '.join([task] + [f'{f}: {t}' for f, t in sorted(zip(spec.tfds_fields, texts))])
     # STS-B: T5 writes the score rounded to 0.2 as text.
     target = spec.label_names[ex.label] if spec.label_names else f'{round(ex.label * 5) / 5:.1f}'
     pairs.append(TextPair(inputs, target, (target,)))
@@ -136,6 +137,13 @@ def read_pairs(config, split: str) -> list[TextPair]:
   return pairs
 
 
+def scored_as(config) -> str:
+  """The `task` argument of `score` for config.data: the metric follows the format (a GLUE
+  task's metrics for glue_tsv/tfds, SQuAD's for squad_json, exact match for tsv), whatever
+  config.data.task names."""
+  return {'squad_json': 'squad', 'tsv': 'tsv'}.get(config.data.format, config.data.task)
+
+
 def canonical(vocab, texts: Sequence[str]) -> list[str]:
   """Each text as the vocabulary decodes its tokens (how predictions come out of a model)."""
   return [vocab.decode(ids).strip() for ids in vocabularies.encode_batch(vocab, list(texts))]
@@ -143,7 +151,8 @@ def canonical(vocab, texts: Sequence[str]) -> list[str]:
 
 def score(task: str, predictions: Sequence[str], pairs: Sequence[TextPair], vocab) -> dict:
   """Metrics of decoded `predictions`: GLUE's for a GLUE task, SQuAD exact/F1 (percent) for
-  'squad', else the fraction that equal the target exactly."""
+  'squad', else the fraction that equal the target exactly (`scored_as` picks `task` for a
+  config)."""
   if task == 'squad':
     scores = task_metrics.squad_scores(
         {str(i): canonical(vocab, p.references) for i, p in enumerate(pairs)},
@@ -156,7 +165,7 @@ def score(task: str, predictions: Sequence[str], pairs: Sequence[TextPair], voca
   if not spec.label_names:   # STS-B; T5 counts a prediction that is no number as -1
     def number(text):
       try:
-        return float(text)
+        return float(text.replace(' ', ''))   # a WordPiece vocabulary decodes '3.4' as '3 . 4'
       except ValueError:
         return -1.0
     return task_metrics.compute(spec.metrics, [number(t) for t in predictions],
@@ -237,8 +246,7 @@ def predict(model, params, vocab, inputs: Sequence[str], *, max_input_length: in
   devices (batch_size is rounded up to a multiple of their number); every process passes all
   inputs and gets all outputs.
   """
-  if decoding not in ('greedy', 'beam'):
-    raise ValueError(f"config.eval.decoding={decoding!r}; use 'greedy' or 'beam'.")
+  _check_decoding(decoding)
   eos = vocab.eos_id
   if batch_sharding is not None:
     devices = len(batch_sharding.device_set)
@@ -269,6 +277,24 @@ def predict(model, params, vocab, inputs: Sequence[str], *, max_input_length: in
     for row in out[:len(chunk), 1:].tolist():   # [1:]: drop the start token
       texts.append(vocab.decode(row[:row.index(eos)] if eos in row else row).strip())
   return texts
+
+
+def _check_decoding(decoding: str) -> None:
+  if decoding not in ('greedy', 'beam'):
+    raise ValueError(f"config.eval.decoding={decoding!r}; use 'greedy' or 'beam'.")
+
+
+def check_eval(config, model) -> None:
+  """Raises for a config.eval that decoding would refuse, before anything trains."""
+  e = config.eval
+  _check_decoding(e.decoding)
+  for name in ('beam_size', 'batch_size'):
+    if e[name] < 1:
+      raise ValueError(f'config.eval.{name}={e[name]} is invalid: use a positive integer.')
+  decoding_lib.check_decode_len(
+      model, e.max_decode_len or config.data.targets_length,
+      'config.eval.max_decode_len' if e.max_decode_len else 'config.data.targets_length '
+      '(config.eval.max_decode_len=0)')
 
 
 def evaluate(model, params, vocab, pairs: Sequence[TextPair], task: str, *,
@@ -334,7 +360,7 @@ def _warn_if_truncated(pairs, vocab, data) -> None:
 
 def _evaluate(exp, params, vocab, pairs, config) -> dict:
   e = config.eval
-  return evaluate(exp.model, params, vocab, pairs, config.data.task,
+  return evaluate(exp.model, params, vocab, pairs, scored_as(config),
                   max_input_length=config.data.sequence_length,
                   max_decode_len=e.max_decode_len or config.data.targets_length,
                   decoding=e.decoding, beam_size=e.beam_size, length_penalty=e.length_penalty,
@@ -363,6 +389,7 @@ def finetune(config, workdir: str, init: str = 'none', devices=None) -> dict:
   """
   config = prepare(config, init)
   exp = trainer.Experiment.build(config, devices)
+  check_eval(config, exp.model)
   vocab = vocabularies.get_vocabulary(config.data.vocab)
   train_pairs, eval_pairs = read_pairs(config, 'train'), read_pairs(config, 'validation')
   _warn_if_truncated(train_pairs, vocab, config.data)

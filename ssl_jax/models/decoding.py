@@ -145,12 +145,13 @@ def _seq2seq_setup(model, params, encoder_input_tokens, encoder_segment_ids, bat
   return _seq2seq_step_fn(model, params, encoded, encoder_segment_ids), cache
 
 
-def _check_decode_len(model, max_decode_len):
+def check_decode_len(model, max_decode_len, setting: str = 'max_decode_len'):
+  """Raises if an EncoderDecoder cannot decode `max_decode_len` tokens (named `setting`)."""
   cfg = model.config
   if max_decode_len < 1:
-    raise ValueError(f'max_decode_len={max_decode_len} must be >= 1')
+    raise ValueError(f'{setting}={max_decode_len} must be >= 1')
   if cfg.family == 'bart' and max_decode_len + 1 > cfg.max_length:
-    raise ValueError(f'max_decode_len={max_decode_len} + 1 start token exceeds the model\'s '
+    raise ValueError(f'{setting}={max_decode_len} + 1 start token exceeds the model\'s '
                      f'max_length={cfg.max_length} positions; decode fewer tokens')
 
 
@@ -177,7 +178,7 @@ def seq2seq_generate(model, params, encoder_input_tokens, max_decode_len: int,
   real). Returns [B, 1 + max_decode_len]: decoder_start_token_id, then the generated tokens;
   after a row emits eos_id its remaining positions hold pad_token_id.
   """
-  _check_decode_len(model, max_decode_len)
+  check_decode_len(model, max_decode_len)
   if temperature < 0:
     raise ValueError(f'temperature={temperature} must be >= 0 (0 = greedy)')
   rng = jax.random.key(0) if rng is None else rng
@@ -279,7 +280,7 @@ def beam_search(model, params, encoder_input_tokens, max_decode_len: int, beam_s
   with decoder_start_token_id, pad_token_id after EOS; scores [B, beam_size]), best first.
   beam_size=1 gives the greedy sequence when eos_id is None or length_penalty == 0.
   """
-  _check_decode_len(model, max_decode_len)
+  check_decode_len(model, max_decode_len)
   if beam_size < 1:
     raise ValueError(f'beam_size={beam_size} must be >= 1')
   return _beam_search(model, params, jnp.asarray(encoder_input_tokens, jnp.int32),
