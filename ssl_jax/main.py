@@ -1,4 +1,4 @@
-"""The `ssl-jax` command line. It parses flags and dispatches; the work happens in importable modules.
+r"""The `ssl-jax` command line. It parses flags and dispatches; the work happens in importable modules.
 
   ssl-jax train --config configs/bert.py:tiny --workdir /tmp/bert [--config.train.num_steps=100]
   ssl-jax eval  --config configs/bert.py:tiny --workdir /tmp/bert
@@ -148,6 +148,11 @@ def _parse_flags(argv):
 
 def run():
   """Console entry point (`ssl-jax`)."""
+  # absl's --help prints the __main__ module's docstring and the flags keyed to sys.argv[0]; under
+  # the console script, __main__ is a wrapper and these flags belong to ssl_jax.main.
+  sys.modules["__main__"].__doc__ = __doc__
+  for flag in flags.FLAGS.get_key_flags_for_module(__name__):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   app.run(main, argv=sys.argv, flags_parser=_parse_flags)
 
 

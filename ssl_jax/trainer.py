@@ -400,6 +400,9 @@ def _loop(exp, state, start, train_step, evaluate_fn, first_batch, train_iter, m
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """`ssl-jax eval`: evaluates the latest checkpoint in `workdir` and appends an eval row."""
+  if config.train.eval_steps < 1:
+    raise ValueError(f"config.train.eval_steps={config.train.eval_steps}: `ssl-jax eval` scores "
+                     "that many validation batches; set it to 1 or more.")
   exp = Experiment.build(config)
   manager = checkpointing.make_manager(workdir, config.train, read_only=True)
   step = manager.latest_step()
@@ -410,7 +413,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
   checkpointing.check_compatible(manager, step, config, exp.layout)
   params = checkpointing.restore_params(manager, step, exp.layout)
   manager.close()
-  eval_step, eval_set = compile_eval_step(exp), EvalSet(exp)
+  eval_set = EvalSet(exp)  # read before compiling, as in train_and_evaluate
+  eval_step = compile_eval_step(exp)
   distributed.barrier("first eval step")  # as before the first train step
   # A reader: the run may still be writing this workdir's rows.
   with metrics_lib.MetricsLogger(workdir, num_steps=config.train.num_steps, log_every=1,

@@ -313,6 +313,23 @@ def test_bad_input_is_refused_before_compiling_with_a_message(case, tmp_path, re
   assert not compiled
 
 
+def test_eval_without_eval_steps_is_refused(bert_checkpoint):
+  config = bert_checkpoint.config.copy_and_resolve_references()
+  config.train.eval_steps = 0  # it appended an empty eval row
+  with pytest.raises(ValueError, match="config.train.eval_steps=0: `ssl-jax eval` scores"):
+    trainer.evaluate_workdir(config, bert_checkpoint.workdir)
+
+
+def test_console_script_help_lists_the_commands_and_flags():
+  # Under the console script __main__ is a wrapper: --help printed one USAGE line.
+  code = "import sys; from ssl_jax import main; sys.argv = ['ssl-jax', '--help']; main.run()"
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+  for text in ("ssl-jax train --config", "ssl-jax eval-suite", "--workdir: Run directory",
+               "--init:"):
+    assert text in result.stdout, result.stdout
+
+
 def test_cli_names_an_unknown_config_key(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "ssl_jax.main", "train", "--config=configs/bert.py:tiny",

@@ -175,11 +175,15 @@ def test_microbatches_give_the_full_batch_update():
     # BART's decoder has learned positions too: beyond them every logit was NaN.
     ("bart", "targets_length", 256, "config.data.targets_length=256 is invalid: the model has 128"),
     ("gpt", "shuffle_buffer", -1, "config.data.shuffle_buffer=-1 is invalid: use a positive"),
+    # fairseq's --mask-random; it had no effect on text infilling.
+    ("bart", "denoising.random_ratio", 0.1, "config.data.denoising.random_ratio=0.1 is invalid: "
+     "it replaces a share of token masking's"),
 ])
 def test_data_settings_are_checked_against_the_model_before_building(name, setting, value,
                                                                     message):
   config = tiny_config(name)
-  config.data[setting] = value
+  section, _, field = setting.rpartition(".")
+  (config.data[section] if section else config.data)[field] = value
   with pytest.raises(ValueError, match=message):
     trainer.resolve_model_config(config)
 
