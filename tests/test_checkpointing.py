@@ -191,7 +191,9 @@ def test_resume_between_log_rows_writes_the_uninterrupted_rows_and_eval_keeps_th
   # `ssl-jax eval` of an earlier checkpoint (a run still going) appends, and drops no row.
   subprocess.run(["rm", "-r", str(reference / "checkpoints" / "6")], check=True)
   before = open(reference / "metrics.jsonl", encoding="utf-8").read()
-  trainer.evaluate_workdir(tiny_config("gpt"), str(reference))
+  eval_config = tiny_config("gpt")
+  eval_config.train.eval_steps = 1
+  trainer.evaluate_workdir(eval_config, str(reference))
   after = open(reference / "metrics.jsonl", encoding="utf-8").read()
   assert after.startswith(before)
   assert [json.loads(line)["split"] for line in after[len(before):].splitlines()] == ["eval"]

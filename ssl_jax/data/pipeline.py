@@ -194,9 +194,10 @@ class DataIterator:
       json.dump({"process_index": self._process_index, "process_count": self._process_count,
                  "feature_lengths": self._feature_lengths()}, f)
 
-  def _feature_lengths(self) -> dict:
-    """{feature: its shape after the batch axis} of the stream's batches."""
-    return {k: spec.shape.as_list()[1:] for k, spec in self._dataset.element_spec.items()}
+  def _feature_lengths(self):
+    """The shape after the batch axis of each feature of the stream's batches ({feature: shape}
+    for the pipelines' dicts)."""
+    return tf.nest.map_structure(lambda spec: spec.shape.as_list()[1:], self._dataset.element_spec)
 
   def restore(self, directory) -> None:
     """Moves to the position saved under `directory`; the process count must equal the saving run's."""
@@ -210,12 +211,15 @@ class DataIterator:
     with tf.io.gfile.GFile(meta_path) as f:
       meta = json.load(f)
     saved = meta["process_count"]
-    lengths = self._feature_lengths()
-    if meta.get("feature_lengths", lengths) != lengths:  # written since 2026-11-30
-      differences = "; ".join(
-          f"{k}: {meta['feature_lengths'].get(k)} in the checkpoint, {lengths.get(k)} now"
-          for k in sorted(lengths.keys() | meta["feature_lengths"].keys())
-          if meta["feature_lengths"].get(k) != lengths.get(k))
+    lengths, saved_lengths = self._feature_lengths(), meta.get("feature_lengths")
+    if saved_lengths is not None and saved_lengths != lengths:  # recorded since 2026-11-30
+      if isinstance(lengths, dict) and isinstance(saved_lengths, dict):
+        differences = "; ".join(
+            f"{k}: {saved_lengths.get(k)} in the checkpoint, {lengths.get(k)} now"
+            for k in sorted(lengths.keys() | saved_lengths.keys())
+            if saved_lengths.get(k) != lengths.get(k))
+      else:
+        differences = f"{saved_lengths} in the checkpoint, {lengths} now"
       raise ValueError(
           f"the data position under {os.fspath(directory)!r} belongs to a stream of other "
           f"shapes ({differences}): the data settings that size the batches "

@@ -29,11 +29,11 @@ def prepare(config, init: str):
   vocabulary, and the step count and warmup from config.finetune's epochs and ratio."""
   finetune_config.validate(config)
   config, encoder = pretrained.load(config, init)
-  data.featurized(config, "validation")  # cached: a bad eval file fails now, not after training
   f = config.finetune
   if f.num_epochs > 0:
     rows = data.num_rows(config, "train")
     config.train.num_steps = max(1, math.ceil(f.num_epochs * rows / config.train.global_batch_size))
+  data.featurized(config, "validation")  # cached: a bad eval file fails now, not after training
   if f.warmup_ratio > 0:
     config.optim.warmup_steps = round(f.warmup_ratio * config.train.num_steps)
   return config, encoder
