@@ -2,7 +2,7 @@ r"""The `ssl-jax` command line. It parses flags and dispatches; the work happens
 
   ssl-jax train --config configs/bert.py:tiny --workdir /tmp/bert [--config.train.num_steps=100]
   ssl-jax eval  --config configs/bert.py:tiny --workdir /tmp/bert
-  ssl-jax convert --from_hf DIR --out CKPT_DIR     |   ssl-jax convert --to_hf CKPT_DIR --out DIR
+  ssl-jax convert --to_hf WORKDIR --out DIR [--steps N]   (a Hugging Face model directory)
   ssl-jax vocab train --config configs/t5.py:tiny --vocab_size 8000 --out /tmp/spm.model
   ssl-jax probe --workdir /tmp/bert [--probes pos_accuracy,linear_probe] [--conllu F.conllu]
   ssl-jax finetune --config configs/finetune/sst2.py --init hf:DIR --workdir /tmp/sst2 \
@@ -36,8 +36,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory: config.json, metrics.jsonl, tensorboard/, checkpoints/. "
     "Re-running on the same workdir resumes.")
-_FROM_HF = flags.DEFINE_string("from_hf", None, "convert: a Hugging Face model directory.")
-_TO_HF = flags.DEFINE_string("to_hf", None, "convert: an ssl_jax checkpoint directory.")
+_TO_HF = flags.DEFINE_string(
+    "to_hf", None, "convert: the --workdir of an `ssl-jax train` run, written as a Hugging Face "
+    "model directory (a Hugging Face directory needs no conversion: --init hf:DIR).")
 _OUT = flags.DEFINE_string("out", None, "convert / vocab: where to write the result.")
 _INIT = flags.DEFINE_string(
     "init", None, "finetune / eval-suite: the encoder to start from: 'none' (random), "
@@ -50,7 +51,9 @@ _PROBES = flags.DEFINE_list(
 _CONLLU = flags.DEFINE_list(
     "conllu", [], "probe: CoNLL-U files for probe sentences (default: the default corpus).")
 _PROBE_SENTENCES = flags.DEFINE_integer("probe_sentences", 256, "probe: number of sentences.")
-_STEPS = flags.DEFINE_list("steps", None, "probe: checkpoint steps (default: all).")
+_STEPS = flags.DEFINE_list(
+    "steps", None, "probe: checkpoint steps (default: all); convert: the one step (default: the "
+    "latest).")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "Multi-process: HOST:PORT of process 0. Detected on TPU VMs and "
     "under srun/mpirun; elsewhere give it with --num_processes and --process_id.")
@@ -102,13 +105,12 @@ def _command(command: str, argv) -> Callable[[], object]:
     run = trainer.train_and_evaluate if command == "train" else trainer.evaluate_workdir
     return functools.partial(run, _require(_CONFIG, command), _require(_WORKDIR, command))
   if command == "convert":
-    from ssl_jax.interop import hf  # pylint: disable=g-import-not-at-top
-    out = _require(_OUT, command)
-    if bool(_FROM_HF.value) == bool(_TO_HF.value):
-      raise app.UsageError("`ssl-jax convert` needs exactly one of --from_hf DIR or --to_hf DIR.")
-    if _FROM_HF.value:
-      return functools.partial(hf.convert_from_hf, _FROM_HF.value, out)
-    return functools.partial(hf.convert_to_hf, _TO_HF.value, out)
+    from ssl_jax.interop import convert  # pylint: disable=g-import-not-at-top
+    if _STEPS.value is not None and len(_STEPS.value) != 1:
+      raise app.UsageError(f"--steps={','.join(_STEPS.value)}: `ssl-jax convert` writes one "
+                           "checkpoint; give one step (default: the latest).")
+    return functools.partial(convert.to_hf, _require(_TO_HF, command), _require(_OUT, command),
+                             None if _STEPS.value is None else int(_STEPS.value[0]))
   if command in ("finetune", "eval-suite"):
     from ssl_jax.finetune import run as finetune_run  # pylint: disable=g-import-not-at-top
     from ssl_jax.finetune import suite  # pylint: disable=g-import-not-at-top

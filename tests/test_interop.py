@@ -173,3 +173,28 @@ def test_alibi_bert_refuses_to_convert_to_transformers(tmp_path):
   with pytest.raises(ValueError, match="position_embedding='alibi'"):
     hf.params_to_hf(cfg, params)
   assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize('name', ['gpt', 't5'])
+def test_cli_converts_a_run_into_a_directory_transformers_loads(tmp_path, name):
+  # `ssl-jax convert` called functions that never existed: both directions died at once.
+  import subprocess
+  import sys
+  import chex
+  import helpers
+  from ssl_jax.data import vocabularies
+  config = helpers.cli_config(name, '--config.model.scan_layers=True')
+  run, out = str(tmp_path / 'run'), str(tmp_path / 'hf')
+  params = helpers.save_untrained_run(run, config, jax.devices()[:1])
+  subprocess.run([sys.executable, '-m', 'ssl_jax.main', 'convert', f'--to_hf={run}',
+                  f'--out={out}'], cwd=helpers.REPO, check=True, timeout=600)
+  auto = (transformers.AutoModelForCausalLM if name == 'gpt'
+          else transformers.AutoModelForSeq2SeqLM)
+  loaded = auto.from_pretrained(out)
+  special = vocabularies.special_ids(vocabularies.get_vocabulary(config.data.vocab))
+  # The run's vocabulary's ids, not transformers' defaults (GPT-2: 50256, T5: 1 = [UNK] here).
+  assert (loaded.config.eos_token_id, loaded.config.pad_token_id) == (special.eos, special.pad)
+  with open(os.path.join(out, 'vocab.txt'), encoding='utf-8') as f:
+    assert f.read().split('\n')[:-1] == vocabularies.default_vocabulary_tokens()
+  _, converted = hf.from_pretrained(out, scan_layers=True)
+  chex.assert_trees_all_equal(converted, params)

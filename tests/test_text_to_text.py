@@ -10,13 +10,13 @@ import os
 import jax
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from ssl_jax import checkpointing
 from ssl_jax import trainer
 from ssl_jax.data import corpora, pipeline, vocabularies
 from ssl_jax.finetune import formats, lm_init
 from ssl_jax.finetune import text_to_text as t2t
+
+import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -168,24 +168,12 @@ def test_eval_settings_are_refused_before_training(tmp_path, setting, value, mes
 
 
 # ------------------------------------------------------------------------------ --init
-def _save_run(run_dir, config, devices):
-  """An ssl_jax run directory (config.json + a step-1 checkpoint) of `config`, untrained."""
-  exp = trainer.Experiment.build(config, devices)
-  state = exp.init_state()
-  manager = checkpointing.make_manager(run_dir, config.train, enable_async=False)
-  data_position = pipeline.DataIterator(tf.data.Dataset.range(3), None)
-  checkpointing.save(manager, 1, state, data_position, config, force=True)
-  manager.close()
-  trainer.write_config(config, run_dir)
-  return jax.device_get(state.params)
-
-
 def test_init_takes_model_vocabulary_and_params_from_a_run(tmp_path):
   devices = jax.devices()[:1]
   pretrain = tiny_config('bart')
   pretrain.objective = 'denoising'
   pretrain.model.hidden_size = 96   # differs from the fine-tuning config's model
-  saved = _save_run(str(tmp_path / 'bart'), pretrain, devices)
+  saved = helpers.save_untrained_run(str(tmp_path / 'bart'), pretrain, devices)
 
   finetune = tiny_config('t5')
   finetune.model.dropout_rate = 0.2  # a fine-tuning choice: kept over the run's 0.0

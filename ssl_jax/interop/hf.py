@@ -126,13 +126,19 @@ def from_pretrained(path_or_model, **config_overrides) -> tuple[Any, dict]:
   return model_for(cfg, params), params
 
 
-def save_pretrained(model, params: dict, out_dir: str) -> None:
-  """Writes config.json + model.safetensors that `transformers` loads as the same model."""
+def save_pretrained(model, params: dict, out_dir: str, token_ids: dict | None = None) -> None:
+  """Writes config.json + model.safetensors that `transformers` loads as the same model.
+
+  token_ids (e.g. {'pad_token_id': 0, 'eos_token_id': 3}) set the config's special ids to the
+  vocabulary's; without them config.json keeps transformers' defaults for the family.
+  """
   from safetensors.numpy import save_file
   cfg = model.config
   hf_config = hf_config_from(cfg)
   if isinstance(model, bert.BertModel):
     hf_config.architectures = ['BertModel']
+  for name, value in (token_ids or {}).items():
+    setattr(hf_config, name, value)
   state_dict = params_to_hf(cfg, params)
   os.makedirs(out_dir, exist_ok=True)
   hf_config.save_pretrained(out_dir)

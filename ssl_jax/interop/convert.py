@@ -1,0 +1,56 @@
+"""`ssl-jax convert`: a pretraining run's checkpoint as a Hugging Face model directory.
+
+    ssl-jax convert --to_hf /tmp/bert --out /tmp/bert_hf [--steps 400]
+    transformers.BertForPreTraining.from_pretrained('/tmp/bert_hf')   # the same function
+
+The directory holds `config.json` (with the run's vocabulary's pad and EOS ids, not
+transformers' defaults), `model.safetensors` and the vocabulary: `vocab.txt` (default and
+WordPiece vocabularies, one token per line, for `BertTokenizer(vocab_file=...)`) or
+`spiece.model` (SentencePiece). seqio's extra ids (T5 sentinels) sit above the file's tokens.
+The other direction needs no conversion: `--init hf:DIR` (finetune, eval-suite) and
+`interop.hf.from_pretrained(DIR)` read a Hugging Face directory directly.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+import jax
+
+from ssl_jax.data import vocabularies
+from ssl_jax.interop import hf
+from ssl_jax.probes import subject as subject_lib
+
+
+def to_hf(workdir: str, out: str, step: int | None = None) -> str:
+  """Writes checkpoint `step` (default: the latest) of the run in `workdir` to `out`."""
+  subject = subject_lib.Subject.from_workdir(workdir)
+  try:
+    steps = subject.steps()
+    step = steps[-1] if step is None else step
+    if step not in steps:
+      raise ValueError(f"--steps={step}: {workdir!r} has checkpoints at steps {steps}; pick one "
+                       "of them.")
+    params = jax.device_get(subject.restore(step))
+  finally:
+    subject.close()
+  special = subject.special
+  token_ids = {"pad_token_id": special.pad, "eos_token_id": special.eos}
+  if subject.name == "causal_lm":  # each row's first input is id 0 (seqio's shifted targets)
+    token_ids["bos_token_id"] = 0
+  hf.save_pretrained(subject.model, params, out, token_ids=token_ids)
+  _write_vocabulary(subject.config.data.vocab, out)
+  return out
+
+
+def _write_vocabulary(vocab_cfg, out: str) -> None:
+  kind, path = vocab_cfg.get("kind", "default"), vocab_cfg.get("path", "")
+  if kind == "default":
+    tokens = vocabularies.default_vocabulary_tokens()
+    with open(os.path.join(out, "vocab.txt"), "w", encoding="utf-8") as f:
+      f.write("\n".join(tokens) + "\n")
+  elif kind == "wordpiece":
+    shutil.copyfile(path, os.path.join(out, "vocab.txt"))
+  elif kind == "sentencepiece":
+    shutil.copyfile(path, os.path.join(out, "spiece.model"))
+  # 'byte' vocabularies have no file: ids are bytes.
