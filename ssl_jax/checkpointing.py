@@ -188,8 +188,30 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout, 
         "config.model to the checkpoint's config.json, or use a fresh --workdir (a resumed run "
         f"may change only config.model.{{{','.join(model_config_lib.RUN_FIELDS)}}}).")
   if resume:
-    _check_state_tree(metadata, layout.abstract, saved["optim"], config.optim,
-                      f"the checkpoint at step {step} in {manager.directory}")
+    checkpoint = f"the checkpoint at step {step} in {manager.directory}"
+    _check_state_tree(metadata, layout.abstract, saved["optim"], config.optim, checkpoint)
+    _check_same_init(saved, config, checkpoint)
+
+
+def _check_same_init(saved: dict, config, checkpoint: str) -> None:
+  """Raises if a fine-tuning run resumes (or re-scores) from another --init than it started
+  from, e.g. an eval-suite re-run after more pretraining: its scores would belong to the old
+  model under the new model's name."""
+  if "finetune" not in config or "finetune" not in saved:
+    return
+  def where(init):
+    if init == "none":
+      return init
+    prefix = "hf:" if init.startswith("hf:") else ""
+    return prefix + os.path.abspath(init[len(prefix):])
+  theirs = saved["finetune"].get("init", "none"), saved["finetune"].get("init_step")
+  ours = config.finetune.init, config.finetune.get("init_step")
+  if where(theirs[0]) != where(ours[0]) or (theirs[1] is not None and theirs[1] != ours[1]):
+    raise ValueError(
+        f"{checkpoint} was fine-tuned from --init={theirs[0]} (checkpoint step {theirs[1]}), "
+        f"but this run's --init is {ours[0]} (checkpoint step {ours[1]}): its scores would "
+        "belong to the other model. Use a fresh --workdir for this --init, or pass the one the "
+        "workdir was fine-tuned from.")
 
 
 def _check_state_tree(metadata, abstract_state, saved_optim: dict, optim, checkpoint: str) -> None:

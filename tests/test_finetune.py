@@ -166,6 +166,20 @@ def test_init_from_an_ssl_jax_pretraining_run_loads_its_encoder(tmp_path):
       np.asarray(params["bert"]["encoder"]["layers_0"]["mlp"]["wi"]["kernel"]),
       np.asarray(saved["encoder"]["layers_0"]["mlp"]["wi"]["kernel"]))
   assert "head" in params and "pooler" in params["bert"]
+  assert config.finetune.init_step == 1
+
+  # A fine-tuning workdir belongs to its --init's checkpoint: after more pretraining, a re-run
+  # (eval-suite's way to score a newer checkpoint) silently re-scored the old fine-tune.
+  config = tiny("sst2", config.data.train_file, write_sentiment_tsv(tmp_path / "d.tsv", 8, 2),
+                sequence_length=16)
+  config.finetune.num_epochs = 0
+  config.train.update(num_steps=1, global_batch_size=8)
+  run.finetune(config, str(tmp_path / "ft"), workdir)
+  bert_config.train.num_steps = 2
+  trainer.train_and_evaluate(bert_config, workdir)
+  with pytest.raises(ValueError, match=r"fine-tuned from --init=.*pretrain \(checkpoint step 1\), "
+                                       r"but this run's --init is .*\(checkpoint step 2\)"):
+    run.finetune(config, str(tmp_path / "ft"), workdir)
 
 
 def _load_bert_tiny():

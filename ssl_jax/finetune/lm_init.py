@@ -63,7 +63,7 @@ def _set_model(config, model_dict: dict, vocab: dict | None):
 
 def config_from_init(config, init: str, families: tuple[str, ...]):
   """`config` with the model (and vocabulary) of `init`, which must be of one of `families`;
-  records `init` in config.finetune.init."""
+  records `init` in config.finetune.init (and a run's checkpoint step in finetune.init_step)."""
   if _is_none(init):
     config = copy.deepcopy(config)
   elif init.startswith('hf:'):
@@ -84,10 +84,12 @@ def config_from_init(config, init: str, families: tuple[str, ...]):
           'with (byte-level BPE, as GPT-2 and BART use, is not an ssl_jax vocabulary).')
     config = _set_model(config, model_config_lib.config_to_dict(model_cfg), vocab)
   else:
-    run_dir, _ = _run_location(init)
+    run_dir, step = _run_location(init)
     with open(os.path.join(run_dir, 'config.json'), encoding='utf-8') as f:
       saved = json.load(f)
     config = _set_model(config, saved['model'], saved['data']['vocab'])
+    with config.unlocked():
+      config.finetune.init_step = _init_step(init, run_dir, step, saved['train'])
   family = config.model.get('family')
   if family not in families:
     raise ValueError(f"--init={init!r} is a {family!r} model; this run needs "
@@ -96,6 +98,20 @@ def config_from_init(config, init: str, families: tuple[str, ...]):
   with config.unlocked():
     config.finetune.init = init or 'none'
   return config
+
+
+def _init_step(init: str, run_dir: str, step, train_cfg: dict) -> int:
+  """The checkpoint step of a run `init` (`step`, or the latest when None)."""
+  manager = checkpointing.make_manager(run_dir, ml_collections.ConfigDict(train_cfg),
+                                       read_only=True)
+  try:
+    step = manager.latest_step() if step is None else step
+    if step is None or step not in manager.all_steps():
+      raise FileNotFoundError(f'--init={init!r} holds no complete checkpoint'
+                              f'{"" if step is None else f" at step {step}"}; train it first.')
+    return step
+  finally:
+    manager.close()
 
 
 def params_from_init(config, init: str, layout):
@@ -118,12 +134,11 @@ def params_from_init(config, init: str, layout):
   run_dir, step = _run_location(init)
   with open(os.path.join(run_dir, 'config.json'), encoding='utf-8') as f:
     saved = ml_collections.ConfigDict(json.load(f))
+  step = config.finetune.get('init_step')  # the step config_from_init read the model of
+  if step is None:
+    step = _init_step(init, run_dir, step, saved.train)
   manager = checkpointing.make_manager(run_dir, saved.train, read_only=True)
   try:
-    step = manager.latest_step() if step is None else step
-    if step is None or step not in manager.all_steps():
-      raise FileNotFoundError(f'--init={init!r} holds no complete checkpoint'
-                              f'{"" if step is None else f" at step {step}"}; train it first.')
     checkpointing.check_compatible(manager, step, config, layout)
     return checkpointing.restore_params(manager, step, layout)
   finally:

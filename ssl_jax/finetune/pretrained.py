@@ -82,12 +82,15 @@ def _from_workdir(config, workdir: str):
   params = checkpointing.restore_params(manager, step, exp.layout)
   manager.close()
   vocab = json.loads(saved.data.vocab.to_json())
-  return _set_model(config, exp.model_config, vocab), params["bert"]
+  config = _set_model(config, exp.model_config, vocab)
+  with config.unlocked():
+    config.finetune.init_step = step
+  return config, params["bert"]
 
 
 def load(config, init: str):
   """(config with the init's model and vocabulary, encoder params or None); also records
-  `init` in config.finetune.init."""
+  `init` in config.finetune.init (and a run's checkpoint step in finetune.init_step)."""
   init = init or "none"
   if init == "none":
     config, encoder = copy.deepcopy(config), None
