@@ -131,12 +131,12 @@ def params_from_init(config, init: str, layout):
                          f'{getattr(got.get(path), "shape", None)} in the checkpoint but '
                          f'{leaf.shape} in config.model; leave config.model to the checkpoint.')
     return jax.device_put(params, layout.shardings.params)
-  run_dir, step = _run_location(init)
+  run_dir, location_step = _run_location(init)
   with open(os.path.join(run_dir, 'config.json'), encoding='utf-8') as f:
     saved = ml_collections.ConfigDict(json.load(f))
   step = config.finetune.get('init_step')  # the step config_from_init read the model of
   if step is None:
-    step = _init_step(init, run_dir, step, saved.train)
+    step = _init_step(init, run_dir, location_step, saved.train)
   manager = checkpointing.make_manager(run_dir, saved.train, read_only=True)
   try:
     checkpointing.check_compatible(manager, step, config, layout)
