@@ -137,6 +137,7 @@ class SslJaxStep:
     self.state = self.exp.init_state()
     self.compiled, self.compile_s = _timed(lambda: trainer.compile_train_step(self.exp))
     self.flops = trainer.flops_per_step(config)
+    self.device_flops = self.flops / self.exp.mesh.size
     self.iterator = iterator = pipeline.make_iterator(config, "train", self.exp.batch_sharding)
     next(iterator)  # the pipeline's start-up is not a per-batch cost
     reads = [_timed(lambda: next(iterator)) for _ in range(num_batches)]
@@ -239,7 +240,6 @@ def measure(objective: str, args) -> dict:
   theirs = (TransformersStep(objective, ours.exp.model_config, config.optim, args.torch_device)
             if args.compare_transformers else None)
   matmul = MatmulRate(args.matmul_size)
-  devices = ours.exp.mesh.size
   host, ours_s, theirs_s, rates, ratios, mfus = [], [], [], [], [], []
   for round_ in range(args.warmup + args.steps):
     host_s, step_s = ours()
@@ -252,12 +252,12 @@ def measure(objective: str, args) -> dict:
     host.append(host_s)
     ours_s.append(step_s)
     rates.append(rate)
-    mfus.append(ours.flops / devices / step_s / 1e9 / rate)
+    mfus.append(ours.device_flops / step_s / 1e9 / rate)
     if theirs is not None:
       theirs_s.append(hf_s)
       ratios.append(hf_s / step_s)
   step_s, rate = statistics.median(ours_s), statistics.median(rates)
-  achieved = ours.flops / devices / step_s / 1e9  # GFLOP/s per device
+  achieved = ours.device_flops / step_s / 1e9  # GFLOP/s per device
   waits, loop_step_s = ours.loop(args.steps)
   row = {
       "benchmark": "train_step", "objective": objective, "size": args.size,

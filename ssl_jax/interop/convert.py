@@ -13,9 +13,9 @@ The other direction needs no conversion: `--init hf:DIR` (finetune, eval-suite) 
 from __future__ import annotations
 
 import os
-import shutil
 
 import jax
+import tensorflow as tf
 
 from ssl_jax.data import vocabularies
 from ssl_jax.interop import hf
@@ -46,11 +46,7 @@ def to_hf(workdir: str, out: str, step: int | None = None) -> str:
 def _write_vocabulary(vocab_cfg, out: str) -> None:
   kind, path = vocab_cfg.get("kind", "default"), vocab_cfg.get("path", "")
   if kind == "default":
-    tokens = vocabularies.default_vocabulary_tokens()
-    with open(os.path.join(out, "vocab.txt"), "w", encoding="utf-8") as f:
-      f.write("\n".join(tokens) + "\n")
-  elif kind == "wordpiece":
-    shutil.copyfile(path, os.path.join(out, "vocab.txt"))
-  elif kind == "sentencepiece":
-    shutil.copyfile(path, os.path.join(out, "spiece.model"))
-  # 'byte' vocabularies have no file: ids are bytes.
+    kind, path = "wordpiece", vocabularies.default_vocabulary_path()
+  names = {"wordpiece": "vocab.txt", "sentencepiece": "spiece.model"}
+  if kind in names:  # 'byte' vocabularies have no file: ids are bytes
+    tf.io.gfile.copy(path, os.path.join(out, names[kind]), overwrite=True)  # also gs:// paths
