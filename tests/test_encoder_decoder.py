@@ -248,6 +248,30 @@ def test_kv_cache_greedy_and_beam_search(family, scan_layers):
       np.testing.assert_allclose(scores[row, beam], total / length ** alpha, atol=1e-4)
 
 
+def test_bart_decodes_as_many_tokens_as_it_has_positions():
+  # The start token and the first max_length - 1 generated tokens are fed to the decoder;
+  # the last generated one is not (as HF's generate). Decoding max_length tokens was refused.
+  model, params = _converted('bart')
+  cfg = model.config
+  enc, _, enc_mask, _ = _inputs(seed=4)
+  greedy = np.asarray(decoding.seq2seq_generate(model, params, enc, cfg.max_length,
+                                                encoder_segment_ids=enc_mask))
+  assert greedy.shape == (3, cfg.max_length + 1)
+  tokens = np.full_like(greedy, cfg.pad_token_id)
+  tokens[:, 0] = cfg.decoder_start_token_id
+  full = None
+  for i in range(cfg.max_length):
+    full = np.asarray(_logits(model, params, enc, tokens[:, :-1], enc_mask))
+    tokens[:, i + 1] = full[:, i].argmax(-1)
+  assert np.isfinite(full).all()
+  np.testing.assert_array_equal(greedy, tokens)
+  beams, _ = decoding.beam_search(model, params, enc, cfg.max_length, beam_size=1,
+                                  encoder_segment_ids=enc_mask, length_penalty=1.0)
+  np.testing.assert_array_equal(beams[:, 0], greedy)
+  with pytest.raises(ValueError, match=f'max_decode_len={cfg.max_length + 1} exceeds'):
+    decoding.seq2seq_generate(model, params, enc, cfg.max_length + 1)
+
+
 @pytest.mark.parametrize('family, field, value', [
     ('t5', 'feed_forward_proj', 'gated-silu'),
     ('bart', 'activation_function', 'silu'),

@@ -154,7 +154,7 @@ def test_sharded_decoding_equals_unsharded_and_beam_one_equals_greedy(vocab):
 @pytest.mark.parametrize('setting, value, message', [
     ('decoding', 'beem', "config.eval.decoding='beem'"),
     ('beam_size', 0, 'config.eval.beam_size=0 is invalid'),
-    ('max_decode_len', 128, 'config.eval.max_decode_len=128 . 1 start token exceeds'),
+    ('max_decode_len', 129, 'config.eval.max_decode_len=129 exceeds'),
 ])
 def test_eval_settings_are_refused_before_training(tmp_path, setting, value, message):
   # They were read only when the first eval decoded, after train.eval_every steps.

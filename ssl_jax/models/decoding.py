@@ -50,14 +50,13 @@ def decode_loop(step_fn: StepFn, cache, tokens: jax.Array, prompt_lengths: jax.A
   Row b keeps its first prompt_lengths[b] tokens; every later position gets the token
   sampled from the model's prediction at the previous position. The first prefill_length
   tokens (<= every prompt length, static) run through step_fn in one chunk. After a row
-  samples eos_id, its remaining positions get pad_id.
+  samples eos_id, its remaining positions get pad_id. The last position is filled but never
+  fed back, so step_fn sees at most T - 1 tokens (as HF's generate).
   """
   batch, total = tokens.shape
   logits, cache = step_fn(cache, tokens[:, :prefill_length])
-  done = jnp.zeros((batch,), bool)
 
-  def body(i, state):
-    tokens, cache, last_logits, rng, done = state
+  def fill(i, tokens, last_logits, rng, done):
     rng, sub = jax.random.split(rng)
     sampled = sample_logits(sub, last_logits, temperature, top_k)
     if eos_id is not None:
@@ -66,12 +65,19 @@ def decode_loop(step_fn: StepFn, cache, tokens: jax.Array, prompt_lengths: jax.A
     token = jnp.where(forced, tokens[:, i], sampled)
     if eos_id is not None:
       done = done | (~forced & (token == eos_id))
-    tokens = tokens.at[:, i].set(token)
+    return tokens.at[:, i].set(token), token, rng, done
+
+  def body(i, state):
+    tokens, cache, last_logits, rng, done = state
+    tokens, token, rng, done = fill(i, tokens, last_logits, rng, done)
     logits, cache = step_fn(cache, token[:, None])
     return tokens, cache, logits[:, -1], rng, done
 
-  state = (tokens, cache, logits[:, -1], rng, done)
-  return jax.lax.fori_loop(prefill_length, total, body, state)[0]
+  state = (tokens, cache, logits[:, -1], rng, jnp.zeros((batch,), bool))
+  tokens, _, last_logits, rng, done = jax.lax.fori_loop(prefill_length, total - 1, body, state)
+  if prefill_length == total:
+    return tokens
+  return fill(total - 1, tokens, last_logits, rng, done)[0]
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'prefill_length', 'temperature',
@@ -139,9 +145,10 @@ def _seq2seq_setup(model, params, encoder_input_tokens, encoder_segment_ids, bat
   encoded = jnp.repeat(encoded, batch_repeat, axis=0)
   encoder_segment_ids = jnp.repeat(encoder_segment_ids, batch_repeat, axis=0)
   rows = encoded.shape[0]
-  # One cache slot per output position: the start token and max_decode_len generated ones.
+  # One cache slot per token fed to the decoder: the start token and all generated ones but
+  # the last.
   cache = init_cache(model, jax.ShapeDtypeStruct((rows, encoded.shape[1]), jnp.int32),
-                     jax.ShapeDtypeStruct((rows, max_decode_len + 1), jnp.int32))
+                     jax.ShapeDtypeStruct((rows, max_decode_len), jnp.int32))
   return _seq2seq_step_fn(model, params, encoded, encoder_segment_ids), cache
 
 
@@ -150,9 +157,10 @@ def check_decode_len(model, max_decode_len, setting: str = 'max_decode_len'):
   cfg = model.config
   if max_decode_len < 1:
     raise ValueError(f'{setting}={max_decode_len} must be >= 1')
-  if cfg.family == 'bart' and max_decode_len + 1 > cfg.max_length:
-    raise ValueError(f'{setting}={max_decode_len} + 1 start token exceeds the model\'s '
-                     f'max_length={cfg.max_length} positions; decode fewer tokens')
+  # The decoder is fed the start token and all generated tokens but the last.
+  if cfg.family == 'bart' and max_decode_len > cfg.max_length:
+    raise ValueError(f'{setting}={max_decode_len} exceeds the model\'s '
+                     f'max_length={cfg.max_length} decoder positions; decode fewer tokens')
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'max_decode_len', 'temperature',
