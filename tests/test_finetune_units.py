@@ -49,6 +49,18 @@ def test_glue_tsv_readers_take_glue_and_hf_export_columns(tmp_path):
   assert formats.read_glue_tsv("sst2", test_split)[0].label is None
 
 
+def test_glue_tsv_readers_take_a_byte_order_mark_and_a_cola_export_header(tmp_path):
+  # GLUE's MRPC files start with the byte-order mark of Microsoft's source: 'Quality' was missed
+  # and every label was None.
+  header = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+  mrpc = tmp_path / "mrpc.tsv"
+  mrpc.write_bytes(("\ufeff" + header + "1\t7\t8\tA b.\tB a.\n").encode("utf-8"))
+  assert formats.read_glue_tsv("mrpc", str(mrpc)) == [formats.TextExample("A b.", "B a.", 1, "0")]
+  # CoLA from GLUE has no header; a `datasets` export names its columns.
+  cola = write(tmp_path / "cola_hf.tsv", "sentence\tlabel\tidx\nThe book fell.\t1\t0\n")
+  assert formats.read_glue_tsv("cola", cola) == [formats.TextExample("The book fell.", None, 1, "0")]
+
+
 def test_tsv_errors_name_the_file_line_and_fix(tmp_path):
   bad = write(tmp_path / "bad.tsv", "sentence\tlabel\nfine\t1\nodd\tmaybe\n")
   with pytest.raises(ValueError, match=r"bad.tsv line 3: label 'maybe' is not one of"):
@@ -93,6 +105,9 @@ def test_conllu_reader_skips_multiword_tokens_and_empty_nodes(tmp_path):
   assert formats.read_conllu(path) == [
       formats.TaggedSentence(("I", "ca", "n't", "go"), ("PRON", "AUX", "PART", "VERB"), "s1"),
       formats.TaggedSentence(("Hi",), ("INTJ",), "1")]
+  # A sent_id comment without '=' is a comment (it raised a bare IndexError).
+  other = write(tmp_path / "y.conllu", "# sent_id: 12\n1\tHi\thi\tINTJ\tUH\t_\t0\troot\t_\t_\n")
+  assert formats.read_conllu(other) == [formats.TaggedSentence(("Hi",), ("INTJ",), "0")]
 
 
 def test_squad_reader_v1_and_v2(tmp_path):
@@ -282,6 +297,26 @@ def test_qa_windows_cover_the_passage_even_with_a_stride_longer_than_a_window(vo
   rows = extractive_qa.featurize(config, vocab, [formats.QAExample("q", "who ?", context, ())])
   covered = {tuple(o) for o in rows.meta.offsets.reshape(-1, 2) if o[0] >= 0}
   assert len(covered) == 30
+
+
+def test_qa_piece_spans_with_a_sentencepiece_vocabulary(tmp_path):
+  # Pieces of SentencePiece vocabularies (`ssl-jax vocab train`) have no `tokens`: featurize
+  # raised AttributeError.
+  from ssl_jax.data import corpora  # pylint: disable=g-import-not-at-top
+  texts = [corpora.sentence_text(s) for d in corpora.generate_documents(200, seed=0) for s in d]
+  path = vocabularies.train_sentencepiece(texts, vocab_size=300, out_path=str(tmp_path / "sp.model"))
+  sp = vocabularies.get_vocabulary(dict(kind="sentencepiece", path=path, extra_ids=0))
+  context = " ".join(texts[:4])
+  word = max(context.split(), key=lambda w: (len(vocabularies.encode_batch(sp, [w])[0]), w))
+  assert len(vocabularies.encode_batch(sp, [word])[0]) > 1   # spans inside a word are exact
+  config = tiny_config("extractive_qa", "squad_json", "squad", length=64)
+  config.data.qa.max_query_length = 4
+  answer = formats.Answer(word, context.index(" " + word) + 1)
+  rows = extractive_qa.featurize(config, sp, [formats.QAExample("q", "who ?", context, (answer,))])
+  start, end = int(rows.arrays["start_positions"][0]), int(rows.arrays["end_positions"][0])
+  offsets = rows.meta.offsets[0]
+  assert start > 0 and context[offsets[start, 0]:offsets[end, 1]] == word
+  assert end > start
 
 
 def test_unanswerable_question_is_labelled_cls(vocab):

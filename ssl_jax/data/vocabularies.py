@@ -277,6 +277,21 @@ def _piece_id(vocab: seqio.Vocabulary, aliases) -> Optional[int]:
   return None
 
 
+def piece_text(vocab: seqio.Vocabulary, i: int) -> Optional[str]:
+  """The text piece `i` spells inside a word (WordPiece's `##` and SentencePiece's word-start
+  `▁` removed); None for unknown, byte and control pieces and other vocabulary kinds."""
+  if isinstance(vocab, WordPieceVocabulary):
+    return vocab.tokens[i].removeprefix("##") if 0 <= i < len(vocab.tokens) and \
+        i != vocab.unk_id else None
+  if isinstance(vocab, seqio.SentencePieceVocabulary):
+    model = vocab.tokenizer
+    if not 0 <= i < model.get_piece_size() or model.is_unknown(i) or model.is_byte(i) or \
+        model.is_control(i):
+      return None
+    return model.id_to_piece(i).removeprefix("▁")
+  return None
+
+
 def special_ids(vocab: seqio.Vocabulary) -> SpecialIds:
   """The special ids of `vocab` (None where it has none); sentinels follow seqio (top ids)."""
   return SpecialIds(

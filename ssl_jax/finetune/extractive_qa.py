@@ -69,7 +69,8 @@ def words_with_spans(text: str) -> list[tuple[str, int, int]]:
 def _piece_spans(vocab, ids, start, end):
   """Character spans of a word's pieces: exact when the pieces spell the word's length (lower-
   casing keeps it), otherwise every piece covers the whole word."""
-  lengths = [len(vocab.tokens[i].removeprefix("##")) if i != vocab.unk_id else -1 for i in ids]
+  texts = [vocabularies.piece_text(vocab, i) for i in ids]
+  lengths = [-1 if t is None else len(t) for t in texts]
   if -1 in lengths or sum(lengths) != end - start:
     return [(start, end)] * len(ids)
   edges = start + np.cumsum([0] + lengths)

@@ -59,20 +59,21 @@ class GlueSpec:
 
   `tsv_columns` gives, for text_a, text_b and the label, the header names to look for, first match
   wins: the GLUE distribution's names first, then those of Hugging Face `datasets` exports. An int
-  is a column index, for headerless files (CoLA train/dev).
+  is a column index, for headerless files (CoLA train/dev); header=None reads the first row as a
+  header when it names a text column.
   """
   tfds_fields: tuple[str, ...]  # text_a[, text_b] feature names in TFDS glue/<task>
   label_names: tuple[str, ...]  # () = regression
   metrics: tuple[str, ...]      # ssl_jax.finetune.metrics names, reported
   tsv_columns: tuple[tuple[Union[str, int], ...], ...]
-  header: bool = True
+  header: Optional[bool] = True
   score: tuple[str, ...] = ()   # the metrics GLUE's task score averages; () = all of `metrics`
 
 
 _PAIR = (("sentence1",), ("sentence2",), ("label",))
 GLUE = {
     "cola": GlueSpec(("sentence",), ("unacceptable", "acceptable"), ("matthews_corr", "accuracy"),
-                     ((3, "sentence"), (), (1, "label")), header=False,
+                     ((3, "sentence"), (), (1, "label")), header=None,
                      score=("matthews_corr",)),  # accuracy is reported, not scored
     "sst2": GlueSpec(("sentence",), ("negative", "positive"), ("accuracy",),
                      (("sentence",), (), ("label",))),
@@ -135,14 +136,18 @@ def read_tsv(path: str, columns: Sequence[Sequence[Union[str, int]]],
     columns: for text_a, text_b, label: candidate column names (or indices); the first present
       wins. text_b `()` = single sentences; a label column absent from the file gives label None.
     label_names: see `parse_label`.
-    header: whether the first row names the columns.
+    header: whether the first row names the columns; None: it does when it holds one of text_a's
+      candidate names.
   Returns:
     One TextExample per row, id = the 0-based data row number.
   """
   _require_file(path, "TSV")
   csv.field_size_limit(sys.maxsize)
-  with open(path, encoding="utf-8", newline="") as f:
+  # utf-8-sig: GLUE's MRPC files start with the byte-order mark of Microsoft's source file.
+  with open(path, encoding="utf-8-sig", newline="") as f:
     rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+  if header is None:
+    header = bool(rows) and any(c in rows[0] for c in columns[0] if isinstance(c, str))
   names = rows[0] if header and rows else []
   rows = rows[1:] if header else rows
 
@@ -211,11 +216,11 @@ def read_conllu(path: str, column: str = "upos") -> list[TaggedSentence]:
   _require_file(path, "CoNLL-U")
   index = {"upos": 3, "xpos": 4}[column]
   sentences, tokens, tags, sent_id = [], [], [], None
-  with open(path, encoding="utf-8") as f:
+  with open(path, encoding="utf-8-sig") as f:
     for number, line in enumerate(f, 1):
       line = line.rstrip("\n")
       if line.startswith("#"):
-        if line.startswith("# sent_id"):
+        if line.startswith("# sent_id") and "=" in line:
           sent_id = line.split("=", 1)[1].strip()
         continue
       if not line.strip():
@@ -239,7 +244,7 @@ def read_conllu(path: str, column: str = "upos") -> list[TaggedSentence]:
 def read_squad(path: str) -> list[QAExample]:
   """Questions of a SQuAD v1.1 or v2.0 JSON file, in file order."""
   _require_file(path, "SQuAD JSON")
-  with open(path, encoding="utf-8") as f:
+  with open(path, encoding="utf-8-sig") as f:
     data = json.load(f)
   if "data" not in data:
     raise ValueError(f"{path} has no 'data' list; pass a SQuAD v1.1/v2.0 JSON file.")
