@@ -54,17 +54,22 @@ def _clean_env():
   return env
 
 
-def launch(workdir, name: str, processes: int, devices: int, *extra: str):
-  """Runs `ssl-jax train` for configs/<name>.py:tiny as processes x devices; returns train rows."""
+def run_job(processes: int, devices: int, *args: str) -> None:
+  """Runs `ssl-jax <args>` through launch/local.py as processes x devices; asserts success."""
   command = [sys.executable, os.path.join(LAUNCH, "local.py"), f"--num_processes={processes}",
              f"--devices_per_process={devices}", "--", sys.executable, "-m", "ssl_jax.main",
-             "train", f"--config=configs/{name}.py:tiny", f"--workdir={workdir}", *TRAIN_FLAGS,
-             *extra]
+             *args]
   start = time.monotonic()
   result = subprocess.run(command, cwd=REPO, env=_clean_env(), capture_output=True, text=True,
                           timeout=900)
-  print(f"{name} {processes}x{devices} {' '.join(extra)}: {time.monotonic() - start:.0f} s")
+  print(f"{' '.join(args)} {processes}x{devices}: {time.monotonic() - start:.0f} s")
   assert result.returncode == 0, failure_report(result.stdout + result.stderr, processes)
+
+
+def launch(workdir, name: str, processes: int, devices: int, *extra: str):
+  """Runs `ssl-jax train` for configs/<name>.py:tiny as processes x devices; returns train rows."""
+  run_job(processes, devices, "train", f"--config=configs/{name}.py:tiny",
+          f"--workdir={workdir}", *TRAIN_FLAGS, *extra)
   return losses(workdir)
 
 
@@ -206,13 +211,13 @@ def test_slurm_script_sets_the_coordinator_from_slurm_variables(tmp_path):
   # Stand-ins for SLURM's tools: scontrol expands the node list, srun runs every task in turn.
   (tmp_path / "scontrol").write_text("#!/bin/bash\necho gpu-node-07\necho gpu-node-08\n")
   (tmp_path / "srun").write_text(
-      "#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\n"
+      f"#!/bin/bash\nwhile [[ $1 == --* ]]; do echo $1 >> {tmp_path}/srun_options; shift; done\n"
       "for ((i=0; i<SLURM_NTASKS; i++)); do SLURM_PROCID=$i \"$@\"; done\n")
   for tool in ("scontrol", "srun"):
     os.chmod(tmp_path / tool, 0o755)
   env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", SLURM_JOB_ID="4242",
              SLURM_JOB_NODELIST="gpu-node-[07-08]", SLURM_NTASKS="2", SLURM_JOB_NUM_NODES="2",
-             SLURM_NTASKS_PER_NODE="1(x2)", SLURM_GPUS_ON_NODE="4")
+             SLURM_NTASKS_PER_NODE="1(x2)", SLURM_GPUS_ON_NODE="4", SLURM_CPUS_PER_TASK="8")
   out = subprocess.run(
       ["bash", os.path.join(LAUNCH, "slurm_gpu.sbatch"), "bash", "-c",
        'echo "$JAX_LOCAL_DEVICE_IDS $*"', "task"],
@@ -221,6 +226,8 @@ def test_slurm_script_sets_the_coordinator_from_slurm_variables(tmp_path):
   assert out[1:] == [
       f"0,1,2,3 --coordinator_address=gpu-node-07:{port} --num_processes=2 --process_id={i}"
       for i in range(2)]
+  # Slurm 22.05-23.02's srun would give each task 1 CPU without it.
+  assert "--cpus-per-task=8" in (tmp_path / "srun_options").read_text().split()
 
 
 def test_local_launcher_prefixes_output_and_stops_the_others_when_one_fails(tmp_path):
@@ -363,6 +370,20 @@ def test_restoring_with_another_shard_count_is_an_error(bert_runs):
   with pytest.raises(ValueError, match=r"config.data.num_shards=4, but the checkpoint's data "
                      r"stream has 2 shards; set config.data.num_shards=2"):
     it.restore(root / "2x4" / "checkpoints" / "3" / "data_iter")
+
+
+@pytest.mark.slow
+def test_probe_runs_as_a_multi_process_job(bert_runs, tmp_path):
+  # As `tpu_pod.py run -- ssl-jax probe` runs it: every process probed on jax.devices()[0],
+  # process 0's device, and process 1 failed to restore onto it.
+  root, _, _ = bert_runs
+  workdir = shutil.copytree(root / "2x4", tmp_path / "run")
+  probe = ("probe", f"--workdir={workdir}", "--probes=pos_accuracy", "--probe_sentences=8")
+  run_job(2, 1, *probe)
+  from ssl_jax.probes import runner  # pylint: disable=g-import-not-at-top
+  job_rows = runner.read_rows(str(workdir))
+  assert {r["step"] for r in job_rows} == {3, STEPS}
+  assert job_rows == runner.probe_workdir(str(workdir), ["pos_accuracy"], num_sentences=8)
 
 
 @contextlib.contextmanager

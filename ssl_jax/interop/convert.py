@@ -38,8 +38,9 @@ def to_hf(workdir: str, out: str, step: int | None = None) -> str:
   token_ids = {"pad_token_id": special.pad, "eos_token_id": special.eos}
   if subject.name == "causal_lm":  # each row's first input is id 0 (seqio's shifted targets)
     token_ids["bos_token_id"] = 0
-  hf.save_pretrained(subject.model, params, out, token_ids=token_ids)
-  _write_vocabulary(subject.config.data.vocab, out)
+  if jax.process_index() == 0:   # every process of a multi-process job reads the same
+    hf.save_pretrained(subject.model, params, out, token_ids=token_ids)
+    _write_vocabulary(subject.config.data.vocab, out)
   return out
 
 

@@ -14,6 +14,7 @@ import os
 from typing import Sequence
 
 from absl import logging
+import jax
 
 from ssl_jax.probes import attention
 from ssl_jax.probes import cka
@@ -101,7 +102,8 @@ def probe_workdir(workdir: str, names: Sequence[str] | None = None, *,
       logging.info("probed step %d of %s", step, workdir)
   finally:
     subject.close()
-  write_rows(rows, os.path.join(workdir, OUTPUT_FILE))
+  if jax.process_index() == 0:   # every process of a multi-process job probes the same
+    write_rows(rows, os.path.join(workdir, OUTPUT_FILE))
   return rows
 
 

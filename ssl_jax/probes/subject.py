@@ -82,7 +82,9 @@ class Subject:
           for name, axes in config.logical_axis_rules)
     self.config = config
     self.workdir = workdir
-    self.experiment = trainer.Experiment.build(config, devices=jax.devices()[:1])
+    # This process's own device: in a multi-process job every process reads the checkpoints
+    # itself (jax.devices()[0] belongs to process 0).
+    self.experiment = trainer.Experiment.build(config, devices=jax.local_devices()[:1])
     self.objective = self.experiment.objective
     self.model = self.experiment.model
     self.model_config = self.experiment.model_config
