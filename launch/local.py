@@ -7,7 +7,9 @@
 It is a real multi-process JAX job on one machine, for tests and laptops: every process gets
 `XLA_FLAGS=--xla_force_host_platform_device_count=M`, CPU collectives over gloo, and the flags
 `--coordinator_address=127.0.0.1:<free port> --num_processes=N --process_id=<i>` appended to the
-command. Each process's output is streamed with a `[p<i>]` prefix (and, with --log_dir, written
+command. A shell wrapper must pass them on: `-- bash -c 'source venv/bin/activate; exec ssl-jax
+train ... "$@"' ssl-jax` (without `"$@"` they are bash's own arguments, and every process runs
+alone as process 0 of 1). Each process's output is streamed with a `[p<i>]` prefix (and, with --log_dir, written
 to `<log_dir>/process_<i>.log`). If any process exits non-zero the others are stopped (SIGTERM,
 then SIGKILL after --kill_after_s) and the launcher exits non-zero, naming the process that
 failed. Ctrl-C (SIGINT/SIGTERM to the launcher) is passed on as SIGTERM, which the JAX runtime
@@ -109,7 +111,7 @@ class Job:
 
   def signal_all(self, sig: int) -> None:
     """Signals each running process's group (it leads its own), so that a worker under a
-    wrapper (`bash -c 'source venv/bin/activate; ssl-jax ...'`) gets it too."""
+    wrapper (`bash -c 'source venv/bin/activate; exec ssl-jax ... "$@"' ssl-jax`) gets it too."""
     for proc in self.procs:
       if proc.poll() is None:
         try:
