@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -149,6 +150,27 @@ def test_probes_on_the_other_objectives(name, text):
     assert ("span_length_loss", "loss/outside_spans") in results
   with pytest.raises(ValueError, match="'masking_kind_loss' does not apply"):
     runner.make_evaluators(subject, ["masking_kind_loss"], probe_text)
+
+
+def test_pos_accuracy_reports_the_constant_prediction_baseline(text):
+  # A model that predicts 'the' at every slot scores DET well without knowing anything: the
+  # probe reports that baseline (`constant/`) beside each class's accuracy.
+  subject = subject_lib.Subject(tiny_config("bert"))
+  probe_text = data.tokenize(text, subject.vocab)
+  [probe] = runner.make_evaluators(subject, ["pos_accuracy"], probe_text)
+  the = subject.vocab.encode("the")[0]
+  params = jax.device_get(subject.init_params())
+  params["mlm_bias"] = np.asarray(params["mlm_bias"]).copy()
+  params["mlm_bias"][the] = 1e4
+  values = dict(probe.run(params))
+  assert values["top_prediction_share"] == 1.0
+  targets = probe.preds.batch["masked_targets"]
+  scored = probe.preds.counts_for_pos & (probe.preds.weights > 0)
+  det = scored & (probe.preds.pos == data.UPOS_TAGS.index("DET"))
+  assert values["constant/DET"] == pytest.approx((targets[det] == the).mean())
+  assert values["constant/DET"] > 0.2
+  for tag in ("DET", "NOUN", "PUNCT", "all"):
+    assert values[f"accuracy/{tag}"] == pytest.approx(values[f"constant/{tag}"])
 
 
 def test_prediction_batches_cover_every_word_once(text):

@@ -1,7 +1,7 @@
 """Probe prediction batches: the probe sentences corrupted as each objective corrupts its data.
 
     preds = predictions.build(subject, text, seed=0)
-    loss, correct = subject.token_scores(params, preds.batch)    # [R, T] per prediction slot
+    loss, correct, predicted = subject.token_scores(params, preds.batch)   # [R, T] per slot
 
 Every batch is in the objective's own batch format (CONTRACTS.md), so the objective's
 `model_inputs` feeds the model, and every prediction slot [R, T] carries what it predicts: the
@@ -243,11 +243,13 @@ def _positions(segment_ids: np.ndarray) -> np.ndarray:
   return (np.cumsum(segment_ids, axis=1) - 1).clip(0).astype(np.int32) * segment_ids
 
 
-def score(subject: Subject, params, preds: Predictions) -> tuple[np.ndarray, np.ndarray]:
-  """(loss, correct) [R, T] for every slot of `preds` under `params` (batched, one compile)."""
+def score(subject: Subject, params, preds: Predictions
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(loss, correct, predicted token) [R, T] for every slot of `preds` under `params` (batched,
+  one compile)."""
   keys = sorted(preds.batch)
 
   def run(*arrays):
     return np.stack(subject.token_scores(params, dict(zip(keys, arrays))))
   out = representations.batched(run, *[preds.batch[k] for k in keys], axis=1)
-  return out[0], out[1]
+  return out[0], out[1], out[2].astype(np.int32)

@@ -170,11 +170,16 @@ class Subject:
     """Self-attention probabilities [num_layers, B, heads, L, L] for clean rows `tokens`."""
     return np.asarray(self._attention_probs(params_of(params), tokens, segment_ids))
 
-  def token_scores(self, params, batch: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(loss, correct) per prediction slot of an objective-format batch (see corruption.py):
-    mlm slots are `masked_positions` [B, P]; the others' are decoder positions [B, Ld]."""
-    loss, correct = self._token_scores(params_of(params), batch)
-    return np.asarray(loss), np.asarray(correct)
+  @property
+  def targets_key(self) -> str:
+    """The batch feature holding each prediction slot's target token."""
+    return "masked_targets" if self.name == "mlm" else "decoder_target_tokens"
+
+  def token_scores(self, params, batch: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(loss, correct, predicted token) per prediction slot of an objective-format batch (see
+    corruption.py): mlm slots are `masked_positions` [B, P]; the others' are decoder positions
+    [B, Ld]."""
+    return tuple(np.asarray(x) for x in self._token_scores(params_of(params), batch))
 
   @functools.cached_property
   def _layer_states(self):
@@ -198,14 +203,12 @@ class Subject:
 
   @functools.cached_property
   def _token_scores(self):
-    targets_key = "masked_targets" if self.name == "mlm" else "decoder_target_tokens"
-
     def run(params, batch):
       outputs = self.model.apply({"params": params}, **self.objective.model_inputs(batch),
                                  deterministic=True)
       logits = outputs["mlm_logits"] if self.name == "mlm" else outputs
-      targets = batch[targets_key]
+      targets = batch[self.targets_key]
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-      correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-      return loss, correct
+      predicted = jnp.argmax(logits, -1).astype(jnp.int32)
+      return loss, (predicted == targets).astype(jnp.float32), predicted
     return jax.jit(run)

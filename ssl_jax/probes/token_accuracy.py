@@ -46,7 +46,7 @@ class _TokenProbe:
 
   def run(self, state) -> Iterator[tuple[str, float]]:
     """(name, value) pairs for the params of `state` (a TrainState or a params tree)."""
-    loss, correct = predictions.score(self.subject, state, self.preds)
+    loss, correct, _ = predictions.score(self.subject, state, self.preds)
     yield from _grouped(loss, correct, self.groups)
 
 
@@ -57,9 +57,26 @@ class PosAccuracy(_TokenProbe):
   the tokens of its noise spans; BART the tokens inside its infilled spans. Names:
   `accuracy/<UPOS>`, `loss/<UPOS>`, `accuracy/rank_0_50` (frequency buckets, see
   data.FREQUENCY_EDGES), `accuracy/all`, `loss/all`.
+
+  Early in training a model predicts one token nearly everywhere ('.', later 'the'); a class
+  whose words are often that token then scores well without the model having learned anything
+  about it. So each checkpoint also reports that baseline: `top_prediction_share` (the share of
+  scored slots given the model's most frequent prediction) and `constant/<group>` (the accuracy
+  of predicting that token at every slot). Learning shows as accuracy above `constant/`.
   """
   name = "pos_accuracy"
   kind_ratios = (1.0, 0.0)   # every chosen word becomes [MASK]
+
+  def run(self, state) -> Iterator[tuple[str, float]]:
+    loss, correct, predicted = predictions.score(self.subject, state, self.preds)
+    yield from _grouped(loss, correct, self.groups)
+    scored = self.groups[-1][1]   # 'all'
+    ids, counts = np.unique(predicted[scored], return_counts=True)
+    top = ids[np.argmax(counts)]
+    yield "top_prediction_share", float(counts.max() / counts.sum())
+    constant = self.preds.batch[self.subject.targets_key] == top
+    for name, mask in self.groups:
+      yield f"constant/{name}", float(constant[mask].mean(dtype=np.float64))
 
   def _groups(self):
     p = self.preds
