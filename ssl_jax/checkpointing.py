@@ -190,7 +190,51 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout, 
   if resume:
     checkpoint = f"the checkpoint at step {step} in {manager.directory}"
     _check_state_tree(metadata, layout.abstract, saved["optim"], config.optim, checkpoint)
+    _check_same_stream(saved, config, checkpoint)
     _check_same_init(saved, config, checkpoint)
+
+
+# The pretraining data settings that do not change the batch stream a checkpoint's data position
+# belongs to: where TFDS keeps its files, the shard count (data.shards checks the position's) and
+# the vocabulary (checked on its own).
+_STREAM_FREE_DATA_FIELDS = ("tfds_data_dir", "num_shards", "vocab")
+_OBJECTIVE_DATA_FIELDS = {"mlm": "mlm", "span_corruption": "span_corruption",
+                          "denoising": "denoising"}
+
+
+def _check_same_stream(saved: dict, config, checkpoint: str) -> None:
+  """Raises if a pretraining run resumes with data settings that change its batch stream (the
+  source, its files or corpus, the seed, the objective's corruption, ...): the restored tf.data
+  position would go on with the old stream, then fail inside tf.data or switch to the new one
+  many steps later. Fields the checkpoint's config lacks are not compared."""
+  if config.objective not in (*_OBJECTIVE_DATA_FIELDS, "causal_lm"):
+    return   # fine-tuning: its rows are read by ssl_jax.finetune.data
+  ours = _flat(json.loads(config.data.to_json_best_effort()))
+  theirs = _flat(saved.get("data", {}))
+  ignore = set(_STREAM_FREE_DATA_FIELDS)
+  ignore |= set(_OBJECTIVE_DATA_FIELDS.values()) - {_OBJECTIVE_DATA_FIELDS.get(config.objective)}
+  sources = {"default_corpus": "corpus", "text_files": "text_files", "tfds": "tfds_name"}
+  if not ours.get("mixture") and ours.get("source") == theirs.get("source"):
+    ignore |= set(sources.values()) - {sources.get(ours.get("source"))}   # unused sources
+  compared = {k for k in ours.keys() & theirs.keys() if k.split(".")[0] not in ignore}
+  differences = _differences("data", {k: ours[k] for k in compared},
+                             {k: theirs[k] for k in compared})
+  if differences:
+    raise ValueError(
+        f"{checkpoint} was trained on another data stream: {differences}its saved data position "
+        "belongs to the checkpoint's stream. Resume with the checkpoint's data settings (its "
+        "config.json), or use a fresh --workdir.")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  """{'corpus.seed': 0, ...}: the leaves of a nested dict by dotted path."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flat(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
 
 
 def _check_same_init(saved: dict, config, checkpoint: str) -> None:

@@ -256,6 +256,15 @@ def _checkpoint_of_other_batch_shapes(config, tmp_path, checkpoint):
   return config, checkpoint.workdir
 
 
+def _checkpoint_of_another_data_stream(config, tmp_path, checkpoint):
+  config = checkpoint.config.copy_and_resolve_references()
+  config.data.seed = 7
+  config.data.corpus.num_documents = 65
+  config.data.tfds_data_dir = "/elsewhere"   # where TFDS keeps files: the same stream
+  config.data.span_corruption.noise_density = 0.5   # another objective's setting
+  return config, checkpoint.workdir
+
+
 def _text_file_missing(config, tmp_path, checkpoint):
   config.data.update(source="text_files", text_files=str(tmp_path / "missing.txt"))
   return config, str(tmp_path / "run")
@@ -287,8 +296,13 @@ BAD_INPUTS = {
     "checkpoint_of_another_vocabulary": (_checkpoint_of_another_vocabulary, [
         "config.data.vocab=", "'extra_ids': 100", "'extra_ids': 50", "checkpoint's vocabulary"]),
     "checkpoint_of_other_batch_shapes": (_checkpoint_of_other_batch_shapes, [
-        "input_tokens: [128] in the checkpoint, [64] now", "config.data.sequence_length",
+        "config.data.sequence_length=64 (the checkpoint's: 128)",
         "Resume with the checkpoint's data settings"]),
+    # The restored tf.data position went on with the old stream (a seed change), or failed
+    # inside tf.data many steps later (another corpus size or text file).
+    "checkpoint_of_another_data_stream": (_checkpoint_of_another_data_stream, [
+        "another data stream", "config.data.corpus.num_documents=65 (the checkpoint's: 300)",
+        "config.data.seed=7 (the checkpoint's: 0)", "Resume with the checkpoint's data settings"]),
     # Read before compiling, though only reading the data finds it.
     "text_file_missing": (_text_file_missing, [
         "config.data.text_files", "missing.txt", "does not exist"]),
