@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+import tensorflow as tf
 from etils import epath
 from orbax.checkpoint import type_handlers
 
@@ -135,15 +136,16 @@ def restore_config(manager: ocp.CheckpointManager, step: int) -> dict:
 
 def check_workdir(workdir: str) -> None:
   """Raises before any compile if `workdir` cannot be created or written."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
+  try:   # tf.io.gfile, as for the workdir's other files: local paths and gs:// alike
+    tf.io.gfile.makedirs(workdir)
     probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
-    with open(probe, "w", encoding="utf-8") as f:
+    with tf.io.gfile.GFile(probe, "w") as f:
       f.write("ok")
-    os.remove(probe)
-  except OSError as e:
+    tf.io.gfile.remove(probe)
+  except (OSError, tf.errors.OpError) as e:
+    reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
     raise ValueError(
-        f"--workdir={workdir!r} is not writable ({e.strerror}); pass a directory you can write "
+        f"--workdir={workdir!r} is not writable ({reason}); pass a directory you can write "
         "to (checkpoints, metrics.jsonl and config.json go there).") from e
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import tensorflow as tf
 from absl import logging
 from clu import metric_writers
 
@@ -82,11 +83,15 @@ class MetricsLogger:
     self._last_time: float | None = None  # set when the first step is handed over
     self._file = None
     if self._is_writer:
-      os.makedirs(workdir, exist_ok=True)
+      # tf.io.gfile: a gs:// workdir keeps its metrics beside its checkpoints.
+      tf.io.gfile.makedirs(os.fspath(workdir))
       path = os.path.join(workdir, "metrics.jsonl")
       if truncate:
         _truncate_after(path, start_step)
-      self._file = open(path, "a", encoding="utf-8", buffering=1)  # whole lines, tail-able
+      if not tf.io.gfile.exists(path):   # GFile appends only to a file that exists
+        with tf.io.gfile.GFile(path, "w") as f:
+          f.write("")
+      self._file = tf.io.gfile.GFile(path, "a")
     self._writer = metric_writers.create_default_writer(
         os.path.join(workdir, "tensorboard"), just_logging=not self._is_writer)
 
@@ -168,20 +173,21 @@ class MetricsLogger:
     self._writer.write_scalars(step, {f"{split}/{name}": value for name, value in row.items()})
     if self._file:
       self._file.write(json.dumps({"step": step, "split": split, **row}) + "\n")
+      self._file.flush()   # whole lines, tail-able
 
 
 def _truncate_after(path: str, step: int) -> None:
   """Drops rows with `step` > `step` (left by a run that died after its last checkpoint)."""
-  if not os.path.exists(path):
+  if not tf.io.gfile.exists(path):
     return
-  with open(path, encoding="utf-8") as f:
+  with tf.io.gfile.GFile(path) as f:
     lines = f.readlines()
   kept = [line for line in lines if _row_step(line) <= step]
   if len(kept) != len(lines):
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.writelines(kept)
-    os.replace(tmp, path)
+    with tf.io.gfile.GFile(tmp, "w") as f:
+      f.write("".join(kept))
+    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def _row_step(line: str) -> float:
@@ -194,6 +200,6 @@ def _row_step(line: str) -> float:
 
 def read_metrics(workdir: str | os.PathLike, split: str | None = None) -> list[dict[str, Any]]:
   """Rows of `workdir/metrics.jsonl` (optionally only one split), in file order."""
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+  with tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f if line.strip()]
   return [row for row in rows if split is None or row["split"] == split]

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tensorflow as tf
 
 from ssl_jax import checkpointing
 from ssl_jax import config as config_lib
@@ -308,7 +309,7 @@ def _raise_if_nonfinite(step: int, sums) -> None:
 
 def write_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:   # also gs://
       f.write(config.to_json_best_effort(indent=2) + "\n")
 
 
@@ -339,11 +340,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, init_par
     state = checkpointing.restore(manager, latest, exp.layout.abstract, exp.layout.shardings,
                                   train_iter)
     logging.info("resumed from step %d of %s", latest, workdir)
-  write_config(config, workdir)
   start = int(jax.device_get(state.step))
   if start >= train_cfg.num_steps:  # a finished run, re-run: nothing to compile or train
+    logging.warning("%s is at step %d >= config.train.num_steps=%d: nothing to train (raise "
+                    "num_steps to train on)", workdir, start, train_cfg.num_steps)
     manager.close()
     return state
+  write_config(config, workdir)   # the config.json of the steps this run trains
   # The data is read before anything compiles, so that a missing file or a bad data setting fails
   # at once (not after minutes of compiling on a pod), and the pipeline starts while XLA compiles.
   first_batch = next(train_iter)

@@ -1,5 +1,6 @@
 """Metric normalization and the metrics.jsonl / TensorBoard logger."""
 import glob
+import json
 import os
 
 import jax.numpy as jnp
@@ -70,3 +71,30 @@ def test_resume_drops_rows_after_start_step(tmp_path):
 def test_log_every_must_be_positive(tmp_path):
   with pytest.raises(ValueError, match="config.train.log_every=0"):
     metrics.MetricsLogger(tmp_path, num_steps=5, log_every=0)
+
+
+def test_workdir_files_of_a_remote_workdir_stay_there(tmp_path, monkeypatch):
+  # A gs:// workdir kept only its checkpoints there: os.makedirs('gs://b/run') made a local
+  # 'gs:/b/run', which got config.json and metrics.jsonl. TF's ram:// filesystem stands in for
+  # gs:// (clu's TensorBoard writer goes through etils, which knows gs:// but not ram://).
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from ssl_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from ssl_jax import trainer  # pylint: disable=g-import-not-at-top
+  from ssl_jax.finetune import lm_init  # pylint: disable=g-import-not-at-top
+  from ssl_jax.probes import runner  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
+  workdir = f"ram://bucket-{os.getpid()}/run"
+  checkpointing.check_workdir(workdir)
+  trainer.write_config(ml_collections.ConfigDict({"objective": "causal_lm"}), workdir)
+  assert tf.io.gfile.exists(f"{workdir}/config.json")
+  rows = [{"step": s, "split": "train", "loss": 1.0 / s} for s in (1, 2, 3)]
+  with tf.io.gfile.GFile(f"{workdir}/metrics.jsonl", "w") as f:
+    f.write("".join(json.dumps(r) + "\n" for r in rows))
+  metrics._truncate_after(f"{workdir}/metrics.jsonl", 2)   # what a resume at step 2 does
+  assert metrics.read_metrics(workdir) == rows[:2]
+  runner.write_rows(rows, f"{workdir}/probes.jsonl")
+  assert runner.read_rows(workdir) == rows
+  assert lm_init._run_location(f"{workdir}/checkpoints/3") == (workdir, 3)
+  assert lm_init._run_location(workdir + "/") == (workdir, None)
+  assert not os.listdir(tmp_path)

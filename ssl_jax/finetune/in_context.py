@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tensorflow as tf
 
 from ssl_jax import config as config_lib
 from ssl_jax import metrics as metrics_lib
@@ -424,15 +425,15 @@ def run(config, workdir: str, init: str = 'none') -> dict:
       return_predictions=True)
   scores = {k: result[k] for k in ('accuracy', 'exact', 'f1') if k in result}
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
+    tf.io.gfile.makedirs(workdir)
     trainer.write_config(config, workdir)
     with metrics_lib.MetricsLogger(workdir, num_steps=1, log_every=1) as logger:
       logger.write_eval(0, {k: (v, 1.0) for k, v in scores.items()})
-    with open(os.path.join(workdir, 'eval_results.json'), 'w', encoding='utf-8') as f:
+    with tf.io.gfile.GFile(os.path.join(workdir, 'eval_results.json'), 'w') as f:
       json.dump({'task': config.data.task, 'objective': 'in_context', 'init': init,
                  'shots': ic.shots, 'truncated_prompts': result['truncated_prompts'],
                  'scores': scores}, f, indent=2)
-    with open(os.path.join(workdir, 'eval_predictions.jsonl'), 'w', encoding='utf-8') as f:
+    with tf.io.gfile.GFile(os.path.join(workdir, 'eval_predictions.jsonl'), 'w') as f:
       for ex, prompt, prediction in zip(eval_examples, result['prompts'],
                                         result['predictions']):
         f.write(json.dumps({'prompt': prompt, 'answers': list(ex.answers),

@@ -24,6 +24,7 @@ import os
 
 import jax
 import ml_collections
+import tensorflow as tf
 
 from ssl_jax import checkpointing
 from ssl_jax.models import config as model_config_lib
@@ -38,11 +39,11 @@ def _is_none(init: str) -> bool:
 
 def _run_location(init: str) -> tuple[str, int | None]:
   """(run directory, step or None = latest) of an ssl_jax `init`."""
-  path = os.path.normpath(init)
+  path = init.rstrip('/') if '://' in init else os.path.normpath(init)   # gs://bucket/run
   parent = os.path.dirname(path)
   if os.path.basename(parent) == 'checkpoints' and os.path.basename(path).isdigit():
     return os.path.dirname(parent), int(os.path.basename(path))
-  if not os.path.isfile(os.path.join(path, 'config.json')):
+  if not tf.io.gfile.exists(os.path.join(path, 'config.json')):
     raise FileNotFoundError(
         f"--init={init!r} is neither 'none', 'hf:DIR', an ssl_jax run directory (with "
         'config.json and checkpoints/) nor <run>/checkpoints/<step>; pass the --workdir of an '
@@ -85,7 +86,7 @@ def config_from_init(config, init: str, families: tuple[str, ...]):
     config = _set_model(config, model_config_lib.config_to_dict(model_cfg), vocab)
   else:
     run_dir, step = _run_location(init)
-    with open(os.path.join(run_dir, 'config.json'), encoding='utf-8') as f:
+    with tf.io.gfile.GFile(os.path.join(run_dir, 'config.json')) as f:
       saved = json.load(f)
     config = _set_model(config, saved['model'], saved['data']['vocab'])
     with config.unlocked():
@@ -132,7 +133,7 @@ def params_from_init(config, init: str, layout):
                          f'{leaf.shape} in config.model; leave config.model to the checkpoint.')
     return jax.device_put(params, layout.shardings.params)
   run_dir, location_step = _run_location(init)
-  with open(os.path.join(run_dir, 'config.json'), encoding='utf-8') as f:
+  with tf.io.gfile.GFile(os.path.join(run_dir, 'config.json')) as f:
     saved = ml_collections.ConfigDict(json.load(f))
   step = config.finetune.get('init_step')  # the step config_from_init read the model of
   if step is None:

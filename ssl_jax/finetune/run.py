@@ -13,6 +13,7 @@ import math
 import os
 
 import jax
+import tensorflow as tf
 
 from ssl_jax import metrics as metrics_lib
 from ssl_jax import trainer
@@ -64,7 +65,7 @@ def finetune(config, workdir: str, init: str = "none") -> dict:
       logger.write_eval(step, {k: (v, 1.0) for k, v in scores.items()})
     results = {"task": config.data.task, "objective": config.objective, "init": init,
                "step": step, "train_rows": data.num_rows(config, "train"), "scores": scores}
-    with open(os.path.join(workdir, RESULTS_FILE), "w", encoding="utf-8") as f:
+    with tf.io.gfile.GFile(os.path.join(workdir, RESULTS_FILE), "w") as f:
       json.dump(results, f, indent=2)
   return scores
 

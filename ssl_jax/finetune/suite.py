@@ -18,6 +18,7 @@ import json
 import os
 
 import jax
+import tensorflow as tf
 
 from ssl_jax import config as config_lib
 from ssl_jax.finetune import formats
@@ -89,8 +90,8 @@ def run(suite, workdir: str, init: str = "none") -> dict:
   average = sum(r["score"] for r in rows) / len(rows)
   result = {"init": init, "tasks": rows, "average": average}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "scores.json"), "w", encoding="utf-8") as f:
+    with tf.io.gfile.GFile(os.path.join(workdir, "scores.json"), "w") as f:
       json.dump(result, f, indent=2)
-    with open(os.path.join(workdir, "scores.md"), "w", encoding="utf-8") as f:
+    with tf.io.gfile.GFile(os.path.join(workdir, "scores.md"), "w") as f:
       f.write(markdown(rows, average, init))
   return result

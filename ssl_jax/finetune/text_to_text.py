@@ -371,10 +371,10 @@ def _evaluate(exp, params, vocab, pairs, config) -> dict:
 def _write_results(workdir, config, step, scores, pairs, predictions) -> None:
   if jax.process_index() != 0:
     return
-  with open(os.path.join(workdir, RESULTS_FILE), 'w', encoding='utf-8') as f:
+  with tf.io.gfile.GFile(os.path.join(workdir, RESULTS_FILE), 'w') as f:
     json.dump({'task': config.data.task, 'objective': 'text_to_text',
                'init': config.finetune.init, 'step': step, 'scores': scores}, f, indent=2)
-  with open(os.path.join(workdir, PREDICTIONS_FILE), 'w', encoding='utf-8') as f:
+  with tf.io.gfile.GFile(os.path.join(workdir, PREDICTIONS_FILE), 'w') as f:
     for pair, prediction in zip(pairs, predictions):
       f.write(json.dumps({'inputs': pair.inputs, 'targets': pair.targets,
                           'prediction': prediction}) + '\n')

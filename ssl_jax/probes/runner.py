@@ -15,6 +15,7 @@ from typing import Sequence
 
 from absl import logging
 import jax
+import tensorflow as tf
 
 from ssl_jax.probes import attention
 from ssl_jax.probes import cka
@@ -108,18 +109,18 @@ def probe_workdir(workdir: str, names: Sequence[str] | None = None, *,
 
 
 def write_rows(rows: Sequence[dict], path: str) -> None:
-  """Writes rows as JSON lines, atomically (a reader never sees half a file)."""
+  """Writes rows as JSON lines, atomically on local disks (a reader never sees half a file)."""
   tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
+  with tf.io.gfile.GFile(tmp, "w") as f:   # also gs://
     for row in rows:
       f.write(json.dumps(row) + "\n")
-  os.replace(tmp, path)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def read_rows(workdir_or_path: str) -> list[dict]:
   """The rows of a probes.jsonl (or of `<workdir>/probes.jsonl`)."""
   path = workdir_or_path
-  if os.path.isdir(path):
+  if tf.io.gfile.isdir(path):
     path = os.path.join(path, OUTPUT_FILE)
-  with open(path, encoding="utf-8") as f:
+  with tf.io.gfile.GFile(path) as f:
     return [json.loads(line) for line in f if line.strip()]

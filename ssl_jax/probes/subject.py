@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+import tensorflow as tf
 from etils import epath
 
 from ssl_jax import checkpointing
@@ -112,11 +113,11 @@ class Subject:
   def from_workdir(cls, workdir: str) -> "Subject":
     """The subject of an `ssl-jax train` run directory (its config.json)."""
     path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    if not tf.io.gfile.exists(path):
       raise FileNotFoundError(
           f"--workdir={workdir!r} has no config.json; pass the --workdir of an `ssl-jax train` "
           "run.")
-    with open(path, encoding="utf-8") as f:
+    with tf.io.gfile.GFile(path) as f:   # also gs://
       config = ml_collections.ConfigDict(json.load(f))
     return cls(config, workdir)
 
