@@ -2,6 +2,7 @@
 import collections
 import importlib
 
+import numpy as np
 import pytest
 import seqio
 import tensorflow_datasets as tfds
@@ -183,6 +184,28 @@ def test_mixture_of_sources(tmp_path):
   assert len(list(ds.take(6).as_numpy_iterator())) == 6
   with pytest.raises(ValueError, match="config.data.mixture"):
     tasks.get_mixture_or_task(tiny_config("causal_lm", mixture="default_corpus"))
+
+
+def test_mixture_shards_pick_their_sources_independently(tmp_path):
+  # seqio sampled every shard's mixture with one seed: each shard picked the same sources in
+  # the same order, so a global batch was S copies of one shard's mix.
+  path = tmp_path / "zebra.txt"
+  path.write_text("\n\n".join(f"zebra {i} quick." for i in range(40)) + "\n")
+  shards, rows = 4, 4
+  config = tiny_config("causal_lm", text_files=str(path), pack=False, num_shards=shards,
+                       mixture="default_corpus:1,text_files:1")
+  config.train.global_batch_size = shards * rows
+  zebra = vocabularies.get_vocabulary(config.data.vocab).encode("zebra")[0]
+  it = pipeline.make_iterator(config, "train", None)
+  same = 0
+  fractions = []
+  for _ in range(30):
+    from_file = np.array([zebra in row for row in it.next_local()["decoder_target_tokens"]])
+    from_file = from_file.reshape(shards, rows)
+    same += (from_file == from_file[0]).all()
+    fractions.append(from_file.mean())
+  assert same <= 2   # 30 of 30 before
+  assert 0.35 < np.mean(fractions) < 0.65   # the rates hold
 
 
 def test_errors_name_the_setting():

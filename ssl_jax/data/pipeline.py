@@ -127,12 +127,26 @@ def make_dataset(config, split: str, *, shard_info: Optional[seqio.ShardInfo] = 
   # seqio's Task trims every feature named in sequence_length, which fails on scalars (sentence_label).
   trimmed = {k: v for k, v in lengths.items() if k not in provider.output_features
              or provider.output_features[k].rank > 0}
-  ds = provider.get_dataset(
-      sequence_length=trimmed, split=split, shuffle=train, seed=int(_get(config.data, "seed", 0)),
-      shard_info=shard_info if shard_info.num_shards > 1 else None, num_epochs=None,
-      # seqio would cache small datasets in memory, which tf.data checkpoints then copy in full.
-      try_in_mem_cache=False)
-  ds = ds.map(lambda ex: {k: ex[k] for k in provider.output_features if k in ex})  # drop doc_index etc.
+  seed = int(_get(config.data, "seed", 0))
+
+  def examples(source):
+    ds = source.get_dataset(
+        sequence_length=trimmed, split=split, shuffle=train, seed=seed,
+        shard_info=shard_info if shard_info.num_shards > 1 else None, num_epochs=None,
+        # seqio would cache small datasets in memory, which tf.data checkpoints then copy in full.
+        try_in_mem_cache=False)
+    return ds.map(lambda ex: {k: ex[k] for k in provider.output_features if k in ex})  # drop doc_index etc.
+
+  if isinstance(provider, seqio.Mixture) and shard_info.num_shards > 1:
+    # seqio samples each shard's mixture with the seed its tasks share (they need it to split the
+    # documents between shards), so every shard would pick the same sources in the same order and
+    # a global batch would hold S copies of one shard's mix. Each shard samples with its own seed.
+    ds = tf.data.Dataset.sample_from_datasets(
+        [examples(task) for task in provider.tasks],
+        [provider.get_rate(task) for task in provider.tasks],
+        seed=seed * 1_000_003 + shard_info.index, stop_on_empty_dataset=True)
+  else:
+    ds = examples(provider)
   ds = converter(ds, task_feature_lengths=lengths)
   added = _added_segment_features(converter)
   if added:
