@@ -295,3 +295,17 @@ def test_vocab_size_minus_one_must_be_resolved_before_building():
   model = gpt.GPT(dataclasses.replace(config.get_preset('gpt', 'tiny'), vocab_size=-1))
   with pytest.raises(ValueError, match='vocab_size'):
     model.init(jax.random.key(0), np.ones((1, 4), np.int32))
+
+
+@pytest.mark.parametrize('family', ['gpt', 'bert', 'bart'])
+def test_rows_longer_than_the_position_table_are_refused(family):
+  # The lookup past the table gave NaN, which attention spread to every position of the row.
+  from ssl_jax.models import encoder_decoder  # pylint: disable=g-import-not-at-top
+  cfg = tiny(family)
+  tokens = jax.ShapeDtypeStruct((1, cfg.max_length + 1), jnp.int32)
+  model = {'gpt': gpt.GPT, 'bert': bert.BertModel,
+           'bart': encoder_decoder.EncoderDecoder}[family](cfg)
+  args = (tokens, tokens) if family == 'bart' else (tokens,)
+  with pytest.raises(ValueError, match=f'{cfg.max_length + 1} tokens exceed '
+                     f'config.model.max_length={cfg.max_length}'):
+    jax.eval_shape(lambda *a: model.init(jax.random.key(0), *a), *args)

@@ -78,6 +78,7 @@ class BertModel(nn.Module):
     x = self.token_embed(input_tokens) + self.type_embed(token_type_ids)
     bias = None
     if self.position_embed is not None:
+      layers.check_length(input_tokens.shape[1], self.config.max_length)
       if positions is None:
         positions = jnp.arange(input_tokens.shape[1])[None, :]
       x = x + self.position_embed(positions)

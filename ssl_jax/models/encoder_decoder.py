@@ -84,6 +84,8 @@ class _Stack(nn.Module):
 
     x = self.token_embed(tokens)
     if cfg.family == 'bart':
+      if not decode:
+        layers.check_length(length, cfg.max_length)
       if cfg.scale_embedding:
         x = x * jnp.asarray(math.sqrt(cfg.hidden_size), dtype)
       if positions is None:

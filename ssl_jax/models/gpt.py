@@ -36,6 +36,8 @@ class GPT(nn.Module):
     token_embed = layers.Embed(cfg.vocab_size, cfg.hidden_size, init, dtype=dtype,
                                param_dtype=param_dtype, name='token_embed')
     length = tokens.shape[1]
+    if not decode:
+      layers.check_length(length, cfg.max_length)
     if positions is None:
       positions = jnp.arange(length)[None, :]
       if decode:

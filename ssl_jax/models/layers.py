@@ -172,6 +172,14 @@ class Embed(nn.Module):
                  None if bias is None else jnp.asarray(bias, self.dtype))
 
 
+def check_length(length: int, max_length: int) -> None:
+  """Raises (at trace time) for rows longer than the learned position table: the lookup past it
+  gives NaN, which attention spreads to every position of the row."""
+  if length > max_length:
+    raise ValueError(f'inputs of {length} tokens exceed config.model.max_length={max_length} '
+                     'learned positions; use rows of at most max_length tokens.')
+
+
 def position_embed(num_positions: int, features: int, init_std: float, dtype, param_dtype,
                    name: str = 'position_embed') -> Embed:
   """Learned absolute position embeddings (positions are not sharded on 'vocab')."""
