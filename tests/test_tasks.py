@@ -170,6 +170,9 @@ def test_tfds_train_split_corrupts_each_epoch_anew_and_resumes(tmp_path):
   assert len(inputs_by_chunk) <= 10  # 3 documents' chunks, over and over
   assert sum(len(v) > 1 for v in inputs_by_chunk.values()) >= 0.8 * len(inputs_by_chunk)
   assert len(_examples(config, "validation", 100)) < 100  # validation is one pass
+  # document_dataset (what `ssl-jax vocab train` reads) is one pass over train too: it was the
+  # task's endless epochs, read until vocab train's 2M sentences.
+  assert len(list(tasks.document_dataset(config, "train").take(10).as_numpy_iterator())) == 3
 
 
 def test_mixture_of_sources(tmp_path):

@@ -252,8 +252,9 @@ def document_dataset(config, split, source=None):
   elif source == "text_files":
     ds = _text_files_dataset(split, False, paths=_text_file_paths(_get(config.data, "text_files")),
                              endless=False)
-  else:
-    ds = _source(config, source, _get(config.data, "tfds_name")).get_dataset(split, shuffle=False)
+  else:   # seqio's own pass: the task's TFDS train split is endless epochs (_TfdsEpochs)
+    ds = seqio.TfdsDataSource.get_dataset(_source(config, source, _get(config.data, "tfds_name")),
+                                          split, shuffle=False)
   return _as_documents(ds)
 
 
