@@ -18,7 +18,7 @@ _HANDWRITTEN = [
     "e=mc^2 ~~ 50% <tag> {x} [y] @user #hash", "\u0301accent-first", "ǅ titlecase", "ß ẞ", "K (kelvin) Å Ω",
     "½ ² ⅷ", "…", "control\x07char", "\ufeffbom", "ﾊﾝｶｸ", "한국어 텍스트", "ا لعربية", "ᾳ Ǆ", "\x0cform\x85feed",
     "a\u2028b\u3000c", "x\u0000y x\ufffdy", "test" + "é" * 60, "\u00ad soft hyphen", "\ue000 private",
-    "𝐀𝐁 ℃ ℉ №", "e\u0301 vs é", "[CLS] special [SEP] tokens [MASK] stay [UNK] whole [PAD]", "[cls] lower",
+    "𝐀𝐁 ℃ ℉ №", "e\u0301 vs é", "[CLS] special [SEP] tokens [MASK] stay [UNK] whole", "[cls] lower",
     "don’t “quotes” ‘single’", "a-b_c/d\\e|f", "The year 1999; 3.14159 and 1,000,000.", "U.S.A. e.g. i.e.",
     "unaffable unbelievably antidisestablishmentarianism", "C++ and C# and F#", "email@example.com",
     "http://example.com/path?q=1&r=2", "  leading and trailing  ", "", "   ", "ALL CAPS SENTENCE.",
@@ -61,6 +61,10 @@ def test_wordpiece_equals_hugging_face_bert_tokenizer(minilm_vocab_path):
     assert ids == hf_ids, (sentence, reference.convert_ids_to_tokens(hf_ids))
   for sentence, hf_ids in zip(sentences[:len(_HANDWRITTEN)], expected):  # the python path (one string)
     assert vocab.encode(sentence) == hf_ids, sentence
+  # A literal [PAD] is not padding (id 0 would cut its document in the packer): it splits as
+  # in the original BERT tokenizer.
+  assert vocab.encode("a [PAD] b") == reference("a [ PAD ] b", add_special_tokens=False)["input_ids"]
+  assert vocab.pad_id not in vocab.encode_tf(tf.constant(["a [PAD] b"])).to_list()[0]
   assert vocab.vocab_size == reference.vocab_size
   assert (vocab.pad_id, vocab.unk_id, vocab.eos_id) == (0, reference.unk_token_id, reference.sep_token_id)
   ids = vocabularies.special_ids(vocab)

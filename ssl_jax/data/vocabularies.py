@@ -27,6 +27,7 @@ import tensorflow_text as tf_text
 
 KINDS = ("default", "wordpiece", "sentencepiece", "byte")
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # the default vocabulary's ids 0..4
+_PROTECTED_TOKENS = SPECIAL_TOKENS[1:]   # kept whole when they occur in text (see _normalize_tf)
 _SENTENCEPIECE_ALIASES = {"cls": ("[CLS]", "<cls>"), "sep": ("[SEP]", "<sep>"), "mask": ("[MASK]", "<mask>")}
 _MAX_CHARS_PER_WORD = 100  # BERT (and Hugging Face) map longer words to [UNK]
 
@@ -127,8 +128,10 @@ class WordPieceVocabulary(seqio.Vocabulary):
     s = tf.strings.regex_replace(s, r"[\t\n\r]", " ")
     s = tf.strings.regex_replace(s, _CONTROL, "")
     # Literal special tokens stay whole (as in HF): wrapped in a private-use character, which the text can
-    # no longer contain, and restored after splitting.
-    for i, token in enumerate(SPECIAL_TOKENS):
+    # no longer contain, and restored after splitting. Not [PAD]: id 0 is padding to the packer and the
+    # losses, so a literal one would cut its document (HF masks padding by attention_mask instead); it
+    # splits as punctuation and a word, as in the original BERT tokenizer.
+    for i, token in enumerate(_PROTECTED_TOKENS):
       s = tf.strings.regex_replace(s, re.escape(token), f" {_PROTECT}{i}{_PROTECT} ")
     s = tf.strings.regex_replace(s, _WHITESPACE, " ")
     s = tf.strings.regex_replace(s, _CJK, r" \1 ")
@@ -142,7 +145,7 @@ class WordPieceVocabulary(seqio.Vocabulary):
   def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
     """Scalar string -> int32 [num_tokens]; a string vector -> ragged [batch, num_tokens]."""
     words = tf.strings.split(self._normalize_tf(s))
-    for i, token in enumerate(SPECIAL_TOKENS):
+    for i, token in enumerate(_PROTECTED_TOKENS):
       words = tf.strings.regex_replace(words, f"^{_PROTECT}{i}{_PROTECT}$", token)
     too_long = tf.strings.length(words, unit="UTF8_CHAR") > _MAX_CHARS_PER_WORD
     words = tf.ragged.map_flat_values(lambda w, t: tf.where(t, "[UNK]", w), words, too_long)
