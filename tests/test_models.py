@@ -50,6 +50,7 @@ def test_config_dict_round_trip_for_every_preset():
     ({'family': 'gpt', 'activation': 'swish'}, "activation='swish'"),
     ({'family': 'gpt', 'remat_policy': 'some'}, "remat_policy='some'"),
     ({'family': 'bert', 'dtype': 'fp8'}, "dtype='fp8'"),
+    ({'family': 'gpt', 'dtype': 'float16'}, "dtype='float16'.*loss scaling.*'bfloat16'"),
     ({'family': 't5', 'activation': 'geglu'}, "activation='geglu'"),
     ({'family': 'roberta'}, "family='roberta'"),
     ({'family': 'bert', 'position_embedding': 'rotary'}, "position_embedding='rotary'"),

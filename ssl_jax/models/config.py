@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Union
 
-DTYPES = ('float32', 'bfloat16', 'float16')
+DTYPES = ('float32', 'bfloat16')   # float16 would need loss scaling, which ssl_jax does not do
 REMAT_POLICIES = ('none', 'full', 'dots', 'dots_with_no_batch_dims')
 BERT_POSITION_EMBEDDINGS = ('learned', 'alibi')
 # Fields that set how a model runs or trains, not the function its parameters compute: a run
@@ -147,7 +147,10 @@ def _validate(cfg) -> None:
   if not cfg.layer_norm_eps > 0:
     bad('layer_norm_eps', 'must be > 0')
   for name in ('dtype', 'param_dtype'):
-    if getattr(cfg, name) not in DTYPES:
+    if getattr(cfg, name) == 'float16':
+      bad(name, 'float16 training needs dynamic loss scaling, which ssl_jax does not implement '
+          "(and XLA:CPU cannot run its attention); use 'bfloat16'")
+    elif getattr(cfg, name) not in DTYPES:
       bad(name, f'unknown dtype; use one of {DTYPES}')
   if cfg.remat_policy not in REMAT_POLICIES:
     bad('remat_policy', f'unknown policy; use one of {REMAT_POLICIES}')
