@@ -281,10 +281,11 @@ class EvalSet:
   """The batches every eval reads: the first `train.eval_steps` global batches of the validation
   split. They are read once and kept on the host (this process's rows, numpy: eval_steps x the
   per-process batch), so each eval sees the same examples and none rebuilds the input pipeline,
-  which takes seconds."""
+  which takes seconds. `shard_count` is the run's data shard count (its train stream's, which a
+  resume keeps): the examples depend on it, not on the process count."""
 
-  def __init__(self, exp: Experiment):
-    it = pipeline.make_iterator(exp.config, "validation", exp.batch_sharding)
+  def __init__(self, exp: Experiment, shard_count: Optional[int] = None):
+    it = pipeline.make_iterator(exp.config, "validation", exp.batch_sharding, shard_count)
     self._local = [it.next_local() for _ in range(exp.config.train.eval_steps)]
     self._sharding = exp.batch_sharding
     self._global_batch = int(exp.config.train.global_batch_size)
@@ -351,7 +352,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, init_par
   # at once (not after minutes of compiling on a pod), and the pipeline starts while XLA compiles.
   first_batch = next(train_iter)
   if evaluate_fn is None and train_cfg.eval_steps:
-    eval_set = EvalSet(exp)
+    eval_set = EvalSet(exp, getattr(train_iter, "num_shards", None))
     eval_step = compile_eval_step(exp)
     evaluate_fn = lambda params, step, logger: evaluate(eval_step, params, eval_set, step, logger)
   train_step = compile_train_step(exp)
@@ -415,8 +416,10 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"`ssl-jax train --config ... --workdir {workdir}`.")
   checkpointing.check_compatible(manager, step, config, exp.layout)
   params = checkpointing.restore_params(manager, step, exp.layout)
+  positions = os.path.join(os.fspath(manager.directory), str(step), "data_iter")
   manager.close()
-  eval_set = EvalSet(exp)  # read before compiling, as in train_and_evaluate
+  # Read before compiling, as in train_and_evaluate, with the run's shard count.
+  eval_set = EvalSet(exp, shards.ShardedIterator.saved_num_shards(positions))
   eval_step = compile_eval_step(exp)
   distributed.barrier("first eval step")  # as before the first train step
   # A reader: the run may still be writing this workdir's rows.

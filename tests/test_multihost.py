@@ -25,6 +25,7 @@ import pytest
 
 from ssl_jax import config as config_lib
 from ssl_jax import distributed
+from ssl_jax import trainer
 from ssl_jax.data import shards
 
 import helpers
@@ -37,6 +38,7 @@ TRAIN_FLAGS = (f"--config.train.num_steps={STEPS}", "--config.train.log_every=1"
                "--config.train.save_every=3", "--config.train.eval_steps=0",
                "--config.train.global_batch_size=16", "--config.data.corpus.num_documents=400",
                "--config.data.shuffle_buffer=64", "--config.optim.warmup_steps=2")
+EVALS = ("--config.train.eval_steps=2", "--config.train.eval_every=3")   # the BERT runs'
 
 
 def _launcher():
@@ -309,9 +311,8 @@ def bert_runs(tmp_path_factory):
   """BERT tiny as 2 processes x 4 devices (2 shards by default) and as 1 x 8 with 2 shards, both
   evaluating 2 batches at steps 3 and 6."""
   root = tmp_path_factory.mktemp("bert")
-  evals = ("--config.train.eval_steps=2", "--config.train.eval_every=3")
-  two = launch(root / "2x4", "bert", 2, 4, *evals)
-  one = train_here(root / "1x8", "bert", "--config.data.num_shards=2", *evals)
+  two = launch(root / "2x4", "bert", 2, 4, *EVALS)
+  one = train_here(root / "1x8", "bert", "--config.data.num_shards=2", *EVALS)
   return root, two, one
 
 
@@ -345,9 +346,16 @@ def _restart_from_step_3(workdir, copy_to):
 def test_checkpoint_of_two_processes_continues_on_one(bert_runs, tmp_path):
   root, two, _ = bert_runs
   workdir = _restart_from_step_3(root / "2x4", tmp_path / "resumed")
-  resumed = train_here(workdir, "bert")  # 1 x 8; num_shards 0: follows the checkpoint's 2 shards
+  # 1 x 8; num_shards 0: follows the checkpoint's 2 shards
+  resumed = train_here(workdir, "bert", *EVALS)
   assert sorted(resumed) == list(range(1, STEPS + 1))
   assert_same_losses(resumed, two, range(4, STEPS + 1))
+  # The eval set is the run's too (its 2 shards' rows, not one process's): the same loss at step
+  # 6, and from `ssl-jax eval` in this process.
+  two_eval = losses(root / "2x4", "eval")
+  assert_same_losses(losses(workdir, "eval"), two_eval, [STEPS])
+  row = trainer.evaluate_workdir(helpers.cli_config("bert", *TRAIN_FLAGS, *EVALS), str(workdir))
+  np.testing.assert_allclose(row["loss"], two_eval[STEPS], rtol=1e-5)
 
 
 @pytest.mark.slow

@@ -248,9 +248,10 @@ class DataIterator:
     tf.train.Checkpoint(iterator=self._iterator).read(os.path.join(path, _ITERATOR_PREFIX)).assert_consumed()
 
 
-def make_iterator(config, split: str, batch_sharding):
+def make_iterator(config, split: str, batch_sharding, shard_count: Optional[int] = None):
   """This process's rows of the global batch stream over `split` (a `shards.ShardedIterator`: the
   same `next`/`save`/`restore`, with a stream that does not depend on the process count and a
-  position that restores under any process count; see `ssl_jax.data.shards`)."""
+  position that restores under any process count; see `ssl_jax.data.shards`). shard_count:
+  the stream's shard count (default config.data.num_shards, 0 = the process count)."""
   from ssl_jax.data import shards  # pylint: disable=g-import-not-at-top  (shards builds on this module)
-  return shards.ShardedIterator(config, split, batch_sharding)
+  return shards.ShardedIterator(config, split, batch_sharding, shard_count)

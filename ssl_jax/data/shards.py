@@ -89,13 +89,15 @@ def global_arrays(local: dict, batch_sharding, global_batch: int) -> dict:
 class ShardedIterator:
   """This process's rows of the global batch stream (see the module docstring)."""
 
-  def __init__(self, config, split: str, batch_sharding):
+  def __init__(self, config, split: str, batch_sharding, shard_count: int | None = None):
+    """shard_count: S of the stream (default `num_shards(config)`), e.g. a resumed train
+    stream's, so that the eval split is read the same way whatever the process count."""
     self._config = config
     self._split = split
     self._sharding = batch_sharding
     self._global_batch = int(config.train.global_batch_size)
     self._rows = process_rows(batch_sharding, self._global_batch)
-    self.num_shards = num_shards(config)
+    self.num_shards = shard_count or num_shards(config)
     self._check_divides(self.num_shards)
     self._readers = None  # built on first use, after a restore has had its say on num_shards
 
@@ -152,6 +154,12 @@ class ShardedIterator:
         if shard == 0:
           with tf.io.gfile.GFile(os.path.join(os.fspath(directory), _META_FILE), "w") as f:
             json.dump({"num_shards": self.num_shards, "global_batch_size": self._global_batch}, f)
+
+  @staticmethod
+  def saved_num_shards(directory) -> int:
+    """The shard count of the position saved in `directory` (a checkpoint's data_iter)."""
+    with tf.io.gfile.GFile(os.path.join(os.fspath(directory), _META_FILE)) as f:
+      return json.load(f)["num_shards"]
 
   def restore(self, directory) -> None:
     """Moves to the saved position, keeping the checkpoint's shard count (any process count).
