@@ -56,22 +56,17 @@ def _clean_env():
   return env
 
 
-def run_job(processes: int, devices: int, *args: str) -> None:
-  """Runs `ssl-jax <args>` through launch/local.py as processes x devices; asserts success."""
+def launch(workdir, name: str, processes: int, devices: int, *extra: str):
+  """Runs `ssl-jax train` for configs/<name>.py:tiny as processes x devices; returns train rows."""
   command = [sys.executable, os.path.join(LAUNCH, "local.py"), f"--num_processes={processes}",
              f"--devices_per_process={devices}", "--", sys.executable, "-m", "ssl_jax.main",
-             *args]
+             "train", f"--config=configs/{name}.py:tiny", f"--workdir={workdir}", *TRAIN_FLAGS,
+             *extra]
   start = time.monotonic()
   result = subprocess.run(command, cwd=REPO, env=_clean_env(), capture_output=True, text=True,
                           timeout=900)
-  print(f"{' '.join(args)} {processes}x{devices}: {time.monotonic() - start:.0f} s")
+  print(f"{name} {processes}x{devices} {' '.join(extra)}: {time.monotonic() - start:.0f} s")
   assert result.returncode == 0, failure_report(result.stdout + result.stderr, processes)
-
-
-def launch(workdir, name: str, processes: int, devices: int, *extra: str):
-  """Runs `ssl-jax train` for configs/<name>.py:tiny as processes x devices; returns train rows."""
-  run_job(processes, devices, "train", f"--config=configs/{name}.py:tiny",
-          f"--workdir={workdir}", *TRAIN_FLAGS, *extra)
   return losses(workdir)
 
 
@@ -378,20 +373,6 @@ def test_restoring_with_another_shard_count_is_an_error(bert_runs):
   with pytest.raises(ValueError, match=r"config.data.num_shards=4, but the checkpoint's data "
                      r"stream has 2 shards; set config.data.num_shards=2"):
     it.restore(root / "2x4" / "checkpoints" / "3" / "data_iter")
-
-
-@pytest.mark.slow
-def test_probe_runs_as_a_multi_process_job(bert_runs, tmp_path):
-  # As `tpu_pod.py run -- ssl-jax probe` runs it: every process probed on jax.devices()[0],
-  # process 0's device, and process 1 failed to restore onto it.
-  root, _, _ = bert_runs
-  workdir = shutil.copytree(root / "2x4", tmp_path / "run")
-  probe = ("probe", f"--workdir={workdir}", "--probes=pos_accuracy", "--probe_sentences=8")
-  run_job(2, 1, *probe)
-  from ssl_jax.probes import runner  # pylint: disable=g-import-not-at-top
-  job_rows = runner.read_rows(str(workdir))
-  assert {r["step"] for r in job_rows} == {3, STEPS}
-  assert job_rows == runner.probe_workdir(str(workdir), ["pos_accuracy"], num_sentences=8)
 
 
 @contextlib.contextmanager

@@ -110,9 +110,13 @@ def test_cli_writes_the_probes_jsonl_of_the_python_api(bert_workdir, tmp_path):
   for copy in copies:
     shutil.copytree(bert_workdir, copy, ignore=shutil.ignore_patterns("probes.jsonl"))
   probes = ["pos_accuracy", "linear_probe", "cka", "attention_entropy"]
+  # As a 2-process job (what `tpu_pod.py run -- ssl-jax probe` is): process 1 restored onto
+  # jax.devices()[0], process 0's device, and failed.
   cli = subprocess.Popen(
-      [sys.executable, "-m", "ssl_jax.main", "probe", f"--probe_sentences={NUM_SENTENCES}",
-       f"--probes={','.join(probes)}", f"--workdir={copies[0]}"],
+      [sys.executable, os.path.join(REPO, "launch", "local.py"), "--num_processes=2",
+       "--devices_per_process=1", "--", sys.executable, "-m", "ssl_jax.main", "probe",
+       f"--probe_sentences={NUM_SENTENCES}", f"--probes={','.join(probes)}",
+       f"--workdir={copies[0]}"],
       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   runner.probe_workdir(copies[1], probes, num_sentences=NUM_SENTENCES)  # meanwhile, here
   out, _ = cli.communicate(timeout=600)

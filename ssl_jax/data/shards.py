@@ -156,9 +156,13 @@ class ShardedIterator:
             json.dump({"num_shards": self.num_shards, "global_batch_size": self._global_batch}, f)
 
   @staticmethod
-  def saved_num_shards(directory) -> int:
-    """The shard count of the position saved in `directory` (a checkpoint's data_iter)."""
-    with tf.io.gfile.GFile(os.path.join(os.fspath(directory), _META_FILE)) as f:
+  def saved_num_shards(directory) -> int | None:
+    """The shard count of the position saved in `directory` (a checkpoint's data_iter), or None
+    for a position of another iterator (text-to-text fine-tuning saves its own)."""
+    path = os.path.join(os.fspath(directory), _META_FILE)
+    if not tf.io.gfile.exists(path):
+      return None
+    with tf.io.gfile.GFile(path) as f:
       return json.load(f)["num_shards"]
 
   def restore(self, directory) -> None:
