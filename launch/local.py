@@ -9,12 +9,12 @@ It is a real multi-process JAX job on one machine, for tests and laptops: every 
 `--coordinator_address=127.0.0.1:<free port> --num_processes=N --process_id=<i>` appended to the
 command. A shell wrapper must pass them on: `-- bash -c 'source venv/bin/activate; exec ssl-jax
 train ... "$@"' ssl-jax` (without `"$@"` they are bash's own arguments, and every process runs
-alone as process 0 of 1). Each process's output is streamed with a `[p<i>]` prefix (and, with --log_dir, written
-to `<log_dir>/process_<i>.log`). If any process exits non-zero the others are stopped (SIGTERM,
-then SIGKILL after --kill_after_s) and the launcher exits non-zero, naming the process that
-failed. Ctrl-C (SIGINT/SIGTERM to the launcher) is passed on as SIGTERM, which the JAX runtime
-treats as a preemption: the trainer saves a checkpoint at a step all processes agree on and stops
-(the launcher then exits with 128 + the signal number; a second Ctrl-C kills the processes).
+alone as process 0 of 1). Each process's output is streamed with a `[p<i>]` prefix (and, with
+--log_dir, written to `<log_dir>/process_<i>.log`). If any process exits non-zero the others are
+stopped (SIGTERM, then SIGKILL after --kill_after_s) and the launcher exits non-zero, naming the
+process that failed. Ctrl-C (SIGINT/SIGTERM to the launcher) is passed on as SIGTERM, which the JAX
+runtime treats as a preemption: the trainer saves a checkpoint at a step all processes agree on and
+stops (the launcher then exits with 128 + the signal number; a second Ctrl-C kills the processes).
 """
 import argparse
 import os

@@ -25,6 +25,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 import tensorflow as tf
 from etils import epath
+from flax import traverse_util
 from orbax.checkpoint import type_handlers
 
 from ssl_jax.models import config as model_config_lib
@@ -211,8 +212,8 @@ def _check_same_stream(saved: dict, config, checkpoint: str) -> None:
   many steps later. Fields the checkpoint's config lacks are not compared."""
   if config.objective not in (*_OBJECTIVE_DATA_FIELDS, "causal_lm"):
     return   # fine-tuning: its rows are read by ssl_jax.finetune.data
-  ours = _flat(json.loads(config.data.to_json_best_effort()))
-  theirs = _flat(saved.get("data", {}))
+  ours = traverse_util.flatten_dict(json.loads(config.data.to_json_best_effort()), sep=".")
+  theirs = traverse_util.flatten_dict(saved.get("data", {}), sep=".")
   ignore = set(_STREAM_FREE_DATA_FIELDS)
   ignore |= set(_OBJECTIVE_DATA_FIELDS.values()) - {_OBJECTIVE_DATA_FIELDS.get(config.objective)}
   sources = {"default_corpus": "corpus", "text_files": "text_files", "tfds": "tfds_name"}
@@ -226,17 +227,6 @@ def _check_same_stream(saved: dict, config, checkpoint: str) -> None:
         f"{checkpoint} was trained on another data stream: {differences}its saved data position "
         "belongs to the checkpoint's stream. Resume with the checkpoint's data settings (its "
         "config.json), or use a fresh --workdir.")
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-  """{'corpus.seed': 0, ...}: the leaves of a nested dict by dotted path."""
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flat(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
 
 
 def _check_same_init(saved: dict, config, checkpoint: str) -> None:
