@@ -153,7 +153,17 @@ class ShardedIterator:
         reader.save(directory)
         if shard == 0:
           with tf.io.gfile.GFile(os.path.join(os.fspath(directory), _META_FILE), "w") as f:
-            json.dump({"num_shards": self.num_shards, "global_batch_size": self._global_batch}, f)
+            json.dump({"num_shards": self.num_shards, "global_batch_size": self._global_batch,
+                       "text_file_sizes": self._text_file_sizes()}, f)
+
+  def _text_file_sizes(self) -> dict[str, int]:
+    """{path: bytes} of the text files the stream reads: a resume must find them unchanged (the
+    config names them, not their contents)."""
+    data = self._config.data
+    if data.get("source") != "text_files" and "text_files" not in (data.get("mixture") or ""):
+      return {}
+    paths = [p.strip() for p in (data.get("text_files") or "").split(",") if p.strip()]
+    return {p: tf.io.gfile.stat(p).length for p in paths if tf.io.gfile.exists(p)}
 
   @staticmethod
   def saved_num_shards(directory) -> int | None:
@@ -185,6 +195,16 @@ class ShardedIterator:
           f"config.train.global_batch_size={self._global_batch}, but the data position in "
           f"{os.fspath(directory)!r} is for batches of {saved['global_batch_size']}; resume with "
           "that batch size, or use a fresh --workdir.")
+    sizes, saved_sizes = self._text_file_sizes(), saved.get("text_file_sizes")
+    if saved_sizes is not None and sizes != saved_sizes:   # recorded since 2026-11-30
+      changed = sorted(p for p in sizes.keys() | saved_sizes.keys()
+                       if sizes.get(p) != saved_sizes.get(p))
+      raise ValueError(
+          f"config.data.text_files {changed} changed since the data position in "
+          f"{os.fspath(directory)!r} was saved (bytes then: "
+          f"{[saved_sizes.get(p) for p in changed]}, now: {[sizes.get(p) for p in changed]}); the "
+          "saved position belongs to the old documents. Restore the files, or use a fresh "
+          "--workdir to train on the new ones.")
     configured = int(self._config.data.get("num_shards", 0))
     if configured and configured != saved["num_shards"]:
       raise ValueError(
