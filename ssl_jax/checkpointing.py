@@ -28,6 +28,7 @@ from etils import epath
 from flax import traverse_util
 from orbax.checkpoint import type_handlers
 
+from ssl_jax.data import tasks
 from ssl_jax.models import config as model_config_lib
 
 # Orbax's default "replica-parallel" save slices each replicated array across its replicas with a
@@ -197,29 +198,17 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout, 
     _check_same_init(saved, config, checkpoint)
 
 
-# The pretraining data settings that do not change the batch stream a checkpoint's data position
-# belongs to: where TFDS keeps its files, the shard count (data.shards checks the position's) and
-# the vocabulary (checked on its own).
-_STREAM_FREE_DATA_FIELDS = ("tfds_data_dir", "num_shards", "vocab")
-_OBJECTIVE_DATA_FIELDS = {"mlm": "mlm", "span_corruption": "span_corruption",
-                          "denoising": "denoising"}
-
-
 def _check_same_stream(saved: dict, config, checkpoint: str) -> None:
-  """Raises if a pretraining run resumes with data settings that change its batch stream (the
-  source, its files or corpus, the seed, the objective's corruption, ...): the restored tf.data
-  position would go on with the old stream, then fail inside tf.data or switch to the new one
-  many steps later. Fields the checkpoint's config lacks are not compared."""
-  if config.objective not in (*_OBJECTIVE_DATA_FIELDS, "causal_lm"):
+  """Raises if a pretraining run resumes with data settings that change its batch stream
+  (`tasks.stream_settings`: the source, its files or corpus, the seed, the objective's corruption,
+  ...): the restored tf.data position would go on with the old stream, then fail inside tf.data
+  or switch to the new one many steps later. Fields the checkpoint's config lacks are not
+  compared."""
+  if config.objective not in tasks.OBJECTIVES:
     return   # fine-tuning: its rows are read by ssl_jax.finetune.data
-  ours = traverse_util.flatten_dict(json.loads(config.data.to_json_best_effort()), sep=".")
-  theirs = traverse_util.flatten_dict(saved.get("data", {}), sep=".")
-  ignore = set(_STREAM_FREE_DATA_FIELDS)
-  ignore |= set(_OBJECTIVE_DATA_FIELDS.values()) - {_OBJECTIVE_DATA_FIELDS.get(config.objective)}
-  sources = {"default_corpus": "corpus", "text_files": "text_files", "tfds": "tfds_name"}
-  if not ours.get("mixture") and ours.get("source") == theirs.get("source"):
-    ignore |= set(sources.values()) - {sources.get(ours.get("source"))}   # unused sources
-  compared = {k for k in ours.keys() & theirs.keys() if k.split(".")[0] not in ignore}
+  ours, theirs = (traverse_util.flatten_dict(tasks.stream_settings(c), sep=".")
+                  for c in (config, ml_collections.ConfigDict(saved)))
+  compared = ours.keys() & theirs.keys()
   differences = _differences("data", {k: ours[k] for k in compared},
                              {k: theirs[k] for k in compared})
   if differences:

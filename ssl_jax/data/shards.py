@@ -29,6 +29,7 @@ import tensorflow as tf
 from absl import logging
 
 from ssl_jax.data import pipeline
+from ssl_jax.data import tasks
 
 _META_FILE = "shards.json"
 
@@ -84,6 +85,15 @@ def global_arrays(local: dict, batch_sharding, global_batch: int) -> dict:
   # one call per feature for the tiny configs' 11 arrays).
   return jax.make_array_from_process_local_data(
       batch_sharding, local, {k: (global_batch,) + v.shape[1:] for k, v in local.items()})
+
+
+def _read_meta(directory) -> dict | None:
+  """The shards.json of a saved position, or None if it has none."""
+  path = os.path.join(os.fspath(directory), _META_FILE)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
 
 
 class ShardedIterator:
@@ -159,21 +169,14 @@ class ShardedIterator:
   def _text_file_sizes(self) -> dict[str, int]:
     """{path: bytes} of the text files the stream reads: a resume must find them unchanged (the
     config names them, not their contents)."""
-    data = self._config.data
-    if data.get("source") != "text_files" and "text_files" not in (data.get("mixture") or ""):
-      return {}
-    paths = [p.strip() for p in (data.get("text_files") or "").split(",") if p.strip()]
-    return {p: tf.io.gfile.stat(p).length for p in paths if tf.io.gfile.exists(p)}
+    return {p: tf.io.gfile.stat(p).length for p in tasks.text_files_read(self._config)}
 
   @staticmethod
   def saved_num_shards(directory) -> int | None:
     """The shard count of the position saved in `directory` (a checkpoint's data_iter), or None
     for a position of another iterator (text-to-text fine-tuning saves its own)."""
-    path = os.path.join(os.fspath(directory), _META_FILE)
-    if not tf.io.gfile.exists(path):
-      return None
-    with tf.io.gfile.GFile(path) as f:
-      return json.load(f)["num_shards"]
+    meta = _read_meta(directory)
+    return None if meta is None else meta["num_shards"]
 
   def restore(self, directory) -> None:
     """Moves to the saved position, keeping the checkpoint's shard count (any process count).
@@ -183,13 +186,12 @@ class ShardedIterator:
       ValueError: the global batch size differs from the checkpoint's, or config.data.num_shards
         names a shard count other than the checkpoint's.
     """
-    path = os.path.join(os.fspath(directory), _META_FILE)
-    if not tf.io.gfile.exists(path):
+    saved = _read_meta(directory)
+    if saved is None:
       raise FileNotFoundError(
-          f"{path!r} is missing, so the data position in {os.fspath(directory)!r} cannot be read; "
-          "the checkpoint is incomplete or was not written by ssl_jax. Use a fresh --workdir.")
-    with tf.io.gfile.GFile(path) as f:
-      saved = json.load(f)
+          f"{_META_FILE} is missing, so the data position in {os.fspath(directory)!r} cannot be "
+          "read; the checkpoint is incomplete or was not written by ssl_jax. Use a fresh "
+          "--workdir.")
     if saved["global_batch_size"] != self._global_batch:
       raise ValueError(
           f"config.train.global_batch_size={self._global_batch}, but the data position in "

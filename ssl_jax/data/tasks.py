@@ -341,25 +341,58 @@ def _check_objective(config, vocab, chain):
     ds = fn(ds)
 
 
-def _settings_key(config, source, tfds_name):
-  """A short hash of every setting the task's examples depend on (so equal settings share one task)."""
-  data = config.data
+def _plain(x):
+  return x.to_dict() if hasattr(x, "to_dict") else x
 
-  def plain(x):
-    return x.to_dict() if hasattr(x, "to_dict") else x
-  settings = {"objective": config.objective, "source": source, "vocab": plain(data.vocab),
-              "sequence_length": data.sequence_length, "targets_length": _get(data, "targets_length"),
-              "seed": _get(data, "seed", 0), "pack": _get(data, "pack", True),
-              "shuffle_buffer": _get(data, "shuffle_buffer")}
+
+_OBJECTIVE_SETTINGS = {"mlm": "mlm", "span_corruption": "span_corruption", "denoising": "denoising"}
+
+
+def _task_settings(config, source, tfds_name) -> dict:
+  """Every data setting the examples of a task over `source` depend on, by config.data name,
+  besides the vocabulary and where TFDS keeps its files."""
+  data = config.data
+  settings = {"source": source, "sequence_length": data.sequence_length,
+              "targets_length": _get(data, "targets_length"), "seed": _get(data, "seed", 0),
+              "pack": _get(data, "pack", True), "shuffle_buffer": _get(data, "shuffle_buffer")}
   if source == "default_corpus":
-    settings["corpus"] = plain(data.corpus)
+    settings["corpus"] = _plain(data.corpus)
   elif source == "text_files":
     settings["text_files"] = _get(data, "text_files")
   else:
     settings["tfds_name"] = tfds_name
-    settings["tfds_data_dir"] = _get(data, "tfds_data_dir", "")
-  settings[config.objective] = plain(_get(data, {"mlm": "mlm", "span_corruption": "span_corruption",
-                                                   "denoising": "denoising"}.get(config.objective, ""), None))
+  corruption = _OBJECTIVE_SETTINGS.get(config.objective)
+  if corruption:
+    settings[corruption] = _plain(_get(data, corruption))
+  return settings
+
+
+def stream_settings(config) -> dict:
+  """{config.data name: value} of every setting the batch stream of `config` depends on: those of
+  its source, or of each source of its mixture and the mixture itself. A resumed run must find
+  them unchanged (`checkpointing.check_compatible`)."""
+  spec = _get(config.data, "mixture", "") or ""
+  if not spec:
+    return _task_settings(config, config.data.source, _get(config.data, "tfds_name"))
+  settings = {}
+  for source, _ in _parse_mixture(spec):   # the TFDS names and rates are in the spec
+    settings.update(_task_settings(config, source if source in SOURCES else "tfds", None))
+  settings.pop("source")
+  settings.pop("tfds_name", None)
+  return {**settings, "mixture": spec}
+
+
+def text_files_read(config) -> tuple:
+  """The text files the batch stream of `config` reads (its source's or its mixture's)."""
+  text_files = stream_settings(config).get("text_files")
+  return _text_file_paths(text_files) if text_files is not None else ()
+
+
+def _settings_key(config, source, tfds_name):
+  """A short hash of every setting the task's examples depend on (so equal settings share one task)."""
+  settings = {**_task_settings(config, source, tfds_name), "objective": config.objective,
+              "vocab": _plain(config.data.vocab),
+              "tfds_data_dir": _get(config.data, "tfds_data_dir", "")}
   blob = json.dumps(settings, sort_keys=True, default=str)
   return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
 
