@@ -206,18 +206,6 @@ def score_completions(model, params, vocab, contexts: Sequence[str],
   return scores, counts, np.array(truncated, bool)
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'prefill_length', 'eos_id'))
-def _greedy_continue(model, params, tokens, prompt_lengths, prefill_length, eos_id):
-  def step_fn(cache, chunk):
-    logits, variables = model.apply({'params': params, 'cache': cache}, chunk, decode=True,
-                                    mutable=['cache'])
-    return logits, variables['cache']
-
-  cache = decoding.init_cache(model, jax.ShapeDtypeStruct(tokens.shape, jnp.int32))
-  return decoding.decode_loop(step_fn, cache, tokens, prompt_lengths, prefill_length,
-                              jax.random.key(0), eos_id=eos_id)
-
-
 def greedy_answers(model, params, vocab, prompts: Sequence[str], *, max_new_tokens: int = 16,
                    stop: Sequence[str] = (), bos_id: Optional[int] = 0,
                    batch_size: int = 16) -> tuple[list[str], int]:
@@ -253,7 +241,8 @@ def greedy_answers(model, params, vocab, prompts: Sequence[str], *, max_new_toke
     shortest = int(lengths[:len(picked)].min())
     lengths[len(picked):] = shortest
     prefill = 1 << (shortest.bit_length() - 1)   # a power of two: few compiled variants
-    out = np.asarray(_greedy_continue(model, params, tokens, lengths, prefill, eos))
+    out = np.asarray(decoding.continue_rows(model, params, tokens, lengths, jax.random.key(0),
+                                            prefill, eos_id=eos))
     for r, i in enumerate(picked):
       new = out[r, lengths[r]:lengths[r] + max_new_tokens].tolist()
       if eos is not None and eos in new:

@@ -82,8 +82,10 @@ def decode_loop(step_fn: StepFn, cache, tokens: jax.Array, prompt_lengths: jax.A
 
 @functools.partial(jax.jit, static_argnames=('model', 'prefill_length', 'temperature',
                                              'top_k', 'eos_id'))
-def _generate(model, params, tokens, prompt_lengths, rng, prefill_length, temperature, top_k,
-              eos_id):
+def continue_rows(model, params, tokens, prompt_lengths, rng, prefill_length: int,
+                  temperature: float = 0.0, top_k: int = 0, eos_id: Optional[int] = None):
+  """`decode_loop` with a decoder-only model (GPT): tokens [B, T] with row b's prompt in its
+  first prompt_lengths[b] positions -> [B, T] continued (no checks; see `generate`)."""
   def step_fn(cache, chunk):
     logits, variables = model.apply({'params': params, 'cache': cache}, chunk, decode=True,
                                     mutable=['cache'])
@@ -119,8 +121,8 @@ def generate(model, params, prompt_tokens, max_new_tokens: int, rng=None,
     raise ValueError(f'temperature={temperature} must be >= 0 (0 = greedy)')
   tokens = jnp.pad(prompt_tokens, ((0, 0), (0, max_new_tokens)))
   rng = jax.random.key(0) if rng is None else rng
-  return _generate(model, params, tokens, jnp.asarray(prompt_lengths), rng,
-                   int(prompt_lengths.min()), float(temperature), int(top_k), eos_id)
+  return continue_rows(model, params, tokens, jnp.asarray(prompt_lengths), rng,
+                       int(prompt_lengths.min()), float(temperature), int(top_k), eos_id)
 
 
 # ------------------------------------------------------------------ encoder-decoder models
