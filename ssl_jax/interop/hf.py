@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -112,8 +113,9 @@ def from_pretrained(path_or_model, **config_overrides) -> tuple[Any, dict]:
   model.safetensors or pytorch_model.bin) as (ssl_jax module, params).
 
   config_overrides replace fields of the converted config (e.g. scan_layers=True,
-  dtype='bfloat16'). BERT checkpoints with pretraining heads give BertForPreTraining,
-  without them BertModel.
+  dtype='bfloat16'). BERT checkpoints with an MLM head give BertForPreTraining, without one
+  BertModel; a pooler or sentence head the checkpoint lacks (BertForMaskedLM has neither) is
+  initialised as transformers initialises it, with a warning naming it.
   """
   if isinstance(path_or_model, (str, os.PathLike)):
     hf_config, state_dict = _read_dir(os.fspath(path_or_model))
@@ -245,7 +247,18 @@ def _norm_from(w, b):
 
 def _bert_from_hf(cfg: BertConfig, sd) -> dict:
   prefix = 'bert.' if 'bert.embeddings.word_embeddings.weight' in sd else ''
-  with_heads = 'cls.predictions.bias' in sd and 'cls.seq_relationship.weight' in sd
+  # BertForPreTraining has both heads; BertForMaskedLM (what run_mlm.py saves) has the MLM head
+  # but neither the pooler nor the sentence head, which then start as transformers starts them.
+  with_heads = 'cls.predictions.bias' in sd
+  fresh = []
+
+  def dense_or_fresh(name, features):
+    if f'{get.prefix}{name}.weight' in sd:
+      return _dense_from(p(f'{name}.weight'), p(f'{name}.bias'))
+    fresh.append(get.prefix + name)
+    kernel = np.random.default_rng(len(fresh)).normal(0, cfg.initializer_range, (e, features))
+    return {'kernel': kernel.astype(np.float32), 'bias': np.zeros(features, np.float32)}
+
   # position_ids is a buffer; heads of other architectures are dropped when loading BertModel.
   get = _StateDict(sd, prefix, ignore=('position_ids',) if with_heads else
                    ('position_ids', 'cls.', 'classifier.', 'qa_outputs.'))
@@ -256,7 +269,7 @@ def _bert_from_hf(cfg: BertConfig, sd) -> dict:
       'position_embed': {'embedding': p('embeddings.position_embeddings.weight')},
       'type_embed': {'embedding': p('embeddings.token_type_embeddings.weight')},
       'embed_norm': _norm_from(p('embeddings.LayerNorm.weight'), p('embeddings.LayerNorm.bias')),
-      'pooler': _dense_from(p('pooler.dense.weight'), p('pooler.dense.bias')),
+      'pooler': dense_or_fresh('pooler.dense', e),
       'encoder': {},
   }
   for i in range(cfg.num_layers):
@@ -276,6 +289,7 @@ def _bert_from_hf(cfg: BertConfig, sd) -> dict:
     }
   if not with_heads:
     get.check_all_used()
+    _warn_fresh(fresh)
     return model
   get.prefix = ''
   params = {
@@ -285,8 +299,7 @@ def _bert_from_hf(cfg: BertConfig, sd) -> dict:
       'mlm_norm': _norm_from(p('cls.predictions.transform.LayerNorm.weight'),
                              p('cls.predictions.transform.LayerNorm.bias')),
       'mlm_bias': p('cls.predictions.bias'),
-      'sentence_head': _dense_from(p('cls.seq_relationship.weight'),
-                                   p('cls.seq_relationship.bias')),
+      'sentence_head': dense_or_fresh('cls.seq_relationship', 2),
   }
   # The decoder is tied to the word embeddings (and its bias to cls.predictions.bias).
   for tied, source in (('cls.predictions.decoder.weight', f'{prefix}embeddings.word_embeddings.weight'),
@@ -295,7 +308,15 @@ def _bert_from_hf(cfg: BertConfig, sd) -> dict:
       raise ValueError(f'{tied} differs from {source}: untied MLM decoders are not supported')
     get.used.add(tied)
   get.check_all_used()
+  _warn_fresh(fresh)
   return params
+
+
+def _warn_fresh(names):
+  if names:
+    warnings.warn(f'the checkpoint has no {", ".join(names)}: initialised from a normal '
+                  'distribution with the config\'s initializer_range, as transformers does; '
+                  'train them before relying on them')
 
 
 def _bert_to_hf(cfg: BertConfig, params) -> dict:
