@@ -17,6 +17,7 @@ from ssl_jax.finetune import run
 from ssl_jax.finetune import suite
 from ssl_jax.finetune import tagging
 from ssl_jax.finetune import config as finetune_config
+from ssl_jax.finetune import data as finetune_data
 from ssl_jax.models import bert
 from ssl_jax.models import heads
 from ssl_jax.models.config import get_preset
@@ -239,6 +240,26 @@ def test_tagging_labels_sit_on_each_words_first_piece(vocab):
   predictions = short.arrays["labels"]  # perfect on what fits: [CLS] the x ##q [SEP]
   assert tagging.score(tiny_config("tagging", "conllu", "upos", length=5), [sentence], short,
                        predictions) == {"accuracy": pytest.approx(2 / 3)}
+
+
+def test_xpos_tagging_takes_the_train_files_tags(tmp_path, vocab):
+  train = write(tmp_path / "train.conllu", "1\tThe\tthe\tDET\tDT\t_\t2\tdet\t_\t_\n"
+                "2\tdog\tdog\tNOUN\tNN\t_\t0\troot\t_\t_\n\n1\tRun\trun\tVERB\tVB\t_\t0\troot\t_\t_\n")
+  config = tiny_config("tagging", "conllu", "upos")
+  config.data.update(train_file=train, eval_file=train, tag_column="xpos")
+  finetune_config.validate(config)
+  assert tagging.tag_names(config) == ("DT", "NN", "VB")
+  examples = finetune_data.read_examples(config, "train")
+  assert examples[0].tags == ("DT", "NN")
+  rows = tagging.featurize(config, vocab, examples)
+  assert rows.arrays["labels"][0, [1, 2]].tolist() == [0, 1]
+  # A treebank without XPOS (all '_') and an unknown column are refused by name.
+  bare = write(tmp_path / "bare.conllu", "1\tHi\thi\tINTJ\t_\t_\t0\troot\t_\t_\n")
+  with pytest.raises(ValueError, match="has no XPOS tags"):
+    formats.read_conllu(bare, "xpos")
+  config.data.tag_column = "lemma"
+  with pytest.raises(ValueError, match="config.data.tag_column='lemma'"):
+    finetune_config.validate(config)
 
 
 def test_word_spans_follow_bert_pre_tokenization():

@@ -8,6 +8,9 @@ Files in `configs/finetune/` start from `base_config(...)`. Added keys:
   config.data.train_split / eval_split / tfds_data_dir                  (tfds)
   config.data.max_train_examples / max_eval_examples   0 = all; else the first N of the file
   config.data.labels          comma-separated label (tag) names; '' = the task's own
+  config.data.tag_column      tagging: the CoNLL-U column, 'upos' (the UD tags) | 'xpos' (the
+                              treebank's own, e.g. Penn tags in English EWT; labels '' = the tags
+                              of train_file)
   config.data.metrics         comma-separated metric names; '' = the task's own
   config.data.qa              max_query_length, doc_stride (tokens between window starts),
                               max_answer_length (tokens), allow_no_answer (SQuAD 2.0),
@@ -32,7 +35,7 @@ def base_config(objective: str, task: str, data_format: str, *,
   c.data.update(dict(
       task=task, format=data_format, train_file="", eval_file="", train_split="train",
       eval_split="validation", tfds_data_dir="", max_train_examples=0, max_eval_examples=0,
-      labels="", metrics=""))
+      labels="", metrics="", tag_column="upos"))
   c.data.sequence_length = 128
   c.data.qa = ml_collections.ConfigDict(dict(
       max_query_length=64, doc_stride=128, max_answer_length=30, allow_no_answer=True,
@@ -90,6 +93,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(0 <= f.warmup_ratio < 1, "finetune.warmup_ratio", f.warmup_ratio, "use a ratio in [0, 1).")
   check(d.max_train_examples >= 0, "data.max_train_examples", d.max_train_examples,
         "use 0 (all) or a positive count.")
+  check(d.tag_column in formats.TAG_COLUMNS, "data.tag_column", d.tag_column,
+        f"use one of {', '.join(formats.TAG_COLUMNS)}.")
   check(d.max_eval_examples >= 0, "data.max_eval_examples", d.max_eval_examples,
         "use 0 (all) or a positive count.")
   if config.objective != "extractive_qa":

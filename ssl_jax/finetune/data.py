@@ -79,7 +79,7 @@ def read_examples(config, split: str) -> list:
       label_names = tuple(d.labels.split(",")) if d.labels else spec.label_names
       examples = formats.read_tsv(path, spec.tsv_columns, label_names, header=spec.header)
     elif d.format == "conllu":
-      examples = formats.read_conllu(path)
+      examples = formats.read_conllu(path, d.tag_column)
     else:
       examples = formats.read_squad(path)
   limit = d.max_train_examples if split == "train" else d.max_eval_examples

@@ -207,6 +207,9 @@ def read_glue_tfds(task: str, split: str, data_dir: Optional[str] = None) -> lis
   return examples
 
 
+TAG_COLUMNS = ("upos", "xpos")
+
+
 def read_conllu(path: str, column: str = "upos") -> list[TaggedSentence]:
   """Sentences of a CoNLL-U file with the UPOS (or `column='xpos'`) tag of each word.
 
@@ -214,7 +217,7 @@ def read_conllu(path: str, column: str = "upos") -> list[TaggedSentence]:
   words, as UD evaluates tagging.
   """
   _require_file(path, "CoNLL-U")
-  index = {"upos": 3, "xpos": 4}[column]
+  index = 3 + TAG_COLUMNS.index(column)
   sentences, tokens, tags, sent_id = [], [], [], None
   with open(path, encoding="utf-8-sig") as f:
     for number, line in enumerate(f, 1):
@@ -238,6 +241,9 @@ def read_conllu(path: str, column: str = "upos") -> list[TaggedSentence]:
       tags.append(fields[index])
   if tokens:
     sentences.append(TaggedSentence(tuple(tokens), tuple(tags), sent_id or str(len(sentences))))
+  if sentences and all(t == "_" for s in sentences for t in s.tags):
+    raise ValueError(f"{path} has no {column.upper()} tags (the column is all '_'); this treebank "
+                     f"does not annotate it, use another --config.data.tag_column.")
   return sentences
 
 

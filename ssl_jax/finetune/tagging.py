@@ -1,4 +1,4 @@
-"""Objective 'tagging': one tag per word (CoNLL-U UPOS).
+"""Objective 'tagging': one tag per word (CoNLL-U UPOS, or XPOS with data.tag_column='xpos').
 
 Rows: `[CLS] word pieces [SEP]`; `labels` [L] hold each word's tag at its first piece, with
 `label_weights` 1 there and 0 elsewhere (continuation pieces, [CLS], [SEP], padding), as BERT
@@ -15,6 +15,7 @@ from ssl_jax import objectives
 from ssl_jax.data import vocabularies
 from ssl_jax.finetune import data
 from ssl_jax.finetune import encoding
+from ssl_jax.finetune import formats
 from ssl_jax.models import heads
 
 # Universal Dependencies v2 UPOS tags.
@@ -24,7 +25,18 @@ FEATURES = {"labels": (True, np.int32), "label_weights": (True, np.float32)}
 
 
 def tag_names(config) -> tuple[str, ...]:
-  return tuple(config.data.labels.split(",")) if config.data.labels else UPOS
+  """config.data.labels; else UPOS, or for XPOS (treebank-specific) the tags of the train file."""
+  d = config.data
+  if d.labels:
+    return tuple(d.labels.split(","))
+  if d.tag_column == "upos":
+    return UPOS
+  return _file_tags(d.train_file, d.tag_column)
+
+
+@functools.lru_cache(maxsize=4)
+def _file_tags(path: str, column: str) -> tuple[str, ...]:
+  return tuple(sorted({t for s in formats.read_conllu(path, column) for t in s.tags}))
 
 
 def featurize(config, vocab, sentences) -> data.Rows:
@@ -34,8 +46,9 @@ def featurize(config, vocab, sentences) -> data.Rows:
   index = {t: i for i, t in enumerate(names)}
   unknown = sorted({t for s in sentences for t in s.tags} - set(index))
   if unknown:
-    raise ValueError(f"tags {unknown[:5]} are not in config.data.labels (or UPOS when it is ''); "
-                     "list every tag of the files in --config.data.labels=TAG,TAG,...")
+    raise ValueError(f"tags {unknown[:5]} are not in config.data.labels (when it is '': UPOS, or "
+                     "for XPOS the train file's tags); list every tag of the files in "
+                     "--config.data.labels=TAG,TAG,...")
   pieces = vocabularies.encode_batch(vocab, [w for s in sentences for w in s.tokens])
   length = config.data.sequence_length
   rows, firsts, k = [], [], 0
