@@ -168,6 +168,19 @@ def test_init_from_an_ssl_jax_pretraining_run_loads_its_encoder(tmp_path):
   assert "head" in params and "pooler" in params["bert"]
   assert config.finetune.init_step == 1
 
+  # The pretraining run's batch is not checked against this run's mesh (a run pretrained with
+  # batch 4 on 4 devices was refused on 8), and this run's scan_layers is kept: the encoder's
+  # layers are stacked to it (it was silently dropped).
+  saved_config = json.loads((tmp_path / "pretrain" / "config.json").read_text())
+  saved_config["train"]["global_batch_size"] = 4
+  (tmp_path / "pretrain" / "config.json").write_text(json.dumps(saved_config))
+  scanned = tiny("sst2", config.data.train_file, "", sequence_length=16)
+  scanned.model.scan_layers = True
+  scanned, encoder = pretrained.load(scanned, workdir)
+  assert scanned.model.scan_layers and "layers" in encoder["encoder"]
+  np.testing.assert_array_equal(np.asarray(encoder["encoder"]["layers"]["mlp"]["wi"]["kernel"][0]),
+                                np.asarray(saved["encoder"]["layers_0"]["mlp"]["wi"]["kernel"]))
+
   # A fine-tuning workdir belongs to its --init's checkpoint: after more pretraining, a re-run
   # (eval-suite's way to score a newer checkpoint) silently re-scored the old fine-tune.
   config = tiny("sst2", config.data.train_file, write_sentiment_tsv(tmp_path / "d.tsv", 8, 2),

@@ -29,9 +29,6 @@ import tensorflow as tf
 from ssl_jax import checkpointing
 from ssl_jax.models import config as model_config_lib
 
-# What this run's config.model keeps: the fine-tuning choices (dropout, dtype, ...) and the layout.
-_KEPT_FIELDS = model_config_lib.FINETUNING_FIELDS + ('scan_layers',)
-
 
 def _is_none(init: str) -> bool:
   return init in ('', 'none')
@@ -55,7 +52,8 @@ def _set_model(config, model_dict: dict, vocab: dict | None):
   config = copy.deepcopy(config)
   with config.unlocked():
     model = dict(model_dict)
-    model.update({k: config.model[k] for k in _KEPT_FIELDS if k in config.model})
+    model.update({k: config.model[k]
+                  for k in model_config_lib.FINETUNING_FIELDS if k in config.model})
     config.model = ml_collections.ConfigDict(model)
     if vocab is not None:
       config.data.vocab = ml_collections.ConfigDict(vocab)
@@ -122,7 +120,8 @@ def params_from_init(config, init: str, layout):
     return None
   if init.startswith('hf:'):
     from ssl_jax.interop import hf  # pylint: disable=g-import-not-at-top
-    overrides = {k: config.model[k] for k in _KEPT_FIELDS if k in config.model}
+    overrides = {k: config.model[k]
+                 for k in model_config_lib.FINETUNING_FIELDS if k in config.model}
     _, params = hf.from_pretrained(init[3:], **overrides)
     expected = jax.tree_util.tree_flatten_with_path(layout.abstract.params)[0]
     got = dict(jax.tree_util.tree_flatten_with_path(params)[0])

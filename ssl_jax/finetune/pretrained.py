@@ -10,7 +10,8 @@
 - WORKDIR: an ssl_jax BERT pretraining run (`ssl-jax train --config configs/bert.py ...`): its
   latest checkpoint's encoder, with the run's model and vocabulary settings (config.json).
 The checkpoint decides the model's shape; this config keeps the fine-tuning choices: dropout
-rates, and dtype, param_dtype, remat_policy (and scan_layers for 'hf:').
+rates, dtype, param_dtype, remat_policy and scan_layers (the layers are stacked or unstacked to
+it), and its batch (the pretraining run's batch and mesh do not matter).
 Only the encoder (`params['bert']`) is taken; pretraining heads are dropped, the task head is new.
 """
 import copy
@@ -23,12 +24,14 @@ import numpy as np
 
 from ssl_jax.models import bert
 from ssl_jax.models import config as model_config_lib
+from ssl_jax.models import layers
+
 
 def _set_model(config, model_cfg, vocab: dict):
   config = copy.deepcopy(config)
   model = model_config_lib.config_to_dict(model_cfg)
-  model.update({k: config.model[k] for k in model_config_lib.FINETUNING_FIELDS
-                if k in config.model})
+  model.update({k: config.model[k]
+                for k in model_config_lib.FINETUNING_FIELDS if k in config.model})
   with config.unlocked():
     config.model = ml_collections.ConfigDict(model)
     config.data.vocab = ml_collections.ConfigDict(vocab)
@@ -42,8 +45,8 @@ def _from_hf(config, directory: str):
     raise FileNotFoundError(
         f"--init=hf:{directory} has no vocab.txt; fine-tuning needs the checkpoint's WordPiece "
         "vocabulary next to config.json (save the tokenizer with the model).")
-  overrides = {k: config.model[k] for k in model_config_lib.FINETUNING_FIELDS + ("scan_layers",)
-               if k in config.model}
+  overrides = {k: config.model[k]
+               for k in model_config_lib.FINETUNING_FIELDS if k in config.model}
   model, params = hf.from_pretrained(directory, **overrides)
   if not isinstance(model.config, model_config_lib.BertConfig):
     raise ValueError(f"--init=hf:{directory} is not a BERT model; the fine-tuning heads sit on a "
@@ -68,9 +71,12 @@ def _from_workdir(config, workdir: str):
         "config.json); pass the --workdir of an `ssl-jax train` BERT run.")
   with open(config_path, encoding="utf-8") as f:
     saved = ml_collections.ConfigDict(json.load(f))
-  # Lay the pretrained params out on this run's mesh (JSON turned the rule tuples into lists).
+  # Lay the pretrained params out on this run's mesh (JSON turned the rule tuples into lists),
+  # with this run's batch, which the mesh was checked against.
   saved.logical_axis_rules = config.logical_axis_rules
   saved.mesh = copy.deepcopy(config.mesh)
+  saved.train.update(global_batch_size=config.train.global_batch_size,
+                     microbatches=config.train.microbatches)
   if saved.objective != "mlm":
     raise ValueError(f"--init={workdir!r} was trained with objective {saved.objective!r}; the "
                      "fine-tuning heads need a BERT encoder (objective 'mlm').")
@@ -85,7 +91,11 @@ def _from_workdir(config, workdir: str):
   config = _set_model(config, exp.model_config, vocab)
   with config.unlocked():
     config.finetune.init_step = step
-  return config, params["bert"]
+  encoder = params["bert"]
+  if config.model.scan_layers != exp.model_config.scan_layers:
+    encoder = (layers.stack_layer_params if config.model.scan_layers
+               else layers.unstack_layer_params)(encoder)
+  return config, encoder
 
 
 def load(config, init: str):

@@ -21,9 +21,10 @@ BERT_POSITION_EMBEDDINGS = ('learned', 'alibi')
 # resumed from a checkpoint may change them (every other field must match the checkpoint's).
 RUN_FIELDS = ('dtype', 'param_dtype', 'remat_policy', 'dropout_rate', 'attention_dropout_rate',
               'initializer_range')
-# Fields a fine-tuning run takes from its own config.model whatever the pretrained checkpoint's.
+# Fields a fine-tuning run takes from its own config.model whatever the pretrained checkpoint's
+# (scan_layers: the parameters' layout).
 FINETUNING_FIELDS = ('dropout_rate', 'attention_dropout_rate', 'dtype', 'param_dtype',
-                     'remat_policy')
+                     'remat_policy', 'scan_layers')
 
 
 @dataclasses.dataclass(frozen=True)
