@@ -202,6 +202,14 @@ def test_finetune_reads_the_eval_file_before_training(tmp_path):
   config.data.eval_file = str(tmp_path / "dev_typo.tsv")
   with pytest.raises(FileNotFoundError, match="dev_typo.tsv"):
     run.prepare(config, "none")
+  # So did a typo in data.metrics; tagging and QA ignored it.
+  config.data.update(eval_file=config.data.train_file, metrics="accuracy,acc")
+  with pytest.raises(ValueError, match=r"config.data.metrics='accuracy,acc' is invalid: \['acc'\]"):
+    run.prepare(config, "none")
+  tagging_config = tiny_config("tagging", "conllu", "upos")
+  tagging_config.data.metrics = "f1"
+  with pytest.raises(ValueError, match="objective 'tagging' scores its own metrics"):
+    finetune_config.validate(tagging_config)
 
 
 def test_pair_rows_truncate_the_longer_text_first(vocab):

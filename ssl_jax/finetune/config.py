@@ -23,6 +23,7 @@ import ml_collections
 
 from ssl_jax import config as config_lib
 from ssl_jax.finetune import formats
+from ssl_jax.finetune import metrics
 
 FORMATS = ("glue_tsv", "tfds", "conllu", "squad_json")
 
@@ -93,6 +94,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(0 <= f.warmup_ratio < 1, "finetune.warmup_ratio", f.warmup_ratio, "use a ratio in [0, 1).")
   check(d.max_train_examples >= 0, "data.max_train_examples", d.max_train_examples,
         "use 0 (all) or a positive count.")
+  if d.metrics:
+    unknown = sorted(set(d.metrics.split(",")) - set(metrics.CLASSIFICATION))
+    check(not unknown, "data.metrics", d.metrics,
+          f"{unknown} are unknown; use comma-separated names from {sorted(metrics.CLASSIFICATION)}.")
+    check(config.objective in ("classification", "regression"), "data.metrics", d.metrics,
+          f"objective {config.objective!r} scores its own metrics; leave data.metrics ''.")
   check(d.tag_column in formats.TAG_COLUMNS, "data.tag_column", d.tag_column,
         f"use one of {', '.join(formats.TAG_COLUMNS)}.")
   check(d.max_eval_examples >= 0, "data.max_eval_examples", d.max_eval_examples,
