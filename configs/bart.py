@@ -20,5 +20,4 @@ def get_config(arg: str = "tiny"):
     config_lib.use_pod_run(config, vocab_kind="sentencepiece", sequence_length=1024,
                            global_batch_size=256, num_steps=500_000, learning_rate=4e-4,
                            warmup_steps=10_000)
-  config.data.targets_length = config.data.sequence_length  # targets are the whole document
   return config

@@ -146,7 +146,7 @@ def validate(config: ml_collections.ConfigDict):
     _check(d.sequence_length <= model_cfg.max_length, "data.sequence_length", d.sequence_length,
            f"the model has {model_cfg.max_length} positions (config.model.max_length); use a "
            "sequence length at most that, or a model with more positions.")
-  if family == "bart":  # the decoder's learned positions too
+  if family == "bart" and config.objective == "span_corruption":  # decoder's learned positions
     _check(d.targets_length <= model_cfg.max_length, "data.targets_length", d.targets_length,
            f"the model has {model_cfg.max_length} positions (config.model.max_length); use a "
            "targets length at most that, or a model with more positions.")

@@ -7,6 +7,7 @@ import pytest
 import seqio
 import tensorflow_datasets as tfds
 
+from ssl_jax import config as config_lib
 from ssl_jax.data import corpora
 from ssl_jax.data import pipeline
 from ssl_jax.data import tasks
@@ -62,6 +63,14 @@ def test_task_is_registered_once_per_setting():
   assert tasks.get_task(tiny_config("causal_lm")) is task
   assert seqio.get_mixture_or_task(task.name) is task
   assert tasks.get_task(tiny_config("causal_lm", seed=1)).name != task.name
+  # targets_length is span corruption's alone: it does not name another objective's stream (a
+  # resume after changing it was refused), nor does the BART check blame it.
+  assert tasks.get_task(tiny_config("causal_lm", targets_length=7)) is task
+  assert "targets_length" in tasks.stream_settings(tiny_config("span_corruption"))
+  bart = tiny_config("denoising", targets_length=1000)
+  assert "targets_length" not in tasks.stream_settings(bart)
+  bart.model.update(max_length=64)
+  config_lib.validate(bart)
 
 
 def test_corpus_splits_are_disjoint_document_ranges():

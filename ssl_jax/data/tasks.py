@@ -353,8 +353,10 @@ def _task_settings(config, source, tfds_name) -> dict:
   besides the vocabulary and where TFDS keeps its files."""
   data = config.data
   settings = {"source": source, "sequence_length": data.sequence_length,
-              "targets_length": _get(data, "targets_length"), "seed": _get(data, "seed", 0),
-              "pack": _get(data, "pack", True), "shuffle_buffer": _get(data, "shuffle_buffer")}
+              "seed": _get(data, "seed", 0), "pack": _get(data, "pack", True),
+              "shuffle_buffer": _get(data, "shuffle_buffer")}
+  if config.objective == "span_corruption":  # the only objective with its own targets length
+    settings["targets_length"] = _get(data, "targets_length")
   if source == "default_corpus":
     settings["corpus"] = _plain(data.corpus)
   elif source == "text_files":
