@@ -19,5 +19,6 @@ def get_config(arg: str = "tiny"):
                            global_batch_size=256, num_steps=524_288, learning_rate=1e-2,
                            warmup_steps=10_000)
     config.data.targets_length = 114
-    config.optim.update(schedule="inverse_sqrt", weight_decay=0.0)
+    # T5's optimizer: Adafactor without momentum at 1e-2, inverse square root decay.
+    config.optim.update(name="adafactor", b1=0.0, schedule="inverse_sqrt", weight_decay=0.0)
   return config

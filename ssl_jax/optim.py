@@ -1,4 +1,5 @@
-"""AdamW with warmup, a decay schedule, decoupled weight decay and global-norm clipping.
+"""AdamW (or T5's Adafactor) with warmup, a decay schedule, decoupled weight decay and
+global-norm clipping.
 
     tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
 
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 SCHEDULES = ("linear", "cosine", "inverse_sqrt", "constant")
+OPTIMIZERS = ("adamw", "adafactor")
 # Flax's names for Dense/Conv biases and LayerNorm/RMSNorm gains. Checked by name as well as by
 # ndim because with scan_layers a stacked bias is [layers, features], i.e. 2-D.
 NO_DECAY_NAMES = ("bias", "scale")
@@ -28,6 +30,8 @@ def _validate(optim_cfg: Mapping[str, Any], num_steps: int) -> None:
     raise ValueError(f"config.train.num_steps={num_steps} must be positive.")
   if not optim_cfg["learning_rate"] > 0:
     fail("learning_rate", "must be > 0.")
+  if optim_cfg.get("name", "adamw") not in OPTIMIZERS:
+    fail("name", f"is unknown; use one of {OPTIMIZERS}.")
   if optim_cfg["schedule"] not in SCHEDULES:
     fail("schedule", f"is unknown; use one of {SCHEDULES}.")
   if not 0 <= optim_cfg["warmup_steps"] <= num_steps:
@@ -89,10 +93,14 @@ def decay_mask(params: Any) -> Any:
 
 def make_optimizer(optim_cfg: Mapping[str, Any],
                    num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """AdamW (decoupled decay scaled by the schedule, as torch.optim.AdamW) with optional clipping.
+  """AdamW (decoupled decay scaled by the schedule, as torch.optim.AdamW) with optional clipping;
+  or, with `name='adafactor'`, T5's Adafactor (optax's defaults are T5's: factored second
+  moments with decay rate 0.8, updates clipped at RMS 1 and scaled by each parameter's RMS). Its
+  updates are relative to the parameters' size, so it takes T5's learning rate (1e-2), which
+  would move AdamW's weights by ~lr each step; `b1` > 0 adds momentum, b2 and eps are AdamW's.
 
   Args:
-    optim_cfg: `config.optim` (learning_rate, warmup_steps, schedule, weight_decay, b1, b2,
+    optim_cfg: `config.optim` (name, learning_rate, warmup_steps, schedule, weight_decay, b1, b2,
       eps, grad_clip_norm; grad_clip_norm=0 disables clipping).
     num_steps: `config.train.num_steps`; where 'linear' and 'cosine' reach 0.
 
@@ -104,15 +112,22 @@ def make_optimizer(optim_cfg: Mapping[str, Any],
     ValueError: naming the `config.optim.<field>` that is out of range.
   """
   schedule = make_schedule(optim_cfg, num_steps)
-  adamw = optax.adamw(
-      learning_rate=schedule, b1=float(optim_cfg["b1"]), b2=float(optim_cfg["b2"]),
-      eps=float(optim_cfg["eps"]), weight_decay=float(optim_cfg["weight_decay"]),
-      mask=decay_mask)
+  weight_decay = float(optim_cfg["weight_decay"])
+  if optim_cfg.get("name", "adamw") == "adafactor":
+    b1 = float(optim_cfg["b1"])
+    # optax adds Adafactor's decay after the learning rate; scaled by it, as AdamW's is.
+    decay_rate = (lambda count: weight_decay * schedule(count)) if weight_decay else None
+    update = optax.adafactor(learning_rate=schedule, momentum=b1 or None,
+                             weight_decay_rate=decay_rate, weight_decay_mask=decay_mask)
+  else:
+    update = optax.adamw(
+        learning_rate=schedule, b1=float(optim_cfg["b1"]), b2=float(optim_cfg["b2"]),
+        eps=float(optim_cfg["eps"]), weight_decay=weight_decay, mask=decay_mask)
   clip_norm = float(optim_cfg["grad_clip_norm"])
   # Clipping is stateless, and the chain is there with it or without, so the optimizer state has
   # one tree whatever grad_clip_norm is: a resumed run may turn clipping on or off.
   clip = optax.clip_by_global_norm(clip_norm) if clip_norm > 0 else optax.identity()
-  return optax.chain(clip, adamw), schedule
+  return optax.chain(clip, update), schedule
 
 
 def learning_rate_at(schedule: Callable[[int], Any], step: int) -> float:

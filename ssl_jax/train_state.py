@@ -55,7 +55,24 @@ class StateLayout(NamedTuple):
 def _boxed_train_state(rng: jax.Array, model_init_fn: ModelInitFn,
                        tx: optax.GradientTransformation) -> TrainState:
   params = model_init_fn(rng)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=_fit_boxes(tx.init(params)))
+
+
+def _fit_boxes(opt_state: Any) -> Any:
+  """Optimizer state initialised from boxed params carries the params' boxes. Adam's moments
+  have the params' shapes; Adafactor's factored row/column statistics (one axis fewer) and
+  placeholders (shape (1,)) do not: those are replicated (they are small), and a placeholder's
+  size-1 axes are left unsharded."""
+  def fit(box):
+    if not isinstance(box, nn.Partitioned):
+      return box
+    if box.value.ndim != len(box.names):
+      return box.value
+    return box.replace(names=tuple(None if size == 1 else name
+                                   for size, name in zip(box.value.shape, box.names)))
+
+  return jax.tree_util.tree_map(fit, opt_state, is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
 def _strip_boxes(tree: Any) -> Any:

@@ -1,4 +1,4 @@
-"""Schedules, the weight-decay mask, clipping and config validation of the AdamW optimizer."""
+"""Schedules, the weight-decay mask, clipping and config validation of AdamW and Adafactor."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -65,6 +65,29 @@ def test_weight_decay_applies_to_kernels_only():
   np.testing.assert_array_equal(updates["bias"], 0.0)
 
 
+def test_adafactor_moves_weights_relative_to_their_size_and_decays_by_the_rate():
+  # T5's learning rate (1e-2) is Adafactor's: each update is ~1% of the weight's RMS. AdamW at
+  # the same rate moves every weight by ~1e-2, several times a small weight's size.
+  rng = np.random.default_rng(0)
+  params = {"w": jnp.asarray(rng.normal(0, 0.002, (256, 384)), jnp.float32)}
+  grads = {"w": jnp.asarray(rng.normal(0, 1, (256, 384)), jnp.float32)}
+  rms = lambda x: float(jnp.sqrt(jnp.mean(jnp.square(x))))  # noqa: E731
+  relative = {}
+  for name in ("adafactor", "adamw"):
+    tx, _ = optim.make_optimizer(_cfg(name=name, learning_rate=1e-2, warmup_steps=0,
+                                      schedule="constant", b1=0.0), num_steps=10)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    relative[name] = rms(updates["w"]) / rms(params["w"])
+  assert relative["adafactor"] == pytest.approx(1e-2, rel=0.05)
+  assert relative["adamw"] > 2
+  # Decoupled decay is scaled by the learning rate, as AdamW's (optax adds it after the rate).
+  tx, _ = optim.make_optimizer(_cfg(name="adafactor", learning_rate=1e-2, warmup_steps=0,
+                                    schedule="constant", b1=0.0, weight_decay=0.1), num_steps=10)
+  zero = {"w": jnp.zeros_like(params["w"])}
+  updates, _ = tx.update(zero, tx.init(params), params)
+  np.testing.assert_allclose(updates["w"], -1e-3 * params["w"], rtol=1e-5)
+
+
 def test_global_norm_clipping():
   params = {"w": jnp.zeros((4, 4)), "b": jnp.zeros((4,))}
   grads = jax.tree.map(lambda p: jnp.full_like(p, 100.0), params)
@@ -81,6 +104,7 @@ def test_global_norm_clipping():
 @pytest.mark.parametrize("overrides, num_steps, match", [
     (dict(learning_rate=0.0), 10, r"config.optim.learning_rate=0.0 must be > 0"),
     (dict(schedule="step"), 10, r"config.optim.schedule='step' is unknown.*'cosine'"),
+    (dict(name="lamb"), 10, r"config.optim.name='lamb' is unknown.*'adafactor'"),
     (dict(warmup_steps=20), 10, r"config.optim.warmup_steps=20 must be between 0 and "
                                 r"config.train.num_steps=10"),
     (dict(weight_decay=-1.0), 10, r"config.optim.weight_decay=-1.0 must be >= 0"),

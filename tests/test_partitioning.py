@@ -192,3 +192,39 @@ def test_fsdp_shards_params_and_adam_state():
     new_state = step(state, x)
   assert int(new_state.step) == 1
   assert max(_bytes_per_device(new_state).values()) <= replicated_bytes / 6
+
+
+def test_adafactor_factored_state_is_laid_out_and_steps_like_one_device():
+  # Adafactor's factored statistics have one axis fewer than their params: they are replicated
+  # (small), and the sharded update equals the one-device update.
+  model = MLP(embed=128, mlp=256)
+  tx, _ = optim.make_optimizer({**OPTIM, "name": "adafactor", "b1": 0.0, "weight_decay": 0.1},
+                               num_steps=10)
+  x, target = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 128)), jnp.float32)
+
+  def run(mesh_sizes, devices=None):
+    config = _config(**mesh_sizes)
+    mesh = partitioning.make_mesh(config.mesh, devices)
+    rules = partitioning.logical_rules(config)
+    layout = train_state.state_layout(jax.random.key(0), _init_fn(model), tx, mesh, rules)
+    state = train_state.init_sharded(jax.random.key(0), _init_fn(model), tx, layout)
+
+    def step(state, x):
+      loss = lambda p: jnp.mean((model.apply({"params": p}, x) - target) ** 2)  # noqa: E731
+      return state.apply_gradients(jax.grad(loss)(state.params), tx)
+
+    step = jax.jit(step, in_shardings=(layout.shardings, partitioning.batch_sharding(mesh)),
+                   out_shardings=layout.shardings)
+    with partitioning.with_logical_rules(rules, mesh), jax.default_matmul_precision("highest"):
+      for _ in range(2):
+        state = step(state, jax.device_put(x, partitioning.batch_sharding(mesh)))
+    return layout, state
+
+  layout, sharded = run(dict(data=1, fsdp=4, tensor=2))
+  specs = {jax.tree_util.keystr(p): s.spec
+           for p, s in jax.tree_util.tree_leaves_with_path(layout.shardings.opt_state)}
+  assert specs["[1][0].v_row['Dense_0']['kernel']"] == P()  # factored: (128,) of (128, 256)
+  assert specs["[1][0].v['Dense_0']['bias']"] == P("tensor")  # unfactored: the param's layout
+  _, single = run(dict(data=1), jax.devices()[:1])
+  for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(single)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
