@@ -118,6 +118,14 @@ def test_special_ids_and_sentinels():
   assert (byte_ids.cls, byte_ids.mask, byte_ids.sentinels) == (None, None, ())
 
 
+def test_encode_batch_takes_texts_of_any_length_for_every_kind():
+  # The byte vocabulary's encode_tf needs strings of one byte length: text-to-text and in-context
+  # scoring, which encode in batches, failed in tf.io.decode_raw.
+  texts = ["entailment", "not_entailment", "é!", ""]
+  for vocab in (seqio.ByteVocabulary(), _default(extra_ids=0)):
+    assert vocabularies.encode_batch(vocab, texts) == [vocab.encode(t) for t in texts]
+
+
 def test_require_names_what_is_missing_and_the_fix():
   with pytest.raises(ValueError, match=r"mlm.*cls, sep, mask"):
     vocabularies.require(seqio.ByteVocabulary(), ("cls", "sep", "mask"), "mlm")

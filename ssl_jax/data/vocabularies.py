@@ -263,6 +263,8 @@ def encode_batch(vocab: seqio.Vocabulary, texts: Sequence[str]) -> list[list[int
   `vocab.encode` costs ~1 ms per string; 2,800 sentences take 0.1 s here instead of 3.6 s)."""
   if not texts:
     return []
+  if isinstance(vocab, seqio.ByteVocabulary):  # its encode_tf needs strings of equal byte length
+    return [vocab.encode(text) for text in texts]
   ragged = vocab.encode_tf(tf.constant(list(texts), tf.string))
   return [row.tolist() for row in ragged.numpy()] if isinstance(ragged, tf.Tensor) else \
       ragged.to_list()
