@@ -65,6 +65,23 @@ _HEARTBEAT = flags.DEFINE_integer(
     "Multi-process: a process silent this long counts as dead and the whole job stops.")
 
 
+# The flags each command reads; any other of these given to it is refused, not ignored.
+_FLAGS_OF = {
+    "train": ("config", "workdir"), "eval": ("config", "workdir"),
+    "convert": ("to_hf", "out", "steps"), "vocab": ("config", "vocab_size", "out"),
+    "finetune": ("config", "workdir", "init"), "eval-suite": ("config", "workdir", "init"),
+    "probe": ("workdir", "probes", "conllu", "probe_sentences", "steps"),
+}
+
+
+def _check_flags_belong(command: str) -> None:
+  for name in sorted({n for names in _FLAGS_OF.values() for n in names} - set(_FLAGS_OF[command])):
+    if flags.FLAGS[name].present:
+      users = ", ".join(c for c, names in _FLAGS_OF.items() if name in names)
+      raise app.UsageError(f"--{name} is not a flag of `ssl-jax {command}` (it is for: {users}); "
+                           "remove it.")
+
+
 def _require(flag, command: str):
   if not flag.value:
     raise app.UsageError(f"`ssl-jax {command}` needs --{flag.name}.")
@@ -100,6 +117,7 @@ def _dispatch(command: str, argv):
 
 def _command(command: str, argv) -> Callable[[], object]:
   """Imports what `command` needs and checks its flags; returns the work to do."""
+  _check_flags_belong(command)
   if command in ("train", "eval"):
     from ssl_jax import trainer  # pylint: disable=g-import-not-at-top
     run = trainer.train_and_evaluate if command == "train" else trainer.evaluate_workdir

@@ -358,6 +358,19 @@ def test_cli_names_an_unknown_config_key(tmp_path):
     assert text in message, message
 
 
+def test_cli_refuses_another_commands_flags(tmp_path):
+  # `ssl-jax train --init RUN` trained from random weights, `ssl-jax eval --steps 1` scored the
+  # latest checkpoint: flags of other commands were ignored.
+  result = subprocess.run(
+      [sys.executable, "-m", "ssl_jax.main", "train", "--config=configs/bert.py:tiny",
+       f"--workdir={tmp_path}", f"--init={tmp_path}/pretrained"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert ("--init is not a flag of `ssl-jax train` (it is for: finetune, eval-suite)"
+          in result.stderr), result.stderr
+  assert not os.listdir(tmp_path)
+
+
 # ---------------------------------------------------------------------------------------------
 # Slow: the CLI killed and re-run.
 
