@@ -16,6 +16,7 @@ has been dispatched, so the device stays busy while the host formats and writes.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -60,7 +61,8 @@ class MetricsLogger:
   `split`, the normalized metrics (objectives name their loss 'loss'), and for train rows
   `learning_rate` (the rate the row's step applied: step s is optax's update s - 1, which reads
   the schedule at s - 1; a skipped non-finite step holds the schedule back by one), `tokens_per_sec`
-  and `step_time_s` (wall time per step over the window). A window closes every `log_every` steps,
+  and `step_time_s` (wall time per step over the window, less the time spent in `paused`: evals
+  and checkpoint saves). A window closes every `log_every` steps,
   at `num_steps` and at `flush` (the trainer flushes before each checkpoint, so a run resumed from
   any checkpoint writes the rows of an uninterrupted one). Reopening a workdir at `start_step`
   drops rows past that step (`truncate=False`, for a reader such as `ssl-jax eval`, keeps them).
@@ -125,6 +127,20 @@ class MetricsLogger:
     self._writer.flush()
     if self._file:
       self._file.flush()
+
+  @contextlib.contextmanager
+  def paused(self, wait_for: Any = None):
+    """Time spent inside (an eval, a checkpoint save) is not train-step time: it is left out of
+    `step_time_s` and `tokens_per_sec`. `wait_for` (the last step's outputs) is waited for first,
+    as that step's device time belongs to its window."""
+    if wait_for is not None:
+      jax.block_until_ready(wait_for)
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      if self._last_time is not None:
+        self._last_time += time.perf_counter() - start
 
   def write_eval(self, step: int, sums: MetricSums | Sequence[MetricSums]) -> dict[str, float]:
     """Writes one eval row for `step` (blocks: eval results are wanted now) and returns it."""

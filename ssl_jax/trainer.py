@@ -384,7 +384,8 @@ def _loop(exp, state, start, train_step, evaluate_fn, first_batch, train_iter, m
     previous = (step, sums)
     if evaluate_fn is not None and (step % train_cfg.eval_every == 0
                                     or step == train_cfg.num_steps):
-      evaluate_fn(state.params, step, logger)
+      with logger.paused(wait_for=sums):
+        evaluate_fn(state.params, step, logger)
     stop = preempted(step)
     last = stop or step == train_cfg.num_steps
     if last or manager.should_save(step):
@@ -393,7 +394,8 @@ def _loop(exp, state, start, train_step, evaluate_fn, first_batch, train_iter, m
       # Rows up to `step`, the open window's too, reach metrics.jsonl before its checkpoint can
       # be final: a run killed after the checkpoint resumes at step + 1 and would never write them.
       logger.flush()
-      checkpointing.save(manager, step, state, train_iter, config, force=True)
+      with logger.paused():
+        checkpointing.save(manager, step, state, train_iter, config, force=True)
     if stop:
       logging.warning("preempted (SIGTERM): saving a checkpoint at step %d and stopping; "
                       "re-run the same command to continue from there.", step)

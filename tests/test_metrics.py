@@ -2,6 +2,7 @@
 import glob
 import json
 import os
+import time
 
 import jax.numpy as jnp
 import pytest
@@ -54,6 +55,19 @@ def test_logger_writes_rows_one_step_late(tmp_path):
   assert eval_row == {"loss": 1.5} and rows[2]["loss"] == 1.5
   assert metrics.read_metrics(tmp_path, "train")[-1]["loss"] == pytest.approx(7.0)
   assert glob.glob(os.path.join(tmp_path, "tensorboard", "events.out.tfevents.*"))
+
+
+def test_paused_time_is_not_step_time(tmp_path):
+  # An eval at the end of a window counted into its step_time_s (2-3x lower tokens/s).
+  logger = metrics.MetricsLogger(tmp_path, num_steps=4, log_every=2, tokens_per_step=128)
+  for step in range(1, 5):
+    logger.train_step(step, _sums(1.0))
+    if step == 2:
+      with logger.paused(wait_for=_sums(1.0)):
+        time.sleep(1.0)
+  logger.close()
+  first, second = metrics.read_metrics(tmp_path, "train")
+  assert first["step_time_s"] < 0.2 and second["step_time_s"] < 0.2, (first, second)
 
 
 def test_resume_drops_rows_after_start_step(tmp_path):
