@@ -13,6 +13,7 @@ batch's weights alone. The trainer computes denominators once for the whole batc
 microbatch, so k microbatches of B/k give exactly the gradient of one batch of B.
 """
 import dataclasses
+import functools
 import importlib
 from typing import Any, Callable
 
@@ -95,32 +96,38 @@ def token_losses(logits, targets):
   """Per-token softmax cross-entropy (float32) and hit (1.0 where the target has the largest logit).
 
   The loss equals `optax.softmax_cross_entropy_with_integer_labels`; a hit is `argmax(logits) ==
-  targets` except that a tie for the largest logit counts as a hit (it reuses the logsumexp's max:
-  an argmax is a second pass over [..., V] that costs as much as the loss itself).
+  targets` (it reuses the logsumexp's max: an argmax is a second pass over [..., V] that costs as
+  much as the loss itself), except for ties for the largest logit. In float32 they are
+  vanishingly rare; bfloat16 logits tie at the top in a few % of rows, so there each of the n tied
+  tokens counts 1/n (the expected hit of a random tie-break), at the price of that second pass.
   """
-  return _token_losses(logits.astype(jnp.float32), targets)
+  return _token_losses(logits.astype(jnp.float32), targets, logits.dtype != jnp.float32)
 
 
 # The gradient is written out (as t5x's cross_entropy_with_logits does) so that XLA sees three
 # passes over the [..., V] logits instead of autodiff's six (benchmarks/RESULTS.md, "Softmax
 # cross-entropy"): the forward keeps exp(logits - max) for the backward, picks the target logit
 # with a gather rather than a select and sum over V, and the backward is one elementwise pass.
-@jax.custom_vjp
-def _token_losses(logits, targets):
-  return _token_losses_fwd(logits, targets)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _token_losses(logits, targets, split_ties):
+  return _token_losses_fwd(logits, targets, split_ties)[0]
 
 
-def _token_losses_fwd(logits, targets):
+def _token_losses_fwd(logits, targets, split_ties):
   top = jnp.max(logits, axis=-1, keepdims=True)
   exp = jnp.exp(logits - top)
   total = jnp.sum(exp, axis=-1)
   picked = jnp.take_along_axis(logits, targets[..., None], axis=-1, mode="clip")[..., 0]
   target_logit = picked - top[..., 0]
   losses = jnp.log(total) - target_logit
-  return (losses, (target_logit >= 0).astype(jnp.float32)), (exp, total, targets)
+  hits = (target_logit >= 0).astype(jnp.float32)
+  if split_ties:
+    hits = hits / jnp.sum(jnp.where(logits == top, 1.0, 0.0), axis=-1)
+  return (losses, hits), (exp, total, targets)
 
 
-def _token_losses_bwd(residuals, cotangents):
+def _token_losses_bwd(split_ties, residuals, cotangents):
+  del split_ties
   exp, total, targets = residuals
   dlosses = cotangents[0]  # hits are piecewise constant: no gradient
   vocab = jnp.arange(exp.shape[-1], dtype=targets.dtype)
