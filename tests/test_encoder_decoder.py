@@ -248,6 +248,42 @@ def test_kv_cache_greedy_and_beam_search(family, scan_layers):
       np.testing.assert_allclose(scores[row, beam], total / length ** alpha, atol=1e-4)
 
 
+@pytest.mark.parametrize('length_penalty', [0.0, 1.0])
+def test_beam_search_equals_hf_generate_when_eos_is_likely(length_penalty):
+  # An EOS ranked k+1..2k among the candidates finished a hypothesis (HF takes it only in the
+  # top k): with EOS likely, beams differed from HF's, and beam size 1 from greedy.
+  torch.manual_seed(1)
+  hf_model = transformers.BartForConditionalGeneration(transformers.BartConfig(
+      vocab_size=24, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+      decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48,
+      max_position_embeddings=32, dropout=0.0, pad_token_id=1, eos_token_id=2, bos_token_id=0,
+      decoder_start_token_id=2, forced_bos_token_id=None, forced_eos_token_id=None,
+      init_std=0.2)).eval()
+  with torch.no_grad():
+    hf_model.final_logits_bias.normal_(0.0, 1.0)
+    hf_model.final_logits_bias[0, 2] += 1.0   # EOS likely: hypotheses end at many lengths
+  model, params = hf_interop.from_pretrained(hf_model)
+  enc = np.random.RandomState(0).randint(3, 24, (8, 7)).astype(np.int32)
+  k, steps = 3, 8
+  with torch.no_grad():
+    out = hf_model.generate(torch.tensor(enc, dtype=torch.long), num_beams=k,
+                            num_return_sequences=k, length_penalty=length_penalty,
+                            early_stopping='never', max_new_tokens=steps, do_sample=False,
+                            return_dict_in_generate=True, output_scores=True)
+  want = out.sequences.numpy().reshape(8, k, -1)[:, :, 1:]
+  beams, scores = decoding.beam_search(model, params, enc, steps, beam_size=k, eos_id=2,
+                                       length_penalty=length_penalty)
+  until_eos = lambda row: row[:row.index(2) + 1] if 2 in row else row   # noqa: E731
+  assert [[until_eos(b[1:].tolist()) for b in beam] for beam in np.asarray(beams)] == \
+      [[until_eos(b.tolist()) for b in beam] for beam in want]
+  np.testing.assert_allclose(scores, out.sequences_scores.numpy().reshape(8, k), atol=1e-4)
+  if length_penalty == 0.0:
+    one, _ = decoding.beam_search(model, params, enc, steps, beam_size=1, eos_id=2,
+                                  length_penalty=0.0)
+    np.testing.assert_array_equal(one[:, 0],
+                                  decoding.seq2seq_generate(model, params, enc, steps, eos_id=2))
+
+
 def test_bart_decodes_as_many_tokens_as_it_has_positions():
   # The start token and the first max_length - 1 generated tokens are fed to the decoder;
   # the last generated one is not (as HF's generate). Decoding max_length tokens was refused.

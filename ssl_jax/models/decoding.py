@@ -260,7 +260,9 @@ def _beam_search(model, params, encoder_input_tokens, encoder_segment_ids, beam_
     rows = (jnp.arange(batch)[:, None] * k + jnp.take_along_axis(beam, pick, axis=1))
     cache = _reorder_cache(cache, rows.reshape(-1))
 
-    new_scores = jnp.where(ends, normalise(top_lp, i + 1), _NEG_INF)
+    # As in HF, an EOS finishes a hypothesis only if it ranks among the top k candidates.
+    finishes = ends & (jnp.arange(2 * k) < k)
+    new_scores = jnp.where(finishes, normalise(top_lp, i + 1), _NEG_INF)
     scores = jnp.concatenate([state['finished_score'], new_scores], axis=1)
     finished_score, pick = jax.lax.top_k(scores, k)
     finished = jnp.take_along_axis(
@@ -282,13 +284,15 @@ def beam_search(model, params, encoder_input_tokens, max_decode_len: int, beam_s
                 length_penalty: float = 1.0) -> tuple[jax.Array, jax.Array]:
   """Beam search for an EncoderDecoder (T5, BART).
 
-  A hypothesis finishes when it emits eos_id (None: none finish early); its score is its
-  summed token log-probability divided by (number of generated tokens, EOS included) **
-  length_penalty, as in HF `generate`. Search stops when no alive beam can beat the k-th
-  finished one (length_penalty >= 0) or after max_decode_len tokens; beams still alive then
-  compete on the same score. Returns (sequences [B, beam_size, 1 + max_decode_len] starting
-  with decoder_start_token_id, pad_token_id after EOS; scores [B, beam_size]), best first.
-  beam_size=1 gives the greedy sequence when eos_id is None or length_penalty == 0.
+  A hypothesis finishes when it emits eos_id among the step's top beam_size candidates (None:
+  none finish early); its score is its summed token log-probability divided by (number of
+  generated tokens, EOS included) ** length_penalty, as in HF `generate`. Search stops when no
+  alive beam can beat the k-th finished one (length_penalty >= 0) or after max_decode_len
+  tokens; beams still alive then compete on the same score. That is HF's
+  `early_stopping="never"`; HF's default (False) and True stop earlier when length_penalty > 0
+  and may return lower-scoring beams. Returns (sequences [B, beam_size, 1 + max_decode_len]
+  starting with decoder_start_token_id, pad_token_id after EOS; scores [B, beam_size]), best
+  first. beam_size=1 gives the greedy sequence when eos_id is None or length_penalty == 0.
   """
   check_decode_len(model, max_decode_len)
   if beam_size < 1:
