@@ -318,8 +318,9 @@ def evaluate(model, params, vocab, pairs: Sequence[TextPair], task: str, *,
 def base_config(family: str = 't5', preset: str = 'tiny') -> ml_collections.ConfigDict:
   """A text-to-text config: the pretraining schema, the fine-tuning data keys of
   `ssl_jax.finetune.config` (task, format, files, example limits), `finetune.init/num_epochs/
-  warmup_ratio`, and `eval` (decoding='greedy'|'beam', beam_size, length_penalty,
-  max_decode_len (0: data.targets_length), batch_size)."""
+  warmup_ratio`, and `eval` (decoding='greedy'|'beam', beam_size, length_penalty (HF's:
+  log-probability / length ** alpha, not T5's GNMT penalty), max_decode_len (0:
+  data.targets_length), batch_size)."""
   c = config_lib.base_config('span_corruption', family, preset)
   c.data.update(dict(task='sst2', format='glue_tsv', train_file='', eval_file='',
                      train_split='train', eval_split='validation', tfds_data_dir='',
