@@ -150,6 +150,15 @@ def test_scores_equal_one_forward_pass_per_candidate(tiny_gpt, vocab, length_nor
   assert result['predictions'] == [options[j] for j in expected.argmax(1)]
   gold = [ex.answers[0] for ex in evaluated]
   assert result['accuracy'] == np.mean(np.array(result['predictions']) == np.array(gold))
+  if not length_normalize:
+    # A task's own metric (CoLA's Matthews correlation; the suite scored in-context CoLA by
+    # accuracy), over label indices.
+    mcc = ic.evaluate_in_context(model, params, vocab, evaluated, 2, shot_pool=pool,
+                                 options=options, prompt_format=FMT, seed=3, batch_size=4,
+                                 metrics=('matthews_corr',))
+    index = lambda answers: [options.index(a) for a in answers]   # noqa: E731
+    assert mcc['matthews_corr'] == task_metrics.matthews_corr(index(result['predictions']),
+                                                              index(gold))
 
 
 def test_greedy_answers_equal_generate_run_on_each_prompt(tiny_gpt, vocab):

@@ -261,7 +261,8 @@ def evaluate_in_context(model, params, vocab, examples: Sequence[Example], shots
                         prompt_format: PromptFormat = PromptFormat(), seed: int = 0,
                         length_normalize: bool = False, max_new_tokens: int = 16,
                         stop: Optional[Sequence[str]] = None, bos_id: Optional[int] = 0,
-                        batch_size: int = 16, return_predictions: bool = False) -> dict:
+                        batch_size: int = 16, return_predictions: bool = False,
+                        metrics: Sequence[str] = ('accuracy',)) -> dict:
   """Zero-/few-shot accuracy (with `options`) or SQuAD exact match / F1 (without) of a GPT.
 
   Args:
@@ -275,8 +276,10 @@ def evaluate_in_context(model, params, vocab, examples: Sequence[Example], shots
     max_new_tokens, stop: generation length and stop strings (default: the input prefix and
       the example separator, i.e. where a next example would begin).
     bos_id: the id every sequence starts with (None: none).
+    metrics: with `options`, the metric names (`ssl_jax.finetune.metrics.CLASSIFICATION`) over
+      label indices, e.g. ('matthews_corr',) for CoLA.
   Returns:
-    {'accuracy'} or {'exact', 'f1'} (SQuAD percentages), plus 'num_examples', 'shots',
+    {metric: value} or {'exact', 'f1'} (SQuAD percentages), plus 'num_examples', 'shots',
     'truncated_prompts', and with `return_predictions` the 'prompts', 'predictions' and (for
     options) 'option_scores' [N, num_options].
   """
@@ -298,7 +301,8 @@ def evaluate_in_context(model, params, vocab, examples: Sequence[Example], shots
     scores = scores.reshape(len(prompts), len(options))
     ranked = scores / counts.reshape(scores.shape) if length_normalize else scores
     predictions = [options[j] for j in ranked.argmax(-1)]
-    result['accuracy'] = task_metrics.accuracy(predictions, [ex.answers[0] for ex in examples])
+    result.update(task_metrics.compute(metrics, ranked.argmax(-1),
+                                       [options.index(ex.answers[0]) for ex in examples]))
     result['truncated_prompts'] = int(truncated.reshape(scores.shape).any(-1).sum())
     if return_predictions:
       result['option_scores'] = ranked
@@ -404,6 +408,8 @@ def run(config, workdir: str, init: str = 'none') -> dict:
   if params is None:
     params = exp.init_state().params   # 'none': an untrained baseline
   ic = config.in_context
+  spec = formats.GLUE.get(config.data.task)
+  metric_names = spec.metrics if spec and spec.label_names else ('accuracy',)   # CoLA: MCC
   eval_examples = read_examples(config, 'validation')
   pool = read_examples(config, 'train') if config.data.train_file else None
   result = evaluate_in_context(
@@ -411,8 +417,8 @@ def run(config, workdir: str, init: str = 'none') -> dict:
       ic.shots, shot_pool=pool, options=_options(config), prompt_format=prompt_format(config),
       seed=ic.seed, length_normalize=ic.length_normalize, max_new_tokens=ic.max_new_tokens,
       bos_id=None if ic.bos_id < 0 else ic.bos_id, batch_size=ic.batch_size,
-      return_predictions=True)
-  scores = {k: result[k] for k in ('accuracy', 'exact', 'f1') if k in result}
+      return_predictions=True, metrics=metric_names)
+  scores = {k: result[k] for k in (*metric_names, 'exact', 'f1') if k in result}
   if jax.process_index() == 0:
     tf.io.gfile.makedirs(workdir)
     trainer.write_config(config, workdir)
