@@ -14,7 +14,10 @@ Prints one JSON line per objective (and per model with --compile-scaling). How i
   step of `ssl_jax.trainer`; transformers: `loss.backward()`, `clip_grad_norm_`, `AdamW.step()`), on
   the same model shapes (the HF model is built from our config with `interop.hf.hf_config_from`), the
   same batch and sequence length. HF is run as users run it: full-sequence logits, its default
-  attention (SDPA). ssl_jax reads real batches from its input pipeline; HF gets the same batches.
+  attention (SDPA); GPT's loss is cross-entropy of its logits against our next-token targets
+  (`GPT2LMHeadModel`'s `labels` would shift them once more). ssl_jax reads real batches from its
+  input pipeline; HF gets the same batches. On a GPU both compute float32 matmuls in TF32 (XLA's
+  default; PyTorch is set to it), `matmul_precision` in each row.
 - The two frameworks and a square float32 matmul (`--matmul_size`, XLA) are timed in turn, round
   after round, so that a busy machine slows all three alike; medians over `--steps` rounds after
   `--warmup` rounds. `speedup` = median HF step time / median ssl_jax step time (same tokens).
@@ -109,19 +112,21 @@ def _timed(fn):
 
 
 class MatmulRate:
-  """GFLOP/s of a square float32 matmul under XLA, one timing per call."""
+  """GFLOP/s of a square float32 matmul under XLA, one timing per call of `reps` chained matmuls
+  (one on a CPU, where one takes ~40 ms; on an accelerator one takes microseconds, about what
+  dispatching and waiting for it costs, so 50 run in one program)."""
 
-  def __init__(self, n: int):
-    self.n = n
+  def __init__(self, n: int, reps: int = 1):
+    self.n, self.reps = n, reps
     key = jax.random.key(0)
-    self.a = jax.random.normal(key, (n, n), jnp.float32)
+    self.a = jax.random.normal(key, (n, n), jnp.float32) / n**0.5   # keeps the chain bounded
     self.b = jax.random.normal(jax.random.fold_in(key, 1), (n, n), jnp.float32)
-    self.fn = jax.jit(jnp.matmul)
+    self.fn = jax.jit(lambda a, b: jax.lax.fori_loop(0, reps, lambda _, x: a @ x, b))
     self.fn(self.a, self.b).block_until_ready()
 
   def __call__(self) -> float:
     _, seconds = _timed(lambda: self.fn(self.a, self.b).block_until_ready())
-    return 2 * self.n**3 / seconds / 1e9
+    return 2 * self.n**3 * self.reps / seconds / 1e9
 
 
 class SslJaxStep:
@@ -204,7 +209,7 @@ class TransformersStep:
     import torch  # pylint: disable=g-import-not-at-top
     import transformers  # pylint: disable=g-import-not-at-top
     from ssl_jax.interop import hf  # pylint: disable=g-import-not-at-top
-    self.torch, self.device = torch, device
+    self.torch, self.device, self.objective = torch, device, objective
     hf_config = hf.hf_config_from(model_config)
     self.model = getattr(transformers, _HF_CLASS.get(objective, hf_config.architectures[0]))(
         hf_config).to(device)
@@ -216,9 +221,19 @@ class TransformersStep:
     self.clip = optim_config.grad_clip_norm
     self.inputs = None
 
+  def loss(self):
+    if self.objective != "causal_lm":
+      return self.model(**self.inputs).loss
+    # GPT2LMHeadModel would shift `labels` once more: our targets are already the next tokens.
+    inputs = dict(self.inputs)
+    labels = inputs.pop("labels")
+    logits = self.model(**inputs).logits
+    return self.torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
+                                                  ignore_index=-100)
+
   def __call__(self) -> float:
     def step():
-      loss = self.model(**self.inputs).loss
+      loss = self.loss()
       loss.backward()
       if self.clip:
         self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
@@ -239,7 +254,7 @@ def measure(objective: str, args) -> dict:
   ours = SslJaxStep(config, args.warmup + args.steps)
   theirs = (TransformersStep(objective, ours.exp.model_config, config.optim, args.torch_device)
             if args.compare_transformers else None)
-  matmul = MatmulRate(args.matmul_size)
+  matmul = MatmulRate(args.matmul_size, 1 if jax.default_backend() == "cpu" else 50)
   host, ours_s, theirs_s, rates, ratios, mfus = [], [], [], [], [], []
   for round_ in range(args.warmup + args.steps):
     host_s, step_s = ours()
@@ -431,11 +446,15 @@ def main(argv=None):
   if args.compare_transformers:
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(args.threads)
+    # On a GPU, XLA computes float32 matmuls in TF32 by default and PyTorch in full float32:
+    # both use TF32 (what `matmul_precision` in each row says).
+    torch.set_float32_matmul_precision("high")
     if args.torch_device == "cuda" and not torch.cuda.is_available():
       parser.error(f"JAX runs on the GPU but torch {torch.__version__} sees no CUDA device, so "
                    "transformers would be timed on the CPU; install a CUDA build of torch or drop "
                    "--compare-transformers.")
   meta = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": jax.device_count(),
+          "matmul_precision": "float32" if args.torch_device == "cpu" else "tf32",
           "cpu_count": os.cpu_count(), "threads": args.threads, "malloc": trainer.host_allocator()}
   if args.compile_scaling:
     for row in compile_scaling(args):
