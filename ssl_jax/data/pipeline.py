@@ -107,7 +107,8 @@ def make_dataset(config, split: str, *, shard_info: Optional[seqio.ShardInfo] = 
 
   Args:
     config: the experiment config.
-    split: 'train' (shuffled with config.data.seed) or 'validation' (in order); both repeat forever.
+    split: 'train' (shuffled with config.data.seed) or 'validation' (in order); both repeat forever
+      (a validation pass repeats as it was; the eval set wraps around a short split).
     shard_info: default ShardInfo(jax.process_index(), jax.process_count()).
     batch_size: default the per-process batch (`per_process_batch_size`).
   """
