@@ -9,6 +9,7 @@ import importlib.util
 import os
 
 import ml_collections
+from absl import logging
 
 from ssl_jax import objectives
 from ssl_jax.models import config as model_config_lib
@@ -129,6 +130,12 @@ def validate(config: ml_collections.ConfigDict):
   """
   _one_of("objective", config.objective, objectives.NAMES)
   model_cfg = model_config_lib.config_from_dict(dict(config.model))
+  if model_cfg.param_dtype == "bfloat16":
+    logging.warning(
+        "config.model.param_dtype='bfloat16': the optimizer keeps no float32 copy of the weights, "
+        "so updates smaller than half a bfloat16 step of a weight are lost (at lr 3e-5 most "
+        "BERT-sized weights do not move, and weight decay does nothing). For mixed precision "
+        "use config.model.dtype='bfloat16' with param_dtype='float32'.")
   family = model_config_lib.family_of(model_cfg)
   objective = objectives.get(config.objective)
   _check(family in objective.family, "model.family", family,

@@ -73,6 +73,14 @@ def test_task_is_registered_once_per_setting():
   config_lib.validate(bart)
 
 
+def test_bfloat16_params_are_warned_about(caplog):
+  # No float32 master weights: updates below half a bfloat16 step are lost (silently, before).
+  config = tiny_config("causal_lm")
+  config.model.param_dtype = "bfloat16"
+  config_lib.validate(config)
+  assert "param_dtype='bfloat16': the optimizer keeps no float32 copy" in caplog.text
+
+
 def test_corpus_splits_are_disjoint_document_ranges():
   config = tiny_config("causal_lm")
   train = list(tasks.document_dataset(config, "train").as_numpy_iterator())

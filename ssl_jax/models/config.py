@@ -150,7 +150,7 @@ def _validate(cfg) -> None:
   for name in ('dtype', 'param_dtype'):
     if getattr(cfg, name) == 'float16':
       bad(name, 'float16 training needs dynamic loss scaling, which ssl_jax does not implement '
-          "(and XLA:CPU cannot run its attention); use 'bfloat16'")
+          "(and XLA:CPU cannot run its attention); use dtype='bfloat16' (with float32 params)")
     elif getattr(cfg, name) not in DTYPES:
       bad(name, f'unknown dtype; use one of {DTYPES}')
   if cfg.remat_policy not in REMAT_POLICIES:
