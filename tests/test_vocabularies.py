@@ -162,11 +162,13 @@ def test_sentencepiece_trained_on_the_corpus_serves_every_objective(tmp_path):
   assert vocab.decode(vocab.encode(texts[0])) == texts[0]
 
 
-def test_vocab_train_command_trains_on_the_configured_source(tmp_path):
+def test_vocab_train_command_trains_on_the_configured_source(tmp_path, caplog):
   import importlib  # pylint: disable=g-import-not-at-top
   config = importlib.import_module("configs.gpt").get_config("tiny")
   config.data.corpus.num_documents = 200
-  out = vocabularies.train_vocab_for_task(config, 300, str(tmp_path / "spm" / "corpus.model"))
+  # The corpus has fewer pieces than asked for: said, not silent.
+  out = vocabularies.train_vocab_for_task(config, 5000, str(tmp_path / "spm" / "corpus.model"))
+  assert "pieces, not the --vocab_size=5000 asked for" in caplog.text
   config.data.vocab.update(kind="sentencepiece", path=out, extra_ids=0)
   vocab = vocabularies.get_vocabulary(config.data.vocab)
   text = corpora.sentence_text(corpora.generate_document(0, 0)[0])

@@ -24,6 +24,7 @@ from typing import NamedTuple, Optional, Sequence
 import seqio
 import tensorflow as tf
 import tensorflow_text as tf_text
+from absl import logging
 
 KINDS = ("default", "wordpiece", "sentencepiece", "byte")
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # the default vocabulary's ids 0..4
@@ -340,6 +341,13 @@ def train_sentencepiece(texts, vocab_size: int, out_path: str, *, character_cove
         user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"], character_coverage=character_coverage,
         input_sentence_size=max_sentences, shuffle_input_sentence=True, hard_vocab_limit=False,
         minloglevel=2)
+  with tf.io.gfile.GFile(out_path, "rb") as f:
+    size = spm.SentencePieceProcessor(model_proto=f.read()).get_piece_size()
+  if size < vocab_size:   # hard_vocab_limit=False: a small corpus yields fewer pieces
+    logging.warning("%s has %d pieces, not the --vocab_size=%d asked for: the text has no more. "
+                    "Train on more text for a larger vocabulary.", out_path, size, vocab_size)
+  else:
+    logging.info("%s: %d pieces.", out_path, size)
   return out_path
 
 
