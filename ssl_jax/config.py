@@ -145,6 +145,8 @@ def validate(config: ml_collections.ConfigDict):
   d = config.data
   _one_of("data.source", d.source, _SOURCES)
   _one_of("data.vocab.kind", d.vocab.kind, _VOCAB_KINDS)
+  _check(d.vocab.get("extra_ids", 0) >= 0, "data.vocab.extra_ids", d.vocab.get("extra_ids"),
+         "use 0 or a positive number of sentinel ids (T5: 100).")
   _check(d.num_shards >= 0, "data.num_shards", d.num_shards,
          "use 0 (one shard per process) or a positive number of shards.")
   _check(d.sequence_length > 0, "data.sequence_length", d.sequence_length, "use a positive length.")

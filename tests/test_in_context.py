@@ -161,6 +161,17 @@ def test_scores_equal_one_forward_pass_per_candidate(tiny_gpt, vocab, length_nor
                                                               index(gold))
 
 
+def test_config_errors_name_the_setting(tmp_path):
+  # A variant typo was accepted; batch_size=0 ended in range()'s "arg 3 must not be zero".
+  with pytest.raises(ValueError, match="config variant 'tinyy' is unknown"):
+    config_lib.load_config_file(os.path.join(helpers.REPO, 'configs', 'finetune', 'in_context',
+                                             'sst2.py'), 'tinyy')
+  config = ic.base_config('sst2')
+  config.in_context.batch_size = 0
+  with pytest.raises(ValueError, match='config.in_context.batch_size=0 is invalid'):
+    ic.run(config, str(tmp_path), 'none')
+
+
 def test_greedy_answers_equal_generate_run_on_each_prompt(tiny_gpt, vocab):
   model, params = tiny_gpt
   prompts = ['Review: dog\nSentiment:', 'Review: a cat and a tree by the boat\nSentiment:',

@@ -245,5 +245,8 @@ def test_errors_name_the_setting():
   no_sentinels.data.vocab.extra_ids = 0
   with pytest.raises(ValueError, match="extra_ids"):
     tasks.get_task(no_sentinels)
+  no_sentinels.data.vocab.extra_ids = -3   # it shrank the model's vocabulary
+  with pytest.raises(ValueError, match="config.data.vocab.extra_ids=-3 is invalid"):
+    config_lib.validate(no_sentinels)
   with pytest.raises(ValueError, match="config.data.targets_length"):
     tasks.get_task(tiny_config("span_corruption", targets_length=4))

@@ -325,7 +325,7 @@ def evaluate_in_context(model, params, vocab, examples: Sequence[Example], shots
 # ------------------------------------------------------------------------------ the run
 def base_config(task: str, data_format: str = 'glue_tsv', *, text_template: str = '{a}',
                 input_prefix: str = 'Input: ', output_prefix: str = '\nOutput:',
-                options: str = '') -> ml_collections.ConfigDict:
+                options: str = '', variant: str = 'pretrained') -> ml_collections.ConfigDict:
   """An in-context config (`ssl-jax finetune` / eval-suite with a GPT --init).
 
   Beside the fine-tuning data keys of `ssl_jax.finetune.config` (train_file = the shot pool,
@@ -333,7 +333,10 @@ def base_config(task: str, data_format: str = 'glue_tsv', *, text_template: str 
   '{b}': text_a / text_b, for SQuAD the context / question), the PromptFormat fields,
   options (comma-separated answers for label 0, 1, ...; '' = the task's label names; 'none' =
   generation), length_normalize, max_new_tokens, batch_size and bos_id (-1: none).
+  `variant` (the config file's): 'pretrained' or 'tiny' are the same, the model comes from --init.
   """
+  if variant not in ('pretrained', 'tiny'):
+    raise ValueError(f"config variant {variant!r} is unknown; use 'pretrained' or 'tiny'.")
   c = config_lib.base_config('causal_lm', 'gpt', 'small')
   c.data.update(dict(task=task, format=data_format, train_file='', eval_file='',
                      train_split='train', eval_split='validation', tfds_data_dir='',
@@ -399,6 +402,9 @@ def run(config, workdir: str, init: str = 'none') -> dict:
   the prompts and predictions to workdir/eval_predictions.jsonl. Runs on one device."""
   from ssl_jax import trainer  # pylint: disable=g-import-not-at-top
   from ssl_jax.finetune import lm_init  # pylint: disable=g-import-not-at-top
+  if config.in_context.batch_size < 1:
+    raise ValueError(f'config.in_context.batch_size={config.in_context.batch_size} is invalid: '
+                     'use a positive number of prompts per forward pass.')
   if jax.process_count() > 1:
     raise ValueError(f'in-context evaluation runs in one process, not {jax.process_count()}; '
                      'start `ssl-jax finetune` with a GPT config without --num_processes.')

@@ -10,6 +10,6 @@ from ssl_jax.finetune import in_context
 
 
 def get_config(arg: str = "pretrained"):
-  del arg  # the model and vocabulary come from --init
   return in_context.base_config("rte", text_template="{a}\nQuestion: {b} True or False?",
-                                input_prefix="", output_prefix="\nAnswer:", options="True,False")
+                                input_prefix="", output_prefix="\nAnswer:", options="True,False",
+                                variant=arg)

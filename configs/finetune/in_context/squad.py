@@ -10,9 +10,9 @@ from ssl_jax.finetune import in_context
 
 
 def get_config(arg: str = "pretrained"):
-  del arg  # the model and vocabulary come from --init
   # 'Context: ' is the input prefix, so that a generated answer stops where a next example starts.
   config = in_context.base_config("squad", "squad_json", text_template="{a}\nQuestion: {b}",
-                                  input_prefix="Context: ", output_prefix="\nAnswer:")
+                                  input_prefix="Context: ", output_prefix="\nAnswer:",
+                                  variant=arg)
   config.in_context.max_new_tokens = 16
   return config

@@ -13,5 +13,5 @@ from ssl_jax.finetune import in_context
 
 
 def get_config(arg: str = "pretrained"):
-  del arg  # the model and vocabulary come from --init
-  return in_context.base_config("sst2", input_prefix="Review: ", output_prefix="\nSentiment:")
+  return in_context.base_config("sst2", input_prefix="Review: ", output_prefix="\nSentiment:",
+                                variant=arg)
