@@ -153,10 +153,13 @@ def _check_leaf(path: str, box: Any, spec: PartitionSpec, mesh: Mesh, rules: Log
     axes = axes if isinstance(axes, tuple) else (axes,)
     ways = math.prod(mesh.shape[a] for a in axes if a is not None)
     if dim % ways:
+      pad = (f", or pad config.model.vocab_size={dim} up to a multiple of {ways} (e.g. "
+             f"{-(-dim // 128) * 128}: the extra ids are never targets, as in nanoGPT's 50257 -> "
+             "50304)") if name == "vocab" else ""
       raise ValueError(f"{path} has shape {tuple(shape)}: its axis {name!r} of size {dim} cannot "
                        f"be split {ways} ways over mesh axes {axes} (config.mesh "
                        f"{dict(mesh.shape)}). Change config.mesh, or map {name!r} to None in "
-                       "config.logical_axis_rules.")
+                       f"config.logical_axis_rules{pad}.")
 
 
 def _key_name(key: Any) -> str:

@@ -115,6 +115,13 @@ def test_state_shardings_errors():
   params = jax.eval_shape(_init_fn(), jax.random.key(0))
   with pytest.raises(ValueError, match=r"logical axis 'mlp'.*does not map.*\('mlp', None\)"):
     partitioning.state_shardings(params, mesh, tuple(r for r in RULES if r[0] != "mlp"))
+  # GPT-2's odd vocabulary over tensor parallelism: the fix that keeps the table sharded is named.
+  embed = nn.Embed(50257, 8, embedding_init=nn.with_logical_partitioning(
+      nn.initializers.normal(), ("vocab", "embed")))
+  table = jax.eval_shape(lambda: embed.init(jax.random.key(0), jnp.zeros((1,), jnp.int32)))
+  with pytest.raises(ValueError, match=r"pad config.model.vocab_size=50257 up to a multiple of 2 "
+                                       r"\(e.g. 50304"):
+    partitioning.state_shardings(table, partitioning.make_mesh(_config(tensor=2).mesh), RULES)
 
 
 def test_with_logical_rules_constrains_activations():
