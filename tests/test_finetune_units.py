@@ -1,12 +1,14 @@
 """Fine-tuning building blocks: file readers, metrics (official SQuAD definitions), row
 encoding, QA windows and span decoding, heads. Fast: no training."""
 import json
+import os
 
 import jax
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from ssl_jax import config as config_lib
 from ssl_jax.data import vocabularies
 from ssl_jax.finetune import classification
 from ssl_jax.finetune import encoding
@@ -21,6 +23,8 @@ from ssl_jax.finetune import data as finetune_data
 from ssl_jax.models import bert
 from ssl_jax.models import heads
 from ssl_jax.models.config import get_preset
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def write(path, text):
@@ -180,6 +184,18 @@ def test_suite_task_scores_follow_glue():
   assert suite.task_score({"accuracy": 0.8}, chosen) == pytest.approx(80)
   squad = {"exact": 70.0, "f1": 80.0, "total": 8}
   assert suite.task_score(squad, tiny_config("extractive_qa", "squad_json", "squad")) == 80.0
+
+
+def test_suite_refuses_training_overrides_for_in_context_tasks():
+  # An in-context task has no training: overrides.learning_rate was silently ignored.
+  suite_config = config_lib.load_config_file(os.path.join(REPO, "configs", "finetune", "suite.py"))
+  suite_config.config_dir = os.path.join(REPO, "configs", "finetune", "in_context")
+  suite_config.overrides.max_eval_examples = 8
+  assert suite.task_config(suite_config, "sst2").data.max_eval_examples == 8
+  suite_config.overrides.learning_rate = 1e-3
+  with pytest.raises(ValueError, match="config.overrides.learning_rate=0.001: task 'sst2' is "
+                                       "scored in context"):
+    suite.task_config(suite_config, "sst2")
 
 
 # ------------------------------------------------------------------------------ encoding

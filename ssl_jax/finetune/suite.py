@@ -25,6 +25,8 @@ from ssl_jax.finetune import formats
 from ssl_jax.finetune import run as run_lib
 
 _EXTENSIONS = {"glue_tsv": "tsv", "conllu": "conllu", "squad_json": "json"}
+_TRAINING_OVERRIDES = ("global_batch_size", "num_steps", "num_epochs", "sequence_length",
+                       "learning_rate")
 
 
 def task_config(suite, task: str):
@@ -43,6 +45,12 @@ def task_config(suite, task: str):
       config.data[split] = os.path.join(suite.data_dir, task,
                                         f"{default}.{_EXTENSIONS[config.data.format]}")
   o = suite.overrides
+  if "in_context" in config:   # no training: only the example limits apply
+    unused = [k for k in _TRAINING_OVERRIDES if o[k]]
+    if unused:
+      raise ValueError(f"config.overrides.{unused[0]}={o[unused[0]]!r}: task {task!r} is scored "
+                       "in context, without training or a sequence length of its own; set only "
+                       "overrides.max_train_examples / max_eval_examples for in-context suites.")
   for section, key in (("train", "global_batch_size"), ("train", "num_steps"),
                        ("data", "sequence_length"), ("data", "max_train_examples"),
                        ("data", "max_eval_examples"), ("optim", "learning_rate"),
