@@ -186,6 +186,20 @@ def test_suite_task_scores_follow_glue():
   assert suite.task_score(squad, tiny_config("extractive_qa", "squad_json", "squad")) == 80.0
 
 
+def test_suite_checks_every_task_before_the_first_trains(tmp_path):
+  # A missing file of the last task was found after the tasks before it had trained.
+  suite_config = config_lib.load_config_file(os.path.join(REPO, "configs", "finetune", "suite.py"),
+                                             "tiny")
+  suite_config.tasks = "sst2,upos"
+  sst2 = write(tmp_path / "sst2.tsv", "sentence\tlabel\ngood .\t1\nbad .\t0\n")
+  suite_config.files.sst2.update(train_file=sst2, eval_file=sst2)
+  suite_config.files.upos.update(train_file=str(tmp_path / "train.conllu"),
+                                 eval_file=str(tmp_path / "dev.conllu"))
+  with pytest.raises(FileNotFoundError, match="train.conllu"):
+    suite.run(suite_config, str(tmp_path / "suite"), "none")
+  assert not (tmp_path / "suite").exists()
+
+
 def test_suite_refuses_training_overrides_for_in_context_tasks():
   # An in-context task has no training: overrides.learning_rate was silently ignored.
   suite_config = config_lib.load_config_file(os.path.join(REPO, "configs", "finetune", "suite.py"))

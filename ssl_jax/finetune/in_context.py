@@ -396,15 +396,21 @@ def read_examples(config, split: str) -> list[Example]:
   return examples[:limit] if limit > 0 else examples
 
 
+def check(config) -> None:
+  """Raises for a setting of config.in_context or config.data that `run` would fail on."""
+  if config.in_context.batch_size < 1:
+    raise ValueError(f'config.in_context.batch_size={config.in_context.batch_size} is invalid: '
+                     'use a positive number of prompts per forward pass.')
+  read_examples(config, 'validation')
+
+
 def run(config, workdir: str, init: str = 'none') -> dict:
   """Scores a GPT (`init`: see ssl_jax.finetune.lm_init) in context on config.data's eval
   split; writes the scores to workdir/eval_results.json (and an eval row to metrics.jsonl) and
   the prompts and predictions to workdir/eval_predictions.jsonl. Runs on one device."""
   from ssl_jax import trainer  # pylint: disable=g-import-not-at-top
   from ssl_jax.finetune import lm_init  # pylint: disable=g-import-not-at-top
-  if config.in_context.batch_size < 1:
-    raise ValueError(f'config.in_context.batch_size={config.in_context.batch_size} is invalid: '
-                     'use a positive number of prompts per forward pass.')
+  check(config)
   if jax.process_count() > 1:
     raise ValueError(f'in-context evaluation runs in one process, not {jax.process_count()}; '
                      'start `ssl-jax finetune` with a GPT config without --num_processes.')

@@ -40,6 +40,24 @@ def prepare(config, init: str):
   return config, encoder
 
 
+def check(config, init: str) -> None:
+  """Raises for what would fail `finetune(config, ..., init)` before training: its settings, the
+  init's family and vocabulary, the data files and their examples. It loads no weights (the
+  eval suite checks every task before the first one trains)."""
+  if config.objective in ("span_corruption", "denoising"):
+    from ssl_jax.finetune import text_to_text  # pylint: disable=g-import-not-at-top
+    config = text_to_text.prepare(copy.deepcopy(config), init)
+    for split in ("train", "validation"):
+      text_to_text.read_pairs(config, split)
+  elif config.objective == "causal_lm":
+    from ssl_jax.finetune import in_context  # pylint: disable=g-import-not-at-top
+    in_context.check(config)
+  else:
+    finetune_config.validate(config)
+    for split in ("train", "validation"):
+      data.read_examples(config, split)
+
+
 def finetune(config, workdir: str, init: str = "none") -> dict:
   """Fine-tunes from `init` into `workdir` and returns the eval split's scores.
 

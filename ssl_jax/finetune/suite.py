@@ -89,7 +89,9 @@ def run(suite, workdir: str, init: str = "none") -> dict:
   tasks = [t.strip() for t in suite.tasks.split(",") if t.strip()]
   if not tasks:
     raise ValueError("config.tasks is empty; list task configs, e.g. --config.tasks=sst2,upos,squad.")
-  configs = {t: task_config(suite, t) for t in tasks}  # every config error before any training
+  configs = {t: task_config(suite, t) for t in tasks}
+  for config in configs.values():   # every config, file and data error before any training
+    run_lib.check(config, init)
   rows = []
   for task, config in configs.items():
     scores = run_lib.finetune(copy.deepcopy(config), os.path.join(workdir, task), init)
