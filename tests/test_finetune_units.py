@@ -282,7 +282,8 @@ def test_tagging_labels_sit_on_each_words_first_piece(vocab):
 
 def test_xpos_tagging_takes_the_train_files_tags(tmp_path, vocab):
   train = write(tmp_path / "train.conllu", "1\tThe\tthe\tDET\tDT\t_\t2\tdet\t_\t_\n"
-                "2\tdog\tdog\tNOUN\tNN\t_\t0\troot\t_\t_\n\n1\tRun\trun\tVERB\tVB\t_\t0\troot\t_\t_\n")
+                "2\tdog\tdog\tNOUN\tNN\t_\t0\troot\t_\t_\n\n"
+                "1\tRun\trun\tVERB\tVB\t_\t0\troot\t_\t_\n")
   config = tiny_config("tagging", "conllu", "upos")
   config.data.update(train_file=train, eval_file=train, tag_column="xpos")
   finetune_config.validate(config)

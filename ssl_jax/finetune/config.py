@@ -97,7 +97,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if d.metrics:
     unknown = sorted(set(d.metrics.split(",")) - set(metrics.CLASSIFICATION))
     check(not unknown, "data.metrics", d.metrics,
-          f"{unknown} are unknown; use comma-separated names from {sorted(metrics.CLASSIFICATION)}.")
+          f"{unknown} are unknown; use comma-separated names from "
+          f"{sorted(metrics.CLASSIFICATION)}.")
     check(config.objective in ("classification", "regression"), "data.metrics", d.metrics,
           f"objective {config.objective!r} scores its own metrics; leave data.metrics ''.")
   check(d.tag_column in formats.TAG_COLUMNS, "data.tag_column", d.tag_column,
