@@ -5,7 +5,8 @@ deletes it -- all through `gcloud compute tpus tpu-vm ...`.
     python launch/tpu_pod.py create --name=bert --zone=us-central2-b --accelerator_type=v4-32
     python launch/tpu_pod.py setup  --name=bert --zone=us-central2-b     # copy repo, pip install
     python launch/tpu_pod.py run    --name=bert --zone=us-central2-b -- \\
-        ssl-jax train --config configs/bert.py:base --workdir gs://BUCKET/bert_base
+        ssl-jax train --config configs/bert.py:base --workdir gs://BUCKET/bert_base \\
+        --config.data.vocab.path=gs://BUCKET/vocab.txt
     python launch/tpu_pod.py logs   --name=bert --zone=us-central2-b     # worker 0, follows
     python launch/tpu_pod.py stop   --name=bert --zone=us-central2-b     # SIGTERM: save and stop
     python launch/tpu_pod.py delete --name=bert --zone=us-central2-b

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from ssl_jax import config as config_lib
 from ssl_jax import metrics as metrics_lib
@@ -431,6 +432,11 @@ def run(config, workdir: str, init: str = 'none') -> dict:
       bos_id=None if ic.bos_id < 0 else ic.bos_id, batch_size=ic.batch_size,
       return_predictions=True, metrics=metric_names)
   scores = {k: result[k] for k in (*metric_names, 'exact', 'f1') if k in result}
+  if result['truncated_prompts']:
+    logging.warning('%d of %d prompts are longer than the model\'s %d positions and lost their '
+                    'oldest tokens (part of the shots or of the question); use fewer '
+                    'config.in_context.shots or a model with more positions.',
+                    result['truncated_prompts'], len(eval_examples), exp.model_config.max_length)
   if jax.process_index() == 0:
     tf.io.gfile.makedirs(workdir)
     trainer.write_config(config, workdir)

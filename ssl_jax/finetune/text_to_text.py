@@ -348,15 +348,16 @@ def prepare(config, init: str = 'none'):
   return config
 
 
-def _warn_if_truncated(pairs, vocab, data) -> None:
-  for field, length, setting in (('inputs', data.sequence_length, 'sequence_length'),
-                                 ('targets', data.targets_length, 'targets_length')):
+def _warn_if_truncated(pairs, vocab, data, split: str) -> None:
+  fields = (('inputs', data.sequence_length, 'sequence_length'),
+            ('targets', data.targets_length, 'targets_length'))
+  for field, length, setting in fields if split == 'train' else fields[:1]:
     ids = vocabularies.encode_batch(vocab, [getattr(p, field) for p in pairs])
     long = sum(len(x) + 1 > length for x in ids)
     if long:
-      logging.warning('%d of %d train %s are longer than config.data.%s=%d tokens (EOS '
+      logging.warning('%d of %d %s %s are longer than config.data.%s=%d tokens (EOS '
                       'included) and are cut; raise it to keep them whole.', long, len(pairs),
-                      field, setting, length)
+                      split, field, setting, length)
 
 
 def _evaluate(exp, params, vocab, pairs, config) -> dict:
@@ -393,7 +394,8 @@ def finetune(config, workdir: str, init: str = 'none', devices=None) -> dict:
   check_eval(config, exp.model)
   vocab = vocabularies.get_vocabulary(config.data.vocab)
   train_pairs, eval_pairs = read_pairs(config, 'train'), read_pairs(config, 'validation')
-  _warn_if_truncated(train_pairs, vocab, config.data)
+  _warn_if_truncated(train_pairs, vocab, config.data, 'train')
+  _warn_if_truncated(eval_pairs, vocab, config.data, 'eval')
   train_iter = make_train_iterator(
       config, make_task(f'text_to_text_{config.data.task}', {'train': train_pairs}, vocab),
       exp.model_config, exp.batch_sharding)
