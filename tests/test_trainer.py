@@ -172,8 +172,10 @@ def test_microbatches_give_the_full_batch_update():
 
 
 @pytest.mark.parametrize("name, setting, value, message", [
-    # BART's decoder has learned positions too: beyond them every logit was NaN.
-    ("bart", "targets_length", 256, "config.data.targets_length=256 is invalid: the model has 128"),
+    # BART's decoder has learned positions too, and denoising targets are the whole sequence:
+    # beyond them every logit was NaN. (targets_length is span corruption's: tests/test_tasks.py)
+    ("bart", "sequence_length", 256, "config.data.sequence_length=256 is invalid: the model has "
+     "128"),
     ("gpt", "shuffle_buffer", -1, "config.data.shuffle_buffer=-1 is invalid: use a positive"),
     # fairseq's --mask-random; it had no effect on text infilling.
     ("bart", "denoising.random_ratio", 0.1, "config.data.denoising.random_ratio=0.1 is invalid: "
