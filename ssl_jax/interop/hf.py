@@ -16,6 +16,7 @@ torch / transformers / safetensors are imported lazily: they are the optional 'i
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import warnings
 from typing import Any
@@ -144,8 +145,24 @@ def save_pretrained(model, params: dict, out_dir: str, token_ids: dict | None = 
   state_dict = params_to_hf(cfg, params)
   os.makedirs(out_dir, exist_ok=True)
   hf_config.save_pretrained(out_dir)
+  if isinstance(cfg, EncoderDecoderConfig) and cfg.family == 't5':
+    _write_t5_tying(out_dir, cfg.tie_word_embeddings)
   save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()},
             os.path.join(out_dir, 'model.safetensors'), metadata={'format': 'pt'})
+
+
+def _write_t5_tying(out_dir: str, tied: bool) -> None:
+  """transformers 5 writes an untied T5 (v1.1) as tie_word_embeddings=true with
+  scale_decoder_outputs=false, which transformers 4 reads as a tied T5 v1.0: it drops the
+  exported lm_head and scales the decoder output, with no error. The v4 form reads alike in both."""
+  path = os.path.join(out_dir, 'config.json')
+  with open(path, encoding='utf-8') as f:
+    config = json.load(f)
+  config['tie_word_embeddings'] = tied
+  config.pop('scale_decoder_outputs', None)
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(config, f, indent=2, sort_keys=True)
+    f.write('\n')
 
 
 def _read_dir(path):
