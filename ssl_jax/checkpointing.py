@@ -97,6 +97,9 @@ def make_manager(workdir: str, train_cfg: ml_collections.ConfigDict, *,
       read_only=read_only,
       save_interval_steps=0 if read_only else 1,  # unused (the policies decide); 0 is quiet
   )
+  workdir = os.fspath(workdir)
+  if "://" not in workdir:
+    workdir = os.path.abspath(workdir)   # Orbax refuses relative paths (at the first save)
   return ocp.CheckpointManager(
       epath.Path(workdir) / "checkpoints", options=options,
       item_names=("state", "data_iter", "config"),

@@ -4,6 +4,7 @@ decoding (sharded, greedy vs beam 1), `--init`, and (slow) learning a generated 
 Beam search, greedy decoding and the KV cache against the full forward pass are tested at the
 model level in test_encoder_decoder.py::test_kv_cache_greedy_and_beam_search (T5 and BART).
 """
+import copy
 import json
 import os
 
@@ -168,7 +169,7 @@ def test_eval_settings_are_refused_before_training(tmp_path, setting, value, mes
 
 
 # ------------------------------------------------------------------------------ --init
-def test_init_takes_model_vocabulary_and_params_from_a_run(tmp_path):
+def test_init_takes_model_vocabulary_and_params_from_a_run(tmp_path, monkeypatch):
   devices = jax.devices()[:1]
   pretrain = tiny_config('bart')
   pretrain.objective = 'denoising'
@@ -185,6 +186,17 @@ def test_init_takes_model_vocabulary_and_params_from_a_run(tmp_path):
     params = lm_init.params_from_init(config, init, exp.layout)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), saved)
   assert lm_init.params_from_init(config, 'none', exp.layout) is None
+  # A config with the other layer layout (scan_layers) gets the run's layers stacked (it was
+  # refused); a relative run directory works (Orbax refused it at the first save and restore).
+  stacked = copy.deepcopy(config)
+  stacked.model.scan_layers = True
+  monkeypatch.chdir(tmp_path)
+  params = lm_init.params_from_init(stacked, 'bart', trainer.Experiment.build(stacked, devices).layout)
+  np.testing.assert_array_equal(
+      params['encoder']['stack']['layers']['mlp']['wi']['kernel'][1],
+      saved['encoder']['stack']['layers_1']['mlp']['wi']['kernel'])
+  helpers.save_untrained_run('relative_run', tiny_config('t5'), devices)
+  assert os.path.isdir(tmp_path / 'relative_run' / 'checkpoints' / '1')
 
   with pytest.raises(ValueError, match="is a 'bart' model; this run needs 'gpt'"):
     lm_init.config_from_init(tiny_config('t5'), str(tmp_path / 'bart'), ('gpt',))

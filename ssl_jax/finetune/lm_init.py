@@ -24,10 +24,12 @@ import os
 
 import jax
 import ml_collections
+import numpy as np
 import tensorflow as tf
 
 from ssl_jax import checkpointing
 from ssl_jax.models import config as model_config_lib
+from ssl_jax.models import layers
 
 
 def _is_none(init: str) -> bool:
@@ -123,13 +125,15 @@ def params_from_init(config, init: str, layout):
     overrides = {k: config.model[k]
                  for k in model_config_lib.FINETUNING_FIELDS if k in config.model}
     _, params = hf.from_pretrained(init[3:], **overrides)
-    expected = jax.tree_util.tree_flatten_with_path(layout.abstract.params)[0]
+    expected, treedef = jax.tree_util.tree_flatten_with_path(layout.abstract.params)
     got = dict(jax.tree_util.tree_flatten_with_path(params)[0])
     for path, leaf in expected:
       if path not in got or tuple(got[path].shape) != tuple(leaf.shape):
         raise ValueError(f'--init={init!r}: parameter {jax.tree_util.keystr(path)} has shape '
                          f'{getattr(got.get(path), "shape", None)} in the checkpoint but '
                          f'{leaf.shape} in config.model; leave config.model to the checkpoint.')
+    params = jax.tree_util.tree_unflatten(   # in config.model.param_dtype
+        treedef, [np.asarray(got[path]).astype(leaf.dtype) for path, leaf in expected])
     return jax.device_put(params, layout.shardings.params)
   run_dir, location_step = _run_location(init)
   with tf.io.gfile.GFile(os.path.join(run_dir, 'config.json')) as f:
@@ -139,7 +143,18 @@ def params_from_init(config, init: str, layout):
     step = _init_step(init, run_dir, location_step, saved.train)
   manager = checkpointing.make_manager(run_dir, saved.train, read_only=True)
   try:
-    checkpointing.check_compatible(manager, step, config, layout)
-    return checkpointing.restore_params(manager, step, layout)
+    scanned = bool(saved.model.get('scan_layers', False))
+    if scanned == config.model.scan_layers:
+      checkpointing.check_compatible(manager, step, config, layout)
+      return checkpointing.restore_params(manager, step, layout)
+    # The run's layers are laid out the other way: restore them so, then stack or unstack.
+    from ssl_jax import trainer  # pylint: disable=g-import-not-at-top  (trainer -> data -> ...)
+    as_saved = copy.deepcopy(config)
+    as_saved.model.scan_layers = scanned
+    saved_layout = trainer.Experiment.build(as_saved, list(layout.mesh.devices.flat)).layout
+    checkpointing.check_compatible(manager, step, as_saved, saved_layout)
+    params = checkpointing.restore_params(manager, step, saved_layout)
+    convert = layers.unstack_layer_params if scanned else layers.stack_layer_params
+    return jax.device_put(convert(params), layout.shardings.params)
   finally:
     manager.close()
