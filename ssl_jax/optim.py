@@ -112,16 +112,15 @@ def make_optimizer(optim_cfg: Mapping[str, Any],
     ValueError: naming the `config.optim.<field>` that is out of range.
   """
   schedule = make_schedule(optim_cfg, num_steps)
-  weight_decay = float(optim_cfg["weight_decay"])
+  weight_decay, b1 = float(optim_cfg["weight_decay"]), float(optim_cfg["b1"])
   if optim_cfg.get("name", "adamw") == "adafactor":
-    b1 = float(optim_cfg["b1"])
     # optax adds Adafactor's decay after the learning rate; scaled by it, as AdamW's is.
     decay_rate = (lambda count: weight_decay * schedule(count)) if weight_decay else None
     update = optax.adafactor(learning_rate=schedule, momentum=b1 or None,
                              weight_decay_rate=decay_rate, weight_decay_mask=decay_mask)
   else:
     update = optax.adamw(
-        learning_rate=schedule, b1=float(optim_cfg["b1"]), b2=float(optim_cfg["b2"]),
+        learning_rate=schedule, b1=b1, b2=float(optim_cfg["b2"]),
         eps=float(optim_cfg["eps"]), weight_decay=weight_decay, mask=decay_mask)
   clip_norm = float(optim_cfg["grad_clip_norm"])
   # Clipping is stateless, and the chain is there with it or without, so the optimizer state has

@@ -397,12 +397,13 @@ def read_examples(config, split: str) -> list[Example]:
   return examples[:limit] if limit > 0 else examples
 
 
-def check(config) -> None:
-  """Raises for a setting of config.in_context or config.data that `run` would fail on."""
+def check(config) -> list[Example]:
+  """Raises for a setting of config.in_context or config.data that `run` would fail on;
+  returns the eval split's examples."""
   if config.in_context.batch_size < 1:
     raise ValueError(f'config.in_context.batch_size={config.in_context.batch_size} is invalid: '
                      'use a positive number of prompts per forward pass.')
-  read_examples(config, 'validation')
+  return read_examples(config, 'validation')
 
 
 def run(config, workdir: str, init: str = 'none') -> dict:
@@ -411,7 +412,7 @@ def run(config, workdir: str, init: str = 'none') -> dict:
   the prompts and predictions to workdir/eval_predictions.jsonl. Runs on one device."""
   from ssl_jax import trainer  # pylint: disable=g-import-not-at-top
   from ssl_jax.finetune import lm_init  # pylint: disable=g-import-not-at-top
-  check(config)
+  eval_examples = check(config)
   if jax.process_count() > 1:
     raise ValueError(f'in-context evaluation runs in one process, not {jax.process_count()}; '
                      'start `ssl-jax finetune` with a GPT config without --num_processes.')
@@ -423,7 +424,6 @@ def run(config, workdir: str, init: str = 'none') -> dict:
   ic = config.in_context
   spec = formats.GLUE.get(config.data.task)
   metric_names = spec.metrics if spec and spec.label_names else ('accuracy',)   # CoLA: MCC
-  eval_examples = read_examples(config, 'validation')
   pool = read_examples(config, 'train') if config.data.train_file else None
   result = evaluate_in_context(
       exp.model, params, vocabularies.get_vocabulary(config.data.vocab), eval_examples,

@@ -154,7 +154,7 @@ def params_from_init(config, init: str, layout):
     saved_layout = trainer.Experiment.build(as_saved, list(layout.mesh.devices.flat)).layout
     checkpointing.check_compatible(manager, step, as_saved, saved_layout)
     params = checkpointing.restore_params(manager, step, saved_layout)
-    convert = layers.unstack_layer_params if scanned else layers.stack_layer_params
-    return jax.device_put(convert(params), layout.shardings.params)
+    return jax.device_put(layers.with_layer_layout(params, config.model.scan_layers),
+                          layout.shardings.params)
   finally:
     manager.close()

@@ -91,11 +91,7 @@ def _from_workdir(config, workdir: str):
   config = _set_model(config, exp.model_config, vocab)
   with config.unlocked():
     config.finetune.init_step = step
-  encoder = params["bert"]
-  if config.model.scan_layers != exp.model_config.scan_layers:
-    encoder = (layers.stack_layer_params if config.model.scan_layers
-               else layers.unstack_layer_params)(encoder)
-  return config, encoder
+  return config, layers.with_layer_layout(params["bert"], config.model.scan_layers)
 
 
 def load(config, init: str):

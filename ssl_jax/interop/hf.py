@@ -16,7 +16,6 @@ torch / transformers / safetensors are imported lazily: they are the optional 'i
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import warnings
 from typing import Any
@@ -25,7 +24,7 @@ import numpy as np
 
 from ssl_jax.models import bert, gpt
 from ssl_jax.models.config import BertConfig, EncoderDecoderConfig, GPTConfig
-from ssl_jax.models.layers import stack_layer_params, unstack_layer_params
+from ssl_jax.models.layers import unstack_layer_params, with_layer_layout
 
 # HF activation name -> ssl_jax activation name (gelu_pytorch_tanh is the tanh formula).
 _ACTS = {'gelu': 'gelu', 'gelu_new': 'gelu_new', 'gelu_pytorch_tanh': 'gelu_new', 'relu': 'relu'}
@@ -84,7 +83,7 @@ def params_from_hf(cfg, state_dict: dict[str, np.ndarray]) -> dict:
     params = _gpt2_from_hf(cfg, state_dict)
   else:
     return _encoder_decoder().params_from_hf(cfg, state_dict)
-  return stack_layer_params(params) if cfg.scan_layers else params
+  return with_layer_layout(params, cfg.scan_layers)
 
 
 def params_to_hf(cfg, params: dict) -> dict[str, np.ndarray]:
@@ -145,24 +144,10 @@ def save_pretrained(model, params: dict, out_dir: str, token_ids: dict | None = 
   state_dict = params_to_hf(cfg, params)
   os.makedirs(out_dir, exist_ok=True)
   hf_config.save_pretrained(out_dir)
-  if isinstance(cfg, EncoderDecoderConfig) and cfg.family == 't5':
-    _write_t5_tying(out_dir, cfg.tie_word_embeddings)
+  if isinstance(cfg, EncoderDecoderConfig):
+    _encoder_decoder().fix_saved_config(cfg, out_dir)
   save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()},
             os.path.join(out_dir, 'model.safetensors'), metadata={'format': 'pt'})
-
-
-def _write_t5_tying(out_dir: str, tied: bool) -> None:
-  """transformers 5 writes an untied T5 (v1.1) as tie_word_embeddings=true with
-  scale_decoder_outputs=false, which transformers 4 reads as a tied T5 v1.0: it drops the
-  exported lm_head and scales the decoder output, with no error. The v4 form reads alike in both."""
-  path = os.path.join(out_dir, 'config.json')
-  with open(path, encoding='utf-8') as f:
-    config = json.load(f)
-  config['tie_word_embeddings'] = tied
-  config.pop('scale_decoder_outputs', None)
-  with open(path, 'w', encoding='utf-8') as f:
-    json.dump(config, f, indent=2, sort_keys=True)
-    f.write('\n')
 
 
 def _read_dir(path):

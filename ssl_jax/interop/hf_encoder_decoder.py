@@ -19,7 +19,9 @@ activation and has no LayerDrop.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 import warnings
 from typing import Any
 
@@ -176,6 +178,24 @@ def hf_config_from(cfg: EncoderDecoderConfig):
       tie_word_embeddings=cfg.tie_word_embeddings, pad_token_id=cfg.pad_token_id,
       decoder_start_token_id=cfg.decoder_start_token_id,
       forced_eos_token_id=None, architectures=[architecture])
+
+
+def fix_saved_config(cfg: EncoderDecoderConfig, out_dir: str) -> None:
+  """Rewrites what `hf_config_from(cfg).save_pretrained(out_dir)` wrote where transformers
+  versions read it differently. transformers 5 writes an untied T5 (v1.1) as
+  tie_word_embeddings=true with scale_decoder_outputs=false, which transformers 4 reads as a tied
+  T5 v1.0: it drops the exported lm_head and scales the decoder output, with no error. The v4
+  form reads alike in both."""
+  if cfg.family != 't5':
+    return
+  path = os.path.join(out_dir, 'config.json')
+  with open(path, encoding='utf-8') as f:
+    config = json.load(f)
+  config['tie_word_embeddings'] = cfg.tie_word_embeddings
+  config.pop('scale_decoder_outputs', None)
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(config, f, indent=2, sort_keys=True)
+    f.write('\n')
 
 
 # ------------------------------------------------------------------------------ name tables

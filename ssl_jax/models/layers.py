@@ -587,6 +587,11 @@ def stack_layer_params(tree: dict) -> dict:
   return out
 
 
+def with_layer_layout(tree: dict, scan_layers: bool) -> dict:
+  """`tree` in the scanned (`scan_layers`) or unscanned layout, whichever it is in now."""
+  return stack_layer_params(tree) if scan_layers else unstack_layer_params(tree)
+
+
 def unstack_layer_params(tree: dict) -> dict:
   """Scanned -> unscanned layout; inverse of `stack_layer_params`."""
   if not isinstance(tree, dict):
