@@ -193,6 +193,14 @@ def test_init_from_an_ssl_jax_pretraining_run_loads_its_encoder(tmp_path):
   with pytest.raises(ValueError, match=r"fine-tuned from --init=.*pretrain \(checkpoint step 1\), "
                                        r"but this run's --init is .*\(checkpoint step 2\)"):
     run.finetune(config, str(tmp_path / "ft"), workdir)
+  # An earlier checkpoint of the run is named as <run>/checkpoints/<step> (it was refused as
+  # "not an ssl_jax run directory"; the T5/BART/GPT inits took it).
+  earlier, encoder = pretrained.load(config, f"{workdir}/checkpoints/1")
+  assert earlier.finetune.init_step == 1
+  np.testing.assert_array_equal(np.asarray(encoder["encoder"]["layers_0"]["mlp"]["wi"]["kernel"]),
+                                np.asarray(saved["encoder"]["layers_0"]["mlp"]["wi"]["kernel"]))
+  with pytest.raises(FileNotFoundError, match="no complete checkpoint at step 7"):
+    pretrained.load(config, f"{workdir}/checkpoints/7")
 
 
 def _load_bert_tiny():

@@ -109,6 +109,6 @@ def test_workdir_files_of_a_remote_workdir_stay_there(tmp_path, monkeypatch):
   assert metrics.read_metrics(workdir) == rows[:2]
   runner.write_rows(rows, f"{workdir}/probes.jsonl")
   assert runner.read_rows(workdir) == rows
-  assert lm_init._run_location(f"{workdir}/checkpoints/3") == (workdir, 3)
-  assert lm_init._run_location(workdir + "/") == (workdir, None)
+  assert lm_init.run_location(f"{workdir}/checkpoints/3") == (workdir, 3)
+  assert lm_init.run_location(workdir + "/") == (workdir, None)
   assert not os.listdir(tmp_path)

@@ -36,7 +36,7 @@ def _is_none(init: str) -> bool:
   return init in ('', 'none')
 
 
-def _run_location(init: str) -> tuple[str, int | None]:
+def run_location(init: str) -> tuple[str, int | None]:
   """(run directory, step or None = latest) of an ssl_jax `init`."""
   path = init.rstrip('/') if '://' in init else os.path.normpath(init)   # gs://bucket/run
   parent = os.path.dirname(path)
@@ -85,12 +85,12 @@ def config_from_init(config, init: str, families: tuple[str, ...]):
           'with (byte-level BPE, as GPT-2 and BART use, is not an ssl_jax vocabulary).')
     config = _set_model(config, model_config_lib.config_to_dict(model_cfg), vocab)
   else:
-    run_dir, step = _run_location(init)
+    run_dir, step = run_location(init)
     with tf.io.gfile.GFile(os.path.join(run_dir, 'config.json')) as f:
       saved = json.load(f)
     config = _set_model(config, saved['model'], saved['data']['vocab'])
     with config.unlocked():
-      config.finetune.init_step = _init_step(init, run_dir, step, saved['train'])
+      config.finetune.init_step = init_step(init, run_dir, step, saved['train'])
   family = config.model.get('family')
   if family not in families:
     raise ValueError(f"--init={init!r} is a {family!r} model; this run needs "
@@ -101,7 +101,7 @@ def config_from_init(config, init: str, families: tuple[str, ...]):
   return config
 
 
-def _init_step(init: str, run_dir: str, step, train_cfg: dict) -> int:
+def init_step(init: str, run_dir: str, step, train_cfg: dict) -> int:
   """The checkpoint step of a run `init` (`step`, or the latest when None)."""
   manager = checkpointing.make_manager(run_dir, ml_collections.ConfigDict(train_cfg),
                                        read_only=True)
@@ -135,12 +135,12 @@ def params_from_init(config, init: str, layout):
     params = jax.tree_util.tree_unflatten(   # in config.model.param_dtype
         treedef, [np.asarray(got[path]).astype(leaf.dtype) for path, leaf in expected])
     return jax.device_put(params, layout.shardings.params)
-  run_dir, location_step = _run_location(init)
+  run_dir, location_step = run_location(init)
   with tf.io.gfile.GFile(os.path.join(run_dir, 'config.json')) as f:
     saved = ml_collections.ConfigDict(json.load(f))
   step = config.finetune.get('init_step')  # the step config_from_init read the model of
   if step is None:
-    step = _init_step(init, run_dir, location_step, saved.train)
+    step = init_step(init, run_dir, location_step, saved.train)
   manager = checkpointing.make_manager(run_dir, saved.train, read_only=True)
   try:
     scanned = bool(saved.model.get('scan_layers', False))

@@ -8,7 +8,8 @@
   vocab.txt): config.model becomes its architecture and config.data.vocab its WordPiece
   vocabulary.
 - WORKDIR: an ssl_jax BERT pretraining run (`ssl-jax train --config configs/bert.py ...`): its
-  latest checkpoint's encoder, with the run's model and vocabulary settings (config.json).
+  latest checkpoint's encoder, or `WORKDIR/checkpoints/<step>` for another step, with the run's
+  model and vocabulary settings (config.json).
 The checkpoint decides the model's shape; this config keeps the fine-tuning choices: dropout
 rates, dtype, param_dtype, remat_policy and scan_layers (the layers are stacked or unstacked to
 it), and its batch (the pretraining run's batch and mesh do not matter).
@@ -21,7 +22,9 @@ import os
 import jax
 import ml_collections
 import numpy as np
+import tensorflow as tf
 
+from ssl_jax.finetune import lm_init
 from ssl_jax.models import bert
 from ssl_jax.models import config as model_config_lib
 from ssl_jax.models import layers
@@ -61,15 +64,11 @@ def _from_hf(config, directory: str):
   return _set_model(config, model.config, vocab), encoder
 
 
-def _from_workdir(config, workdir: str):
+def _from_workdir(config, init: str):
   from ssl_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from ssl_jax import trainer  # pylint: disable=g-import-not-at-top
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(config_path):
-    raise FileNotFoundError(
-        f"--init={workdir!r} is neither 'none', 'hf:DIR' nor an ssl_jax run directory (it has no "
-        "config.json); pass the --workdir of an `ssl-jax train` BERT run.")
-  with open(config_path, encoding="utf-8") as f:
+  run_dir, step = lm_init.run_location(init)
+  with tf.io.gfile.GFile(os.path.join(run_dir, "config.json")) as f:   # also gs://
     saved = ml_collections.ConfigDict(json.load(f))
   # Lay the pretrained params out on this run's mesh (JSON turned the rule tuples into lists),
   # with this run's batch, which the mesh was checked against.
@@ -78,13 +77,11 @@ def _from_workdir(config, workdir: str):
   saved.train.update(global_batch_size=config.train.global_batch_size,
                      microbatches=config.train.microbatches)
   if saved.objective != "mlm":
-    raise ValueError(f"--init={workdir!r} was trained with objective {saved.objective!r}; the "
+    raise ValueError(f"--init={init!r} was trained with objective {saved.objective!r}; the "
                      "fine-tuning heads need a BERT encoder (objective 'mlm').")
   exp = trainer.Experiment.build(saved)
-  manager = checkpointing.make_manager(workdir, saved.train, read_only=True)
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"--init={workdir!r} has no checkpoint; train it first.")
+  step = lm_init.init_step(init, run_dir, step, saved.train)
+  manager = checkpointing.make_manager(run_dir, saved.train, read_only=True)
   params = checkpointing.restore_params(manager, step, exp.layout)
   manager.close()
   vocab = json.loads(saved.data.vocab.to_json())
