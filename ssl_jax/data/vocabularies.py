@@ -15,6 +15,7 @@ Conventions (the same for every kind, so objectives never branch on the vocabula
 """
 import functools
 import hashlib
+import json
 import os
 import re
 import string
@@ -53,8 +54,27 @@ class SpecialIds(NamedTuple):
   sentinels: tuple  # sentinel i at position i (seqio/T5: vocab_size - 1 - i); () without extra_ids
 
 
+def _wordpiece_tokens(path: str) -> list:
+  """The tokens of a BERT `vocab.txt` (one per line, line number = id), or of the WordPiece model
+  in a Hugging Face `tokenizer.json` (what transformers 5 saves instead of vocab.txt), id order."""
+  if not path.endswith(".json"):
+    with tf.io.gfile.GFile(path, "r") as f:
+      return [line.rstrip("\r\n") for line in f]
+  with tf.io.gfile.GFile(path, "r") as f:
+    model = json.load(f).get("model") or {}
+  if model.get("type") != "WordPiece":
+    raise ValueError(f"{path} holds a {model.get('type')!r} tokenizer, not WordPiece; a .json "
+                     "config.data.vocab.path must be the tokenizer.json of a BERT tokenizer.")
+  ids = model["vocab"]
+  tokens = sorted(ids, key=ids.get)
+  if [ids[t] for t in tokens] != list(range(len(tokens))):
+    raise ValueError(f"the WordPiece ids of {path} are not 0..{len(tokens) - 1}, one per token.")
+  return tokens
+
+
 class WordPieceVocabulary(seqio.Vocabulary):
-  """A BERT WordPiece vocabulary (`vocab.txt`: one token per line, line number = id).
+  """A BERT WordPiece vocabulary (`vocab.txt`: one token per line, line number = id; or a Hugging
+  Face `tokenizer.json` with a WordPiece model).
 
   Tokenization equals Hugging Face `BertTokenizerFast(vocab.txt, do_lower_case=lower_case)` without special
   tokens: BertNormalizer (drop control characters, spaces for whitespace, spaces around CJK ideographs,
@@ -66,8 +86,7 @@ class WordPieceVocabulary(seqio.Vocabulary):
   """
 
   def __init__(self, vocab_path: str, lower_case: bool = True, extra_ids: int = 0):
-    with tf.io.gfile.GFile(vocab_path, "r") as f:
-      tokens = [line.rstrip("\r\n") for line in f]
+    tokens = _wordpiece_tokens(vocab_path)
     while tokens and not tokens[-1]:
       tokens.pop()
     if not tokens or tokens[0] != "[PAD]" or "[UNK]" not in tokens:
@@ -236,7 +255,8 @@ def _vocabulary(kind, path, extra_ids, lower_case):
   if kind == "default":
     return WordPieceVocabulary(default_vocabulary_path(), lower_case=True, extra_ids=extra_ids)
   if kind == "wordpiece":
-    _require_file(path, kind, "point it at a BERT vocab.txt (one token per line).")
+    _require_file(path, kind, "point it at a BERT vocab.txt (one token per line) or a BERT "
+                  "tokenizer.json.")
     return WordPieceVocabulary(path, lower_case=lower_case, extra_ids=extra_ids)
   if kind == "sentencepiece":
     _require_file(path, kind, "train one with `ssl-jax vocab train --config=... --vocab_size=N "

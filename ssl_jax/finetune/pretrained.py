@@ -5,7 +5,7 @@
 
 - 'none': a randomly initialised encoder of config.model (the from-scratch baseline).
 - 'hf:DIR': a Hugging Face BERT directory (config.json, model.safetensors or pytorch_model.bin,
-  vocab.txt): config.model becomes its architecture and config.data.vocab its WordPiece
+  vocab.txt or tokenizer.json): config.model becomes its architecture and config.data.vocab its WordPiece
   vocabulary.
 - WORKDIR: an ssl_jax BERT pretraining run (`ssl-jax train --config configs/bert.py ...`): its
   latest checkpoint's encoder, or `WORKDIR/checkpoints/<step>` for another step, with the run's
@@ -43,11 +43,14 @@ def _set_model(config, model_cfg, vocab: dict):
 
 def _from_hf(config, directory: str):
   from ssl_jax.interop import hf  # pylint: disable=g-import-not-at-top  (imports transformers)
-  vocab_path = os.path.join(directory, "vocab.txt")
-  if not os.path.isfile(vocab_path):
+  # transformers 5 saves a BERT tokenizer as tokenizer.json alone; earlier versions wrote vocab.txt.
+  vocab_path = next((p for p in (os.path.join(directory, name)
+                                 for name in ("vocab.txt", "tokenizer.json")) if os.path.isfile(p)),
+                    None)
+  if vocab_path is None:
     raise FileNotFoundError(
-        f"--init=hf:{directory} has no vocab.txt; fine-tuning needs the checkpoint's WordPiece "
-        "vocabulary next to config.json (save the tokenizer with the model).")
+        f"--init=hf:{directory} has neither vocab.txt nor tokenizer.json; fine-tuning needs the "
+        "checkpoint's WordPiece vocabulary next to config.json (save the tokenizer with the model).")
   overrides = {k: config.model[k]
                for k in model_config_lib.FINETUNING_FIELDS if k in config.model}
   model, params = hf.from_pretrained(directory, **overrides)

@@ -45,9 +45,10 @@ def to_hf(workdir: str, out: str, step: int | None = None) -> str:
 
 
 def _write_vocabulary(vocab_cfg, out: str) -> None:
-  kind, path = vocab_cfg.get("kind", "default"), vocab_cfg.get("path", "")
-  if kind == "default":
-    kind, path = "wordpiece", vocabularies.default_vocabulary_path()
-  names = {"wordpiece": "vocab.txt", "sentencepiece": "spiece.model"}
-  if kind in names:  # 'byte' vocabularies have no file: ids are bytes
-    tf.io.gfile.copy(path, os.path.join(out, names[kind]), overwrite=True)  # also gs:// paths
+  kind = vocab_cfg.get("kind", "default")
+  if kind in ("default", "wordpiece"):   # its path may be a tokenizer.json: write the tokens
+    tokens = vocabularies.get_vocabulary(vocab_cfg).tokens
+    with tf.io.gfile.GFile(os.path.join(out, "vocab.txt"), "w") as f:   # also gs:// paths
+      f.write("".join(t + "\n" for t in tokens))
+  elif kind == "sentencepiece":  # 'byte' vocabularies have no file: ids are bytes
+    tf.io.gfile.copy(vocab_cfg.get("path"), os.path.join(out, "spiece.model"), overwrite=True)
