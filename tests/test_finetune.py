@@ -208,6 +208,15 @@ def _load_bert_tiny():
   return config_lib.load_config_file(os.path.join(REPO, "configs", "bert.py"), "tiny")
 
 
+def test_epochs_and_warmup_ratio_set_the_schedule_unless_warmup_steps_are_set(tmp_path):
+  config = tiny("sst2", write_sentiment_tsv(tmp_path / "t.tsv", 640, 1),
+                write_sentiment_tsv(tmp_path / "d.tsv", 8, 2), sequence_length=16)
+  prepared, _ = run.prepare(config, "none")
+  assert (prepared.train.num_steps, prepared.optim.warmup_steps) == (60, 6)  # 3 epochs, 10%
+  config.optim.warmup_steps = 50   # was replaced by the ratio's 6, silently
+  assert run.prepare(config, "none")[0].optim.warmup_steps == 50
+
+
 def test_init_errors_name_the_flag(tmp_path):
   config = tiny("sst2", "", "")
   with pytest.raises(FileNotFoundError, match="--init=.*neither 'none', 'hf:DIR'"):

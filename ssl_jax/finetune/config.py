@@ -17,8 +17,13 @@ Files in `configs/finetune/` start from `base_config(...)`. Added keys:
                               null_score_threshold
   config.finetune.init        'none' | 'hf:DIR' | an ssl_jax workdir (the CLI's --init sets it)
   config.finetune.num_epochs  > 0: train.num_steps = ceil(epochs * train rows / batch)
-  config.finetune.warmup_ratio  > 0: optim.warmup_steps = round(ratio * num_steps)
+  config.finetune.warmup_ratio  > 0: optim.warmup_steps = round(ratio * num_steps), unless
+                              optim.warmup_steps > 0 (steps win, as in HF TrainingArguments)
 """
+import math
+from typing import Callable
+
+from absl import logging
 import ml_collections
 
 from ssl_jax import config as config_lib
@@ -78,6 +83,20 @@ def set_variant(config, arg: str) -> None:
     use_tiny_model(config)
   elif arg != "pretrained":
     raise ValueError(f"config variant {arg!r} is unknown; use 'pretrained' or 'tiny'.")
+
+
+def set_schedule(config: ml_collections.ConfigDict, train_rows: Callable[[], int]) -> None:
+  """train.num_steps from finetune.num_epochs (> 0) and `train_rows()`, and optim.warmup_steps
+  from finetune.warmup_ratio (> 0) when optim.warmup_steps is 0."""
+  f = config.finetune
+  if f.num_epochs > 0:
+    config.train.num_steps = max(
+        1, math.ceil(f.num_epochs * train_rows() / config.train.global_batch_size))
+  if f.warmup_ratio > 0 and config.optim.warmup_steps > 0:
+    logging.info("optim.warmup_steps=%d is set: finetune.warmup_ratio=%s is not used.",
+                 config.optim.warmup_steps, f.warmup_ratio)
+  elif f.warmup_ratio > 0:
+    config.optim.warmup_steps = round(f.warmup_ratio * config.train.num_steps)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

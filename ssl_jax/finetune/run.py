@@ -9,7 +9,6 @@ task metrics are written as the last `eval` row of metrics.jsonl and to `eval_re
 """
 import copy
 import json
-import math
 import os
 
 import jax
@@ -27,16 +26,11 @@ RESULTS_FILE = "eval_results.json"
 
 def prepare(config, init: str):
   """(config ready for the trainer, pretrained encoder or None): the init's model and
-  vocabulary, and the step count and warmup from config.finetune's epochs and ratio."""
+  vocabulary, and the step count and warmup from config.finetune (`set_schedule`)."""
   finetune_config.validate(config)
   config, encoder = pretrained.load(config, init)
-  f = config.finetune
-  if f.num_epochs > 0:
-    rows = data.num_rows(config, "train")
-    config.train.num_steps = max(1, math.ceil(f.num_epochs * rows / config.train.global_batch_size))
+  finetune_config.set_schedule(config, lambda: data.num_rows(config, "train"))
   data.featurized(config, "validation")  # cached: a bad eval file fails now, not after training
-  if f.warmup_ratio > 0:
-    config.optim.warmup_steps = round(f.warmup_ratio * config.train.num_steps)
   return config, encoder
 
 

@@ -34,7 +34,6 @@ import dataclasses
 import functools
 import json
 import logging
-import math
 import os
 import sys
 from typing import Sequence
@@ -52,6 +51,7 @@ from ssl_jax import trainer
 from ssl_jax.data import packing
 from ssl_jax.data import pipeline
 from ssl_jax.data import vocabularies
+from ssl_jax.finetune import config as finetune_config
 from ssl_jax.finetune import formats
 from ssl_jax.finetune import lm_init
 from ssl_jax.finetune import metrics as task_metrics
@@ -337,14 +337,9 @@ def base_config(family: str = 't5', preset: str = 'tiny') -> ml_collections.Conf
 
 def prepare(config, init: str = 'none'):
   """The config the run trains: the init's model and vocabulary (`lm_init`), train.num_steps
-  from finetune.num_epochs and warmup from finetune.warmup_ratio (when > 0)."""
+  and optim.warmup_steps from config.finetune (`finetune.config.set_schedule`)."""
   config = lm_init.config_from_init(config, init, families=('t5', 'bart'))
-  f = config.finetune
-  if f.num_epochs > 0:
-    rows = len(read_pairs(config, 'train'))
-    config.train.num_steps = max(1, math.ceil(f.num_epochs * rows / config.train.global_batch_size))
-  if f.warmup_ratio > 0:
-    config.optim.warmup_steps = round(f.warmup_ratio * config.train.num_steps)
+  finetune_config.set_schedule(config, lambda: len(read_pairs(config, 'train')))
   return config
 
 
