@@ -24,16 +24,22 @@ def specials(vocab) -> Specials:
 
 
 def truncate_pair(a: list, b: Optional[list], budget: int) -> tuple[list, Optional[list]]:
-  """Drops tokens from the end of the longer sequence until both fit `budget` (BERT/HF
-  'longest_first'), so a long premise does not crowd out the hypothesis."""
-  a = list(a)
-  b = None if b is None else list(b)
-  while len(a) + (len(b) if b is not None else 0) > budget:
-    if b is not None and len(b) > len(a):
-      b.pop()
-    else:
-      a.pop()
-  return a, b
+  """Cuts the ends of `a` and `b` to fit `budget` as Hugging Face tokenizers' 'longest_first'
+  does, so a long premise does not crowd out the hypothesis: the shorter text stays whole if the
+  longer then still gets as many tokens; else each gets half the budget, the longer one (b on a
+  tie) the odd token."""
+  if b is None:
+    return list(a[:budget]), None
+  if len(a) + len(b) <= budget:
+    return list(a), list(b)
+  swap = len(a) > len(b)
+  n_short, n_long = (len(b), len(a)) if swap else (len(a), len(b))
+  n_long = max(n_short, budget - n_short) if n_short <= budget else n_short
+  if n_short + n_long > budget:
+    n_short = budget // 2
+    n_long = n_short + budget % 2
+  n_a, n_b = (n_long, n_short) if swap else (n_short, n_long)
+  return list(a[:n_a]), list(b[:n_b])
 
 
 def pair_row(a: Sequence[int], b: Optional[Sequence[int]], length: int,
