@@ -67,6 +67,7 @@ def test_probe_workdir_runs_every_bert_probe(bert_workdir):
   assert {("masking_kind_loss", f"loss/{k}") for k in ("masked", "random", "kept")} <= set(last)
   assert ("linear_probe", "accuracy/layer_2") in last
   assert ("linear_probe", "accuracy_unseen_words/token_embedding") in last
+  assert 0.0 < last["linear_probe", "majority_baseline_unseen_words"] < 1.0
   assert last["contextual_similarity", "same_word/token_embedding"] == pytest.approx(1.0)
   assert last["cka", "vs_reference/layer_1"] == pytest.approx(1.0)   # the reference is step 4
   assert last["attention_entropy", "layer_2/head_4"] <= last["attention_entropy",
@@ -82,6 +83,14 @@ def test_probe_errors_name_the_probe_and_the_fix(bert_workdir):
     runner.probe_workdir(bert_workdir, ["cka"], steps=[3])
   with pytest.raises(FileNotFoundError, match="no config.json"):
     runner.probe_workdir(os.path.dirname(bert_workdir), ["cka"])
+
+
+def test_probe_a_relative_workdir(bert_workdir, tmp_path, monkeypatch):
+  # Orbax refuses relative paths: `ssl-jax probe --workdir runs/x` failed at the first restore.
+  shutil.copytree(bert_workdir, tmp_path / "run", ignore=shutil.ignore_patterns("probes.jsonl"))
+  monkeypatch.chdir(tmp_path)
+  rows = runner.probe_workdir("run", ["attention_entropy"], num_sentences=4, steps=[4])
+  assert rows and all(r["step"] == 4 for r in rows)
 
 
 def test_conllu_probe_sentences(bert_workdir, tmp_path):
@@ -216,6 +225,37 @@ def _check_t5_rows(subject, one_sentence):
         current.append(t)
     filled = [x for t in inputs[:-1] for x in (spans[t] if t in sentinels else [t])]
     assert filled == one_sentence.tokens[0].tolist()
+
+
+def test_probe_rows_are_the_training_text_for_every_vocabulary_kind(text, tmp_path):
+  # Tokenized word by word, a byte model read 'thedogsleeps.' and a SentencePiece model a lone
+  # '▁' before every punctuation mark: text its training never showed it.
+  from ssl_jax.data import corpora
+  from ssl_jax.data import vocabularies
+  training_text = [corpora.sentence_text(s) for d in corpora.generate_documents(100, 0) for s in d]
+  spiece = vocabularies.train_sentencepiece(training_text, 300, str(tmp_path / "sp.model"))
+  for vocab_cfg in (dict(kind="default"), dict(kind="byte"),
+                    dict(kind="sentencepiece", path=spiece)):
+    vocab = vocabularies.get_vocabulary(dict(vocab_cfg, extra_ids=0))
+    probe_text = data.tokenize(text, vocab)
+    for sentence, tokens, word_index in zip(text, probe_text.tokens, probe_text.word_index):
+      assert tokens.tolist() == vocab.encode(corpora.sentence_text(sentence)), vocab_cfg
+      assert (np.diff(word_index) >= 0).all()
+    assert len(np.unique(probe_text.word_index[0])) >= len(text[0]) - 1
+
+
+def test_gpt_predictions_fit_a_position_table_that_is_not_a_multiple_of_8():
+  # Slots were rounded up to a multiple of 8 past model.max_length: a 60-token table failed on a
+  # sentence of 57+ tokens ("inputs of 64 tokens exceed ... max_length=60").
+  config = tiny_config("gpt", max_length=60)
+  config.data.sequence_length = 60
+  subject = subject_lib.Subject(config)
+  sentence = [("the", "DET"), ("dog", "NOUN")] * 35 + [(".", "PUNCT")]   # cut to the table
+  preds = predictions.build(subject, data.tokenize([sentence], subject.vocab))
+  [probe] = runner.make_evaluators(subject, ["pos_accuracy"], data.tokenize([sentence],
+                                                                             subject.vocab))
+  assert preds.batch["decoder_target_tokens"].shape[1] <= 60
+  assert 0.0 <= dict(probe.run(subject.init_params()))["accuracy/all"] <= 1.0
 
 
 def test_attention_probs_are_distributions_and_scan_agnostic(text):

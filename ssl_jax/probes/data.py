@@ -6,9 +6,14 @@
 
 Probe sentences are fixed by a seed, never by the training data stream: the default corpus's
 grammar drawn with `seed` (documents the training corpus, seeded with config.data.corpus.seed,
-does not hold) or the sentences of CoNLL-U files in file order. Each word is tokenized on its own
-(WordPiece and SentencePiece split at spaces anyway), so a token belongs to exactly one word and
-carries that word's part of speech and frequency bucket.
+does not hold) or the sentences of CoNLL-U files in file order. Each token belongs to exactly one
+word and carries that word's part of speech and frequency bucket. WordPiece splits at spaces and
+punctuation, so each word is tokenized on its own. Other vocabularies (SentencePiece, bytes) do
+not: they tokenize the sentence's text as training wrote it (`corpora.sentence_text`, punctuation
+attached), and each token goes to the word its text starts in (a space before a word is that
+word's; a piece spanning a word and its punctuation is the word's, and the punctuation, left
+without tokens, is dropped). Tokenized word by word, a SentencePiece model read a lone `▁` before
+every punctuation mark, which training never shows it.
 """
 from __future__ import annotations
 
@@ -103,6 +108,34 @@ def frequency_ranks(sentences: Sequence[Sentence]) -> dict[str, int]:
   return {w: rank for rank, w in enumerate(order)}
 
 
+def _word_pieces(sentences: Sequence[Sentence], vocab) -> list[list[list[int]]]:
+  """The token ids of each word of each sentence (see the module doc)."""
+  if isinstance(vocab, vocabularies.WordPieceVocabulary):   # splits at spaces and punctuation
+    words = sorted({word for sentence in sentences for word, _ in sentence})
+    pieces = dict(zip(words, vocabularies.encode_batch(vocab, words)))
+    return [[pieces[word] for word, _ in sentence] for sentence in sentences]
+  texts = [corpora.sentence_text(sentence) for sentence in sentences]
+  result = []
+  for sentence, text, ids in zip(sentences, texts, vocabularies.encode_batch(vocab, texts)):
+    owner, cursor = np.full(len(text) + 1, len(sentence) - 1), 0   # character -> word
+    for i, (word, _) in enumerate(sentence):
+      start = text.index(word, cursor)
+      owner[cursor:start + len(word)] = i   # a word owns the spaces before it
+      cursor = start + len(word)
+    prefixes = [vocab.decode(ids[:k]) for k in range(len(ids))]
+    if vocab.decode(ids) != text or not all(text.startswith(p) for p in prefixes):
+      # The vocabulary normalises this text: tokenize word by word instead.
+      spaced = [w if i == 0 or w in corpora.PUNCTUATION else " " + w
+                for i, (w, _) in enumerate(sentence)]
+      result.append(vocabularies.encode_batch(vocab, spaced))
+      continue
+    words = [[] for _ in sentence]
+    for token, prefix in zip(ids, prefixes):
+      words[owner[len(prefix)]].append(token)
+    result.append(words)
+  return result
+
+
 def tokenize(sentences: Sequence[Sentence], vocab, edges: Sequence[int] = FREQUENCY_EDGES,
              ranks: dict[str, int] | None = None) -> ProbeText:
   """Tokenizes each word with `vocab` (a seqio.Vocabulary); words with no tokens are dropped.
@@ -110,15 +143,13 @@ def tokenize(sentences: Sequence[Sentence], vocab, edges: Sequence[int] = FREQUE
   `ranks` (word -> frequency rank) defaults to `frequency_ranks(sentences)`.
   """
   ranks = frequency_ranks(sentences) if ranks is None else ranks
-  words = sorted({word for sentence in sentences for word, _ in sentence})
-  pieces = dict(zip(words, vocabularies.encode_batch(vocab, words)))
+  word_ids = _word_pieces(sentences, vocab)
   types: dict[str, int] = {}
   columns = {k: [] for k in ("tokens", "word_index", "word_type", "pos", "frequency")}
-  for sentence in sentences:
+  for sentence, sentence_ids in zip(sentences, word_ids):
     row = {k: [] for k in columns}
-    for position, (word, tag) in enumerate(sentence):
+    for position, ((word, tag), ids) in enumerate(zip(sentence, sentence_ids)):
       lower = word.lower()
-      ids = pieces[word]
       bucket = int(np.searchsorted(edges, ranks.get(lower, edges[-1]), side="right"))
       row["tokens"] += ids
       row["word_index"] += [position] * len(ids)

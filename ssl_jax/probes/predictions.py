@@ -207,7 +207,7 @@ def _assemble(subject: Subject, rows: list[dict]) -> Predictions:
   """Pads rows into the objective's batch format and the slot label arrays."""
   limit = subject.max_length
   length = representations.padded_length(max(len(r["inputs"]) for r in rows), limit)
-  slots = -(-max(len(r["targets"]) for r in rows) // 8) * 8   # rows fit max_length by design
+  slots = representations.padded_length(max(len(r["targets"]) for r in rows), limit)
   inputs = _pad([r["inputs"] for r in rows], length)
   segments = _pad([[1] * len(r["inputs"]) for r in rows], length)
   present = _pad([[1] * len(r["targets"]) for r in rows], slots)

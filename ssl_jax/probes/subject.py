@@ -31,7 +31,6 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import tensorflow as tf
-from etils import epath
 
 from ssl_jax import checkpointing
 from ssl_jax import trainer
@@ -129,9 +128,7 @@ class Subject:
       raise ValueError("this Subject was built from a config, not a workdir; it has no "
                        "checkpoints.")
     if self._manager is None:
-      self._manager = ocp.CheckpointManager(
-          epath.Path(self.workdir) / "checkpoints",
-          options=ocp.CheckpointManagerOptions(read_only=True))
+      self._manager = checkpointing.make_manager(self.workdir, self.config.train, read_only=True)
     return self._manager
 
   def steps(self) -> list[int]:
