@@ -289,6 +289,17 @@ def _leaf_shapes(tree) -> dict[str, tuple]:
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+class Preempted(Exception):
+  """A SIGTERM stopped training after its checkpoint was saved. Raised past the callers that
+  would go on (fine-tuning scores, the eval suite's next task); `ssl-jax` logs it and exits 0,
+  and re-running the same command resumes."""
+
+  def __init__(self, step: int):
+    super().__init__(f"preempted (SIGTERM): stopped at step {step}, after saving its checkpoint; "
+                     "re-run the same command to continue from there.")
+    self.step = step
+
+
 @contextlib.contextmanager
 def preemption_guard():
   """Yields `preempted(step) -> bool`: whether to save at `step` and stop; call it every step.

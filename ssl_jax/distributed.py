@@ -66,7 +66,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                process_id: int | None = None, *,
                heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S,
                initialization_timeout_s: int = INITIALIZATION_TIMEOUT_S,
-               shutdown_timeout_s: int = SHUTDOWN_TIMEOUT_S) -> bool:
+               shutdown_timeout_s: int = SHUTDOWN_TIMEOUT_S, preemption: bool = True) -> bool:
   """Starts JAX's distributed runtime when this job may have several processes; returns whether
   it has (`jax.process_count() > 1`).
 
@@ -78,6 +78,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     heartbeat_timeout_s: a process silent for this long counts as dead and the job aborts.
     initialization_timeout_s: how long to wait for every process to connect.
     shutdown_timeout_s: how long a finishing process waits for the others at exit.
+    preemption: whether JAX's runtime takes SIGTERM as a preemption, for a training loop to save
+      at a step all processes agree on (`checkpointing.preemption_guard`). Commands without one
+      pass False: the runtime would swallow the SIGTERM and they would never stop.
 
   With none of the three set, a TPU VM, an `srun` step or an `mpirun` job is detected
   (`detect_cluster`) and JAX reads the coordinator, process count and id from it; anything else
@@ -88,6 +91,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   """
   if jax.distributed.is_initialized():
     return jax.process_count() > 1
+  jax.config.update("jax_enable_preemption_service", preemption)
   explicit = {"coordinator_address": coordinator_address, "num_processes": num_processes,
               "process_id": process_id}
   kwargs = dict(heartbeat_timeout_seconds=heartbeat_timeout_s,

@@ -99,7 +99,8 @@ def main(argv):
   logging.get_absl_handler().addFilter(
       lambda record: record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname)
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                         heartbeat_timeout_s=_HEARTBEAT.value)
+                         heartbeat_timeout_s=_HEARTBEAT.value,
+                         preemption=command in ("train", "finetune", "eval-suite"))
   with distributed.fail_fast():
     _dispatch(command, argv)
 
@@ -113,7 +114,11 @@ def _dispatch(command: str, argv):
   # the process. Out of the garbage collector's sight, its full collections and the interpreter's
   # exit take less time: ~3 s less per run of the tiny BERT, 2 s of it at exit.
   gc.freeze()
-  work()
+  from ssl_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  try:
+    work()
+  except checkpointing.Preempted as stop:   # saved; nothing after the training may run
+    logging.warning("%s", stop)
 
 
 def _command(command: str, argv) -> Callable[[], object]:

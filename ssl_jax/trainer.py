@@ -323,6 +323,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, init_par
   evaluation (text-to-text fine-tuning) pass `exp`, `train_iter` (a checkpointable iterator of
   global batches) and `evaluate_fn(params, step, logger)`, called every `train.eval_every` steps
   and at the last; by default the config's input pipeline and `train.eval_steps` eval batches.
+  A SIGTERM (preemption) saves a checkpoint and raises `checkpointing.Preempted`.
   """
   exp = exp or Experiment.build(config)
   checkpointing.check_workdir(workdir)
@@ -399,6 +400,7 @@ def _loop(exp, state, start, train_step, evaluate_fn, first_batch, train_iter, m
     if stop:
       logging.warning("preempted (SIGTERM): saving a checkpoint at step %d and stopping; "
                       "re-run the same command to continue from there.", step)
+      raise checkpointing.Preempted(step)   # after the save (train_and_evaluate waits for it)
     if last:
       break
   return state

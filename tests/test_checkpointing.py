@@ -481,6 +481,27 @@ def test_nonfinite_abort_raises_and_keeps_only_the_checkpoints_before_the_bad_st
 
 
 @pytest.mark.slow
+def test_sigterm_saves_and_stops_the_callers_too(tmp_path):
+  # train_and_evaluate returned normally after a preemption's save, so fine-tuning scored the
+  # half-trained state as its final eval_results.json, and eval-suite went on to train its next
+  # task, then wrote the table and exited 0. It raises `Preempted` now, after the save.
+  config = helpers.cli_config("gpt", *CLI_FLAGS, "--config.train.num_steps=50",
+                              "--config.train.eval_every=2", "--config.train.save_every=100")
+  workdir = str(tmp_path / "run")
+
+  def evaluate_fn(params, step, logger):
+    del params, logger
+    if step == 2:   # a real SIGTERM, to this process, mid-run
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  exp = trainer.Experiment.build(config, devices=jax.devices()[:1])
+  with pytest.raises(checkpointing.Preempted, match="stopped at step 2, after saving"):
+    trainer.train_and_evaluate(config, workdir, exp=exp, evaluate_fn=evaluate_fn)
+  manager = checkpointing.make_manager(workdir, config.train, read_only=True)
+  assert manager.all_steps() == [2]
+  manager.close()
+
+
 def test_sigkill_during_async_saves_never_leaves_a_partial_latest_checkpoint(tmp_path):
   kills = 8
   start = time.monotonic()

@@ -408,7 +408,7 @@ def finetune(config, workdir: str, init: str = 'none', devices=None) -> dict:
   state = trainer.train_and_evaluate(config, workdir, init_params, exp=exp,
                                      train_iter=train_iter, evaluate_fn=evaluate_fn)
   step = int(jax.device_get(state.step))
-  if not result:  # a finished run, re-run, or a preempted one: score the state it stopped at
+  if not result:  # a finished run, re-run: score its last state (a preempted one raised)
     with metrics_lib.MetricsLogger(workdir, num_steps=config.train.num_steps, log_every=1,
                                    start_step=step) as logger:
       evaluate_fn(state.params, step, logger)
