@@ -10,9 +10,10 @@ It is a real multi-process JAX job on one machine, for tests and laptops: every 
 command. A shell wrapper must pass them on: `-- bash -c 'source venv/bin/activate; exec ssl-jax
 train ... "$@"' ssl-jax` (without `"$@"` they are bash's own arguments, and every process runs
 alone as process 0 of 1). Each process's output is streamed with a `[p<i>]` prefix (and, with
---log_dir, written to `<log_dir>/process_<i>.log`). If any process exits non-zero the others are
+--log_dir, appended to `<log_dir>/process_<i>.log`). If any process exits non-zero the others are
 stopped (SIGTERM, then SIGKILL after --kill_after_s) and the launcher exits non-zero, naming the
-process that failed. Ctrl-C (SIGINT/SIGTERM to the launcher) is passed on as SIGTERM, which the JAX
+process that failed. Ctrl-C (SIGINT/SIGTERM/SIGHUP to the launcher) is passed on as SIGTERM (and a
+launcher killed outright has the kernel send it: Linux's parent-death signal), which the JAX
 runtime treats as a preemption: the trainer saves a checkpoint at a step all processes agree on and
 stops (the launcher then exits with 128 + the signal number; a second Ctrl-C kills the processes).
 """
@@ -26,6 +27,16 @@ import threading
 import time
 
 _PREFIX = "[local]"
+_PR_SET_PDEATHSIG = 1
+
+
+def _end_with_us() -> None:
+  """In a worker before it runs: SIGTERM it (a preemption: checkpoint and stop) when the launcher
+  dies, even by SIGKILL; in their own sessions, the workers would otherwise train on unseen.
+  Linux only (prctl); elsewhere a no-op."""
+  if sys.platform.startswith("linux"):
+    import ctypes  # pylint: disable=g-import-not-at-top
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -82,14 +93,20 @@ class Job:
     self.say(f"{num_processes} processes x {devices_per_process} CPU devices, coordinator "
               f"{address}: {' '.join(command)}")
     self.procs = []
-    for i in range(num_processes):
+    for i in range(num_processes):   # all started before any output thread (see _end_with_us)
       proc = subprocess.Popen(
           process_command(command, address, num_processes, i), env=env,
           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-          start_new_session=True)  # the launcher, not the terminal, decides when they stop
+          start_new_session=True,  # the launcher, not the terminal, decides when they stop
+          preexec_fn=_end_with_us)
       self.procs.append(proc)
       self.say(f"started process {i} (pid {proc.pid})")
-      log = open(os.path.join(log_dir, f"process_{i}.log"), "w") if log_dir else None
+    for i, proc in enumerate(self.procs):
+      log = None
+      if log_dir:   # appended: a resumed run keeps the logs of the run it resumes
+        log = open(os.path.join(log_dir, f"process_{i}.log"), "a")  # pylint: disable=consider-using-with
+        log.write(f"{_PREFIX} {time.strftime('%Y-%m-%d %H:%M:%S')} process {i} of "
+                  f"{num_processes}: {' '.join(command)}\n")
       thread = threading.Thread(target=self._stream, args=(i, proc, log), daemon=True)
       thread.start()
       self._threads.append(thread)
@@ -197,6 +214,7 @@ def main(argv=None) -> int:
 
   signal.signal(signal.SIGINT, forward)
   signal.signal(signal.SIGTERM, forward)
+  signal.signal(signal.SIGHUP, forward)   # the terminal closed
   returncode = job.wait()
   if interrupted and returncode == 0:  # stopped early on purpose: saved, but not finished
     job.say("stopped before the end; run the same command again to resume")

@@ -75,7 +75,7 @@ def run_commands(args) -> list:
   # braces put only nohup in the background (`a && b & c` would background all of `a && b`), so
   # `$!` is nohup's pid, which becomes the job's when nohup execs it.
   remote = (f"mkdir -p {LOG_DIR} && cd {args.remote_dir} && "
-            f"{{ nohup {user_command} > {_log_file(args)} 2>&1 < /dev/null & "
+            f"{{ nohup {user_command} >> {_log_file(args)} 2>&1 < /dev/null & "
             f"echo $! > {LOG_DIR}/{args.name}.pid; }}")
   return [_ssh(args, remote)]
 

@@ -142,7 +142,7 @@ def test_tpu_pod_dry_run_prints_the_exact_gcloud_commands():
   assert run == [
       f"{tpu} ssh bert --zone=us-central2-b --worker=all '--command=mkdir -p ~/ssl_jax_logs && "
       "cd ~/ssl_jax && { nohup ssl-jax train --config=configs/bert.py:base --workdir=gs://b/run "
-      "> ~/ssl_jax_logs/bert.log 2>&1 < /dev/null & echo $! > ~/ssl_jax_logs/bert.pid; }'"]
+      ">> ~/ssl_jax_logs/bert.log 2>&1 < /dev/null & echo $! > ~/ssl_jax_logs/bert.pid; }'"]
 
 
 def _running(marker: str) -> list:
@@ -204,6 +204,31 @@ def test_local_launcher_stops_a_worker_under_a_wrapper(tmp_path):
     time.sleep(0.1)
 
 
+@pytest.mark.parametrize("death", ["SIGKILL", "SIGHUP"])
+def test_local_launcher_workers_stop_when_the_launcher_goes(tmp_path, death):
+  # In their own sessions, the workers trained on, unseen, after a SIGKILL of the launcher or the
+  # terminal's SIGHUP (a re-run then started a second job in the same workdir). They get SIGTERM,
+  # a preemption: from the kernel (parent-death signal), or forwarded.
+  job = ("import pathlib, signal, sys, time; "
+         "me = pathlib.Path(sys.argv[1], sys.argv[-1].split('=')[1]); "
+         "signal.signal(signal.SIGTERM, lambda *_: (me.with_suffix('.stopped').touch(), "
+         "sys.exit(0))); me.with_suffix('.ready').touch(); time.sleep(120)")
+  launcher = subprocess.Popen(
+      [sys.executable, os.path.join(LAUNCH, "local.py"), "--num_processes=2", "--",
+       sys.executable, "-c", job, str(tmp_path)], stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL)
+  deadline = time.monotonic() + 60
+  while len(list(tmp_path.glob("*.ready"))) < 2:
+    assert time.monotonic() < deadline and launcher.poll() is None, "the workers did not start"
+    time.sleep(0.05)
+  launcher.send_signal(getattr(signal, death))
+  while len(list(tmp_path.glob("*.stopped"))) < 2:
+    assert time.monotonic() < deadline, f"a worker outlived the launcher's {death}"
+    time.sleep(0.05)
+  code = launcher.wait(timeout=60)
+  assert code == (-signal.SIGKILL if death == "SIGKILL" else 128 + signal.SIGHUP)
+
+
 def test_slurm_script_sets_the_coordinator_from_slurm_variables(tmp_path):
   # Stand-ins for SLURM's tools: scontrol expands the node list, srun runs every task in turn.
   (tmp_path / "scontrol").write_text("#!/bin/bash\necho gpu-node-07\necho gpu-node-08\n")
@@ -236,15 +261,20 @@ def test_local_launcher_prefixes_output_and_stops_the_others_when_one_fails(tmp_
             f"if sys.argv[-1] == '--process_id=0': open({marker!r}, 'w').close(); time.sleep(60)\n"
             f"while not os.path.exists({marker!r}): time.sleep(0.05)\n"
             "sys.exit(3)")
+  (tmp_path / "logs").mkdir()
+  (tmp_path / "logs" / "process_0.log").write_text("the run this one resumes\n")
   start = time.monotonic()
   result = subprocess.run(
       [sys.executable, os.path.join(LAUNCH, "local.py"), "-n", "2", "-m", "1", "--kill_after_s=5",
-       "--", sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+       f"--log_dir={tmp_path / 'logs'}", "--", sys.executable, "-c", script],
+      capture_output=True, text=True, timeout=60)
   assert result.returncode == 3
   assert time.monotonic() - start < 20
   assert "[p0] hello from --process_id=0" in result.stdout
   assert "[p1] hello from --process_id=1" in result.stdout
   assert "[local] job failed: process 1 exited with status 3" in result.stdout
+  log = (tmp_path / "logs" / "process_0.log").read_text()   # appended, not overwritten
+  assert log.startswith("the run this one resumes\n") and "hello from --process_id=0" in log
 
 
 def test_local_launcher_gives_each_process_its_devices_and_flags():
