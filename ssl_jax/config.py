@@ -105,6 +105,8 @@ def use_pod_run(config: ml_collections.ConfigDict, *, vocab_kind: str, sequence_
                 warmup_steps: int) -> None:
   """A published-size run: real text from TFDS, a real vocabulary, parameters sharded (FSDP)."""
   config.data.vocab.kind = vocab_kind
+  # T5's 100 sentinels are span corruption's alone: BERT's vocab.txt is its 30522 rows.
+  config.data.vocab.extra_ids = 100 if config.objective == "span_corruption" else 0
   config.data.source = "tfds"
   config.data.sequence_length = sequence_length
   config.train.update(global_batch_size=global_batch_size, num_steps=num_steps,

@@ -44,10 +44,14 @@ def resolve_model_config(config: ml_collections.ConfigDict):
     # Rounded up so the vocabulary axis shards evenly and matmuls stay aligned.
     model_cfg = dataclasses.replace(model_cfg, vocab_size=-(-vocab.vocab_size // 128) * 128)
   elif model_cfg.vocab_size < vocab.vocab_size:
+    extra = int(config.data.vocab.get("extra_ids", 0) or 0)
+    sentinels = (f" {extra} of them are config.data.vocab.extra_ids, T5's sentinels, which only "
+                 "span corruption uses: set extra_ids=0, or"
+                 if extra and config.objective != "span_corruption" else "")
     raise ValueError(
         f"config.model.vocab_size={model_cfg.vocab_size} is smaller than the data vocabulary "
-        f"({vocab.vocab_size} ids from config.data.vocab); set config.model.vocab_size=-1 to take "
-        "the vocabulary's size, or a larger value.")
+        f"({vocab.vocab_size} ids from config.data.vocab);{sentinels} set "
+        "config.model.vocab_size=-1 to take the vocabulary's size, or a larger value.")
   return model_cfg
 
 

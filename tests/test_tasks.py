@@ -71,6 +71,24 @@ def test_task_is_registered_once_per_setting():
   assert "targets_length" not in tasks.stream_settings(bart)
   bart.model.update(max_length=64)
   config_lib.validate(bart)
+  # A mixture's 'tfds' entry reads data.tfds_name: a resume that changed it was not refused
+  # (TFDS names written in the spec are compared with the spec).
+  mixed = tiny_config("causal_lm", mixture="default_corpus:1,tfds:1", tfds_name="c4/en:3.1.0")
+  other = tiny_config("causal_lm", mixture="default_corpus:1,tfds:1", tfds_name="wiki40b/en:1.3.0")
+  assert tasks.stream_settings(mixed) != tasks.stream_settings(other)
+  assert "tfds_name" not in tasks.stream_settings(
+      tiny_config("causal_lm", mixture="default_corpus:1,c4/en:3.1.0:1", tfds_name="x/y:1.0.0"))
+
+
+def test_text_files_without_blank_lines_warn_that_validation_is_training_text(tmp_path, caplog):
+  path = tmp_path / "one_per_line.txt"
+  path.write_text("".join(f"Document {i} is one line. It has two sentences.\n" for i in range(50)))
+  config = tiny_config("causal_lm", source="text_files", text_files=str(path))
+  [document] = list(tasks.document_dataset(config, "validation").as_numpy_iterator())
+  assert any("holds 1 document(s)" in r.getMessage() and "the training document itself"
+             in r.getMessage() for r in caplog.records)
+  assert [d["text"] for d in tasks.document_dataset(config, "train").as_numpy_iterator()] == [
+      document["text"]]
 
 
 def test_bfloat16_params_are_warned_about(caplog):

@@ -72,6 +72,23 @@ def test_wordpiece_equals_hugging_face_bert_tokenizer(minilm_vocab_path):
                                           reference.mask_token_id)
 
 
+def test_bert_base_takes_a_bert_vocab_txt(minilm_vocab_path):
+  # The published presets gave every vocabulary T5's 100 sentinels: a 30522-line vocab.txt made
+  # 30622 ids, which bert.py:base refused (the README's pod command failed at start-up) with a
+  # fix, vocab_size=-1, that built a 30720-row embedding instead of BERT-base's.
+  from ssl_jax import config as config_lib
+  from ssl_jax import trainer
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = config_lib.load_config_file(os.path.join(repo, "configs", "bert.py"), "base")
+  config.data.vocab.path = minilm_vocab_path
+  assert trainer.resolve_model_config(config).vocab_size == 30522
+  config.data.vocab.extra_ids = 100
+  with pytest.raises(ValueError, match="100 of them are config.data.vocab.extra_ids"):
+    trainer.resolve_model_config(config)
+  t5 = config_lib.load_config_file(os.path.join(repo, "configs", "t5.py"), "base")
+  assert t5.data.vocab.extra_ids == 100
+
+
 def test_wordpiece_decode(minilm_vocab_path):
   vocab = vocabularies.WordPieceVocabulary(minilm_vocab_path)
   ids = vocab.encode("Unaffable people, hello!")

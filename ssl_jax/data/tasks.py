@@ -37,6 +37,7 @@ import re
 
 import seqio
 import tensorflow as tf
+from absl import logging
 
 from ssl_jax.data import corpora
 from ssl_jax.data import preprocessors
@@ -152,6 +153,12 @@ def _read_text_file_documents(paths, stamps):  # `stamps` (size, mtime) re-read 
     raise ValueError(
         f"config.data.text_files={','.join(paths)!r} holds no text; give files with documents separated "
         "by blank lines.")
+  if len(documents) < _TEXT_FILES_HOLDOUT:   # e.g. one document per line, no blank lines
+    logging.warning(
+        "config.data.text_files=%r holds %d document(s) (documents are separated by blank lines): "
+        "validation is %s. Separate the documents by blank lines.", ",".join(paths),
+        len(documents), "the training document itself" if len(documents) == 1
+        else "the last document alone")
   return documents
 
 
@@ -381,6 +388,8 @@ def stream_settings(config) -> dict:
     settings.update(_task_settings(config, source if source in SOURCES else "tfds", None))
   settings.pop("source")
   settings.pop("tfds_name", None)
+  if any(source == "tfds" for source, _ in _parse_mixture(spec)):   # reads data.tfds_name
+    settings["tfds_name"] = _get(config.data, "tfds_name")
   return {**settings, "mixture": spec}
 
 
