@@ -2,7 +2,10 @@
 
 Files in `configs/finetune/` start from `base_config(...)`. Added keys:
 
-  config.data.task            GLUE task name (label names, metrics, TSV columns), or a free name
+  config.data.task            GLUE task name (label names, metrics, TSV columns; glue_tsv and
+                              tfds need one: a TSV of another task borrows the GLUE task with
+                              its columns, e.g. sst2, and sets data.labels), or a free name
+                              (conllu, squad_json)
   config.data.format          'glue_tsv' | 'tfds' (glue/<task>) | 'conllu' | 'squad_json'
   config.data.train_file / eval_file       the files (glue_tsv, conllu, squad_json)
   config.data.train_split / eval_split / tfds_data_dir                  (tfds)
