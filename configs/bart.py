@@ -7,7 +7,8 @@ The tiny model is pre-LayerNorm (`model.pre_norm=True`, mBART's layout): a tiny 
 on the unigram plateau for hundreds of steps. base and large are post-LN, as published.
 
 Each noise has its rate under `config.data.denoising` (mask_ratio, random_ratio, delete_ratio,
-infill_ratio, poisson_lambda, permute_sentence_ratio, rotate_ratio); they compose.
+infill_ratio, poisson_lambda, permute_sentence_ratio, rotate_ratio); they compose. `random_ratio`
+makes that share of the [MASK]s random tokens (fairseq's --mask-random: 0.1 in its BART recipe).
 """
 from ssl_jax import config as config_lib
 

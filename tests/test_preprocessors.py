@@ -298,6 +298,24 @@ def test_bart_infilling_literal_keeps_order(vocab, ids):
   assert len(targets) - len(kept) == round(0.3 * 7)
 
 
+def test_bart_infilling_masks_are_random_tokens_at_random_ratio(vocab, ids, docs):
+  # fairseq's --mask-random applies to span masks and inserted ones (BART: --mask 0.3
+  # --mask-random 0.1 --mask-length span-poisson); random_ratio had no effect on infilling.
+  plain = _bart(vocab, docs[:300], infill_ratio=0.3)
+  mixed = _bart(vocab, docs[:300], infill_ratio=0.3, random_ratio=0.1)
+  masks = randoms = 0
+  specials = {ids.pad, ids.eos, ids.unk, ids.cls, ids.sep, ids.mask, *ids.sentinels}
+  for a, b in zip(plain, mixed):
+    assert a["targets"].tolist() == b["targets"].tolist() and len(a["inputs"]) == len(b["inputs"])
+    at_masks = a["inputs"] == ids.mask
+    masks += int(at_masks.sum())
+    replaced = at_masks & (b["inputs"] != ids.mask)
+    randoms += int(replaced.sum())
+    assert not set(b["inputs"][replaced].tolist()) & specials
+    np.testing.assert_array_equal(a["inputs"][~at_masks], b["inputs"][~at_masks])
+  assert masks > 1000 and abs(randoms / masks - 0.1) < 0.025, randoms / masks
+
+
 def test_bart_deletion_and_masking_rates(vocab, ids, docs):
   deleted = _bart(vocab, docs[:300], delete_ratio=0.2)
   kept = sum(len(e["inputs"]) - 1 for e in deleted)

@@ -177,9 +177,6 @@ def test_microbatches_give_the_full_batch_update():
     ("bart", "sequence_length", 256, "config.data.sequence_length=256 is invalid: the model has "
      "128"),
     ("gpt", "shuffle_buffer", -1, "config.data.shuffle_buffer=-1 is invalid: use a positive"),
-    # fairseq's --mask-random; it had no effect on text infilling.
-    ("bart", "denoising.random_ratio", 0.1, "config.data.denoising.random_ratio=0.1 is invalid: "
-     "it replaces a share of token masking's"),
 ])
 def test_data_settings_are_checked_against_the_model_before_building(name, setting, value,
                                                                     message):
@@ -187,6 +184,17 @@ def test_data_settings_are_checked_against_the_model_before_building(name, setti
   section, _, field = setting.rpartition(".")
   (config.data[section] if section else config.data)[field] = value
   with pytest.raises(ValueError, match=message):
+    trainer.resolve_model_config(config)
+
+
+def test_bart_random_ratio_needs_masks_to_make_random():
+  # fairseq's --mask-random: [MASK]s of token masking or text infilling become random tokens.
+  config = tiny_config("bart")
+  config.data.denoising.update(random_ratio=0.1)   # with the tiny config's infilling: BART's
+  trainer.resolve_model_config(config)
+  config.data.denoising.update(infill_ratio=0.0)
+  with pytest.raises(ValueError, match=r"config.data.denoising.random_ratio=0.1 is invalid: it "
+                                       r"makes a share of the \[MASK\]s"):
     trainer.resolve_model_config(config)
 
 

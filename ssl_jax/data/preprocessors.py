@@ -393,10 +393,12 @@ def bart_denoising(ds, *, vocab, sequence_length, denoising_cfg, seed):
   Input documents: `doc_index` (int64), `sentences` (string vector). Noise, each with its setting in
   `config.data.denoising`, applied in this order (fairseq's DenoisingDataset order):
     permute_sentence_ratio: ceil(ratio * sentences) random sentences of the chunk change places.
-    mask_ratio: round(ratio * tokens) tokens become [MASK]; `random_ratio` of them a random token instead.
+    mask_ratio: round(ratio * tokens) tokens become [MASK].
     delete_ratio: round(ratio * tokens) tokens are removed.
     infill_ratio: spans covering round(ratio * tokens) tokens, with lengths ~ Poisson(poisson_lambda),
       are each replaced by one [MASK]; a zero-length span inserts a [MASK]. Spans do not overlap.
+    random_ratio: each [MASK] of masking and infilling is a random token instead with this
+      probability (fairseq's --mask-random; BART's own recipe is infill_ratio=0.3, random_ratio=0.1).
     rotate_ratio: with this probability the sequence is rotated to start at a random token.
   Inputs longer than the sequence (possible when many zero-length spans insert masks) lose their end.
 
@@ -445,7 +447,8 @@ def bart_denoising(ds, *, vocab, sequence_length, denoising_cfg, seed):
       deleted = _random_subset(tf.size(tokens), _count(tokens, cfg.delete_ratio), seeds[5])
       tokens = tf.boolean_mask(tokens, tf.logical_not(deleted))
     if cfg.infill_ratio > 0:
-      tokens = _infill(tokens, cfg.infill_ratio, cfg.poisson_lambda, special.mask, seeds[6:9])
+      tokens = _infill(tokens, cfg.infill_ratio, cfg.poisson_lambda, special.mask,
+                       [seeds[i] for i in (6, 7, 8, 11)], cfg.random_ratio, regular_ids)
     if cfg.rotate_ratio > 0:
       tokens = _rotate(tokens, cfg.rotate_ratio, seeds[9:11])
     return {"doc_index": doc["doc_index"], "inputs": _with_eos(tokens[:budget], special.eos),
@@ -471,9 +474,10 @@ def _permute_sentences(tokens, lengths, ratio, seeds):
   return tf.gather(tf.RaggedTensor.from_row_lengths(tokens, lengths), order).flat_values
 
 
-def _infill(tokens, ratio, poisson_lambda, mask_id, seeds):
+def _infill(tokens, ratio, poisson_lambda, mask_id, seeds, random_ratio, regular_ids):
   """Text infilling: non-overlapping spans (lengths ~ Poisson) covering round(ratio * n) tokens each
-  become one `mask_id`; zero-length spans insert one."""
+  become one `mask_id`; zero-length spans insert one. Each mask is a random token of
+  `regular_ids` instead with probability `random_ratio`."""
   n = tf.size(tokens)
   num_noise = _count(tokens, ratio)
   # Enough draws that their sum almost surely reaches num_noise; if not, all drawn spans are used.
@@ -497,7 +501,11 @@ def _infill(tokens, ratio, poisson_lambda, mask_id, seeds):
   kept = tf.boolean_mask(tokens, tf.logical_not(is_noise))
   is_mask = tf.scatter_nd(mask_slots[:, None], tf.ones([num_spans], tf.bool), [num_kept + num_spans])
   kept_index = tf.maximum(tf.cumsum(tf.cast(tf.logical_not(is_mask), tf.int32)) - 1, 0)
-  return tf.where(is_mask, mask_id, tf.gather(tf.concat([kept, [mask_id]], 0), kept_index))
+  mask = tf.fill(tf.shape(is_mask), mask_id)
+  if random_ratio > 0:
+    mask = tf.where(tf.random.stateless_uniform(tf.shape(is_mask), seeds[2]) < random_ratio,
+                    _random_choice(regular_ids, tf.shape(is_mask), seeds[3]), mask)
+  return tf.where(is_mask, mask, tf.gather(tf.concat([kept, [mask_id]], 0), kept_index))
 
 
 def _rotate(tokens, ratio, seeds):
