@@ -184,6 +184,44 @@ class SslJaxTestDocuments(tfds.core.GeneratorBasedBuilder):
       yield i, {"text": " ".join(corpora.sentence_text(s) for s in doc)}
 
 
+class SslJaxTestTrainOnly(tfds.core.GeneratorBasedBuilder):
+  """A prepared corpus with a train split only (as many TFDS corpora), and a 'content' feature
+  besides 'text'."""
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+        {"text": tfds.features.Text(), "content": tfds.features.Text()}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    for i in range(200):
+      yield i, {"text": f"Document {i} is here. It ends.", "content": str(i)}
+
+
+def test_tfds_corpus_without_validation_split_holds_out_train_and_errors_name_the_fix(tmp_path):
+  # seqio failed the first eval ("Unknown split 'validation'"); a dataset without 'text' raised
+  # KeyError: 'text'; a non-UTF-8 text file a UnicodeDecodeError without its name.
+  SslJaxTestTrainOnly(data_dir=str(tmp_path)).download_and_prepare()
+  config = tiny_config("causal_lm", source="tfds", tfds_name="ssl_jax_test_train_only:1.0.0",
+                       tfds_data_dir=str(tmp_path))
+  validation = [d["text"] for d in tasks.document_dataset(config, "validation").as_numpy_iterator()]
+  train = [d["text"] for d in tasks.document_dataset(config, "train").as_numpy_iterator()]
+  assert len(validation) == 2 and len(train) == 198 and not set(validation) & set(train)
+  source = tasks._tfds_source("ssl_jax_test_train_only:1.0.0", str(tmp_path))   # pylint: disable=protected-access
+  no_text = source.get_dataset("train", shuffle=False).map(lambda ex: {"content": ex["content"]})
+  with pytest.raises(ValueError, match=r"without a 'text' feature \(its features: content\)"):
+    tasks._as_documents(no_text)   # pylint: disable=protected-access
+  latin1 = tmp_path / "latin1.txt"
+  latin1.write_bytes("Caf\xe9 au lait.".encode("latin-1"))
+  with pytest.raises(ValueError, match=r"latin1.txt is not UTF-8 text"):
+    tasks.document_dataset(tiny_config("causal_lm", source="text_files", text_files=str(latin1)),
+                           "train")
+
+
 def test_tfds_train_split_corrupts_each_epoch_anew_and_resumes(tmp_path):
   SslJaxTestDocuments(data_dir=str(tmp_path)).download_and_prepare()
   config = tiny_config("denoising", source="tfds", tfds_name="ssl_jax_test_documents:1.0.0",

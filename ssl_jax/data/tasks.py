@@ -37,6 +37,7 @@ import re
 
 import seqio
 import tensorflow as tf
+import tensorflow_datasets as tfds
 from absl import logging
 
 from ssl_jax.data import corpora
@@ -147,8 +148,14 @@ def _read_text_file_documents(paths, stamps):  # `stamps` (size, mtime) re-read 
   del stamps
   documents = []
   for path in paths:
-    with tf.io.gfile.GFile(path, "r") as f:
-      documents += [d.strip() for d in re.split(r"\n[ \t\r\f\v]*\n", f.read()) if d.strip()]
+    with tf.io.gfile.GFile(path, "rb") as f:
+      raw = f.read()
+    try:
+      text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise ValueError(f"config.data.text_files: {path} is not UTF-8 text ({e}); convert it, "
+                       f"e.g. iconv -f latin1 -t utf-8.") from e
+    documents += [d.strip() for d in re.split(r"\n[ \t\r\f\v]*\n", text) if d.strip()]
   if not documents:
     raise ValueError(
         f"config.data.text_files={','.join(paths)!r} holds no text; give files with documents separated "
@@ -190,6 +197,12 @@ def _text_files_dataset(split, shuffle_files, seed=None, *, paths, endless=True)
 
 
 def _tfds_documents(ds):
+  if "text" not in ds.element_spec:
+    raise ValueError(
+        f"config.data.tfds_name names a dataset without a 'text' feature (its features: "
+        f"{', '.join(sorted(ds.element_spec))}); ssl_jax pretrains on the 'text' of TFDS text "
+        "corpora such as c4/en or wikipedia.")
+
   def make_document(ex):
     doc_index = tf.strings.to_hash_bucket_fast(ex["text"], 2 ** 62)
     if "epoch" in ex:  # the train split's later epochs corrupt the document anew
@@ -223,7 +236,21 @@ def _tfds_source(tfds_name, data_dir=""):
         "'c4/en:3.1.0' or 'wikipedia/20230601.en:1.0.0'.")
   base = tfds_name.split("/")[0].split(":")[0]
   return _TfdsEpochs(tfds_name, tfds_data_dir=data_dir or None,
-                     splits=_TFDS_SPLITS.get(base, {s: s for s in SPLITS}))
+                     splits=_TFDS_SPLITS.get(base) or _tfds_splits(tfds_name, data_dir))
+
+
+def _tfds_splits(tfds_name, data_dir):
+  """{split: TFDS split}: a prepared dataset without a validation split holds out train's last 1%
+  (as _TFDS_SPLITS does for Wikipedia); seqio refused it at the first eval."""
+  try:
+    available = set(tfds.builder(tfds_name, data_dir=data_dir or None).info.splits)
+  except Exception:  # pylint: disable=broad-except  (unknown or unprepared: seqio's error says so)
+    available = set()
+  if "train" in available and "validation" not in available:
+    logging.info("%s has no validation split (%s): validation is the last 1%% of train.",
+                 tfds_name, ", ".join(sorted(available)))
+    return {"train": "train[:99%]", "validation": "train[99%:]"}
+  return {s: s for s in SPLITS}
 
 
 def _source(config, source, tfds_name):
