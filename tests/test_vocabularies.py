@@ -190,3 +190,14 @@ def test_vocab_train_command_trains_on_the_configured_source(tmp_path, caplog):
   vocab = vocabularies.get_vocabulary(config.data.vocab)
   text = corpora.sentence_text(corpora.generate_document(0, 0)[0])
   assert vocab.decode(vocab.encode(text)) == text and vocab.unk_id not in vocab.encode(text)
+  # With a mixture, the mixture's sources (data.source was read: a run training on text files
+  # got a vocabulary of the default corpus).
+  made_up = ["zyxomancy", "quibblewort", "frumpleton", "glorbish", "snarfle", "wizzlecrump"]
+  words = tmp_path / "words.txt"
+  words.write_text("".join(" ".join(random.Random(i).choices(made_up, k=8)) + ".\n\n"
+                           for i in range(400)))
+  config.data.update(text_files=str(words), mixture="text_files:1")
+  mixed = vocabularies.train_vocab_for_task(config, 100, str(tmp_path / "mixed.model"))
+  mixed_vocab = vocabularies.get_vocabulary(dict(kind="sentencepiece", path=mixed, extra_ids=0))
+  assert len(mixed_vocab.encode("zyxomancy quibblewort")) == 2
+  assert len(vocab.encode("zyxomancy quibblewort")) > 6   # the default corpus's vocabulary

@@ -276,7 +276,8 @@ def _as_documents(ds):
 
 
 def document_dataset(config, split, source=None):
-  """One in-order pass over the documents of `config.data.source` (or `source`) for `split`.
+  """One in-order pass over the documents of `config.data.source` (or `source`: a source, or a
+  TFDS name as a mixture gives it) for `split`.
 
   For vocabulary training, probes and tests; tasks read the same documents (train: endless, shuffled).
   """
@@ -287,9 +288,23 @@ def document_dataset(config, split, source=None):
     ds = _text_files_dataset(split, False, paths=_text_file_paths(_get(config.data, "text_files")),
                              endless=False)
   else:   # seqio's own pass: the task's TFDS train split is endless epochs (_TfdsEpochs)
-    ds = seqio.TfdsDataSource.get_dataset(_source(config, source, _get(config.data, "tfds_name")),
-                                          split, shuffle=False)
+    tfds_name = _get(config.data, "tfds_name") if source == "tfds" else source  # or a mixture's
+    ds = seqio.TfdsDataSource.get_dataset(_source(config, "tfds", tfds_name), split, shuffle=False)
   return _as_documents(ds)
+
+
+def train_documents(config):
+  """The train documents of `config`'s source, one pass in order; with `data.mixture`, of its
+  sources drawn at their rates (seeded with data.seed) until all have run out."""
+  spec = _get(config.data, "mixture", "") or ""
+  if not spec:
+    return document_dataset(config, "train")
+  entries = _parse_mixture(spec)
+  total = sum(rate for _, rate in entries)
+  return tf.data.Dataset.sample_from_datasets(
+      [document_dataset(config, "train", source) for source, _ in entries],
+      weights=[rate / total for _, rate in entries], seed=config.data.seed,
+      stop_on_empty_dataset=False)
 
 
 # ----------------------------------------------------------------------------- objectives

@@ -372,9 +372,10 @@ def train_sentencepiece(texts, vocab_size: int, out_path: str, *, character_cove
 
 
 def train_vocab_for_task(config, vocab_size: int, out: str, max_sentences: int = 2_000_000) -> str:
-  """`ssl-jax vocab train`: a SentencePiece model over the sentences of config.data.source's train split."""
+  """`ssl-jax vocab train`: a SentencePiece model over the sentences of the run's train split
+  (config.data.source's, or those of its mixture's sources at their rates)."""
   from ssl_jax.data import tasks  # pylint: disable=g-import-not-at-top  (tasks imports this module)
-  sentences = tasks.document_dataset(config, "train").flat_map(
+  sentences = tasks.train_documents(config).flat_map(
       lambda doc: tf.data.Dataset.from_tensor_slices(doc["sentences"]))
   texts = (s.decode("utf-8") for s in sentences.take(max_sentences).as_numpy_iterator())
   return train_sentencepiece(texts, vocab_size, out, max_sentences=max_sentences)
