@@ -104,7 +104,8 @@ class Job:
     for i, proc in enumerate(self.procs):
       log = None
       if log_dir:   # appended: a resumed run keeps the logs of the run it resumes
-        log = open(os.path.join(log_dir, f"process_{i}.log"), "a")  # pylint: disable=consider-using-with
+        path = os.path.join(log_dir, f"process_{i}.log")
+        log = open(path, "a")  # pylint: disable=consider-using-with
         log.write(f"{_PREFIX} {time.strftime('%Y-%m-%d %H:%M:%S')} process {i} of "
                   f"{num_processes}: {' '.join(command)}\n")
       thread = threading.Thread(target=self._stream, args=(i, proc, log), daemon=True)

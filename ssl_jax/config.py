@@ -181,10 +181,11 @@ def validate(config: ml_collections.ConfigDict):
                "permute_sentence_ratio", "rotate_ratio"):
     value = d.denoising[name]
     _check(0 <= value <= 1, f"data.denoising.{name}", value, "use a ratio in [0, 1].")
-  _check(d.denoising.random_ratio == 0 or d.denoising.mask_ratio > 0 or d.denoising.infill_ratio > 0,
-         "data.denoising.random_ratio", d.denoising.random_ratio,
-         "it makes a share of the [MASK]s of token masking (mask_ratio) and text infilling "
-         "(infill_ratio) random tokens, and both are 0. Set random_ratio=0, or one of them.")
+  masks = d.denoising.mask_ratio > 0 or d.denoising.infill_ratio > 0
+  _check(d.denoising.random_ratio == 0 or masks, "data.denoising.random_ratio",
+         d.denoising.random_ratio, "it makes a share of the [MASK]s of token masking "
+         "(mask_ratio) and text infilling (infill_ratio) random tokens, and both are 0. Set "
+         "random_ratio=0, or one of them.")
 
   t = config.train
   for name in ("global_batch_size", "num_steps", "microbatches", "log_every", "eval_every",

@@ -211,7 +211,8 @@ def test_tfds_corpus_without_validation_split_holds_out_train_and_errors_name_th
   validation = [d["text"] for d in tasks.document_dataset(config, "validation").as_numpy_iterator()]
   train = [d["text"] for d in tasks.document_dataset(config, "train").as_numpy_iterator()]
   assert len(validation) == 2 and len(train) == 198 and not set(validation) & set(train)
-  source = tasks._tfds_source("ssl_jax_test_train_only:1.0.0", str(tmp_path))   # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  source = tasks._tfds_source("ssl_jax_test_train_only:1.0.0", str(tmp_path))
   no_text = source.get_dataset("train", shuffle=False).map(lambda ex: {"content": ex["content"]})
   with pytest.raises(ValueError, match=r"without a 'text' feature \(its features: content\)"):
     tasks._as_documents(no_text)   # pylint: disable=protected-access

@@ -398,7 +398,7 @@ def bart_denoising(ds, *, vocab, sequence_length, denoising_cfg, seed):
     infill_ratio: spans covering round(ratio * tokens) tokens, with lengths ~ Poisson(poisson_lambda),
       are each replaced by one [MASK]; a zero-length span inserts a [MASK]. Spans do not overlap.
     random_ratio: each [MASK] of masking and infilling is a random token instead with this
-      probability (fairseq's --mask-random; BART's own recipe is infill_ratio=0.3, random_ratio=0.1).
+      probability (fairseq's --mask-random; BART's recipe: infill_ratio=0.3, random_ratio=0.1).
     rotate_ratio: with this probability the sequence is rotated to start at a random token.
   Inputs longer than the sequence (possible when many zero-length spans insert masks) lose their end.
 

@@ -5,8 +5,8 @@
 
 - 'none': a randomly initialised encoder of config.model (the from-scratch baseline).
 - 'hf:DIR': a Hugging Face BERT directory (config.json, model.safetensors or pytorch_model.bin,
-  vocab.txt or tokenizer.json): config.model becomes its architecture and config.data.vocab its WordPiece
-  vocabulary.
+  vocab.txt or tokenizer.json): config.model becomes its architecture and config.data.vocab its
+  WordPiece vocabulary.
 - WORKDIR: an ssl_jax BERT pretraining run (`ssl-jax train --config configs/bert.py ...`): its
   latest checkpoint's encoder, or `WORKDIR/checkpoints/<step>` for another step, with the run's
   model and vocabulary settings (config.json).
@@ -50,7 +50,8 @@ def _from_hf(config, directory: str):
   if vocab_path is None:
     raise FileNotFoundError(
         f"--init=hf:{directory} has neither vocab.txt nor tokenizer.json; fine-tuning needs the "
-        "checkpoint's WordPiece vocabulary next to config.json (save the tokenizer with the model).")
+        "checkpoint's WordPiece vocabulary next to config.json (save the tokenizer with the "
+        "model).")
   overrides = {k: config.model[k]
                for k in model_config_lib.FINETUNING_FIELDS if k in config.model}
   model, params = hf.from_pretrained(directory, **overrides)
