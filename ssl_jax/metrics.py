@@ -62,7 +62,8 @@ class MetricsLogger:
   `learning_rate` (the rate the row's step applied: step s is optax's update s - 1, which reads
   the schedule at s - 1; a skipped non-finite step holds the schedule back by one), `tokens_per_sec`
   and `step_time_s` (wall time per step over the window, less the time spent in `paused`: evals
-  and checkpoint saves). A window closes every `log_every` steps,
+  and checkpoint saves), and `nonfinite_steps`, the share of the window's steps skipped for a
+  non-finite loss or gradient (each such window also logs a warning with their count). A window closes every `log_every` steps,
   at `num_steps` and at `flush` (the trainer flushes before each checkpoint, so a run resumed from
   any checkpoint writes the rows of an uninterrupted one). Reopening a workdir at `start_step`
   drops rows past that step (`truncate=False`, for a reader such as `ssl-jax eval`, keeps them).
@@ -179,6 +180,12 @@ class MetricsLogger:
     if self._tokens_per_step:
       row["tokens_per_sec"] = self._tokens_per_step / step_time_s
     self._write_row(step, "train", row)
+    if row.get("nonfinite_steps"):   # train.on_nonfinite='skip': say so, every window
+      logging.warning(
+          "steps %d-%d: %d of %d had a non-finite loss or gradient and were skipped "
+          "(config.train.on_nonfinite='skip'); a run that skips every step has diverged: stop "
+          "it and lower config.optim.learning_rate.", step - len(window) + 1, step,
+          round(row["nonfinite_steps"] * len(window)), len(window))
     eta_s = step_time_s * (self._num_steps - step)
     # The metric values themselves are logged by the clu writer.
     logging.info("step %d/%d: %.2f steps/s%s, ETA %s", step, self._num_steps, 1 / step_time_s,

@@ -138,7 +138,7 @@ def test_checkpoint_from_data8_restores_on_another_mesh(bert_checkpoint, mesh, n
   assert bitwise_equal(next(it), bert_checkpoint.next_batch)
 
 
-def test_nonfinite_step_is_skipped_with_params_and_optimizer_state_unchanged():
+def test_nonfinite_step_is_skipped_with_params_and_optimizer_state_unchanged(tmp_path, caplog):
   config = tiny_config("bert")
   # A learning rate that overflows: step 1 is finite but makes the weights ~1e30, so the
   # activations of step 2 overflow to inf and its loss and gradients are NaN.
@@ -163,6 +163,11 @@ def test_nonfinite_step_is_skipped_with_params_and_optimizer_state_unchanged():
                             if name != "nonfinite_steps")
   window = metrics.normalize(metrics.merge([sums_1, sums_2]))
   assert window == {**metrics.normalize(sums_1), "nonfinite_steps": 0.5}
+  # Said on the console too: a run that skipped every step finished with exit 0 and no warning.
+  with metrics.MetricsLogger(tmp_path, num_steps=2, log_every=2) as logger:
+    logger.train_step(1, sums_1)
+    logger.train_step(2, sums_2)
+  assert "steps 1-2: 1 of 2 had a non-finite loss or gradient and were skipped" in caplog.text
   assert bitwise_equal(after_2.params, before_2.params)
   assert bitwise_equal(after_2.opt_state, before_2.opt_state)
   assert int(after_2.step) == int(before_2.step) + 1 == 2  # next step draws new randomness
