@@ -74,7 +74,8 @@ class BertConfig(_Common):
     no table; head h of N adds -2^(-alibi_bias_max * h / N) * |i - j| to its attention logits,
     N a power of two, else the interleaved slopes of `layers.alibi_bias`; alibi_bias_max=8 gives
     the slopes of Press et al., 2022, and is llm-foundry's name for it).
-    max_length bounds the input length either way.
+    max_length bounds the input length of learned positions; ALiBi has no table and takes longer
+    inputs (it extrapolates).
   """
   type_vocab_size: int = 2
   activation: str = 'gelu'
