@@ -63,9 +63,9 @@ class MetricsLogger:
   the schedule at s - 1; a skipped non-finite step holds the schedule back by one), `tokens_per_sec`
   and `step_time_s` (wall time per step over the window, less the time spent in `paused`: evals
   and checkpoint saves), and `nonfinite_steps`, the share of the window's steps skipped for a
-  non-finite loss or gradient (each such window also logs a warning with their count). A window closes every `log_every` steps,
-  at `num_steps` and at `flush` (the trainer flushes before each checkpoint, so a run resumed from
-  any checkpoint writes the rows of an uninterrupted one). Reopening a workdir at `start_step`
+  non-finite loss or gradient (each such window also logs a warning with their count). A window
+  closes every `log_every` steps, at `num_steps` and at `flush` (the trainer flushes before each
+  checkpoint, so a run resumed from any checkpoint writes the rows of an uninterrupted one). Reopening a workdir at `start_step`
   drops rows past that step (`truncate=False`, for a reader such as `ssl-jax eval`, keeps them).
   """
 
