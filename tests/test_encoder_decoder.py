@@ -351,6 +351,10 @@ def test_hf_config_round_trips_the_architecture():
     assert cfg.pre_norm == (family == 'mbart')
     again = hf_encoder_decoder.config_from_hf(hf_encoder_decoder.hf_config_from(cfg))
     assert again == cfg
+  # An untied T5 (v1.1) config builds an untied model (transformers 5 forced the tie).
+  untied = hf_encoder_decoder.hf_config_from(config_lib.get_preset('t5', 'tiny'))
+  model = transformers.T5ForConditionalGeneration(untied)
+  assert model.lm_head.weight is not model.shared.weight
   with pytest.raises(ValueError, match='pre_norm=True.*leave it False for family t5'):
     dataclasses.replace(config_lib.get_preset('t5', 'tiny'), pre_norm=True)
   bad = dataclasses.replace(config_lib.get_preset('bart', 'tiny'), layer_norm_eps=1e-6)

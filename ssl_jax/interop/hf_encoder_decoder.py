@@ -145,7 +145,7 @@ def hf_config_from(cfg: EncoderDecoderConfig):
   """
   import transformers   # pylint: disable=g-import-not-at-top  (optional interop extra)
   if cfg.family == 't5':
-    return transformers.T5Config(
+    config = transformers.T5Config(
         vocab_size=cfg.vocab_size, d_model=cfg.hidden_size, d_kv=cfg.resolved_head_dim,
         d_ff=cfg.mlp_dim, num_layers=cfg.num_layers, num_decoder_layers=cfg.num_decoder_layers,
         num_heads=cfg.num_heads,
@@ -155,6 +155,10 @@ def hf_config_from(cfg: EncoderDecoderConfig):
         feed_forward_proj=cfg.activation, tie_word_embeddings=cfg.tie_word_embeddings,
         pad_token_id=cfg.pad_token_id, decoder_start_token_id=cfg.decoder_start_token_id,
         architectures=['T5ForConditionalGeneration'])
+    # transformers 5 sets tie_word_embeddings=True whatever it is given (an untied checkpoint
+    # unties on load): a model built from this object would share lm_head with the embeddings.
+    config.tie_word_embeddings = cfg.tie_word_embeddings
+    return config
   if cfg.activation not in _BART_ACTIVATIONS:
     raise ValueError(f'model.activation={cfg.activation!r} has no HF BART equivalent; use one '
                      f'of {_BART_ACTIVATIONS}')
