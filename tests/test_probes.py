@@ -251,9 +251,9 @@ def test_gpt_predictions_fit_a_position_table_that_is_not_a_multiple_of_8():
   config.data.sequence_length = 60
   subject = subject_lib.Subject(config)
   sentence = [("the", "DET"), ("dog", "NOUN")] * 35 + [(".", "PUNCT")]   # cut to the table
-  preds = predictions.build(subject, data.tokenize([sentence], subject.vocab))
-  [probe] = runner.make_evaluators(subject, ["pos_accuracy"], data.tokenize([sentence],
-                                                                             subject.vocab))
+  probe_text = data.tokenize([sentence], subject.vocab)
+  preds = predictions.build(subject, probe_text)
+  [probe] = runner.make_evaluators(subject, ["pos_accuracy"], probe_text)
   assert preds.batch["decoder_target_tokens"].shape[1] <= 60
   assert 0.0 <= dict(probe.run(subject.init_params()))["accuracy/all"] <= 1.0
 

@@ -44,14 +44,14 @@ def _set_model(config, model_cfg, vocab: dict):
 def _from_hf(config, directory: str):
   from ssl_jax.interop import hf  # pylint: disable=g-import-not-at-top  (imports transformers)
   # transformers 5 saves a BERT tokenizer as tokenizer.json alone; earlier versions wrote vocab.txt.
-  vocab_path = next((p for p in (os.path.join(directory, name)
-                                 for name in ("vocab.txt", "tokenizer.json")) if os.path.isfile(p)),
-                    None)
-  if vocab_path is None:
+  found = [os.path.join(directory, name) for name in ("vocab.txt", "tokenizer.json")
+           if os.path.isfile(os.path.join(directory, name))]
+  if not found:
     raise FileNotFoundError(
         f"--init=hf:{directory} has neither vocab.txt nor tokenizer.json; fine-tuning needs the "
         "checkpoint's WordPiece vocabulary next to config.json (save the tokenizer with the "
         "model).")
+  vocab_path = found[0]
   overrides = {k: config.model[k]
                for k in model_config_lib.FINETUNING_FIELDS if k in config.model}
   model, params = hf.from_pretrained(directory, **overrides)
