@@ -72,16 +72,14 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for configs/
 
 import jax  # pylint: disable=g-import-not-at-top
-import jax.numpy as jnp
-import numpy as np
 
 from ssl_jax import trainer
 from ssl_jax.models import layers
 from ssl_jax.data import pipeline
 
+from timing import MatmulRate, TransformersStep, hf_inputs, timed  # benchmarks/timing.py
+
 FAMILY = {"mlm": "bert", "causal_lm": "gpt", "span_corruption": "t5", "denoising": "bart"}
-# Encoder-decoders take the class their HF config names (BART, or mBART for a pre-norm BART).
-_HF_CLASS = {"mlm": "BertForMaskedLM", "causal_lm": "GPT2LMHeadModel"}
 # 'small' is the BERT shape of the performance targets, used for every family; 'tiny' is the
 # configs' tiny models (vocabulary from the default corpus; BERT with learned positions).
 _SMALL = dict(vocab_size=30522, hidden_size=256, num_layers=4, num_heads=4, mlp_dim=1024)
@@ -105,30 +103,6 @@ def make_config(objective: str, size: str, overrides=None):
   return config
 
 
-def _timed(fn):
-  start = time.perf_counter()
-  out = fn()
-  return out, time.perf_counter() - start
-
-
-class MatmulRate:
-  """GFLOP/s of a square float32 matmul under XLA, one timing per call of `reps` chained matmuls
-  (one on a CPU, where one takes ~40 ms; on an accelerator one takes microseconds, about what
-  dispatching and waiting for it costs, so 50 run in one program)."""
-
-  def __init__(self, n: int, reps: int = 1):
-    self.n, self.reps = n, reps
-    key = jax.random.key(0)
-    self.a = jax.random.normal(key, (n, n), jnp.float32) / n**0.5   # keeps the chain bounded
-    self.b = jax.random.normal(jax.random.fold_in(key, 1), (n, n), jnp.float32)
-    self.fn = jax.jit(lambda a, b: jax.lax.fori_loop(0, reps, lambda _, x: a @ x, b))
-    self.fn(self.a, self.b).block_until_ready()
-
-  def __call__(self) -> float:
-    _, seconds = _timed(lambda: self.fn(self.a, self.b).block_until_ready())
-    return 2 * self.n**3 * self.reps / seconds / 1e9
-
-
 class SslJaxStep:
   """The trainer's compiled step on `num_batches` batches of the config's input pipeline.
 
@@ -140,12 +114,12 @@ class SslJaxStep:
   def __init__(self, config, num_batches: int):
     self.exp = trainer.Experiment.build(config)
     self.state = self.exp.init_state()
-    self.compiled, self.compile_s = _timed(lambda: trainer.compile_train_step(self.exp))
+    self.compiled, self.compile_s = timed(lambda: trainer.compile_train_step(self.exp))
     self.flops = trainer.flops_per_step(config)
     self.device_flops = self.flops / self.exp.mesh.size
     self.iterator = iterator = pipeline.make_iterator(config, "train", self.exp.batch_sharding)
     next(iterator)  # the pipeline's start-up is not a per-batch cost
-    reads = [_timed(lambda: next(iterator)) for _ in range(num_batches)]
+    reads = [timed(lambda: next(iterator)) for _ in range(num_batches)]
     self.batches = [batch for batch, _ in reads]
     self.host_s = [seconds for _, seconds in reads]
     self.tokens = trainer._tokens_per_step(self.exp.batch_spec)  # pylint: disable=protected-access
@@ -160,7 +134,7 @@ class SslJaxStep:
       self.state, sums = self.compiled(self.state, self.batch)
       jax.block_until_ready(sums)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    _, step_s = _timed(step)
+    _, step_s = timed(step)
     self.page_faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
     return host_s, step_s
 
@@ -171,77 +145,12 @@ class SslJaxStep:
     waits = []
     def run():
       for _ in range(num_steps):
-        batch, wait = _timed(lambda: next(self.iterator))
+        batch, wait = timed(lambda: next(self.iterator))
         waits.append(wait)
         self.state, sums = self.compiled(self.state, batch)
       jax.block_until_ready(sums)
-    _, total = _timed(run)
+    _, total = timed(run)
     return waits, total / num_steps
-
-
-def hf_inputs(objective: str, batch, device: str) -> dict:
-  """The torch inputs of the HF model for an ssl_jax batch (labels -100 where no loss)."""
-  import torch  # pylint: disable=g-import-not-at-top
-  b = {k: np.asarray(v) for k, v in batch.items()}
-  long = lambda x: torch.as_tensor(np.asarray(x, np.int64), device=device)
-  if objective == "mlm":
-    labels = np.full(b["input_tokens"].shape, -100)
-    real = b["masked_weights"] > 0
-    rows = np.broadcast_to(np.arange(real.shape[0])[:, None], real.shape)
-    labels[rows[real], b["masked_positions"][real]] = b["masked_targets"][real]
-    return dict(input_ids=long(b["input_tokens"]), token_type_ids=long(b["token_type_ids"]),
-                attention_mask=long(b["segment_ids"] > 0), labels=long(labels))
-  labels = long(np.where(b["decoder_loss_weights"] > 0, b["decoder_target_tokens"], -100))
-  decoder_mask = long(b["decoder_segment_ids"] > 0)
-  if objective == "causal_lm":
-    return dict(input_ids=long(b["decoder_input_tokens"]), attention_mask=decoder_mask,
-                labels=labels)
-  return dict(input_ids=long(b["encoder_input_tokens"]),
-              attention_mask=long(b["encoder_segment_ids"] > 0),
-              decoder_input_ids=long(b["decoder_input_tokens"]),
-              decoder_attention_mask=decoder_mask, labels=labels)
-
-
-class TransformersStep:
-  """`transformers` training step (AdamW, clipping as our config) on the same model shapes."""
-
-  def __init__(self, objective: str, model_config, optim_config, device: str):
-    import torch  # pylint: disable=g-import-not-at-top
-    import transformers  # pylint: disable=g-import-not-at-top
-    from ssl_jax.interop import hf  # pylint: disable=g-import-not-at-top
-    self.torch, self.device, self.objective = torch, device, objective
-    hf_config = hf.hf_config_from(model_config)
-    self.model = getattr(transformers, _HF_CLASS.get(objective, hf_config.architectures[0]))(
-        hf_config).to(device)
-    self.model.train()
-    self.optimizer = torch.optim.AdamW(
-        self.model.parameters(), lr=optim_config.learning_rate, betas=(optim_config.b1,
-                                                                       optim_config.b2),
-        eps=optim_config.eps, weight_decay=optim_config.weight_decay)
-    self.clip = optim_config.grad_clip_norm
-    self.inputs = None
-
-  def loss(self):
-    if self.objective != "causal_lm":
-      return self.model(**self.inputs).loss
-    # GPT2LMHeadModel would shift `labels` once more: our targets are already the next tokens.
-    inputs = dict(self.inputs)
-    labels = inputs.pop("labels")
-    logits = self.model(**inputs).logits
-    return self.torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
-                                                  ignore_index=-100)
-
-  def __call__(self) -> float:
-    def step():
-      loss = self.loss()
-      loss.backward()
-      if self.clip:
-        self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
-      self.optimizer.step()
-      self.optimizer.zero_grad(set_to_none=True)
-      if self.device == "cuda":
-        self.torch.cuda.synchronize()
-    return _timed(step)[1]
 
 
 def _temp_mib(compiled):
@@ -252,8 +161,11 @@ def _temp_mib(compiled):
 def measure(objective: str, args) -> dict:
   config = make_config(objective, args.size, args.model)
   ours = SslJaxStep(config, args.warmup + args.steps)
-  theirs = (TransformersStep(objective, ours.exp.model_config, config.optim, args.torch_device)
-            if args.compare_transformers else None)
+  theirs = None
+  if args.compare_transformers:
+    from ssl_jax.interop import hf  # pylint: disable=g-import-not-at-top
+    theirs = TransformersStep(objective, hf.hf_config_from(ours.exp.model_config),
+                              config.optim.to_dict(), args.torch_device)
   matmul = MatmulRate(args.matmul_size, 1 if jax.default_backend() == "cpu" else 50)
   host, ours_s, theirs_s, rates, ratios, mfus = [], [], [], [], [], []
   for round_ in range(args.warmup + args.steps):
@@ -367,7 +279,7 @@ def compare_steps(objective: str, args) -> list[dict]:
   runs = [dict(variant=dict(options=ssl_jax_options, dense_backward="ssl_jax"),
                compiled=ours.compiled, compile_s=ours.compile_s, state=ours.state, times=[])]
   for variant, compile_fn in variants:
-    compiled, compile_s = _timed(compile_fn)
+    compiled, compile_s = timed(compile_fn)
     runs.append(dict(variant=variant, compiled=compiled, compile_s=compile_s,
                      state=ours.exp.init_state(), times=[]))
   for round_, batch in enumerate(ours.batches):
@@ -394,7 +306,7 @@ def compile_scaling(args) -> list[dict]:
   for num_layers in args.scan_layers_counts:
     config = make_config("mlm", args.size, dict(num_layers=num_layers, scan_layers=True))
     exp = trainer.Experiment.build(config)
-    _, seconds = _timed(lambda: trainer.compile_train_step(exp))  # pylint: disable=cell-var-from-loop
+    _, seconds = timed(lambda: trainer.compile_train_step(exp))  # pylint: disable=cell-var-from-loop
     rows.append({"benchmark": "compile_time", "objective": "mlm", "size": args.size,
                  "num_layers": num_layers, "scan_layers": True, "compile_s": round(seconds, 2)})
   for row in rows:

@@ -93,10 +93,13 @@ class Experiment:
 
   def init_state(self):
     """A fresh train state, every array created in its sharded layout."""
-    return train_state_lib.init_sharded(
-        jax.random.key(self.config.train.seed),
-        functools.partial(_init_params, self.objective, self.model, self.batch_spec), self.tx,
-        self.layout)
+    return train_state_lib.init_sharded(jax.random.key(self.config.train.seed),
+                                        self.model_init_fn, self.tx, self.layout)
+
+  @property
+  def model_init_fn(self):
+    """`rng -> params`, the model's initial parameters (with their partitioning boxes)."""
+    return functools.partial(_init_params, self.objective, self.model, self.batch_spec)
 
 
 def _init_params(objective, model, batch_spec, rng):
