@@ -98,9 +98,13 @@ def main(argv):
   # standard library's levels; absl's logging.WARNING is its own scale, 1.)
   logging.get_absl_handler().addFilter(
       lambda record: record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname)
+  # Only a training loop asks the runtime about preemptions; in-context scoring (a causal_lm
+  # fine-tuning config) trains nothing, and the runtime would swallow its SIGTERM.
+  in_context = command == "finetune" and getattr(_CONFIG.value, "objective", None) == "causal_lm"
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                          heartbeat_timeout_s=_HEARTBEAT.value,
-                         preemption=command in ("train", "finetune", "eval-suite"))
+                         preemption=command in ("train", "finetune", "eval-suite")
+                         and not in_context)
   with distributed.fail_fast():
     _dispatch(command, argv)
 
