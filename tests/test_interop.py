@@ -216,3 +216,13 @@ def test_cli_converts_a_run_into_a_directory_transformers_loads(tmp_path, name):
     assert f.read().split('\n')[:-1] == vocabularies.default_vocabulary_tokens()
   _, converted = hf.from_pretrained(out, scan_layers=True)
   chex.assert_trees_all_equal(converted, params)
+  # Fine-tuning `--init hf:<out>` reads the vocab.txt written there: the run's own vocabulary.
+  from ssl_jax import config as config_lib
+  from ssl_jax.finetune import lm_init
+  finetune_config = config_lib.load_config_file(os.path.join(helpers.REPO, 'configs/finetune', (
+      'in_context/sst2.py' if name == 'gpt' else 'text_to_text.py')), 'tiny')
+  init_config = lm_init.config_from_init(finetune_config, f'hf:{out}', (name,))
+  assert init_config.data.vocab.path == os.path.join(out, 'vocab.txt')
+  text = 'The dog Sleeps, unseenword!'
+  assert (vocabularies.get_vocabulary(init_config.data.vocab).encode(text)
+          == vocabularies.get_vocabulary(config.data.vocab).encode(text))

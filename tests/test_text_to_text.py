@@ -211,7 +211,8 @@ def test_init_from_a_hugging_face_t5(tmp_path):
                                     tie_word_embeddings=False, decoder_start_token_id=0)
   transformers.T5ForConditionalGeneration(hf_config).save_pretrained(tmp_path / 'hf_t5')
   init = f'hf:{tmp_path / "hf_t5"}'
-  with pytest.raises(ValueError, match="has no spiece.model, and config.data.vocab.kind='default'"):
+  with pytest.raises(ValueError, match="neither spiece.model nor vocab.txt, and "
+                     "config.data.vocab.kind='default'"):
     lm_init.config_from_init(tiny_config('bart'), init, ('t5', 'bart'))
   # T5's SentencePiece model, next to the weights, becomes the vocabulary.
   sentences = [corpora.sentence_text(s) for d in corpora.generate_documents(50, 0) for s in d]

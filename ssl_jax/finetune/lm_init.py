@@ -75,14 +75,13 @@ def config_from_init(config, init: str, families: tuple[str, ...]):
       raise FileNotFoundError(f'--init={init!r}: {directory}/config.json does not exist; give a '
                               'Hugging Face model directory.')
     model_cfg = hf.config_from_hf(transformers.AutoConfig.from_pretrained(directory))
-    spiece = os.path.join(directory, 'spiece.model')
-    vocab = (dict(kind='sentencepiece', path=spiece, extra_ids=100, lower_case=False)
-             if os.path.isfile(spiece) else None)
+    vocab = _hf_vocab(directory, getattr(model_cfg, 'family', 'gpt'))
     if vocab is None and config.data.vocab.kind == 'default':
       raise ValueError(
-          f'--init={init!r} has no spiece.model, and config.data.vocab.kind=\'default\' is not '
-          "the model's vocabulary; set config.data.vocab (kind, path) to the one it was trained "
-          'with (byte-level BPE, as GPT-2 and BART use, is not an ssl_jax vocabulary).')
+          f'--init={init!r} has neither spiece.model nor vocab.txt, and '
+          "config.data.vocab.kind='default' is not the model's vocabulary; set config.data.vocab "
+          '(kind, path) to the one it was trained with (byte-level BPE, as GPT-2 and BART use, is '
+          'not an ssl_jax vocabulary).')
     config = _set_model(config, model_config_lib.config_to_dict(model_cfg), vocab)
   else:
     run_dir, step = run_location(init)
@@ -99,6 +98,29 @@ def config_from_init(config, init: str, families: tuple[str, ...]):
   with config.unlocked():
     config.finetune.init = init or 'none'
   return config
+
+
+def hf_lower_case(directory: str) -> bool:
+  """Whether the WordPiece tokenizer saved in HF `directory` lower-cases (tokenizer_config.json's
+  do_lower_case; True, BertTokenizer's default, without one)."""
+  path = os.path.join(directory, 'tokenizer_config.json')
+  if not os.path.isfile(path):
+    return True
+  with open(path, encoding='utf-8') as f:
+    return bool(json.load(f).get('do_lower_case', True))
+
+
+def _hf_vocab(directory: str, family: str):
+  """config.data.vocab for the tokenizer files in HF `directory` (T5's spiece.model, or the
+  vocab.txt `ssl-jax convert` writes for a default or WordPiece vocabulary), or None."""
+  spiece = os.path.join(directory, 'spiece.model')
+  if os.path.isfile(spiece):
+    return dict(kind='sentencepiece', path=spiece, extra_ids=100, lower_case=False)
+  vocab_txt = os.path.join(directory, 'vocab.txt')
+  if os.path.isfile(vocab_txt):   # T5's sentinels sit above the file's tokens, as seqio's
+    return dict(kind='wordpiece', path=vocab_txt, extra_ids=100 if family == 't5' else 0,
+                lower_case=hf_lower_case(directory))
+  return None
 
 
 def init_step(init: str, run_dir: str, step, train_cfg: dict) -> int:

@@ -59,12 +59,8 @@ def _from_hf(config, directory: str):
     raise ValueError(f"--init=hf:{directory} is not a BERT model; the fine-tuning heads sit on a "
                      "BERT encoder.")
   encoder = params if isinstance(model, bert.BertModel) else params["bert"]
-  lower_case = True
-  tokenizer_config = os.path.join(directory, "tokenizer_config.json")
-  if os.path.isfile(tokenizer_config):
-    with open(tokenizer_config, encoding="utf-8") as f:
-      lower_case = bool(json.load(f).get("do_lower_case", True))
-  vocab = dict(kind="wordpiece", path=vocab_path, extra_ids=0, lower_case=lower_case)
+  vocab = dict(kind="wordpiece", path=vocab_path, extra_ids=0,
+               lower_case=lm_init.hf_lower_case(directory))
   return _set_model(config, model.config, vocab), encoder
 
 

@@ -5,13 +5,14 @@
 
 The directory holds `config.json` (with the run's vocabulary's pad and EOS ids, not
 transformers' defaults), `model.safetensors` and the vocabulary: `vocab.txt` (default and
-WordPiece vocabularies, one token per line, for `BertTokenizer(vocab_file=...)`) or
-`spiece.model` (SentencePiece). seqio's extra ids (T5 sentinels) sit above the file's tokens.
+WordPiece vocabularies, one token per line, for `BertTokenizer(vocab_file=...)`, with
+`tokenizer_config.json`'s `do_lower_case`) or `spiece.model` (SentencePiece). seqio's extra ids (T5 sentinels) sit above the file's tokens.
 The other direction needs no conversion: `--init hf:DIR` (finetune, eval-suite) and
 `interop.hf.from_pretrained(DIR)` read a Hugging Face directory directly.
 """
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -50,5 +51,9 @@ def _write_vocabulary(vocab_cfg, out: str) -> None:
     tokens = vocabularies.get_vocabulary(vocab_cfg).tokens
     with tf.io.gfile.GFile(os.path.join(out, "vocab.txt"), "w") as f:   # also gs:// paths
       f.write("".join(t + "\n" for t in tokens))
+    # Whether the tokens are lower-cased text, for BertTokenizer.from_pretrained and --init hf:.
+    lower_case = kind == "default" or bool(vocab_cfg.get("lower_case", True))
+    with tf.io.gfile.GFile(os.path.join(out, "tokenizer_config.json"), "w") as f:
+      json.dump({"do_lower_case": lower_case}, f)
   elif kind == "sentencepiece":  # 'byte' vocabularies have no file: ids are bytes
     tf.io.gfile.copy(vocab_cfg.get("path"), os.path.join(out, "spiece.model"), overwrite=True)
