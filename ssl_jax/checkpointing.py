@@ -160,8 +160,8 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout, 
   parameter is missing on one side or has another shape (naming its path and both shapes), or a
   config.model field other than the `RUN_FIELDS` (dtype, dropout, ...) differs, so that the same
   parameters would compute another function (pre_norm, activation, layer_norm_eps, ...). With
-  `resume` (the whole state will be restored, not only the params), also if the optimizer
-  state's tree differs, naming the config.optim fields that differ."""
+  `resume` (the whole state will be restored, not only the params), also if the objective or
+  the optimizer state's tree differs, naming the config.optim fields that differ."""
   saved = restore_config(manager, step)
   saved_vocab = dict(saved["data"]["vocab"])
   vocab = json.loads(config.data.vocab.to_json_best_effort())
@@ -196,6 +196,11 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout, 
         f"may change only config.model.{{{','.join(model_config_lib.RUN_FIELDS)}}}).")
   if resume:
     checkpoint = f"the checkpoint at step {step} in {manager.directory}"
+    if saved["objective"] != config.objective:   # span corruption and denoising share models
+      raise ValueError(
+          f"config.objective={config.objective!r} (the checkpoint's: {saved['objective']!r}): "
+          f"{checkpoint} was trained with another objective, whose data stream the run would "
+          f"resume. Set config.objective={saved['objective']!r}, or use a fresh --workdir.")
     _check_state_tree(metadata, layout.abstract, saved["optim"], config.optim, checkpoint)
     _check_same_stream(saved, config, checkpoint)
     _check_same_init(saved, config, checkpoint)
