@@ -252,8 +252,8 @@ def run_step(directory: str, args) -> dict:
       "steps": args.steps, "ssl_jax_step_s": round(step_s, 5),
       "ssl_jax_tokens_per_sec": round(meta["tokens_per_step"] / step_s, 1),
       "compile_s": round(compile_s, 2), "flops_per_step": flops,
-      "achieved_tflops": round(flops / step_s / 1e12, 2),
-      "matmul_tflops": round(rate / 1e3, 1), "matmul_dtype": meta["model"]["dtype"],
+      "achieved_tflops": float(f"{flops / step_s / 1e12:.4g}"),
+      "matmul_tflops": float(f"{rate / 1e3:.4g}"), "matmul_dtype": meta["model"]["dtype"],
       "mfu": round(flops / step_s / 1e9 / rate, 3),
   }
   if args.peak_tflops:
@@ -300,6 +300,9 @@ def main(argv=None):
     print(json.dumps({"exported": args.out, **{k: meta[k] for k in (
         "objective", "param_count", "tokens_per_step", "flops_per_step")}}), flush=True)
     return
+  if args.steps < 1 or args.warmup < 0:
+    parser.error(f"--steps={args.steps} --warmup={args.warmup}: time at least one step after "
+                 "zero or more warm-up rounds.")
   for directory in args.directories:
     print(json.dumps(run_step(directory, args)), flush=True)
 

@@ -17,14 +17,17 @@ Prints one JSON line per objective (and per model with --compile-scaling). How i
   attention (SDPA); GPT's loss is cross-entropy of its logits against our next-token targets
   (`GPT2LMHeadModel`'s `labels` would shift them once more). ssl_jax reads real batches from its
   input pipeline; HF gets the same batches. On a GPU both compute float32 matmuls in TF32 (XLA's
-  default; PyTorch is set to it), `matmul_precision` in each row.
-- The two frameworks and a square float32 matmul (`--matmul_size`, XLA) are timed in turn, round
+  default; PyTorch is set to it), `matmul_precision` in each row. With `model.dtype='bfloat16'`
+  HF's forward pass runs under `torch.autocast(bfloat16)` (float32 weights, as ssl_jax's).
+- The two frameworks and a square matmul in the step's compute dtype (`--matmul_size`, XLA;
+  `matmul_dtype` in each row) are timed in turn, round
   after round, so that a busy machine slows all three alike; medians over `--steps` rounds after
   `--warmup` rounds. `speedup` = median HF step time / median ssl_jax step time (same tokens).
 - `flops_per_step` is XLA's cost analysis of the step, all devices together, lowered with its layers
   unrolled and one microbatch (`trainer.flops_per_step`: a scanned layer stack or microbatch loop
   would be counted once); `mfu` = flops_per_step / devices / median step time / median matmul rate
-  (the measured dense float32 matmul rate of one device of this machine, not a datasheet).
+  (the measured dense matmul rate of one device of this machine in the step's compute dtype, not
+  a datasheet).
 - `host_fraction` = median time of one `next(iterator)` (read before the steps run, so the
   pipeline's threads never compete with a timed step) / median step time: the share of a step the
   input pipeline would cost if it did not overlap with it.
@@ -72,6 +75,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for configs/
 
 import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
 from ssl_jax import trainer
 from ssl_jax.models import layers
@@ -161,12 +165,16 @@ def _temp_mib(compiled):
 def measure(objective: str, args) -> dict:
   config = make_config(objective, args.size, args.model)
   ours = SslJaxStep(config, args.warmup + args.steps)
+  bf16 = ours.exp.model_config.dtype == "bfloat16"
   theirs = None
   if args.compare_transformers:
+    import torch  # pylint: disable=g-import-not-at-top
     from ssl_jax.interop import hf  # pylint: disable=g-import-not-at-top
     theirs = TransformersStep(objective, hf.hf_config_from(ours.exp.model_config),
-                              config.optim.to_dict(), args.torch_device)
-  matmul = MatmulRate(args.matmul_size, 1 if jax.default_backend() == "cpu" else 50)
+                              config.optim.to_dict(), args.torch_device,
+                              autocast=torch.bfloat16 if bf16 else None)
+  matmul = MatmulRate(args.matmul_size, 1 if jax.default_backend() == "cpu" else 50,
+                      jnp.bfloat16 if bf16 else jnp.float32)
   host, ours_s, theirs_s, rates, ratios, mfus = [], [], [], [], [], []
   for round_ in range(args.warmup + args.steps):
     host_s, step_s = ours()
@@ -206,7 +214,8 @@ def measure(objective: str, args) -> dict:
                 "speedup_per_round_median": round(statistics.median(ratios), 2)})
   row.update({
       "flops_per_step": ours.flops, "achieved_gflops": round(achieved, 2),
-      "matmul_gflops": round(rate, 2), "mfu": round(achieved / rate, 3),
+      "matmul_gflops": round(rate, 2), "matmul_dtype": ours.exp.model_config.dtype,
+      "mfu": round(achieved / rate, 3),
       "mfu_per_round_median": round(statistics.median(mfus), 3),
       "compile_s": round(ours.compile_s, 2), "temp_mib": _temp_mib(ours.compiled),
       "page_faults_per_step": int(statistics.median(ours.page_faults[args.warmup:])),
