@@ -39,7 +39,8 @@ _WORKDIR = flags.DEFINE_string(
 _TO_HF = flags.DEFINE_string(
     "to_hf", None, "convert: the --workdir of an `ssl-jax train` run, written as a Hugging Face "
     "model directory (a Hugging Face directory needs no conversion: --init hf:DIR).")
-_OUT = flags.DEFINE_string("out", None, "convert / vocab: where to write the result.")
+_OUT = flags.DEFINE_string("out", None, "convert / vocab / probe: where to write the result "
+                           "(probe: a JSON-lines file, default <workdir>/probes.jsonl).")
 _INIT = flags.DEFINE_string(
     "init", None, "finetune / eval-suite: the encoder to start from: 'none' (random), "
     "'hf:DIR' (a Hugging Face BERT directory) or the --workdir of an `ssl-jax train` BERT run "
@@ -71,7 +72,7 @@ _FLAGS_OF = {
     "train": ("config", "workdir"), "eval": ("config", "workdir"),
     "convert": ("to_hf", "out", "steps"), "vocab": ("config", "vocab_size", "out"),
     "finetune": ("config", "workdir", "init"), "eval-suite": ("config", "workdir", "init"),
-    "probe": ("workdir", "probes", "conllu", "probe_sentences", "steps"),
+    "probe": ("workdir", "probes", "conllu", "probe_sentences", "steps", "out"),
 }
 
 
@@ -150,7 +151,7 @@ def _command(command: str, argv) -> Callable[[], object]:
     return functools.partial(
         runner.probe_workdir, _require(_WORKDIR, command), _PROBES.value, conllu=_CONLLU.value,
         num_sentences=_PROBE_SENTENCES.value,
-        steps=None if _STEPS.value is None else [int(s) for s in _STEPS.value])
+        steps=None if _STEPS.value is None else [int(s) for s in _STEPS.value], out=_OUT.value)
   assert command == "vocab", command  # main() accepts only COMMANDS
   from ssl_jax.data import vocabularies  # pylint: disable=g-import-not-at-top
   if argv[2:] != ["train"]:

@@ -89,8 +89,12 @@ def test_probe_a_relative_workdir(bert_workdir, tmp_path, monkeypatch):
   # Orbax refuses relative paths: `ssl-jax probe --workdir runs/x` failed at the first restore.
   shutil.copytree(bert_workdir, tmp_path / "run", ignore=shutil.ignore_patterns("probes.jsonl"))
   monkeypatch.chdir(tmp_path)
-  rows = runner.probe_workdir("run", ["attention_entropy"], num_sentences=4, steps=[4])
+  rows = runner.probe_workdir("run", ["attention_entropy"], num_sentences=4, steps=[4],
+                              out="elsewhere.jsonl")
   assert rows and all(r["step"] == 4 for r in rows)
+  # --out keeps an earlier run's probes.jsonl (the README's second command erased the first's).
+  assert runner.read_rows("elsewhere.jsonl") == rows
+  assert not os.path.exists("run/probes.jsonl")
 
 
 def test_conllu_probe_sentences(bert_workdir, tmp_path):

@@ -71,9 +71,10 @@ def probe_sentences(conllu: Sequence[str] = (), num_sentences: int = 256) -> lis
 
 def probe_workdir(workdir: str, names: Sequence[str] | None = None, *,
                   conllu: Sequence[str] = (), num_sentences: int = 256,
-                  steps: Sequence[int] | None = None) -> list[dict]:
+                  steps: Sequence[int] | None = None, out: str | None = None) -> list[dict]:
   """Runs the probes `names` (default: all that apply) on checkpoints `steps` (default: all)
-  of `workdir`; writes `<workdir>/probes.jsonl` (replacing it) and returns its rows.
+  of `workdir`; writes the rows to `out` (default `<workdir>/probes.jsonl`), replacing that file,
+  and returns them.
 
   Raises:
     ValueError / FileNotFoundError naming the flag: an unknown or inapplicable probe, a
@@ -104,7 +105,7 @@ def probe_workdir(workdir: str, names: Sequence[str] | None = None, *,
   finally:
     subject.close()
   if jax.process_index() == 0:   # every process of a multi-process job probes the same
-    write_rows(rows, os.path.join(workdir, OUTPUT_FILE))
+    write_rows(rows, out or os.path.join(workdir, OUTPUT_FILE))
   return rows
 
 
