@@ -110,7 +110,8 @@ def logical_rules(config) -> LogicalRules:
   that array, so later rules act as fallbacks.
 
   Raises:
-    ValueError: a rule is malformed, names an unknown logical axis or an unknown mesh axis.
+    ValueError: a rule is malformed, names an unknown logical axis or an unknown mesh axis, or
+      'batch' is not mapped to BATCH_AXES.
   """
   rules = []
   for rule in config.logical_axis_rules:
@@ -128,6 +129,13 @@ def logical_rules(config) -> LogicalRules:
         raise ValueError(f"config.logical_axis_rules maps {name!r} to unknown mesh axis "
                          f"{axis!r}; the mesh axes are {MESH_AXES} (or None to replicate).")
     rules.append((name, axes))
+  # Only activations name 'batch', so no parameter check finds it missing: flax would replicate
+  # them and every device would compute the whole batch (same loss, a multiple of the work).
+  batch = [axes for name, axes in rules if name == "batch"]
+  if not batch or batch[0] != BATCH_AXES:
+    found = f"maps 'batch' to {batch[0]!r}" if batch else "has no rule for 'batch'"
+    raise ValueError(f"config.logical_axis_rules {found}; the inputs are split over {BATCH_AXES} "
+                     "and the activations must be too. Put ('batch', ('data', 'fsdp')) first.")
   return tuple(rules)
 
 

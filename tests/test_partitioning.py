@@ -85,6 +85,11 @@ def test_logical_rules_normalize_lists_and_validate():
     partitioning.logical_rules(_config(rules=(("embedding", "fsdp"),)))
   with pytest.raises(ValueError, match="unknown mesh axis 'model'"):
     partitioning.logical_rules(_config(rules=(("mlp", "model"),)))
+  # A table without 'batch' replicated every activation: 4.2x the work per device on data=8.
+  with pytest.raises(ValueError, match="has no rule for 'batch'.*Put \\('batch'"):
+    partitioning.logical_rules(_config(rules=(("embed", "fsdp"),)))
+  with pytest.raises(ValueError, match="maps 'batch' to 'data'"):
+    partitioning.logical_rules(_config(rules=(("batch", "data"), ("embed", "fsdp"))))
 
 
 def test_state_shardings_follow_rules_and_optimizer_mirrors_params():
