@@ -172,7 +172,13 @@ def _parse_flags(argv):
     key = key.strip("'\"")
     named = [a.split("=", 1)[0] for a in argv
              if a.startswith("--config.") and key in a.split("=", 1)[0].split(".")]
-    sys.exit(f"FATAL Flags parsing error: {' '.join(named) or 'a --config override'} sets a key "
+    if not named and "get_config" in message:   # the file itself, not an override
+      sys.exit(f"FATAL Flags parsing error: the --config file defines no get_config ({message}); "
+               "a config file needs `def get_config(arg=...)` returning an "
+               "ml_collections.ConfigDict.")
+    if not named:
+      raise
+    sys.exit(f"FATAL Flags parsing error: {' '.join(named)} sets a key "
              f"the config does not have: {key!r}.{' ' + hint if hint else ''} Overrides can only "
              "set keys the config file defines: fix the spelling, or add the key there.")
 

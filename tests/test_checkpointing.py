@@ -375,6 +375,14 @@ def test_cli_names_an_unknown_config_key(tmp_path):
   for text in ("--config.train.num_stepz", "'num_stepz'", 'Did you mean "num_steps"',
                "fix the spelling"):
     assert text in message, message
+  # A config file without get_config was reported as an override of a key it lacks.
+  (tmp_path / "no_get_config.py").write_text("LEARNING_RATE = 1e-3\n")
+  result = subprocess.run(
+      [sys.executable, "-m", "ssl_jax.main", "train", f"--config={tmp_path}/no_get_config.py",
+       f"--workdir={tmp_path}/run"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  message = result.stderr.strip().splitlines()[-1]
+  assert result.returncode != 0 and "defines no get_config" in message, message
+  assert "override" not in message, message
 
 
 def test_cli_refuses_another_commands_flags(tmp_path):
