@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -195,8 +196,22 @@ class MetricsLogger:
   def _write_row(self, step: int, split: str, row: dict[str, float]) -> None:
     self._writer.write_scalars(step, {f"{split}/{name}": value for name, value in row.items()})
     if self._file:
-      self._file.write(json.dumps({"step": step, "split": split, **row}) + "\n")
+      self._file.write(json_line({"step": step, "split": split, **row}))
       self._file.flush()   # whole lines, tail-able
+
+
+def json_line(row: Mapping[str, Any]) -> str:
+  """`row` as one line of strict JSON: JSON has no NaN or infinity (Python writes a bare NaN,
+  which jq, Node and strict parsers refuse), so a non-finite value, e.g. a diverged eval's loss,
+  is written as null (`parse_json_line` reads it back as NaN)."""
+  strict = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in row.items()}
+  return json.dumps(strict, allow_nan=False) + "\n"
+
+
+def parse_json_line(line: str) -> dict[str, Any]:
+  """A row written by `json_line`, its nulls as NaN."""
+  return {k: float("nan") if v is None else v for k, v in json.loads(line).items()}
 
 
 def _truncate_after(path: str, step: int) -> None:
@@ -222,7 +237,8 @@ def _row_step(line: str) -> float:
 
 
 def read_metrics(workdir: str | os.PathLike, split: str | None = None) -> list[dict[str, Any]]:
-  """Rows of `workdir/metrics.jsonl` (optionally only one split), in file order."""
+  """Rows of `workdir/metrics.jsonl` (optionally only one split), in file order; a null (a
+  non-finite value) is read as NaN."""
   with tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
+    rows = [parse_json_line(line) for line in f if line.strip()]
   return [row for row in rows if split is None or row["split"] == split]

@@ -70,6 +70,17 @@ def test_paused_time_is_not_step_time(tmp_path):
   assert first["step_time_s"] < 0.2 and second["step_time_s"] < 0.2, (first, second)
 
 
+def test_non_finite_metrics_are_strict_json_nulls_read_back_as_nan(tmp_path):
+  with metrics.MetricsLogger(tmp_path, num_steps=2, log_every=1) as logger:
+    logger.write_eval(1, {"loss": (float("nan"), 1.0), "token_accuracy": (0.5, 1.0)})
+  with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
+    line = f.read()
+  assert "NaN" not in line
+  json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+  row = metrics.read_metrics(tmp_path, "eval")[0]
+  assert row["loss"] != row["loss"] and row["token_accuracy"] == 0.5   # NaN
+
+
 def test_resume_drops_rows_after_start_step(tmp_path):
   with metrics.MetricsLogger(tmp_path, num_steps=6, log_every=1) as logger:
     for step in range(1, 5):

@@ -9,7 +9,6 @@ seed, no dropout, closed-form probes), so two runs on the same workdir write the
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Sequence
 
@@ -17,6 +16,7 @@ from absl import logging
 import jax
 import tensorflow as tf
 
+from ssl_jax import metrics
 from ssl_jax.probes import attention
 from ssl_jax.probes import cka
 from ssl_jax.probes import data
@@ -114,7 +114,7 @@ def write_rows(rows: Sequence[dict], path: str) -> None:
   tmp = path + ".tmp"
   with tf.io.gfile.GFile(tmp, "w") as f:   # also gs://
     for row in rows:
-      f.write(json.dumps(row) + "\n")
+      f.write(metrics.json_line(row))   # a NaN value as null
   tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
@@ -124,4 +124,4 @@ def read_rows(workdir_or_path: str) -> list[dict]:
   if tf.io.gfile.isdir(path):
     path = os.path.join(path, OUTPUT_FILE)
   with tf.io.gfile.GFile(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    return [metrics.parse_json_line(line) for line in f if line.strip()]
