@@ -224,5 +224,9 @@ def test_cli_converts_a_run_into_a_directory_transformers_loads(tmp_path, name):
   init_config = lm_init.config_from_init(finetune_config, f'hf:{out}', (name,))
   assert init_config.data.vocab.path == os.path.join(out, 'vocab.txt')
   text = 'The dog Sleeps, unseenword!'
-  assert (vocabularies.get_vocabulary(init_config.data.vocab).encode(text)
-          == vocabularies.get_vocabulary(config.data.vocab).encode(text))
+  ids = vocabularies.get_vocabulary(config.data.vocab).encode(text)
+  assert vocabularies.get_vocabulary(init_config.data.vocab).encode(text) == ids
+  # AutoTokenizer took the model type's class (GPT-2's BPE, T5's SentencePiece), found none of its
+  # files and tokenized to nothing or garbage, silently.
+  tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+  assert tokenizer(text, add_special_tokens=False)['input_ids'] == ids

@@ -3,10 +3,12 @@
     ssl-jax convert --to_hf /tmp/bert --out /tmp/bert_hf [--steps 400]
     transformers.BertForPreTraining.from_pretrained('/tmp/bert_hf')   # the same function
 
-The directory holds `config.json` (with the run's vocabulary's pad and EOS ids, not
-transformers' defaults), `model.safetensors` and the vocabulary: `vocab.txt` (default and
-WordPiece vocabularies, one token per line, for `BertTokenizer(vocab_file=...)`, with
-`tokenizer_config.json`'s `do_lower_case`) or `spiece.model` (SentencePiece). seqio's extra ids (T5 sentinels) sit above the file's tokens.
+The directory holds `config.json` (with the run's vocabulary's pad and EOS ids, not transformers'
+defaults), `model.safetensors` and the vocabulary: `vocab.txt` (default and WordPiece vocabularies,
+one token per line) or `spiece.model` (SentencePiece), with a `tokenizer_config.json` naming its
+transformers class (`BertTokenizer` with `do_lower_case`, or `T5Tokenizer`), so that
+`AutoTokenizer.from_pretrained(out)` gives the run's token ids. seqio's extra ids (T5 sentinels) sit
+above the file's tokens.
 The other direction needs no conversion: `--init hf:DIR` (finetune, eval-suite) and
 `interop.hf.from_pretrained(DIR)` read a Hugging Face directory directly.
 """
@@ -27,6 +29,7 @@ def to_hf(workdir: str, out: str, step: int | None = None) -> str:
   """Writes checkpoint `step` (default: the latest) of the run in `workdir` to `out`."""
   subject = subject_lib.Subject.from_workdir(workdir)
   try:
+    hf.hf_config_from(subject.model_config)   # refuses what transformers cannot express, now
     steps = subject.steps()
     step = steps[-1] if step is None else step
     if step not in steps:
@@ -51,9 +54,16 @@ def _write_vocabulary(vocab_cfg, out: str) -> None:
     tokens = vocabularies.get_vocabulary(vocab_cfg).tokens
     with tf.io.gfile.GFile(os.path.join(out, "vocab.txt"), "w") as f:   # also gs:// paths
       f.write("".join(t + "\n" for t in tokens))
-    # Whether the tokens are lower-cased text, for BertTokenizer.from_pretrained and --init hf:.
-    lower_case = kind == "default" or bool(vocab_cfg.get("lower_case", True))
-    with tf.io.gfile.GFile(os.path.join(out, "tokenizer_config.json"), "w") as f:
-      json.dump({"do_lower_case": lower_case}, f)
+    # The class, so that AutoTokenizer does not take the model type's (GPT-2's BPE, T5's
+    # SentencePiece), which finds none of its files and tokenizes to nothing; the case for it and
+    # for --init hf:.
+    tokenizer = {"tokenizer_class": "BertTokenizer",
+                 "do_lower_case": kind == "default" or bool(vocab_cfg.get("lower_case", True))}
   elif kind == "sentencepiece":  # 'byte' vocabularies have no file: ids are bytes
     tf.io.gfile.copy(vocab_cfg.get("path"), os.path.join(out, "spiece.model"), overwrite=True)
+    tokenizer = {"tokenizer_class": "T5Tokenizer",
+                 "extra_ids": int(vocab_cfg.get("extra_ids", 0) or 0)}
+  else:
+    return
+  with tf.io.gfile.GFile(os.path.join(out, "tokenizer_config.json"), "w") as f:
+    json.dump(tokenizer, f)
