@@ -221,8 +221,15 @@ def test_init_errors_name_the_flag(tmp_path):
   config = tiny("sst2", "", "")
   with pytest.raises(FileNotFoundError, match="--init=.*neither 'none', 'hf:DIR'"):
     pretrained.load(config, str(tmp_path))
-  with pytest.raises(FileNotFoundError, match="has neither vocab.txt nor tokenizer.json"):
+  with pytest.raises(FileNotFoundError, match="config.json does not exist"):
     pretrained.load(config, f"hf:{tmp_path}")
+  import transformers  # pylint: disable=g-import-not-at-top
+  transformers.BertConfig().save_pretrained(tmp_path / "bert")
+  with pytest.raises(FileNotFoundError, match="has neither vocab.txt nor tokenizer.json"):
+    pretrained.load(config, f"hf:{tmp_path / 'bert'}")
+  transformers.GPT2Config().save_pretrained(tmp_path / "gpt")   # refused before reading weights
+  with pytest.raises(ValueError, match="is a 'gpt2' model, not a BERT model"):
+    pretrained.load(config, f"hf:{tmp_path / 'gpt'}")
   config.data.train_file = str(tmp_path / "nope.tsv")
   with pytest.raises(FileNotFoundError, match="config.data.train_file"):
     run.prepare(config, "none")

@@ -74,7 +74,7 @@ def test_probe_workdir_runs_every_bert_probe(bert_workdir):
                                                                  "uniform_baseline"] + 1e-6
 
 
-def test_probe_errors_name_the_probe_and_the_fix(bert_workdir):
+def test_probe_errors_name_the_probe_and_the_fix(bert_workdir, tmp_path):
   with pytest.raises(ValueError, match="'span_length_loss' does not apply to objective 'mlm'"):
     runner.probe_workdir(bert_workdir, ["span_length_loss"])
   with pytest.raises(ValueError, match="'pos_acuracy', which is not a probe"):
@@ -83,6 +83,10 @@ def test_probe_errors_name_the_probe_and_the_fix(bert_workdir):
     runner.probe_workdir(bert_workdir, ["cka"], steps=[3])
   with pytest.raises(FileNotFoundError, match="no config.json"):
     runner.probe_workdir(os.path.dirname(bert_workdir), ["cka"])
+  # A Hugging Face directory (ssl-jax convert --to_hf of a convert output) died on a KeyError.
+  (tmp_path / "config.json").write_text('{"model_type": "gpt2", "n_layer": 2}')
+  with pytest.raises(ValueError, match="not an `ssl-jax train` run's"):
+    runner.probe_workdir(str(tmp_path))
 
 
 def test_probe_a_relative_workdir(bert_workdir, tmp_path, monkeypatch):

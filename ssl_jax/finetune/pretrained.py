@@ -42,7 +42,15 @@ def _set_model(config, model_cfg, vocab: dict):
 
 
 def _from_hf(config, directory: str):
-  from ssl_jax.interop import hf  # pylint: disable=g-import-not-at-top  (imports transformers)
+  import transformers  # pylint: disable=g-import-not-at-top  (the optional interop extra)
+  from ssl_jax.interop import hf  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(os.path.join(directory, "config.json")):
+    raise FileNotFoundError(f"--init=hf:{directory}: {directory}/config.json does not exist; give "
+                            "a Hugging Face model directory.")
+  model_type = transformers.AutoConfig.from_pretrained(directory).model_type
+  if model_type != "bert":   # before any weight is read
+    raise ValueError(f"--init=hf:{directory} is a {model_type!r} model, not a BERT model; the "
+                     "fine-tuning heads sit on a BERT encoder.")
   # transformers 5 saves a BERT tokenizer as tokenizer.json alone; earlier versions wrote vocab.txt.
   found = [os.path.join(directory, name) for name in ("vocab.txt", "tokenizer.json")
            if os.path.isfile(os.path.join(directory, name))]
@@ -55,9 +63,6 @@ def _from_hf(config, directory: str):
   overrides = {k: config.model[k]
                for k in model_config_lib.FINETUNING_FIELDS if k in config.model}
   model, params = hf.from_pretrained(directory, **overrides)
-  if not isinstance(model.config, model_config_lib.BertConfig):
-    raise ValueError(f"--init=hf:{directory} is not a BERT model; the fine-tuning heads sit on a "
-                     "BERT encoder.")
   encoder = params if isinstance(model, bert.BertModel) else params["bert"]
   vocab = dict(kind="wordpiece", path=vocab_path, extra_ids=0,
                lower_case=lm_init.hf_lower_case(directory))

@@ -117,8 +117,13 @@ class Subject:
           f"--workdir={workdir!r} has no config.json; pass the --workdir of an `ssl-jax train` "
           "run.")
     with tf.io.gfile.GFile(path) as f:   # also gs://
-      config = ml_collections.ConfigDict(json.load(f))
-    return cls(config, workdir)
+      saved = json.load(f)
+    if "objective" not in saved:
+      raise ValueError(
+          f"--workdir={workdir!r}: its config.json is not an `ssl-jax train` run's (it has no "
+          "objective; a Hugging Face model directory?); pass the --workdir of an `ssl-jax train` "
+          "run.")
+    return cls(ml_collections.ConfigDict(saved), workdir)
 
   @property
   def manager(self) -> ocp.CheckpointManager:
