@@ -80,6 +80,14 @@ def test_gpt2_matches_transformers(scan_layers):
   assert_close_where(logits, want.numpy(), seg)
 
 
+def test_param_dtype_override_applies_to_every_family():
+  # BERT and GPT-2 params stayed float32 with param_dtype='bfloat16' (T5 and BART were cast).
+  for ref in (small_bert(), small_gpt2()):
+    model, params = hf.from_pretrained(ref, param_dtype='bfloat16')
+    assert model.config.param_dtype == 'bfloat16'
+    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype('bfloat16')}
+
+
 def test_masked_lm_directory_loads_with_fresh_pooler_and_sentence_head(tmp_path):
   """run_mlm.py saves BertForMaskedLM: no pooler, no NSP head. It loads as BertForPreTraining
   with the MLM head's logits of transformers and those two parts initialised, by name."""

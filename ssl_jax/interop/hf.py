@@ -20,6 +20,8 @@ import os
 import warnings
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ssl_jax.models import bert, gpt
@@ -83,7 +85,8 @@ def params_from_hf(cfg, state_dict: dict[str, np.ndarray]) -> dict:
     params = _gpt2_from_hf(cfg, state_dict)
   else:
     return _encoder_decoder().params_from_hf(cfg, state_dict)
-  return with_layer_layout(params, cfg.scan_layers)
+  dtype = jnp.dtype(cfg.param_dtype)   # as the encoder-decoders' (e.g. param_dtype='bfloat16')
+  return with_layer_layout(jax.tree.map(lambda x: np.asarray(x, dtype), params), cfg.scan_layers)
 
 
 def params_to_hf(cfg, params: dict) -> dict[str, np.ndarray]:
