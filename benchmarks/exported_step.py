@@ -169,7 +169,8 @@ def export_step(args) -> dict:
 
 
 def _transformers_step(directory: str, meta: dict, device: str):
-  """The transformers step of the model in directory/transformers, or None if none was exported."""
+  """(the transformers step of the model in directory/transformers, its batches as torch tensors),
+  or (None, None) if none was exported."""
   config_path = os.path.join(directory, "transformers", "config.json")
   if not os.path.exists(config_path):
     return None, None

@@ -55,8 +55,8 @@ def _write_vocabulary(vocab_cfg, out: str) -> None:
     with tf.io.gfile.GFile(os.path.join(out, "vocab.txt"), "w") as f:   # also gs:// paths
       f.write("".join(t + "\n" for t in tokens))
     # The class, so that AutoTokenizer does not take the model type's (GPT-2's BPE, T5's
-    # SentencePiece), which finds none of its files and tokenizes to nothing; the case for it and
-    # for --init hf:.
+    # SentencePiece), which finds none of its files and tokenizes to nothing; do_lower_case is
+    # read by it and by --init hf:.
     tokenizer = {"tokenizer_class": "BertTokenizer",
                  "do_lower_case": kind == "default" or bool(vocab_cfg.get("lower_case", True))}
   elif kind == "sentencepiece":  # 'byte' vocabularies have no file: ids are bytes
