@@ -20,9 +20,8 @@ Prints one JSON line per objective (and per model with --compile-scaling). How i
   default; PyTorch is set to it), `matmul_precision` in each row. With `model.dtype='bfloat16'`
   HF's forward pass runs under `torch.autocast(bfloat16)` (float32 weights, as ssl_jax's).
 - The two frameworks and a square matmul in the step's compute dtype (`--matmul_size`, XLA;
-  `matmul_dtype` in each row) are timed in turn, round
-  after round, so that a busy machine slows all three alike; medians over `--steps` rounds after
-  `--warmup` rounds. `speedup` = median HF step time / median ssl_jax step time (same tokens).
+  `matmul_dtype` in each row) are timed in turn, round after round, so that a busy machine slows
+  all three alike; medians over `--steps` rounds after `--warmup` rounds. `speedup` = median HF step time / median ssl_jax step time (same tokens).
 - `flops_per_step` is XLA's cost analysis of the step, all devices together, lowered with its layers
   unrolled and one microbatch (`trainer.flops_per_step`: a scanned layer stack or microbatch loop
   would be counted once); `mfu` = flops_per_step / devices / median step time / median matmul rate
