@@ -172,11 +172,11 @@ def _parse_flags(argv):
     key = key.strip("'\"")
     named = [a.split("=", 1)[0] for a in argv
              if a.startswith("--config.") and key in a.split("=", 1)[0].split(".")]
-    if not named and "get_config" in message:   # the file itself, not an override
-      sys.exit(f"FATAL Flags parsing error: the --config file defines no get_config ({message}); "
-               "a config file needs `def get_config(arg=...)` returning an "
-               "ml_collections.ConfigDict.")
-    if not named:
+    if not named:   # not an override's key
+      if "get_config" in message:
+        sys.exit(f"FATAL Flags parsing error: the --config file defines no get_config "
+                 f"({message}); a config file needs `def get_config(arg=...)` returning an "
+                 "ml_collections.ConfigDict.")
       raise
     sys.exit(f"FATAL Flags parsing error: {' '.join(named)} sets a key "
              f"the config does not have: {key!r}.{' ' + hint if hint else ''} Overrides can only "
