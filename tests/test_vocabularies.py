@@ -179,6 +179,22 @@ def test_sentencepiece_trained_on_the_corpus_serves_every_objective(tmp_path):
   assert vocab.decode(vocab.encode(texts[0])) == texts[0]
 
 
+def test_sentencepiece_with_too_few_pieces_is_refused_and_leaves_out_path_as_it_was(tmp_path):
+  out = tmp_path / "sp.model"
+  out.write_bytes(b"an earlier model")
+  def unread():
+    raise AssertionError("the text was read")
+    yield  # pylint: disable=unreachable
+  with pytest.raises(ValueError, match="--vocab_size=5: .* 6 reserved pieces"):
+    vocabularies.train_sentencepiece(unread(), vocab_size=5, out_path=str(out))
+  # SentencePiece's own refusal (fewer pieces than the text's characters), after reading the text.
+  texts = [corpora.sentence_text(s) for d in corpora.generate_documents(50, seed=0) for s in d]
+  with pytest.raises(ValueError, match=r"--vocab_size=12 is too small for this text: SentencePiece "
+                                       r"needs \d+ pieces"):
+    vocabularies.train_sentencepiece(texts, vocab_size=12, out_path=str(out))
+  assert out.read_bytes() == b"an earlier model"
+
+
 def test_vocab_train_command_trains_on_the_configured_source(tmp_path, caplog):
   import importlib  # pylint: disable=g-import-not-at-top
   config = importlib.import_module("configs.gpt").get_config("tiny")

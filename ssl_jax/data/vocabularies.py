@@ -15,6 +15,7 @@ Conventions (the same for every kind, so objectives never branch on the vocabula
 """
 import functools
 import hashlib
+import io
 import json
 import os
 import re
@@ -344,25 +345,46 @@ def require(vocab: seqio.Vocabulary, names, objective: str) -> SpecialIds:
   return ids
 
 
+# pad, eos, unk and the user-defined [CLS] [SEP] [MASK]: a model has these pieces besides the text's.
+_RESERVED_PIECES = 6
+_VOCAB_SIZE_FIX = "Set --vocab_size to a few thousand (8000 for a tiny run, 32000 as T5)."
+
+
 def train_sentencepiece(texts, vocab_size: int, out_path: str, *, character_coverage: float = 0.9995,
                         max_sentences: int = 2_000_000) -> str:
   """Trains a SentencePiece unigram model on an iterable of strings; writes it to `out_path`.
 
   Ids follow T5: pad=0, eos=1, unk=2, no bos; [CLS] [SEP] [MASK] are reserved pieces so the model serves
-  every objective (`special_ids` finds them). Returns `out_path`.
+  every objective (`special_ids` finds them). `out_path` is written only once training succeeded (a
+  failed run leaves an existing file as it was). Returns `out_path`.
   """
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
-  if os.path.dirname(out_path):
-    os.makedirs(os.path.dirname(out_path), exist_ok=True)
-  with tf.io.gfile.GFile(out_path, "wb") as model_writer:
+  if vocab_size <= _RESERVED_PIECES:   # before any text is read
+    raise ValueError(
+        f"--vocab_size={vocab_size}: a SentencePiece model here has {_RESERVED_PIECES} reserved pieces "
+        "(pad, eos, unk, [CLS], [SEP], [MASK]) besides the text's characters and subwords. "
+        + _VOCAB_SIZE_FIX)
+  model = io.BytesIO()
+  try:
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=model_writer, vocab_size=vocab_size,
+        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
         model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
         user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"], character_coverage=character_coverage,
         input_sentence_size=max_sentences, shuffle_input_sentence=True, hard_vocab_limit=False,
         minloglevel=2)
-  with tf.io.gfile.GFile(out_path, "rb") as f:
-    size = spm.SentencePieceProcessor(model_proto=f.read()).get_piece_size()
+  except RuntimeError as e:
+    if "smaller than required_chars" not in str(e):
+      raise
+    needed = re.search(r"(\d+) vs (\d+)", str(e))
+    raise ValueError(
+        f"--vocab_size={vocab_size} is too small for this text: SentencePiece needs "
+        f"{needed.group(2) if needed else 'more'} pieces for its characters and the "
+        f"{_RESERVED_PIECES} reserved ones. {_VOCAB_SIZE_FIX}") from e
+  size = spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
+  if os.path.dirname(out_path):
+    tf.io.gfile.makedirs(os.path.dirname(out_path))
+  with tf.io.gfile.GFile(out_path, "wb") as f:
+    f.write(model.getvalue())
   if size < vocab_size:   # hard_vocab_limit=False: a small corpus yields fewer pieces
     logging.warning("%s has %d pieces, not the --vocab_size=%d asked for: the text has no more. "
                     "Train on more text for a larger vocabulary.", out_path, size, vocab_size)
