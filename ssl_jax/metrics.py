@@ -32,6 +32,7 @@ from clu import metric_writers
 from ssl_jax import optim
 
 MetricSums = Mapping[str, tuple[Any, Any]]  # name -> (sum, count), scalars (device or host)
+RESULTS_FILE = "eval_results.json"   # a fine-tuning run's final scores (`write_results`)
 
 
 def merge(sums_list: Sequence[MetricSums]) -> dict[str, tuple[float, float]]:
@@ -204,9 +205,25 @@ def json_line(row: Mapping[str, Any]) -> str:
   """`row` as one line of strict JSON: JSON has no NaN or infinity (Python writes a bare NaN,
   which jq, Node and strict parsers refuse), so a non-finite value, e.g. a diverged eval's loss,
   is written as null (`parse_json_line` reads it back as NaN)."""
-  strict = {k: None if isinstance(v, float) and not math.isfinite(v) else v
-            for k, v in row.items()}
-  return json.dumps(strict, allow_nan=False) + "\n"
+  return json.dumps(_finite_or_null(row), allow_nan=False) + "\n"
+
+
+def write_results(workdir: str, results: Mapping[str, Any]) -> None:
+  """A fine-tuning run's final scores as `workdir/eval_results.json`, strict JSON as `json_line`
+  writes (a non-finite score is null)."""
+  with tf.io.gfile.GFile(os.path.join(workdir, RESULTS_FILE), "w") as f:
+    f.write(json.dumps(_finite_or_null(results), indent=2, allow_nan=False))
+
+
+def _finite_or_null(value: Any) -> Any:
+  """`value` with each non-finite float in it, in nested dicts and lists too, as None."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, Mapping):
+    return {k: _finite_or_null(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_finite_or_null(v) for v in value]
+  return value
 
 
 def parse_json_line(line: str) -> dict[str, Any]:

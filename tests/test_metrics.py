@@ -79,6 +79,12 @@ def test_non_finite_metrics_are_strict_json_nulls_read_back_as_nan(tmp_path):
   json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
   row = metrics.read_metrics(tmp_path, "eval")[0]
   assert row["loss"] != row["loss"] and row["token_accuracy"] == 0.5   # NaN
+  # A fine-tuning run's eval_results.json too (a diverged run's scores are NaN).
+  metrics.write_results(str(tmp_path), {"task": "sst2", "scores": {"accuracy": float("nan"),
+                                                                   "f1": [0.5, float("inf")]}})
+  with open(os.path.join(tmp_path, metrics.RESULTS_FILE)) as f:
+    results = json.load(f, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+  assert results == {"task": "sst2", "scores": {"accuracy": None, "f1": [0.5, None]}}
 
 
 def test_resume_drops_rows_after_start_step(tmp_path):

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from ssl_jax import metrics as metrics_lib
 from ssl_jax import trainer
 from ssl_jax.data import corpora, pipeline, vocabularies
 from ssl_jax.finetune import formats, lm_init
@@ -262,7 +263,7 @@ def test_text_to_text_learns_a_generated_task(tmp_path, family, steps, learning_
   config.train.num_steps = steps
   scores = t2t.finetune(config, workdir, devices=devices)
   assert scores['accuracy'] >= 0.9, scores   # chance: 0.5
-  with open(os.path.join(workdir, t2t.RESULTS_FILE)) as f:
+  with open(os.path.join(workdir, metrics_lib.RESULTS_FILE)) as f:
     assert json.load(f)['scores'] == scores
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     rows = [json.loads(line) for line in f]

@@ -442,10 +442,10 @@ def run(config, workdir: str, init: str = 'none') -> dict:
     trainer.write_config(config, workdir)
     with metrics_lib.MetricsLogger(workdir, num_steps=1, log_every=1) as logger:
       logger.write_eval(0, {k: (v, 1.0) for k, v in scores.items()})
-    with tf.io.gfile.GFile(os.path.join(workdir, 'eval_results.json'), 'w') as f:
-      json.dump({'task': config.data.task, 'objective': 'in_context', 'init': init,
-                 'shots': ic.shots, 'truncated_prompts': result['truncated_prompts'],
-                 'scores': scores}, f, indent=2)
+    metrics_lib.write_results(workdir, {'task': config.data.task, 'objective': 'in_context',
+                                        'init': init, 'shots': ic.shots,
+                                        'truncated_prompts': result['truncated_prompts'],
+                                        'scores': scores})
     with tf.io.gfile.GFile(os.path.join(workdir, 'eval_predictions.jsonl'), 'w') as f:
       for ex, prompt, prediction in zip(eval_examples, result['prompts'],
                                         result['predictions']):

@@ -8,11 +8,8 @@ re-running finishes training, or only re-scores a finished run). At the end the 
 task metrics are written as the last `eval` row of metrics.jsonl and to `eval_results.json`.
 """
 import copy
-import json
-import os
 
 import jax
-import tensorflow as tf
 
 from ssl_jax import metrics as metrics_lib
 from ssl_jax import trainer
@@ -21,7 +18,6 @@ from ssl_jax.finetune import data
 from ssl_jax.finetune import evaluation
 from ssl_jax.finetune import pretrained
 
-RESULTS_FILE = "eval_results.json"
 
 
 def prepare(config, init: str):
@@ -77,7 +73,6 @@ def finetune(config, workdir: str, init: str = "none") -> dict:
       logger.write_eval(step, {k: (v, 1.0) for k, v in scores.items()})
     results = {"task": config.data.task, "objective": config.objective, "init": init,
                "step": step, "train_rows": data.num_rows(config, "train"), "scores": scores}
-    with tf.io.gfile.GFile(os.path.join(workdir, RESULTS_FILE), "w") as f:
-      json.dump(results, f, indent=2)
+    metrics_lib.write_results(workdir, results)
   return scores
 

@@ -58,7 +58,6 @@ from ssl_jax.finetune import metrics as task_metrics
 from ssl_jax.models import decoding as decoding_lib
 
 FORMATS = ('glue_tsv', 'tfds', 'squad_json', 'tsv')
-RESULTS_FILE = 'eval_results.json'
 PREDICTIONS_FILE = 'eval_predictions.jsonl'
 
 
@@ -368,9 +367,8 @@ def _evaluate(exp, params, vocab, pairs, config) -> dict:
 def _write_results(workdir, config, step, scores, pairs, predictions) -> None:
   if jax.process_index() != 0:
     return
-  with tf.io.gfile.GFile(os.path.join(workdir, RESULTS_FILE), 'w') as f:
-    json.dump({'task': config.data.task, 'objective': 'text_to_text',
-               'init': config.finetune.init, 'step': step, 'scores': scores}, f, indent=2)
+  metrics_lib.write_results(workdir, {'task': config.data.task, 'objective': 'text_to_text',
+                                      'init': config.finetune.init, 'step': step, 'scores': scores})
   with tf.io.gfile.GFile(os.path.join(workdir, PREDICTIONS_FILE), 'w') as f:
     for pair, prediction in zip(pairs, predictions):
       f.write(json.dumps({'inputs': pair.inputs, 'targets': pair.targets,
