@@ -155,13 +155,14 @@ def check_workdir(workdir: str) -> None:
 
 
 def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout, *,
-                     resume: bool = False) -> None:
+                     resume: bool = False, evaluate: bool = False) -> None:
   """Raises if checkpoint `step` cannot be the start of this run: the vocabulary differs, a
   parameter is missing on one side or has another shape (naming its path and both shapes), or a
   config.model field other than the `RUN_FIELDS` (dtype, dropout, ...) differs, so that the same
   parameters would compute another function (pre_norm, activation, layer_norm_eps, ...). With
   `resume` (the whole state will be restored, not only the params), also if the objective or
-  the optimizer state's tree differs, naming the config.optim fields that differ."""
+  the optimizer state's tree differs, naming the config.optim fields that differ. With `evaluate`
+  (`ssl-jax eval` appends its row to the run's metrics.jsonl), also if the objective differs."""
   saved = restore_config(manager, step)
   saved_vocab = dict(saved["data"]["vocab"])
   vocab = json.loads(config.data.vocab.to_json_best_effort())
@@ -194,13 +195,16 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout, 
         f"{differences}its parameters would compute another function here. Match "
         "config.model to the checkpoint's config.json, or use a fresh --workdir (a resumed run "
         f"may change only config.model.{{{','.join(model_config_lib.RUN_FIELDS)}}}).")
+  checkpoint = f"the checkpoint at step {step} in {manager.directory}"
+  # Span corruption and denoising train the same models.
+  if (resume or evaluate) and saved["objective"] != config.objective:
+    consequence = ("the run would resume its data stream" if resume else
+                   "its eval row would go into the run's metrics.jsonl beside the other objective's")
+    raise ValueError(
+        f"config.objective={config.objective!r} (the checkpoint's: {saved['objective']!r}): "
+        f"{checkpoint} was trained with another objective; {consequence}. Set "
+        f"config.objective={saved['objective']!r}, or use a fresh --workdir.")
   if resume:
-    checkpoint = f"the checkpoint at step {step} in {manager.directory}"
-    if saved["objective"] != config.objective:   # span corruption and denoising share models
-      raise ValueError(
-          f"config.objective={config.objective!r} (the checkpoint's: {saved['objective']!r}): "
-          f"{checkpoint} was trained with another objective, whose data stream the run would "
-          f"resume. Set config.objective={saved['objective']!r}, or use a fresh --workdir.")
     _check_state_tree(metadata, layout.abstract, saved["optim"], config.optim, checkpoint)
     _check_same_stream(saved, config, checkpoint)
     _check_same_init(saved, config, checkpoint)

@@ -425,7 +425,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise FileNotFoundError(
         f"--workdir={workdir!r} has no checkpoint to evaluate; train first with "
         f"`ssl-jax train --config ... --workdir {workdir}`.")
-  checkpointing.check_compatible(manager, step, config, exp.layout)
+  checkpointing.check_compatible(manager, step, config, exp.layout, evaluate=True)
   params = checkpointing.restore_params(manager, step, exp.layout)
   positions = os.path.join(os.fspath(manager.directory), str(step), "data_iter")
   manager.close()

@@ -328,6 +328,11 @@ def test_resume_with_another_objective_is_refused(tmp_path):
                      r"'span_corruption'\).*Set config.objective='span_corruption'"):
     checkpointing.check_compatible(manager, 1, config, exp.layout, resume=True)
   manager.close()
+  # `ssl-jax eval` too: its row would go into the run's metrics.jsonl as if of the run.
+  config.train.eval_steps = 1
+  with pytest.raises(ValueError, match=r"config.objective='denoising' .*eval row would go into "
+                     r"the run's metrics.jsonl"):
+    trainer.evaluate_workdir(config, str(tmp_path))
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
