@@ -177,6 +177,14 @@ def test_sentencepiece_trained_on_the_corpus_serves_every_objective(tmp_path):
   assert (ids.pad, ids.eos, ids.unk) == (0, 1, 2)
   assert None not in (ids.cls, ids.sep, ids.mask) and len(ids.sentinels) == 10
   assert vocab.decode(vocab.encode(texts[0])) == texts[0]
+  # `ssl-jax convert` of a run with this vocabulary: transformers' tokenizer gives the same ids,
+  # sentinels included.
+  transformers = pytest.importorskip("transformers")
+  from ssl_jax.interop import convert  # pylint: disable=g-import-not-at-top
+  convert._write_vocabulary(dict(kind="sentencepiece", path=path, extra_ids=10), str(tmp_path))
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+  text = f"{texts[1]} <extra_id_0> {texts[2]} <extra_id_9>"
+  assert tokenizer(text, add_special_tokens=False)["input_ids"] == vocab.encode(text)
 
 
 def test_sentencepiece_with_too_few_pieces_is_refused_and_leaves_out_path_as_it_was(tmp_path):

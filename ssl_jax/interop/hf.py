@@ -381,6 +381,9 @@ def _gpt2_config_from_hf(c) -> GPTConfig:
       activation=_activation(c, 'activation_function'))
 
 
+_GPT2_EOS = 50256   # GPT-2's <|endoftext|>
+
+
 def _gpt2_hf_config(cfg: GPTConfig):
   import transformers
   if cfg.resolved_head_dim * cfg.num_heads != cfg.hidden_size:
@@ -392,7 +395,14 @@ def _gpt2_hf_config(cfg: GPTConfig):
       activation_function=cfg.activation, resid_pdrop=cfg.dropout_rate,
       embd_pdrop=cfg.dropout_rate, attn_pdrop=cfg.attention_dropout_rate,
       layer_norm_epsilon=cfg.layer_norm_eps, initializer_range=cfg.initializer_range,
-      architectures=['GPT2LMHeadModel'])
+      architectures=['GPT2LMHeadModel'], **_gpt2_default_ids(cfg.vocab_size))
+
+
+def _gpt2_default_ids(vocab_size: int) -> dict:
+  """transformers' GPT-2 BOS/EOS default, 50256, where the vocabulary has that id; none in a
+  smaller one (transformers warns of an id outside the vocabulary; `ssl-jax convert` sets the
+  run's own)."""
+  return {} if vocab_size > _GPT2_EOS else {'bos_token_id': None, 'eos_token_id': None}
 
 
 def _gpt2_from_hf(cfg: GPTConfig, sd) -> dict:
