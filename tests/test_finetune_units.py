@@ -105,14 +105,22 @@ def test_conllu_reader_skips_multiword_tokens_and_empty_nodes(tmp_path):
       "2\tca\tcan\tAUX\tMD\t_\t4\taux\t_\t_\n"
       "3\tn't\tnot\tPART\tRB\t_\t4\tadvmod\t_\t_\n"
       "3.1\tgo\tgo\tVERB\tVB\t_\t_\t_\t_\t_\n"
-      "4\tgo\tgo\tVERB\tVB\t_\t0\troot\t_\t_\n\n"
-      "1\tHi\thi\tINTJ\tUH\t_\t0\troot\t_\t_\n"))
+      "4\tgo\tgo\tVERB\tVB\t_\t0\troot\t_\tSpaceAfter=No\n"
+      "5\t.\t.\tPUNCT\t.\t_\t4\tpunct\t_\t_\n\n"
+      # No '# text': the surface forms as SpaceAfter=No joins them.
+      "1-2\tDon't\t_\t_\t_\t_\t_\t_\t_\t_\n"
+      "1\tDo\tdo\tAUX\tVBP\t_\t3\taux\t_\t_\n"
+      "2\tn't\tnot\tPART\tRB\t_\t3\tadvmod\t_\t_\n"
+      "3\tgo\tgo\tVERB\tVB\t_\t0\troot\t_\tSpaceAfter=No\n"
+      "4\t!\t!\tPUNCT\t.\t_\t3\tpunct\t_\t_\n"))
   assert formats.read_conllu(path) == [
-      formats.TaggedSentence(("I", "ca", "n't", "go"), ("PRON", "AUX", "PART", "VERB"), "s1"),
-      formats.TaggedSentence(("Hi",), ("INTJ",), "1")]
+      formats.TaggedSentence(("I", "ca", "n't", "go", "."),
+                             ("PRON", "AUX", "PART", "VERB", "PUNCT"), "s1", "I can't go."),
+      formats.TaggedSentence(("Do", "n't", "go", "!"), ("AUX", "PART", "VERB", "PUNCT"), "1",
+                             "Don't go!")]
   # A sent_id comment without '=' is a comment (it raised a bare IndexError).
   other = write(tmp_path / "y.conllu", "# sent_id: 12\n1\tHi\thi\tINTJ\tUH\t_\t0\troot\t_\t_\n")
-  assert formats.read_conllu(other) == [formats.TaggedSentence(("Hi",), ("INTJ",), "0")]
+  assert formats.read_conllu(other) == [formats.TaggedSentence(("Hi",), ("INTJ",), "0", "Hi")]
 
 
 def test_squad_reader_v1_and_v2(tmp_path):

@@ -93,12 +93,15 @@ def test_probe_a_relative_workdir(bert_workdir, tmp_path, monkeypatch):
   # Orbax refuses relative paths: `ssl-jax probe --workdir runs/x` failed at the first restore.
   shutil.copytree(bert_workdir, tmp_path / "run", ignore=shutil.ignore_patterns("probes.jsonl"))
   monkeypatch.chdir(tmp_path)
+  # --out in a directory that does not exist yet: it failed after every checkpoint was probed.
   rows = runner.probe_workdir("run", ["attention_entropy"], num_sentences=4, steps=[4],
-                              out="elsewhere.jsonl")
+                              out="new/elsewhere.jsonl")
   assert rows and all(r["step"] == 4 for r in rows)
   # --out keeps an earlier run's probes.jsonl (the README's second command erased the first's).
-  assert runner.read_rows("elsewhere.jsonl") == rows
+  assert runner.read_rows("new/elsewhere.jsonl") == rows
   assert not os.path.exists("run/probes.jsonl")
+  with pytest.raises(ValueError, match="--out='new' is a directory"):
+    runner.probe_workdir("run", ["attention_entropy"], out="new")
 
 
 def test_conllu_probe_sentences(bert_workdir, tmp_path):
@@ -250,6 +253,20 @@ def test_probe_rows_are_the_training_text_for_every_vocabulary_kind(text, tmp_pa
       assert tokens.tolist() == vocab.encode(corpora.sentence_text(sentence)), vocab_cfg
       assert (np.diff(word_index) >= 0).all()
     assert len(np.unique(probe_text.word_index[0])) >= len(text[0]) - 1
+  # CoNLL-U sentences are read as written (their '# text'), not re-spaced word by word: a byte
+  # model read "I ca n't go ( today ) ." (a user's UD file, e.g. EWT, is full of these).
+  conllu = tmp_path / "s.conllu"
+  conllu.write_text("# text = I can't go (today).\n" + "".join(
+      f"{i}\t{form}\t_\t{tag}\t_\t_\t_\t_\t_\t_\n" for i, form, tag in (
+          ("1", "I", "PRON"), ("2-3", "can't", "_"), ("2", "ca", "AUX"), ("3", "n't", "PART"),
+          ("4", "go", "VERB"), ("5", "(", "PUNCT"), ("6", "today", "NOUN"), ("7", ")", "PUNCT"),
+          ("8", ".", "PUNCT"))))
+  byte = vocabularies.get_vocabulary(dict(kind="byte", extra_ids=0))
+  probe_text = data.tokenize(data.conllu_sentences([str(conllu)]), byte)
+  assert probe_text.tokens[0].tolist() == byte.encode("I can't go (today).")
+  words = probe_text.word_index[0]
+  assert [byte.decode(probe_text.tokens[0][words == i].tolist()) for i in range(4)] == [
+      "I", " ca", "n't", " go"]
 
 
 def test_gpt_predictions_fit_a_position_table_that_is_not_a_multiple_of_8():

@@ -11,6 +11,7 @@ STS-B) or None where the file has none (GLUE test splits).
 """
 import csv
 import dataclasses
+import itertools
 import json
 import os
 import sys
@@ -28,10 +29,13 @@ class TextExample:
 
 @dataclasses.dataclass(frozen=True)
 class TaggedSentence:
-  """Words and one tag per word (CoNLL-U: the UPOS column)."""
+  """Words and one tag per word (CoNLL-U: the UPOS column). `text` is the sentence as written:
+  CoNLL-U's `# text =` comment, else the surface forms (a multiword token's, not its words') joined
+  as their `SpaceAfter=No` marks say; '' where unknown."""
   tokens: tuple[str, ...]
   tags: tuple[str, ...]
   id: str
+  text: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,33 +218,44 @@ def read_conllu(path: str, column: str = "upos") -> list[TaggedSentence]:
   """Sentences of a CoNLL-U file with the UPOS (or `column='xpos'`) tag of each word.
 
   Multiword-token lines (`3-4`) and empty nodes (`5.1`) are skipped: the words are the syntactic
-  words, as UD evaluates tagging.
+  words, as UD evaluates tagging. A multiword token's form is part of the sentence's `text`.
   """
   _require_file(path, "CoNLL-U")
   index = 3 + TAG_COLUMNS.index(column)
-  sentences, tokens, tags, sent_id = [], [], [], None
+  sentences = []
+  tokens, tags, surface, comments, covered = [], [], [], {}, 0
   with open(path, encoding="utf-8-sig") as f:
-    for number, line in enumerate(f, 1):
+    for number, line in enumerate(itertools.chain(f, [""]), 1):   # a blank line ends the last
       line = line.rstrip("\n")
       if line.startswith("#"):
-        if line.startswith("# sent_id") and "=" in line:
-          sent_id = line.split("=", 1)[1].strip()
+        key, equals, value = line[1:].partition("=")
+        if equals:   # '# sent_id = s1', '# text = I can't go.'
+          comments[key.strip()] = value.strip()
         continue
       if not line.strip():
         if tokens:
-          sentences.append(TaggedSentence(tuple(tokens), tuple(tags), sent_id or str(len(sentences))))
-        tokens, tags, sent_id = [], [], None
+          sentences.append(TaggedSentence(
+              tuple(tokens), tuple(tags), comments.get("sent_id") or str(len(sentences)),
+              comments.get("text") or "".join(surface).strip()))
+        tokens, tags, surface, comments, covered = [], [], [], {}, 0
         continue
       fields = line.split("\t")
-      if len(fields) != 10:
-        raise ValueError(f"{path} line {number}: a CoNLL-U word line has 10 tab-separated fields, "
-                         f"this one {len(fields)}; pass a CoNLL-U file.")
-      if "-" in fields[0] or "." in fields[0]:
+      first, _, last = fields[0].partition("-")
+      if len(fields) != 10 or not (first + last).replace(".", "").isdigit():
+        raise ValueError(f"{path} line {number}: a CoNLL-U word line has 10 tab-separated fields "
+                         f"and a numeric id, this one {len(fields)} fields and id {fields[0]!r}; "
+                         "pass a CoNLL-U file.")
+      if "." in first:   # an empty node
         continue
+      space = "" if "SpaceAfter=No" in fields[9].split("|") else " "
+      if last:   # a multiword token: its form is the text of words first..last
+        surface.append(fields[1] + space)
+        covered = int(last)
+        continue
+      if int(first) > covered:
+        surface.append(fields[1] + space)
       tokens.append(fields[1])
       tags.append(fields[index])
-  if tokens:
-    sentences.append(TaggedSentence(tuple(tokens), tuple(tags), sent_id or str(len(sentences))))
   if sentences and all(t == "_" for s in sentences for t in s.tags):
     raise ValueError(f"{path} has no {column.upper()} tags (the column is all '_'); this treebank "
                      f"does not annotate it, use another --config.data.tag_column.")

@@ -10,10 +10,11 @@ does not hold) or the sentences of CoNLL-U files in file order. Each token belon
 word and carries that word's part of speech and frequency bucket. WordPiece splits at spaces and
 punctuation, so each word is tokenized on its own. Other vocabularies (SentencePiece, bytes) do
 not: they tokenize the sentence's text as training wrote it (`corpora.sentence_text`, punctuation
-attached), and each token goes to the word its text starts in (a space before a word is that
-word's; a piece spanning a word and its punctuation is the word's, and the punctuation, left
-without tokens, is dropped). Tokenized word by word, a SentencePiece model read a lone `▁` before
-every punctuation mark, which training never shows it.
+attached; a CoNLL-U sentence's own `# text`, contractions and all), and each token goes to the
+word its text starts in (a space before a word is that word's; a piece spanning a word and its
+punctuation is the word's, and the punctuation, left without tokens, is dropped). Tokenized word
+by word, a SentencePiece model read a lone `▁` before every punctuation mark, and a byte model
+"ca n't" for "can't": text training never shows them.
 """
 from __future__ import annotations
 
@@ -34,6 +35,16 @@ PROBE_SEED = 12345  # default-corpus documents for probes; training uses config.
 
 
 Sentence = Sequence[tuple[str, str]]  # [(word, upos), ...]
+
+
+class WrittenSentence(list):
+  """A Sentence (its (word, UPOS) pairs) with the text it was written as, e.g. CoNLL-U's `# text`
+  ("I can't go (today)." for the words I ca n't go ( today ) .). Other sentences' text is
+  `corpora.sentence_text`'s, as the default corpus writes them."""
+
+  def __init__(self, words: Sentence, text: str):
+    super().__init__(words)
+    self.text = text
 
 
 def frequency_bucket_names(edges: Sequence[int] = FREQUENCY_EDGES) -> tuple[str, ...]:
@@ -78,7 +89,8 @@ def corpus_sentences(num_sentences: int = 256, seed: int = PROBE_SEED) -> list[l
 
 
 def conllu_sentences(paths: Sequence[str], num_sentences: int | None = None) -> list[list[tuple]]:
-  """(word, UPOS) sentences of CoNLL-U files, in file order (the first `num_sentences`)."""
+  """(word, UPOS) sentences of CoNLL-U files with their text (`WrittenSentence`), in file order
+  (the first `num_sentences`)."""
   from ssl_jax.finetune import formats  # pylint: disable=g-import-not-at-top
   sentences = []
   for path in paths:
@@ -88,7 +100,7 @@ def conllu_sentences(paths: Sequence[str], num_sentences: int | None = None) -> 
         raise ValueError(
             f"CoNLL-U file {path}, sentence {tagged.id}: tags {unknown} are not UPOS tags "
             f"({', '.join(UPOS_TAGS)}); pass files with a UPOS column (column 4).")
-      sentences.append(list(zip(tagged.tokens, tagged.tags)))
+      sentences.append(WrittenSentence(zip(tagged.tokens, tagged.tags), tagged.text))
   if not sentences:
     raise ValueError(f"CoNLL-U files {list(paths)} hold no sentences; pass UD .conllu files.")
   return sentences[:num_sentences] if num_sentences else sentences
@@ -114,17 +126,23 @@ def _word_pieces(sentences: Sequence[Sentence], vocab) -> list[list[list[int]]]:
     words = sorted({word for sentence in sentences for word, _ in sentence})
     pieces = dict(zip(words, vocabularies.encode_batch(vocab, words)))
     return [[pieces[word] for word, _ in sentence] for sentence in sentences]
-  texts = [corpora.sentence_text(sentence) for sentence in sentences]
+  texts = [getattr(sentence, "text", "") or corpora.sentence_text(sentence)
+           for sentence in sentences]
   result = []
   for sentence, text, ids in zip(sentences, texts, vocabularies.encode_batch(vocab, texts)):
     owner, cursor = np.full(len(text) + 1, len(sentence) - 1), 0   # character -> word
+    aligned = True
     for i, (word, _) in enumerate(sentence):
-      start = text.index(word, cursor)
+      start = text.find(word, cursor)
+      if start < 0 or text[cursor:start].strip():   # not the text's next word
+        aligned = False
+        break
       owner[cursor:start + len(word)] = i   # a word owns the spaces before it
       cursor = start + len(word)
     prefixes = [vocab.decode(ids[:k]) for k in range(len(ids))]
-    if vocab.decode(ids) != text or not all(text.startswith(p) for p in prefixes):
-      # The vocabulary normalises this text: tokenize word by word instead.
+    if not aligned or vocab.decode(ids) != text or not all(text.startswith(p) for p in prefixes):
+      # The words are not the text's (a multiword token "du" of the words "de le"), or the
+      # vocabulary normalises the text: tokenize word by word instead.
       spaced = [w if i == 0 or w in corpora.PUNCTUATION else " " + w
                 for i, (w, _) in enumerate(sentence)]
       result.append(vocabularies.encode_batch(vocab, spaced))

@@ -78,8 +78,13 @@ def probe_workdir(workdir: str, names: Sequence[str] | None = None, *,
 
   Raises:
     ValueError / FileNotFoundError naming the flag: an unknown or inapplicable probe, a
-      workdir without config.json or checkpoints, a step that has no checkpoint.
+      workdir without config.json or checkpoints, a step that has no checkpoint, an `out` that
+      is a directory.
   """
+  out = out or os.path.join(workdir, OUTPUT_FILE)
+  if tf.io.gfile.isdir(out):
+    raise ValueError(f"--out={out!r} is a directory; name the file to write, e.g. "
+                     f"--out={os.path.join(out, OUTPUT_FILE)}.")
   subject = Subject.from_workdir(workdir)
   try:
     if names is not None:
@@ -91,6 +96,8 @@ def probe_workdir(workdir: str, names: Sequence[str] | None = None, *,
       raise ValueError(f"--steps names {missing}, which have no checkpoint in {workdir!r}; "
                        f"the checkpoints are at steps {available}.")
     text = data.tokenize(probe_sentences(conllu, num_sentences), subject.vocab)
+    if jax.process_index() == 0 and os.path.dirname(out):
+      tf.io.gfile.makedirs(os.path.dirname(out))   # now, not after hours of probing
     reference = None
     if names is None or cka.RepresentationCKA.name in names:
       reference = subject.restore(available[-1])   # CKA against the run's last checkpoint
@@ -105,7 +112,7 @@ def probe_workdir(workdir: str, names: Sequence[str] | None = None, *,
   finally:
     subject.close()
   if jax.process_index() == 0:   # every process of a multi-process job probes the same
-    write_rows(rows, out or os.path.join(workdir, OUTPUT_FILE))
+    write_rows(rows, out)
   return rows
 
 

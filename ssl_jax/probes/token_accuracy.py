@@ -5,7 +5,8 @@
       ...
 
 All three score the probe batches of `predictions.build` (the objective's own corruption of the
-probe sentences) with dropout off; which slots count, and how they are grouped, differs.
+probe sentences) with dropout off; which slots count, and how they are grouped, differs. A slot is
+one predicted token: a word of several pieces has that many slots in its groups.
 """
 from __future__ import annotations
 
