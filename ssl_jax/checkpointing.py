@@ -161,7 +161,8 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout, 
   config.model field other than the `RUN_FIELDS` (dtype, dropout, ...) differs, so that the same
   parameters would compute another function (pre_norm, activation, layer_norm_eps, ...). With
   `resume` (the whole state will be restored, not only the params), also if the objective or
-  the optimizer state's tree differs, naming the config.optim fields that differ. With `evaluate`
+  the optimizer state's tree differs, naming the config.optim fields that differ, or if the run
+  kept log-spaced checkpoints and this config would delete them. With `evaluate`
   (`ssl-jax eval` appends its row to the run's metrics.jsonl), also if the objective differs."""
   saved = restore_config(manager, step)
   saved_vocab = dict(saved["data"]["vocab"])
@@ -208,6 +209,23 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout, 
     _check_state_tree(metadata, layout.abstract, saved["optim"], config.optim, checkpoint)
     _check_same_stream(saved, config, checkpoint)
     _check_same_init(saved, config, checkpoint)
+    _check_keeps_log_spaced(saved, config.train, manager.all_steps(), checkpoint)
+
+
+def _check_keeps_log_spaced(saved: dict, train_cfg, steps, checkpoint: str) -> None:
+  """Raises if a run that kept log-spaced checkpoints resumes without them: the manager would
+  delete the old ones (1, 2, 4, ...: a training-dynamics study's) as it saves new ones."""
+  saved_train = saved.get("train", {})
+  if not saved_train.get("log_spaced_checkpoints") or train_cfg.log_spaced_checkpoints:
+    return
+  latest = sorted(steps)[-train_cfg.keep_checkpoints:]
+  doomed = sorted(set(steps) & set(log_spaced_steps(saved_train["num_steps"])) - set(latest))
+  if doomed:
+    raise ValueError(
+        f"config.train.log_spaced_checkpoints=False, but {checkpoint} belongs to a run that keeps "
+        f"log-spaced checkpoints: resuming would delete those at steps {doomed} as new ones are "
+        "saved. Set config.train.log_spaced_checkpoints=True (as in its config.json), or move "
+        "them out of the workdir first.")
 
 
 def _check_same_stream(saved: dict, config, checkpoint: str) -> None:

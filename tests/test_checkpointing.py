@@ -335,6 +335,27 @@ def test_resume_with_another_objective_is_refused(tmp_path):
     trainer.evaluate_workdir(config, str(tmp_path))
 
 
+def test_resume_without_log_spaced_checkpoints_would_delete_them_and_is_refused(tmp_path):
+  # The probe workflow trains with log_spaced_checkpoints=True; extending the run without the
+  # flag (default False) deleted checkpoints 1, 2, 4 at the next saves, silently.
+  config = tiny_config("gpt")
+  config.train.update(log_spaced_checkpoints=True, keep_checkpoints=1, num_steps=8)
+  exp = trainer.Experiment.build(config, jax.devices()[:1])
+  state = exp.init_state()
+  manager = checkpointing.make_manager(str(tmp_path), config.train, enable_async=False)
+  for step in (1, 2, 3):
+    checkpointing.save(manager, step, state.replace(step=step),
+                       pipeline.DataIterator(tf.data.Dataset.range(3), None), config, force=True)
+  assert manager.all_steps() == [1, 2, 3]
+  config.train.update(log_spaced_checkpoints=False, num_steps=12)
+  with pytest.raises(ValueError, match=r"config.train.log_spaced_checkpoints=False.*delete those "
+                     r"at steps \[1, 2\]"):
+    checkpointing.check_compatible(manager, 3, config, exp.layout, resume=True)
+  config.train.log_spaced_checkpoints = True
+  checkpointing.check_compatible(manager, 3, config, exp.layout, resume=True)
+  manager.close()
+
+
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_is_refused_before_compiling_with_a_message(case, tmp_path, request,
                                                              monkeypatch):
