@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from ssl_jax import config as config_lib
+from ssl_jax import metrics as metrics_lib
 from ssl_jax.data import corpora, vocabularies
 from ssl_jax.finetune import in_context as ic
 from ssl_jax.finetune import lm_init
@@ -254,6 +255,16 @@ def test_trained_gpt_picks_the_right_label_in_context(tmp_path, vocab):
   assert scores['accuracy'] >= 0.9, scores
   with open(os.path.join(workdir, 'eval_results.json')) as f:
     assert json.load(f)['scores'] == scores
+  # A re-run replaces its row. The pretraining run's own workdir is refused: its metrics.jsonl
+  # was cut to the one in-context row and its config.json replaced.
+  finetune_run.finetune(config, workdir, init=run_dir)
+  assert len(metrics_lib.read_metrics(workdir)) == 1
+  with open(os.path.join(run_dir, 'metrics.jsonl')) as f:
+    rows = f.read()
+  with pytest.raises(ValueError, match=r"--workdir=.* holds another run"):
+    finetune_run.finetune(config, run_dir, init=run_dir)
+  with open(os.path.join(run_dir, 'metrics.jsonl')) as f:
+    assert f.read() == rows
 
   # Zero- and few-shot, ranked by log-likelihood and answered by greedy decoding.
   config = lm_init.config_from_init(config, run_dir, families=('gpt',))

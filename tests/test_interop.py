@@ -238,3 +238,19 @@ def test_cli_converts_a_run_into_a_directory_transformers_loads(tmp_path, name):
   # files and tokenized to nothing or garbage, silently.
   tokenizer = transformers.AutoTokenizer.from_pretrained(out)
   assert tokenizer(text, add_special_tokens=False)['input_ids'] == ids
+  if name == 'gpt':
+    # Into an earlier conversion: replaced. Into a directory with other files (a model's stale
+    # tokenizer.json was loaded in place of the run's vocab.txt) or into the run itself (its
+    # config.json was overwritten): refused before anything is written.
+    from ssl_jax.interop import convert
+    convert.to_hf(run, out)
+    (tmp_path / 'hf' / 'tokenizer.json').write_text('{}')
+    with pytest.raises(ValueError, match=r"--out=.* holds tokenizer.json, which `ssl-jax convert` "
+                       r"does not write"):
+      convert.to_hf(run, out)
+    with open(os.path.join(run, 'config.json'), encoding='utf-8') as f:
+      run_config = f.read()
+    with pytest.raises(ValueError, match=r"holds checkpoints"):
+      convert.to_hf(run, run)
+    with open(os.path.join(run, 'config.json'), encoding='utf-8') as f:
+      assert f.read() == run_config

@@ -406,12 +406,29 @@ def check(config) -> list[Example]:
   return read_examples(config, 'validation')
 
 
+def _check_workdir(workdir: str) -> None:
+  """Raises if `workdir` holds another command's output (a training run's checkpoints, or a
+  config.json that is not an in-context evaluation's), whose metrics.jsonl and config.json the
+  scores would replace."""
+  config_path = os.path.join(workdir, 'config.json')
+  other = tf.io.gfile.exists(os.path.join(workdir, 'checkpoints'))
+  if not other and tf.io.gfile.exists(config_path):
+    with tf.io.gfile.GFile(config_path) as f:
+      other = 'in_context' not in json.load(f)
+  if other:
+    raise ValueError(
+        f'--workdir={workdir!r} holds another run (checkpoints, or a config.json of another '
+        'command); in-context scoring writes its own metrics.jsonl and config.json there, '
+        f'replacing that run\'s. Pass a new --workdir, e.g. {os.path.join(workdir, "in_context")}.')
+
+
 def run(config, workdir: str, init: str = 'none') -> dict:
   """Scores a GPT (`init`: see ssl_jax.finetune.lm_init) in context on config.data's eval
   split; writes the scores to workdir/eval_results.json (and an eval row to metrics.jsonl) and
   the prompts and predictions to workdir/eval_predictions.jsonl. Runs on one device."""
   from ssl_jax import trainer  # pylint: disable=g-import-not-at-top
   from ssl_jax.finetune import lm_init  # pylint: disable=g-import-not-at-top
+  _check_workdir(workdir)
   eval_examples = check(config)
   if jax.process_count() > 1:
     raise ValueError(f'in-context evaluation runs in one process, not {jax.process_count()}; '
@@ -440,7 +457,8 @@ def run(config, workdir: str, init: str = 'none') -> dict:
   if jax.process_index() == 0:
     tf.io.gfile.makedirs(workdir)
     trainer.write_config(config, workdir)
-    with metrics_lib.MetricsLogger(workdir, num_steps=1, log_every=1) as logger:
+    # start_step=-1: the workdir's rows are an earlier run of this command's; replace them.
+    with metrics_lib.MetricsLogger(workdir, num_steps=1, log_every=1, start_step=-1) as logger:
       logger.write_eval(0, {k: (v, 1.0) for k, v in scores.items()})
     metrics_lib.write_results(workdir, {'task': config.data.task, 'objective': 'in_context',
                                         'init': init, 'shots': ic.shots,

@@ -25,8 +25,20 @@ from ssl_jax.interop import hf
 from ssl_jax.probes import subject as subject_lib
 
 
+# What `to_hf` writes: the files an earlier conversion left in `out`, which it replaces.
+_WRITTEN = ("config.json", "model.safetensors", "vocab.txt", "spiece.model", "tokenizer_config.json")
+
+
 def to_hf(workdir: str, out: str, step: int | None = None) -> str:
-  """Writes checkpoint `step` (default: the latest) of the run in `workdir` to `out`."""
+  """Writes checkpoint `step` (default: the latest) of the run in `workdir` to `out`, a new
+  directory or an earlier conversion's (any other file there is refused: a model directory's
+  tokenizer.json would be loaded in place of the run's vocabulary, a run's files overwritten)."""
+  others = sorted(set(tf.io.gfile.listdir(out)) - set(_WRITTEN)) if tf.io.gfile.isdir(out) else []
+  if others:
+    raise ValueError(
+        f"--out={out!r} holds {', '.join(others[:4])}{', ...' if len(others) > 4 else ''}, which "
+        "`ssl-jax convert` does not write (another model's or run's files): they would sit beside "
+        "the converted model, or be overwritten. Pass a new or empty --out directory.")
   subject = subject_lib.Subject.from_workdir(workdir)
   try:
     hf.hf_config_from(subject.model_config)   # refuses what transformers cannot express, now
@@ -43,6 +55,9 @@ def to_hf(workdir: str, out: str, step: int | None = None) -> str:
   if subject.name == "causal_lm":  # each row's first input is id 0 (seqio's shifted targets)
     token_ids["bos_token_id"] = 0
   if jax.process_index() == 0:   # every process of a multi-process job reads the same
+    for name in _WRITTEN:   # an earlier conversion's (its spiece.model beside this vocab.txt)
+      if tf.io.gfile.exists(os.path.join(out, name)):
+        tf.io.gfile.remove(os.path.join(out, name))
     hf.save_pretrained(subject.model, params, out, token_ids=token_ids)
     _write_vocabulary(subject.config.data.vocab, out)
   return out
