@@ -78,6 +78,59 @@ def make_schedule(optim_cfg: Mapping[str, Any], num_steps: int) -> optax.Schedul
   return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
+def _names(path) -> list[str]:
+  return [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+
+
+def stacked_mask(params: Any) -> Any:
+  """True for parameters that scan_layers stacks: those under a 'layers' key, one layer per
+  index of their leading axis."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: "layers" in _names(path), params)
+
+
+def _block_rms(x: jax.Array, stacked: bool) -> jax.Array:
+  """Root mean square of a parameter block: the whole array, or each layer of a stacked one
+  (shape [layers, 1, ...]), so that a scanned model's blocks are an unscanned one's."""
+  axes = tuple(range(1, x.ndim)) if stacked else None
+  return jnp.sqrt(jnp.mean(jnp.square(x), axis=axes, keepdims=True))
+
+
+def _clip_by_block_rms(threshold: float) -> optax.GradientTransformation:
+  """optax.clip_by_block_rms, a block being a layer of a stacked parameter (`_block_rms`)."""
+  def update_fn(updates, state, params=None):
+    del params
+    clip = lambda u, stacked: u / jnp.maximum(1.0, _block_rms(u, stacked) / threshold)  # noqa: E731
+    return jax.tree.map(clip, updates, stacked_mask(updates)), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def _scale_by_param_block_rms(min_scale: float = 1e-3) -> optax.GradientTransformation:
+  """optax.scale_by_param_block_rms, a block being a layer of a stacked parameter."""
+  def update_fn(updates, state, params):
+    def scale(u, p, stacked):
+      rms = _block_rms(p, stacked)
+      return u * jnp.where(rms <= min_scale, min_scale, rms)
+    return jax.tree.map(scale, updates, params, stacked_mask(params)), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def _adafactor(learning_rate: optax.Schedule, momentum: float,
+               weight_decay_rate: Callable[[Any], Any] | None) -> optax.GradientTransformation:
+  """optax.adafactor with T5's defaults (factored second moments, decay rate 0.8, updates clipped
+  at RMS 1 and scaled by the parameter's RMS), the RMS taken per layer of a scan_layers stack as
+  t5x does (its 'layers' axis is a batch axis of Adafactor): optax's takes it over the whole
+  stack, so a scanned model trained differently from the same model unscanned. Same state tree
+  as optax.adafactor's."""
+  tx = [optax.scale_by_factored_rms(), _clip_by_block_rms(1.0),
+        optax.scale_by_learning_rate(learning_rate, flip_sign=False), _scale_by_param_block_rms()]
+  if momentum:
+    tx.append(optax.ema(momentum, debias=False, accumulator_dtype=jnp.float32))
+  if weight_decay_rate is not None:
+    tx.append(optax.add_decayed_weights(weight_decay_rate, mask=decay_mask))
+  tx.append(optax.scale(-1))
+  return optax.chain(*tx)
+
+
 def decay_mask(params: Any) -> Any:
   """True for parameters that get weight decay: kernels and embeddings.
 
@@ -85,7 +138,7 @@ def decay_mask(params: Any) -> Any:
   also when stacked by scan_layers). Works on boxed (nn.Partitioned) and plain param trees.
   """
   def wants_decay(path, leaf):
-    names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+    names = _names(path)
     return leaf.ndim > 1 and not (names and names[-1] in NO_DECAY_NAMES)
 
   return jax.tree_util.tree_map_with_path(wants_decay, params)
@@ -94,8 +147,8 @@ def decay_mask(params: Any) -> Any:
 def make_optimizer(optim_cfg: Mapping[str, Any],
                    num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """AdamW (decoupled decay scaled by the schedule, as torch.optim.AdamW) with optional clipping;
-  or, with `name='adafactor'`, T5's Adafactor (optax's defaults are T5's: factored second
-  moments with decay rate 0.8, updates clipped at RMS 1 and scaled by each parameter's RMS). Its
+  or, with `name='adafactor'`, T5's Adafactor (factored second moments with decay rate 0.8,
+  updates clipped at RMS 1 and scaled by each parameter's RMS, per layer: `_adafactor`). Its
   updates are relative to the parameters' size, so it takes T5's learning rate (1e-2), which
   would move AdamW's weights by ~lr each step; `b1` > 0 adds momentum, b2 and eps are AdamW's.
 
@@ -116,8 +169,7 @@ def make_optimizer(optim_cfg: Mapping[str, Any],
   if optim_cfg.get("name", "adamw") == "adafactor":
     # optax adds Adafactor's decay after the learning rate; scaled by it, as AdamW's is.
     decay_rate = (lambda count: weight_decay * schedule(count)) if weight_decay else None
-    update = optax.adafactor(learning_rate=schedule, momentum=b1 or None,
-                             weight_decay_rate=decay_rate, weight_decay_mask=decay_mask)
+    update = _adafactor(schedule, b1, decay_rate)
   else:
     update = optax.adamw(
         learning_rate=schedule, b1=b1, b2=float(optim_cfg["b2"]),

@@ -88,6 +88,38 @@ def test_adafactor_moves_weights_relative_to_their_size_and_decays_by_the_rate()
   np.testing.assert_allclose(updates["w"], -1e-3 * params["w"], rtol=1e-5)
 
 
+def test_adafactor_is_optax_s_and_per_layer_on_a_scanned_stack():
+  # optax's Adafactor clips and scales by the RMS of the whole array: on a scan_layers stack, of
+  # all layers together, so a scanned T5 trained differently from the same T5 unscanned (a
+  # layer of small weights moved 7x too far). Per layer, as t5x.
+  rng = np.random.default_rng(0)
+  layers = [{"kernel": jnp.asarray(rng.normal(0, sd, (256, 384)), jnp.float32),
+             "scale": jnp.asarray(rng.normal(1, sd, (384,)), jnp.float32)} for sd in (1.0, 0.1)]
+  unscanned = {"layers_0": layers[0], "layers_1": layers[1], "embed": jnp.ones((300, 256))}
+  scanned = {"layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers),
+             "embed": unscanned["embed"]}
+  cfg = _cfg(name="adafactor", learning_rate=1e-2, warmup_steps=0, schedule="constant",
+             b1=0.9, weight_decay=0.1)
+  tx, schedule = optim.make_optimizer(cfg, num_steps=10)
+  reference = optax.chain(optax.identity(), optax.adafactor(   # identity: grad_clip_norm=0
+      schedule, momentum=0.9, weight_decay_rate=lambda count: 0.1 * schedule(count),
+      weight_decay_mask=optim.decay_mask))
+  states = {"ours": tx.init(unscanned), "optax": reference.init(unscanned),
+            "scanned": tx.init(scanned)}
+  assert jax.tree.structure(states["ours"]) == jax.tree.structure(states["optax"])  # checkpoints
+  for _ in range(3):
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(0, 1, p.shape), jnp.float32), unscanned)
+    ours, states["ours"] = tx.update(grads, states["ours"], unscanned)
+    theirs, states["optax"] = reference.update(grads, states["optax"], unscanned)
+    stacked_grads = {"layers": jax.tree.map(lambda *xs: jnp.stack(xs), grads["layers_0"],
+                                            grads["layers_1"]), "embed": grads["embed"]}
+    stacked, states["scanned"] = tx.update(stacked_grads, states["scanned"], scanned)
+    jax.tree.map(np.testing.assert_array_equal, ours, theirs)   # unscanned: optax's
+    for i in range(2):
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=1e-6, atol=1e-9),
+                   stacked["layers"], ours[f"layers_{i}"])
+
+
 def test_global_norm_clipping():
   params = {"w": jnp.zeros((4, 4)), "b": jnp.zeros((4,))}
   grads = jax.tree.map(lambda p: jnp.full_like(p, 100.0), params)
