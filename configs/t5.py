@@ -19,8 +19,10 @@ def get_config(arg: str = "tiny"):
                            global_batch_size=256, num_steps=524_288, learning_rate=1e-2,
                            warmup_steps=10_000)
     config.data.targets_length = 114
-    # T5's optimizer: Adafactor without momentum at 1e-2, inverse square root decay.
-    config.optim.update(name="adafactor", b1=0.0, schedule="inverse_sqrt", weight_decay=0.0)
+    # T5's optimizer: Adafactor without momentum at 1e-2 for 10k steps, then inverse square root
+    # decay (no warmup ramp); Adafactor clips its updates, so no global gradient clipping (t5x).
+    config.optim.update(name="adafactor", b1=0.0, schedule="rsqrt", weight_decay=0.0,
+                        grad_clip_norm=0.0)
     # T5 v1.1 pretrained without dropout ("a quality win"; fine-tuning turns it back on, as
     # configs/finetune/text_to_text.py does). The presets' 0.1 is the fine-tuning rate.
     config.model.dropout_rate = 0.0

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-SCHEDULES = ("linear", "cosine", "inverse_sqrt", "constant")
+SCHEDULES = ("linear", "cosine", "inverse_sqrt", "rsqrt", "constant")
 OPTIMIZERS = ("adamw", "adafactor")
 # Flax's names for Dense/Conv biases and LayerNorm/RMSNorm gains. Checked by name as well as by
 # ndim because with scan_layers a stacked bias is [layers, features], i.e. 2-D.
@@ -52,19 +52,23 @@ def make_schedule(optim_cfg: Mapping[str, Any], num_steps: int) -> optax.Schedul
 
   - 'linear': linear decay to 0 at `num_steps`;
   - 'cosine': cosine decay to 0 at `num_steps`;
-  - 'inverse_sqrt': `learning_rate * sqrt(warmup_steps) / sqrt(step)` (T5's rsqrt; with no
+  - 'inverse_sqrt': `learning_rate * sqrt(warmup_steps) / sqrt(step)` (fairseq's; with no
     warmup, `learning_rate / sqrt(max(step, 1))`);
   - 'constant': `learning_rate`.
+
+  'rsqrt' is T5's (t5x's `constant * rsqrt_decay`), with no ramp: `learning_rate *
+  sqrt(warmup_steps / max(step, warmup_steps))`, constant for the first `warmup_steps` steps.
   """
   _validate(optim_cfg, num_steps)
   lr = float(optim_cfg["learning_rate"])
   warmup_steps = int(optim_cfg["warmup_steps"])
   decay_steps = num_steps - warmup_steps
   name = optim_cfg["schedule"]
-  if name == "inverse_sqrt":
+  if name in ("inverse_sqrt", "rsqrt"):
     def inverse_sqrt(step):
       step = jnp.asarray(step, jnp.float32)
-      ramp = jnp.minimum(step / max(warmup_steps, 1), 1.0) if warmup_steps else 1.0
+      ramp = (jnp.minimum(step / warmup_steps, 1.0) if warmup_steps and name == "inverse_sqrt"
+              else 1.0)
       return lr * ramp * jnp.sqrt(max(warmup_steps, 1) / jnp.maximum(step, max(warmup_steps, 1)))
     return inverse_sqrt
   decay = {

@@ -21,6 +21,8 @@ def _cfg(**overrides):
     ("cosine", {0: 0.0, 5: 5e-4, 10: 1e-3, 55: 5e-4, 100: 0.0}),
     ("constant", {0: 0.0, 5: 5e-4, 10: 1e-3, 55: 1e-3, 100: 1e-3}),
     ("inverse_sqrt", {0: 0.0, 5: 5e-4, 10: 1e-3, 40: 5e-4, 90: 1e-3 / 3}),
+    # T5's: constant through warmup_steps (its paper's 1/sqrt(max(n, k))), no ramp.
+    ("rsqrt", {0: 1e-3, 5: 1e-3, 10: 1e-3, 40: 5e-4, 90: 1e-3 / 3}),
 ])
 def test_schedule_values(schedule, expected):
   _, lr = optim.make_optimizer(_cfg(schedule=schedule), num_steps=100)
