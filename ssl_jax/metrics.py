@@ -90,13 +90,13 @@ class MetricsLogger:
     if self._is_writer:
       # tf.io.gfile: a gs:// workdir keeps its metrics beside its checkpoints.
       tf.io.gfile.makedirs(os.fspath(workdir))
-      path = os.path.join(workdir, "metrics.jsonl")
-      if truncate:
-        _truncate_after(path, start_step)
-      if not tf.io.gfile.exists(path):   # GFile appends only to a file that exists
-        with tf.io.gfile.GFile(path, "w") as f:
+      self._path = os.path.join(workdir, "metrics.jsonl")
+      if truncate:   # rows a run that died after its last checkpoint left
+        _drop_rows(self._path, lambda line: _row_step(line) > start_step)
+      if not tf.io.gfile.exists(self._path):   # GFile appends only to a file that exists
+        with tf.io.gfile.GFile(self._path, "w") as f:
           f.write("")
-      self._file = tf.io.gfile.GFile(path, "a")
+      self._file = tf.io.gfile.GFile(self._path, "a")
     self._writer = metric_writers.create_default_writer(
         os.path.join(workdir, "tensorboard"), just_logging=not self._is_writer)
 
@@ -145,10 +145,20 @@ class MetricsLogger:
       if self._last_time is not None:
         self._last_time += time.perf_counter() - start
 
-  def write_eval(self, step: int, sums: MetricSums | Sequence[MetricSums]) -> dict[str, float]:
-    """Writes one eval row for `step` (blocks: eval results are wanted now) and returns it."""
+  def write_eval(self, step: int, sums: MetricSums | Sequence[MetricSums], *,
+                 replace: bool = False) -> dict[str, float]:
+    """Writes one eval row for `step` (blocks: eval results are wanted now) and returns it.
+    `replace`: an eval row of `step` with the same metrics already there (a finished fine-tuning
+    run, re-scored) is dropped first, so the step keeps one row."""
     sums_list = [sums] if isinstance(sums, Mapping) else list(sums)
     row = normalize(merge(sums_list))
+    if replace and self._file:
+      self._file.close()
+      def same(line):
+        old = parse_json_line(line) if _row_step(line) == step else {}
+        return old.get("split") == "eval" and old.keys() - {"step", "split"} == row.keys()
+      _drop_rows(self._path, same)
+      self._file = tf.io.gfile.GFile(self._path, "a")
     self._write_row(step, "eval", row)
     return row
 
@@ -231,13 +241,13 @@ def parse_json_line(line: str) -> dict[str, Any]:
   return {k: float("nan") if v is None else v for k, v in json.loads(line).items()}
 
 
-def _truncate_after(path: str, step: int) -> None:
-  """Drops rows with `step` > `step` (left by a run that died after its last checkpoint)."""
+def _drop_rows(path: str, drop: Callable[[str], bool]) -> None:
+  """Rewrites `path` without the lines for which `drop` is true (atomically on local disks)."""
   if not tf.io.gfile.exists(path):
     return
   with tf.io.gfile.GFile(path) as f:
     lines = f.readlines()
-  kept = [line for line in lines if _row_step(line) <= step]
+  kept = [line for line in lines if not drop(line)]
   if len(kept) != len(lines):
     tmp = path + ".tmp"
     with tf.io.gfile.GFile(tmp, "w") as f:

@@ -11,6 +11,7 @@ import pytest
 
 from ssl_jax import checkpointing
 from ssl_jax import config as config_lib
+from ssl_jax import metrics as metrics_lib
 from ssl_jax import trainer
 from ssl_jax.data import corpora
 from ssl_jax.data import vocabularies
@@ -189,6 +190,9 @@ def test_init_from_an_ssl_jax_pretraining_run_loads_its_encoder(tmp_path):
   config.finetune.num_epochs = 0
   config.train.update(num_steps=1, global_batch_size=8)
   run.finetune(config, str(tmp_path / "ft"), workdir)
+  rows = metrics_lib.read_metrics(str(tmp_path / "ft"))
+  run.finetune(config, str(tmp_path / "ft"), workdir)   # re-scored: its row replaced, not added
+  assert metrics_lib.read_metrics(str(tmp_path / "ft")) == rows
   bert_config.train.num_steps = 2
   trainer.train_and_evaluate(bert_config, workdir)
   with pytest.raises(ValueError, match=r"fine-tuned from --init=.*pretrain \(checkpoint step 1\), "

@@ -87,6 +87,17 @@ def test_non_finite_metrics_are_strict_json_nulls_read_back_as_nan(tmp_path):
   assert results == {"task": "sst2", "scores": {"accuracy": None, "f1": [0.5, None]}}
 
 
+def test_a_replaced_eval_row_is_the_one_of_its_step_with_the_same_metrics(tmp_path):
+  # A re-scored fine-tuning run appended another final row each time.
+  with metrics.MetricsLogger(tmp_path, num_steps=3, log_every=1) as logger:
+    logger.write_eval(3, {"loss": (2.0, 1.0)})   # the trainer's
+    logger.write_eval(3, {"accuracy": (0.5, 1.0)})   # the task's
+  with metrics.MetricsLogger(tmp_path, num_steps=3, log_every=1, start_step=3) as logger:
+    logger.write_eval(3, {"accuracy": (0.75, 1.0)}, replace=True)
+  assert [(r["step"], r.get("loss"), r.get("accuracy")) for r in metrics.read_metrics(tmp_path)] == [
+      (3, 2.0, None), (3, None, 0.75)]
+
+
 def test_resume_drops_rows_after_start_step(tmp_path):
   with metrics.MetricsLogger(tmp_path, num_steps=6, log_every=1) as logger:
     for step in range(1, 5):
@@ -122,7 +133,8 @@ def test_workdir_files_of_a_remote_workdir_stay_there(tmp_path, monkeypatch):
   rows = [{"step": s, "split": "train", "loss": 1.0 / s} for s in (1, 2, 3)]
   with tf.io.gfile.GFile(f"{workdir}/metrics.jsonl", "w") as f:
     f.write("".join(json.dumps(r) + "\n" for r in rows))
-  metrics._truncate_after(f"{workdir}/metrics.jsonl", 2)   # what a resume at step 2 does
+  # What a resume at step 2 does.
+  metrics._drop_rows(f"{workdir}/metrics.jsonl", lambda line: metrics._row_step(line) > 2)
   assert metrics.read_metrics(workdir) == rows[:2]
   runner.write_rows(rows, f"{workdir}/probes.jsonl")
   assert runner.read_rows(workdir) == rows

@@ -275,3 +275,5 @@ def test_text_to_text_learns_a_generated_task(tmp_path, family, steps, learning_
   # Beam search over the fine-tuned model agrees (the run is finished: only re-scored).
   config.eval.decoding = 'beam'
   assert t2t.finetune(config, workdir, devices=devices)['accuracy'] >= 0.9
+  # Its row replaced the final one (each re-score appended another row of the step).
+  assert [r['step'] for r in metrics_lib.read_metrics(workdir, 'eval')] == [steps // 2, steps]

@@ -70,7 +70,7 @@ def finetune(config, workdir: str, init: str = "none") -> dict:
   if jax.process_index() == 0:
     with metrics_lib.MetricsLogger(workdir, num_steps=config.train.num_steps, log_every=1,
                                    start_step=step) as logger:
-      logger.write_eval(step, {k: (v, 1.0) for k, v in scores.items()})
+      logger.write_eval(step, {k: (v, 1.0) for k, v in scores.items()}, replace=True)
     results = {"task": config.data.task, "objective": config.objective, "init": init,
                "step": step, "train_rows": data.num_rows(config, "train"), "scores": scores}
     metrics_lib.write_results(workdir, results)

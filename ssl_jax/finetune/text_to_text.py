@@ -398,10 +398,11 @@ def finetune(config, workdir: str, init: str = 'none', devices=None) -> dict:
     loaded = lm_init.params_from_init(config, config.finetune.init, exp.layout)
     return params if loaded is None else loaded
 
-  def evaluate_fn(params, step, logger):
+  def evaluate_fn(params, step, logger, replace=False):
     result.clear()
     result.update(_evaluate(exp, params, vocab, eval_pairs, config))
-    logger.write_eval(step, {k: (v, 1.0) for k, v in result.items() if k != 'predictions'})
+    logger.write_eval(step, {k: (v, 1.0) for k, v in result.items() if k != 'predictions'},
+                      replace=replace)
 
   state = trainer.train_and_evaluate(config, workdir, init_params, exp=exp,
                                      train_iter=train_iter, evaluate_fn=evaluate_fn)
@@ -409,7 +410,7 @@ def finetune(config, workdir: str, init: str = 'none', devices=None) -> dict:
   if not result:  # a finished run, re-run: score its last state (a preempted one raised)
     with metrics_lib.MetricsLogger(workdir, num_steps=config.train.num_steps, log_every=1,
                                    start_step=step) as logger:
-      evaluate_fn(state.params, step, logger)
+      evaluate_fn(state.params, step, logger, replace=True)   # its row, not a second one
   predictions = result.pop('predictions')
   _write_results(workdir, config, step, result, eval_pairs, predictions)
   return result
