@@ -21,11 +21,13 @@ import contextlib
 import glob
 import importlib.util
 import itertools
+import json
 import os
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import jax
 from absl import logging
@@ -153,6 +155,40 @@ def barrier(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
   jax_distributed.global_state.client.wait_at_barrier(
       f"ssl_jax/{next(_barrier_ids)}/{name}", timeout_in_ms=timeout_s * 1000)
   logging.info("%s: waited %.1f s for the other processes", name, time.monotonic() - start)
+
+
+def check_same_everywhere(settings: Mapping[str, Any], timeout_s: int = BARRIER_TIMEOUT_S) -> None:
+  """Raises in every process if `settings` (JSON-able: the command, its flags, the whole config)
+  are not the same in all processes; a no-op in a single-process run. Each process compiles its
+  own copy of the step from its own config, so a host with another learning rate (a config file
+  edited on one host, a per-host flag) would silently train parameter replicas that disagree.
+  The values go through the coordination service, as `barrier`'s wait."""
+  if not jax.distributed.is_initialized() or jax.process_count() == 1:
+    return
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  client = jax_distributed.global_state.client
+  key = f"ssl_jax/settings/{next(_barrier_ids)}"
+  client.key_value_set(f"{key}/{jax.process_index()}", json.dumps(settings, sort_keys=True))
+  values = [_flat(json.loads(client.blocking_key_value_get(f"{key}/{i}", timeout_s * 1000)))
+            for i in range(jax.process_count())]
+  for i, other in enumerate(values[1:], 1):
+    differ = sorted(k for k in values[0].keys() | other.keys() if values[0].get(k) != other.get(k))
+    if differ:
+      raise ValueError(
+          f"process {i} runs with other settings than process 0: "
+          + "; ".join(f"{k}={other.get(k)!r} (process 0: {values[0].get(k)!r})" for k in differ[:5])
+          + ". Every process of a job runs the same command with the same config (a config file "
+          "edited on one host? a flag given to some processes only?); make them equal and restart.")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1}."""
+  if not isinstance(tree, dict) or not tree:
+    return {prefix: tree}
+  out = {}
+  for name, sub in tree.items():
+    out.update(_flat(sub, f"{prefix}.{name}" if prefix else name))
+  return out
 
 
 def _check_explicit(coordinator_address: str, num_processes: int, process_id: int) -> None:

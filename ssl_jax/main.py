@@ -17,6 +17,7 @@ Multi-process (one process per host or GPU; see launch/): the same command on ev
 """
 import functools
 import gc
+import json
 import logging as std_logging
 import sys
 from typing import Callable
@@ -107,7 +108,17 @@ def main(argv):
                          preemption=command in ("train", "finetune", "eval-suite")
                          and not in_context)
   with distributed.fail_fast():
+    distributed.check_same_everywhere(_settings(command))
     _dispatch(command, argv)
+
+
+def _settings(command: str) -> dict:
+  """The command and the flags it reads (the config as JSON): the same in every process."""
+  settings = {"command": command}
+  for name in _FLAGS_OF[command]:
+    value = flags.FLAGS[name].value
+    settings[name] = json.loads(value.to_json_best_effort()) if name == "config" and value else value
+  return settings
 
 
 def _dispatch(command: str, argv):

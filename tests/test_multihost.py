@@ -538,6 +538,39 @@ def test_a_failed_process_ends_the_others(tmp_path, failure):
     assert "ssl_jax: process 1 of 2 failed" in "".join(outputs[1])
 
 
+_SETTINGS_CHECK = """
+from absl import app, flags
+from ssl_jax import distributed
+flags.DEFINE_string("coordinator_address", None, "")
+flags.DEFINE_integer("num_processes", None, "")
+flags.DEFINE_integer("process_id", None, "")
+
+def main(_):
+  f = flags.FLAGS
+  distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
+  with distributed.fail_fast():
+    distributed.check_same_everywhere({"command": "train", "config": {"optim": {
+        "learning_rate": 0.05 if f.process_id == 1 else 0.001, "b1": 0.9}}})
+    print("settings agree", flush=True)
+
+app.run(main)
+"""
+
+
+def test_processes_with_different_configs_are_refused(tmp_path):
+  # Each process compiles its step from its own config: a learning rate given to one process
+  # only trained parameter replicas that disagreed, and the job exited 0.
+  script = tmp_path / "settings_check.py"
+  script.write_text(_SETTINGS_CHECK)
+  with _job([sys.executable, str(script)], devices=1) as (procs, outputs):
+    codes = [proc.wait(timeout=300) for proc in procs]
+  time.sleep(1)  # the reader threads take the last lines
+  for code, out in zip(codes, outputs):
+    assert code != 0 and "settings agree" not in "".join(out), "".join(out)
+    assert ("process 1 runs with other settings than process 0: config.optim.learning_rate=0.05 "
+            "(process 0: 0.001)") in "".join(out), "".join(out)
+
+
 @pytest.mark.slow
 def test_a_process_late_to_the_first_collective_is_waited_for_at_the_barrier(tmp_path):
   """gloo fails a job whose processes reach their first collective more than 30 s apart; the
