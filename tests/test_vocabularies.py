@@ -187,6 +187,19 @@ def test_sentencepiece_trained_on_the_corpus_serves_every_objective(tmp_path):
   assert tokenizer(text, add_special_tokens=False)["input_ids"] == vocab.encode(text)
 
 
+def test_sentencepiece_model_without_padding_at_id_0_is_refused(tmp_path):
+  # SentencePiece's default ids (unk=0, bos=1, eos=2, no pad): every unknown character was id
+  # 0, dropped as padding, and the packer cut as many tokens (often the EOS) off the document.
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  texts = [corpora.sentence_text(s) for d in corpora.generate_documents(20, seed=0) for s in d]
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_prefix=str(tmp_path / "d"),
+                                 vocab_size=60, minloglevel=2)
+  with pytest.raises(ValueError, match=r"id 0 of this SentencePiece model is '<unk>', not "
+                                       r"padding.*--pad_id=0 --eos_id=1 --unk_id=2"):
+    vocabularies.get_vocabulary(dict(kind="sentencepiece", path=str(tmp_path / "d.model"),
+                                     extra_ids=0))
+
+
 def test_sentencepiece_with_too_few_pieces_is_refused_and_leaves_out_path_as_it_was(tmp_path):
   out = tmp_path / "sp.model"
   out.write_bytes(b"an earlier model")

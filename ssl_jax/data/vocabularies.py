@@ -262,7 +262,14 @@ def _vocabulary(kind, path, extra_ids, lower_case):
   if kind == "sentencepiece":
     _require_file(path, kind, "train one with `ssl-jax vocab train --config=... --vocab_size=N "
                   "--out=F.model` and set config.data.vocab.path=F.model.")
-    return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+    vocab = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+    if vocab.tokenizer.pad_id() != 0:
+      raise ValueError(
+          f"config.data.vocab.path={path!r}: id 0 of this SentencePiece model is "
+          f"{vocab.tokenizer.id_to_piece(0)!r}, not padding; ssl_jax pads with id 0 (as seqio and "
+          "T5), so each such token would be dropped as padding. Use a model with T5's ids (train "
+          "it with --pad_id=0 --eos_id=1 --unk_id=2 --bos_id=-1, or with `ssl-jax vocab train`).")
+    return vocab
   if kind == "byte":
     return seqio.ByteVocabulary(extra_ids=extra_ids)
   raise ValueError(
