@@ -86,7 +86,7 @@ def _names(path) -> list[str]:
   return [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
 
 
-def stacked_mask(params: Any) -> Any:
+def _stacked_mask(params: Any) -> Any:
   """True for parameters that scan_layers stacks: those under a 'layers' key, one layer per
   index of their leading axis."""
   return jax.tree_util.tree_map_with_path(lambda path, _: "layers" in _names(path), params)
@@ -104,7 +104,7 @@ def _clip_by_block_rms(threshold: float) -> optax.GradientTransformation:
   def update_fn(updates, state, params=None):
     del params
     clip = lambda u, stacked: u / jnp.maximum(1.0, _block_rms(u, stacked) / threshold)  # noqa: E731
-    return jax.tree.map(clip, updates, stacked_mask(updates)), state
+    return jax.tree.map(clip, updates, _stacked_mask(updates)), state
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
@@ -114,7 +114,7 @@ def _scale_by_param_block_rms(min_scale: float = 1e-3) -> optax.GradientTransfor
     def scale(u, p, stacked):
       rms = _block_rms(p, stacked)
       return u * jnp.where(rms <= min_scale, min_scale, rms)
-    return jax.tree.map(scale, updates, params, stacked_mask(params)), state
+    return jax.tree.map(scale, updates, params, _stacked_mask(params)), state
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
