@@ -219,10 +219,14 @@ def json_line(row: Mapping[str, Any]) -> str:
 
 
 def write_results(workdir: str, results: Mapping[str, Any]) -> None:
-  """A fine-tuning run's final scores as `workdir/eval_results.json`, strict JSON as `json_line`
-  writes (a non-finite score is null)."""
-  with tf.io.gfile.GFile(os.path.join(workdir, RESULTS_FILE), "w") as f:
-    f.write(json.dumps(_finite_or_null(results), indent=2, allow_nan=False))
+  """A fine-tuning run's final scores as `workdir/eval_results.json` (`write_json`)."""
+  write_json(os.path.join(workdir, RESULTS_FILE), results)
+
+
+def write_json(path: str, value: Mapping[str, Any]) -> None:
+  """`value` as strict JSON, as `json_line` writes (a non-finite number is null)."""
+  with tf.io.gfile.GFile(path, "w") as f:
+    f.write(json.dumps(_finite_or_null(value), indent=2, allow_nan=False))
 
 
 def _finite_or_null(value: Any) -> Any:

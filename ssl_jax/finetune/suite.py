@@ -14,13 +14,13 @@ STS-B: Pearson and Spearman), except CoLA, scored by Matthews correlation alone
 (`formats.GlueSpec.score`); for SQuAD it is F1. The suite's score is the mean over tasks.
 """
 import copy
-import json
 import os
 
 import jax
 import tensorflow as tf
 
 from ssl_jax import config as config_lib
+from ssl_jax import metrics as metrics_lib
 from ssl_jax.finetune import formats
 from ssl_jax.finetune import run as run_lib
 
@@ -100,8 +100,7 @@ def run(suite, workdir: str, init: str = "none") -> dict:
   average = sum(r["score"] for r in rows) / len(rows)
   result = {"init": init, "tasks": rows, "average": average}
   if jax.process_index() == 0:
-    with tf.io.gfile.GFile(os.path.join(workdir, "scores.json"), "w") as f:
-      json.dump(result, f, indent=2)
+    metrics_lib.write_json(os.path.join(workdir, "scores.json"), result)   # a NaN score: null
     with tf.io.gfile.GFile(os.path.join(workdir, "scores.md"), "w") as f:
       f.write(markdown(rows, average, init))
   return result
