@@ -118,8 +118,10 @@ def test_train_stream_is_endless_with_a_new_permutation_and_doc_index_each_epoch
   assert [i - 64 for i in second] != first
 
 
+# The first separator line holds a no-break space (text copied from HTML): it joined the two
+# documents into one.
 _TEXT = """The first document has a sentence. It has a second one! And a third?
-
+ 
 Line one of document two
 line two of document two
 
@@ -261,6 +263,16 @@ def test_mixture_of_sources(tmp_path):
   assert len(list(ds.take(6).as_numpy_iterator())) == 6
   with pytest.raises(ValueError, match="config.data.mixture"):
     tasks.get_mixture_or_task(tiny_config("causal_lm", mixture="default_corpus"))
+  # seqio keeps one rate per task (the last: text_files trained at 1/2, not 1/3); tf.data never
+  # draws a source of rate inf; a misspelt source was reported as config.data.tfds_name.
+  for spec, message in (
+      ("default_corpus:1,text_files:1,default_corpus:1", "names 'default_corpus' twice"),
+      ("default_corpus:inf,text_files:1", "must be 'source:rate' with a finite rate > 0"),
+      ("default_corpus:1,text_file:1", "'text_file' is neither a source .*nor a TFDS name")):
+    with pytest.raises(ValueError, match=rf"config.data.mixture='{spec}'.*{message}"):
+      tasks.get_mixture_or_task(tiny_config("causal_lm", text_files=str(path), mixture=spec))
+  spaced = tiny_config("causal_lm", text_files=str(path), mixture="default_corpus : 3, text_files:1")
+  assert tasks.get_mixture_or_task(spaced).tasks == mixture.tasks
 
 
 def test_mixture_shards_pick_their_sources_independently(tmp_path):

@@ -33,6 +33,7 @@ Sources (`config.data.source`):
 import functools
 import hashlib
 import json
+import math
 import re
 
 import seqio
@@ -155,7 +156,8 @@ def _read_text_file_documents(paths, stamps):  # `stamps` (size, mtime) re-read 
     except UnicodeDecodeError as e:
       raise ValueError(f"config.data.text_files: {path} is not UTF-8 text ({e}); convert it, "
                        f"e.g. iconv -f latin1 -t utf-8.") from e
-    documents += [d.strip() for d in re.split(r"\n[ \t\r\f\v]*\n", text) if d.strip()]
+    # A blank line separates documents; whitespace is Unicode's (a no-break space copied from HTML).
+    documents += [d.strip() for d in re.split(r"\n[^\S\n]*\n", text) if d.strip()]
   if not documents:
     raise ValueError(
         f"config.data.text_files={','.join(paths)!r} holds no text; give files with documents separated "
@@ -484,14 +486,22 @@ def _parse_mixture(spec):
   entries = []
   for item in (s.strip() for s in spec.split(",") if s.strip()):
     source, _, rate = item.rpartition(":")
+    source = source.strip()
     try:
       rate = float(rate)
     except ValueError:
       rate = -1.0
-    if not source or not rate > 0:
+    if not source or not (math.isfinite(rate) and rate > 0):
       raise ValueError(
-          f"config.data.mixture={spec!r}: entry {item!r} must be 'source:rate' with a rate > 0, e.g. "
-          "'default_corpus:0.7,c4/en:3.1.0:0.3'.")
+          f"config.data.mixture={spec!r}: entry {item!r} must be 'source:rate' with a finite rate "
+          "> 0, e.g. 'default_corpus:0.7,c4/en:3.1.0:0.3'.")
+    if source not in SOURCES and ":" not in source:
+      raise ValueError(
+          f"config.data.mixture={spec!r}: {source!r} is neither a source ({', '.join(SOURCES)}) "
+          "nor a TFDS name with its version (e.g. 'c4/en:3.1.0').")
+    if source in dict(entries):   # seqio keeps one rate per task: the last would win
+      raise ValueError(f"config.data.mixture={spec!r} names {source!r} twice; give each source "
+                       "once, with its whole rate.")
     entries.append((source, rate))
   return entries
 
