@@ -153,7 +153,8 @@ def validate(config: ml_collections.ConfigDict):
          "use 0 (one shard per process) or a positive number of shards.")
   _check(d.sequence_length > 0, "data.sequence_length", d.sequence_length, "use a positive length.")
   _check(d.targets_length > 0, "data.targets_length", d.targets_length, "use a positive length.")
-  if family != "t5":  # T5 uses relative positions: any length works.
+  # T5's relative positions and ALiBi have no position table: any length works.
+  if family != "t5" and getattr(model_cfg, "position_embedding", "learned") != "alibi":
     _check(d.sequence_length <= model_cfg.max_length, "data.sequence_length", d.sequence_length,
            f"the model has {model_cfg.max_length} positions (config.model.max_length); use a "
            "sequence length at most that, or a model with more positions.")

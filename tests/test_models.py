@@ -55,10 +55,28 @@ def test_config_dict_round_trip_for_every_preset():
     ({'family': 'roberta'}, "family='roberta'"),
     ({'family': 'bert', 'position_embedding': 'rotary'}, "position_embedding='rotary'"),
     ({'family': 'bert', 'alibi_bias_max': 0.0}, 'alibi_bias_max=0.0'),
+    # max_distance at or under the decoder's 16 exact offsets: NaN logits (log(16 / 16) = 0).
+    ({'family': 't5', 'relative_attention_max_distance': 16},
+     'relative_attention_max_distance=16: must be more than .* = 16'),
+    ({'family': 't5', 'relative_attention_num_buckets': 2}, 'relative_attention_num_buckets=2'),
 ])
 def test_config_from_dict_rejects_bad_values(overrides, match):
   with pytest.raises(ValueError, match=match):
     config.config_from_dict(overrides)
+
+
+def test_alibi_bert_config_takes_rows_longer_than_max_length():
+  # ALiBi has no position table (it extrapolates), but config validation refused
+  # data.sequence_length > model.max_length, naming positions the model does not have.
+  import importlib  # pylint: disable=g-import-not-at-top
+  from ssl_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  cfg = importlib.import_module('configs.bert').get_config('tiny')
+  assert cfg.model.position_embedding == 'alibi'
+  cfg.data.sequence_length = 2 * cfg.model.max_length
+  config_lib.validate(cfg)
+  cfg.model.position_embedding = 'learned'
+  with pytest.raises(ValueError, match=r'config.data.sequence_length=256.*128 positions'):
+    config_lib.validate(cfg)
 
 
 def test_get_preset_unknown_name_lists_choices():

@@ -173,10 +173,14 @@ def _validate(cfg) -> None:
           'pre-norm, so leave it False for family t5')
     if cfg.num_decoder_layers < 1:
       bad('num_decoder_layers', 'must be a positive int')
-    if cfg.relative_attention_num_buckets < 2:
-      bad('relative_attention_num_buckets', 'must be >= 2')
-    if cfg.relative_attention_max_distance < 1:
-      bad('relative_attention_max_distance', 'must be >= 1')
+    # The log buckets start after max_exact = num_buckets // 4 (encoder) and // 2 (decoder)
+    # exact offsets and divide by log(max_distance / max_exact): both must be > 0.
+    if cfg.relative_attention_num_buckets < 4:
+      bad('relative_attention_num_buckets', 'must be >= 4 (T5: 32)')
+    if cfg.relative_attention_max_distance <= cfg.relative_attention_num_buckets // 2:
+      bad('relative_attention_max_distance', 'must be more than relative_attention_num_buckets '
+          f'// 2 = {cfg.relative_attention_num_buckets // 2}, the decoder\'s exact offsets '
+          '(T5: 128); at or under it the buckets are NaN or collide')
 
 
 def _tiny(cls, **kw):
