@@ -271,6 +271,9 @@ def test_mixture_of_sources(tmp_path):
       ("default_corpus:1,text_file:1", "'text_file' is neither a source .*nor a TFDS name")):
     with pytest.raises(ValueError, match=rf"config.data.mixture='{spec}'.*{message}"):
       tasks.get_mixture_or_task(tiny_config("causal_lm", text_files=str(path), mixture=spec))
+  with pytest.raises(ValueError, match="names 'c4/en:3.1.0' twice"):   # 'tfds' is tfds_name's
+    tasks.get_mixture_or_task(tiny_config("causal_lm", mixture="tfds:1,c4/en:3.1.0:1",
+                                          tfds_name="c4/en:3.1.0"))
   spaced = tiny_config("causal_lm", text_files=str(path), mixture="default_corpus : 3, text_files:1")
   assert tasks.get_mixture_or_task(spaced).tasks == mixture.tasks
 

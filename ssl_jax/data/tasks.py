@@ -301,7 +301,7 @@ def train_documents(config):
   spec = _get(config.data, "mixture", "") or ""
   if not spec:
     return document_dataset(config, "train")
-  entries = _parse_mixture(spec)
+  entries = _mixture_entries(config)
   total = sum(rate for _, rate in entries)
   return tf.data.Dataset.sample_from_datasets(
       [document_dataset(config, "train", source) for source, _ in entries],
@@ -428,11 +428,11 @@ def stream_settings(config) -> dict:
   if not spec:
     return _task_settings(config, config.data.source, _get(config.data, "tfds_name"))
   settings = {}
-  for source, _ in _parse_mixture(spec):   # the TFDS names and rates are in the spec
+  for source, _ in _mixture_entries(config):   # the TFDS names and rates are in the spec
     settings.update(_task_settings(config, source if source in SOURCES else "tfds", None))
   settings.pop("source")
   settings.pop("tfds_name", None)
-  if any(source == "tfds" for source, _ in _parse_mixture(spec)):   # reads data.tfds_name
+  if any(source == "tfds" for source, _ in _mixture_entries(config)):   # reads data.tfds_name
     settings["tfds_name"] = _get(config.data, "tfds_name")
   return {**settings, "mixture": spec}
 
@@ -481,8 +481,11 @@ def get_task(config) -> seqio.Task:
   return _task(config, config.data.source, _get(config.data, "tfds_name"))
 
 
-def _parse_mixture(spec):
-  """'default_corpus:1,c4/en:3.1.0:0.5' -> [('default_corpus', 1.0), ('c4/en:3.1.0', 0.5)]."""
+def _mixture_entries(config):
+  """config.data.mixture 'default_corpus:1,c4/en:3.1.0:0.5' -> [('default_corpus', 1.0),
+  ('c4/en:3.1.0', 0.5)]."""
+  spec = config.data.mixture
+  tfds_name = _get(config.data, "tfds_name")
   entries = []
   for item in (s.strip() for s in spec.split(",") if s.strip()):
     source, _, rate = item.rpartition(":")
@@ -499,9 +502,11 @@ def _parse_mixture(spec):
       raise ValueError(
           f"config.data.mixture={spec!r}: {source!r} is neither a source ({', '.join(SOURCES)}) "
           "nor a TFDS name with its version (e.g. 'c4/en:3.1.0').")
-    if source in dict(entries):   # seqio keeps one rate per task: the last would win
-      raise ValueError(f"config.data.mixture={spec!r} names {source!r} twice; give each source "
-                       "once, with its whole rate.")
+    # seqio keeps one rate per task (the last would win); 'tfds' is data.tfds_name's task.
+    task_of = lambda name: tfds_name if name == "tfds" else name  # noqa: E731
+    if any(task_of(seen) == task_of(source) for seen, _ in entries):
+      raise ValueError(f"config.data.mixture={spec!r} names {task_of(source)!r} twice; give each "
+                       "source once, with its whole rate.")
     entries.append((source, rate))
   return entries
 
@@ -512,7 +517,7 @@ def get_mixture_or_task(config):
   if not spec:
     return get_task(config)
   tasks = []
-  for source, rate in _parse_mixture(spec):
+  for source, rate in _mixture_entries(config):
     if source in SOURCES:
       task = _task(config, source, _get(config.data, "tfds_name") if source == "tfds" else None)
     else:
