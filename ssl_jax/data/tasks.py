@@ -428,11 +428,12 @@ def stream_settings(config) -> dict:
   if not spec:
     return _task_settings(config, config.data.source, _get(config.data, "tfds_name"))
   settings = {}
-  for source, _ in _mixture_entries(config):   # the TFDS names and rates are in the spec
+  sources = [source for source, _ in _mixture_entries(config)]
+  for source in sources:   # the TFDS names and rates are in the spec
     settings.update(_task_settings(config, source if source in SOURCES else "tfds", None))
   settings.pop("source")
   settings.pop("tfds_name", None)
-  if any(source == "tfds" for source, _ in _mixture_entries(config)):   # reads data.tfds_name
+  if "tfds" in sources:   # reads data.tfds_name
     settings["tfds_name"] = _get(config.data, "tfds_name")
   return {**settings, "mixture": spec}
 
@@ -486,6 +487,7 @@ def _mixture_entries(config):
   ('c4/en:3.1.0', 0.5)]."""
   spec = config.data.mixture
   tfds_name = _get(config.data, "tfds_name")
+  task_of = lambda name: tfds_name if name == "tfds" else name  # noqa: E731  (seqio's task)
   entries = []
   for item in (s.strip() for s in spec.split(",") if s.strip()):
     source, _, rate = item.rpartition(":")
@@ -503,7 +505,6 @@ def _mixture_entries(config):
           f"config.data.mixture={spec!r}: {source!r} is neither a source ({', '.join(SOURCES)}) "
           "nor a TFDS name with its version (e.g. 'c4/en:3.1.0').")
     # seqio keeps one rate per task (the last would win); 'tfds' is data.tfds_name's task.
-    task_of = lambda name: tfds_name if name == "tfds" else name  # noqa: E731
     if any(task_of(seen) == task_of(source) for seen, _ in entries):
       raise ValueError(f"config.data.mixture={spec!r} names {task_of(source)!r} twice; give each "
                        "source once, with its whole rate.")
