@@ -171,6 +171,9 @@ def check_same_everywhere(settings: Mapping[str, Any], timeout_s: int = BARRIER_
   client.key_value_set(f"{key}/{jax.process_index()}", json.dumps(settings, sort_keys=True))
   values = [_flat(json.loads(client.blocking_key_value_get(f"{key}/{i}", timeout_s * 1000)))
             for i in range(jax.process_count())]
+  # Every process has read every value before any raises: a coordinator that exits first would
+  # leave the others a lost connection instead of the message.
+  client.wait_at_barrier(f"{key}/read", timeout_in_ms=timeout_s * 1000)
   for i, other in enumerate(values[1:], 1):
     differ = sorted(k for k in values[0].keys() | other.keys() if values[0].get(k) != other.get(k))
     if differ:
