@@ -6,6 +6,7 @@ before anything is built or compiled and raises a `ValueError` that names the se
 and the fix.
 """
 import importlib.util
+import math
 import os
 
 import ml_collections
@@ -81,7 +82,7 @@ def base_config(objective: str, family: str, preset: str) -> ml_collections.Conf
   c.train = ml_collections.ConfigDict(dict(
       global_batch_size=32, num_steps=1000, microbatches=1, log_every=50, eval_every=250,
       eval_steps=10, save_every=500, keep_checkpoints=3, log_spaced_checkpoints=False, seed=0,
-      on_nonfinite="skip"))
+      on_nonfinite="skip", z_loss=0.0))
   c.optim = ml_collections.ConfigDict(dict(
       name="adamw", learning_rate=1e-3, warmup_steps=100, schedule="linear", weight_decay=0.01,
       b1=0.9, b2=0.999, eps=1e-6, grad_clip_norm=1.0))
@@ -196,5 +197,11 @@ def validate(config: ml_collections.ConfigDict):
   _check(t.global_batch_size % t.microbatches == 0, "train.microbatches", t.microbatches,
          f"it must divide train.global_batch_size={t.global_batch_size}.")
   _one_of("train.on_nonfinite", t.on_nonfinite, _ON_NONFINITE)
+  z_loss = t.get("z_loss", 0.0)
+  _check(math.isfinite(z_loss) and z_loss >= 0, "train.z_loss", z_loss,
+         "use 0 (none) or a small positive weight (T5.1.1 and PaLM: 1e-4).")
+  _check(z_loss == 0 or config.objective in objectives.PRETRAINING, "train.z_loss", z_loss,
+         f"the z-loss acts on a vocabulary softmax, which objective {config.objective!r} does not "
+         f"have (it is for {', '.join(objectives.PRETRAINING)}); use 0.")
 
   return model_cfg

@@ -281,16 +281,25 @@ def test_token_losses_and_their_gradient_equal_optax_cross_entropy():
   logits = logits.at[0, 0].set(1.0)  # every logit tied for the largest: a hit
   probe = jax.random.normal(keys[2], (3, 5))
 
-  def ours(logits):
-    losses, hits = objectives.token_losses(logits, targets)
-    return jnp.sum(losses * probe), hits
+  def ours(logits, z_loss=0.0):
+    losses, hits, log_z = objectives.token_losses(logits, targets)
+    return jnp.sum(losses * probe) + objectives.z_loss_sum(log_z, probe, z_loss), hits
 
-  reference = lambda logits: jnp.sum(  # noqa: E731
-      optax.softmax_cross_entropy_with_integer_labels(logits, targets) * probe)
+  def reference(logits, z_loss=0.0):  # t5x's cross_entropy_with_logits(..., z_loss)
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    return jnp.sum((optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+                    + z_loss * log_z ** 2) * probe)
+
   (loss, hits), grad = jax.jit(jax.value_and_grad(ours, has_aux=True))(logits)
   want_loss, want_grad = jax.jit(jax.value_and_grad(reference))(logits)
   np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
   np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-7)
+  # with the z-loss (a large weight, so that it shows in the gradient)
+  (z_loss, _), z_grad = jax.value_and_grad(ours, has_aux=True)(logits, 0.1)
+  want_loss, want_z_grad = jax.value_and_grad(reference)(logits, 0.1)
+  assert np.abs(want_z_grad - want_grad).max() > 0.1
+  np.testing.assert_allclose(z_loss, want_loss, rtol=1e-6)
+  np.testing.assert_allclose(z_grad, want_z_grad, rtol=1e-5, atol=1e-6)
   want_hits = np.array(jnp.argmax(logits, -1) == targets)
   want_hits[0, 0] = True
   np.testing.assert_array_equal(hits, want_hits.astype(np.float32))
@@ -301,10 +310,46 @@ def test_token_losses_and_their_gradient_equal_optax_cross_entropy():
   # bfloat16 logits tie at the top in a few % of rows: each of n tied tokens counts 1/n (every
   # tied token counted as a hit, ~1 point of accuracy more than float32 reported).
   tied = logits.at[1, 2].set(jnp.where(jnp.arange(11) < 4, 9.0, 0.0)).astype(jnp.bfloat16)
-  _, bf16_hits = objectives.token_losses(tied, targets.at[1, 2].set(3))
+  _, bf16_hits, _ = objectives.token_losses(tied, targets.at[1, 2].set(3))
   assert float(bf16_hits[1, 2]) == 0.25 and float(bf16_hits[0, 0]) == pytest.approx(1 / 11)
   np.testing.assert_array_equal(np.delete(np.asarray(bf16_hits).ravel(), [0, 7]),
                                 np.delete(want_hits.ravel(), [0, 7]))
+
+
+def test_z_loss_is_added_to_every_pretraining_loss_and_logged_apart():
+  from ssl_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  keys = jax.random.split(jax.random.key(1), 3)
+  logits = 3 * jax.random.normal(keys[0], (2, 5, 11))
+  targets = jax.random.randint(keys[1], (2, 5), 0, 11)
+  weights = jax.random.bernoulli(keys[2], 0.7, (2, 5)).astype(jnp.float32)
+  want_z = 1e-2 * float(jnp.sum(jax.nn.logsumexp(logits, -1) ** 2 * weights))
+  decoder_batch = dict(decoder_target_tokens=targets, decoder_loss_weights=weights)
+  mlm_batch = dict(masked_targets=targets, masked_weights=weights, masked_kinds=weights.astype(int),
+                   sentence_labels=jnp.zeros(2, int), sentence_weights=jnp.ones(2))
+  for name, family, outputs, batch in (
+      ("causal_lm", "gpt", logits, decoder_batch), ("span_corruption", "t5", logits, decoder_batch),
+      ("denoising", "bart", logits, decoder_batch),
+      ("mlm", "bert", dict(mlm_logits=logits, sentence_logits=jnp.zeros((2, 2))), mlm_batch)):
+    cfg = config_lib.base_config(name, family, "tiny")
+    plain = objectives.get(name, cfg)
+    cfg.train.z_loss = 1e-2
+    config_lib.validate(cfg)
+    with_z = objectives.get(name, cfg)
+    dens = plain.denominators(batch)
+    loss, sums = plain.loss(outputs, batch, dens)
+    z_loss, z_sums = with_z.loss(outputs, batch, dens)
+    np.testing.assert_allclose(z_loss - loss, want_z / float(weights.sum()), rtol=1e-5)
+    np.testing.assert_allclose(z_sums.pop("z_loss"), (want_z, weights.sum()), rtol=1e-5)
+    assert "z_loss" not in sums
+    jax.tree.map(np.testing.assert_array_equal, z_sums, sums)  # the cross-entropy, logged alone
+  cfg = config_lib.base_config("classification", "bert", "tiny")
+  cfg.train.z_loss = 1e-4
+  with pytest.raises(ValueError, match=r"config.train.z_loss=0.0001 is invalid: the z-loss acts on"
+                                       r" a vocabulary softmax, which objective 'classification'"):
+    config_lib.validate(cfg)
+  cfg.objective, cfg.train.z_loss = "mlm", -1e-4
+  with pytest.raises(ValueError, match=r"config.train.z_loss=-0.0001 is invalid: use 0"):
+    config_lib.validate(cfg)
 
 
 def test_autodiff_dense_traces_autodiffs_backward_pass_inside_the_context_only():

@@ -23,9 +23,9 @@ import jax.numpy as jnp
 Batch = dict[str, jax.Array]
 MetricSums = dict[str, tuple[jax.Array, jax.Array]]
 
-NAMES = ("mlm", "causal_lm", "span_corruption", "denoising",
-         # Fine-tuning (ssl_jax.finetune): heads on a BERT encoder.
-         "classification", "regression", "tagging", "extractive_qa")
+PRETRAINING = ("mlm", "causal_lm", "span_corruption", "denoising")
+# Fine-tuning (ssl_jax.finetune): heads on a BERT encoder.
+NAMES = PRETRAINING + ("classification", "regression", "tagging", "extractive_qa")
 _MODULES = {
     "mlm": "ssl_jax.objectives.mlm",
     "causal_lm": "ssl_jax.objectives.causal_lm",
@@ -53,15 +53,20 @@ def get(name: str, config=None) -> Objective:
   """Returns the objective registered under `name` (`config.objective`).
 
   Objectives whose model depends on the task (fine-tuning: the number of labels) define
-  `for_config(config)`; given `config`, `get` returns that specialisation.
+  `for_config(config)`; given `config`, `get` returns that specialisation, with
+  `config.train.z_loss` passed to the loss of a pretraining objective when it is not 0.
   """
   if name not in _MODULES:
     raise ValueError(
         f"config.objective={name!r} is not an objective; use one of {', '.join(NAMES)}.")
   module = importlib.import_module(_MODULES[name])
-  if config is not None and hasattr(module, "for_config"):
-    return module.for_config(config)
-  return module.OBJECTIVE
+  if config is None:
+    return module.OBJECTIVE
+  objective = module.for_config(config) if hasattr(module, "for_config") else module.OBJECTIVE
+  z_loss = config.train.get("z_loss", 0.0)
+  if z_loss:  # config.validate allows it for the pretraining objectives only
+    objective = dataclasses.replace(objective, loss=functools.partial(objective.loss, z_loss=z_loss))
+  return objective
 
 
 def init_params(objective: Objective, model, rng, batch):
@@ -88,12 +93,19 @@ def token_cross_entropy(logits, targets, weights):
     (loss_sum, correct_sum, weight_sum) scalars; `correct` counts weighted hits (`token_losses`).
   """
   weights = weights.astype(jnp.float32)
-  losses, correct = token_losses(logits, targets)
+  losses, correct, _ = token_losses(logits, targets)
   return (losses * weights).sum(), (correct * weights).sum(), weights.sum()
 
 
+def z_loss_sum(log_z, weights, z_loss: float):
+  """`z_loss` × the weighted sum of log(Z)², Z the softmax's normaliser (PaLM's and t5x's z-loss,
+  which keeps log(Z) near 0: T5.1.1 and PaLM train with 1e-4)."""
+  return z_loss * (jnp.square(log_z) * weights.astype(jnp.float32)).sum()
+
+
 def token_losses(logits, targets):
-  """Per-token softmax cross-entropy (float32) and hit (1.0 where the target has the largest logit).
+  """Per-token softmax cross-entropy (float32), hit (1.0 where the target has the largest logit)
+  and log Z = logsumexp(logits) (float32, for `z_loss_sum`).
 
   The loss equals `optax.softmax_cross_entropy_with_integer_labels`; a hit is `argmax(logits) ==
   targets` (it reuses the logsumexp's max: an argmax is a second pass over [..., V] that costs as
@@ -108,6 +120,7 @@ def token_losses(logits, targets):
 # passes over the [..., V] logits instead of autodiff's six (benchmarks/RESULTS.md, "Softmax
 # cross-entropy"): the forward keeps exp(logits - max) for the backward, picks the target logit
 # with a gather rather than a select and sum over V, and the backward is one elementwise pass.
+# log Z's gradient is the softmax, exp / total: it joins the loss's in that pass.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _token_losses(logits, targets, split_ties):
   return _token_losses_fwd(logits, targets, split_ties)[0]
@@ -119,19 +132,20 @@ def _token_losses_fwd(logits, targets, split_ties):
   total = jnp.sum(exp, axis=-1)
   picked = jnp.take_along_axis(logits, targets[..., None], axis=-1, mode="clip")[..., 0]
   target_logit = picked - top[..., 0]
-  losses = jnp.log(total) - target_logit
+  log_total = jnp.log(total)
+  losses = log_total - target_logit
   hits = (target_logit >= 0).astype(jnp.float32)
   if split_ties:
     hits = hits / jnp.sum(jnp.where(logits == top, 1.0, 0.0), axis=-1)
-  return (losses, hits), (exp, total, targets)
+  return (losses, hits, log_total + top[..., 0]), (exp, total, targets)
 
 
 def _token_losses_bwd(split_ties, residuals, cotangents):
   del split_ties
   exp, total, targets = residuals
-  dlosses = cotangents[0]  # hits are piecewise constant: no gradient
+  dlosses, _, dlog_z = cotangents  # hits are piecewise constant: no gradient
   vocab = jnp.arange(exp.shape[-1], dtype=targets.dtype)
-  dlogits = exp * (dlosses / total)[..., None] - jnp.where(
+  dlogits = exp * ((dlosses + dlog_z) / total)[..., None] - jnp.where(
       vocab == targets[..., None], dlosses[..., None], 0.0)
   return dlogits, None
 
@@ -164,9 +178,14 @@ def decoder_denominators(batch):
   return {"token": batch["decoder_loss_weights"].sum()}
 
 
-def decoder_token_loss(logits, batch, denominators):
-  """Per-token cross-entropy of `decoder_target_tokens` (seqio LM and encoder-decoder batches)."""
-  loss_sum, correct, count = token_cross_entropy(
-      logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"])
-  total = loss_sum / safe_denominator(denominators["token"])
-  return total, {"token_loss": (loss_sum, count), "token_accuracy": (correct, count)}
+def decoder_token_loss(logits, batch, denominators, z_loss: float = 0.0):
+  """Per-token cross-entropy of `decoder_target_tokens` (seqio LM and encoder-decoder batches),
+  plus the z-loss (`z_loss_sum`) when `z_loss` is not 0; `token_loss` is the cross-entropy alone."""
+  weights = batch["decoder_loss_weights"].astype(jnp.float32)
+  losses, hits, log_z = token_losses(logits, batch["decoder_target_tokens"])
+  loss_sum, correct, count = (losses * weights).sum(), (hits * weights).sum(), weights.sum()
+  sums = {"token_loss": (loss_sum, count), "token_accuracy": (correct, count)}
+  if z_loss:
+    sums["z_loss"] = (z_loss_sum(log_z, weights, z_loss), count)
+    loss_sum = loss_sum + sums["z_loss"][0]
+  return loss_sum / safe_denominator(denominators["token"]), sums

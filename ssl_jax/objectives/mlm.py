@@ -214,23 +214,27 @@ def denominators(batch):
   return {"mlm": batch["masked_weights"].sum(), "sentence": batch["sentence_weights"].sum()}
 
 
-def loss(outputs, batch, denominators):
-  """Masked-LM cross-entropy per predicted token plus NSP/SOP cross-entropy per sentence pair.
+def loss(outputs, batch, denominators, z_loss: float = 0.0):
+  """Masked-LM cross-entropy per predicted token plus NSP/SOP cross-entropy per sentence pair,
+  plus the masked-LM softmax's z-loss (`objectives.z_loss_sum`, metric `z_loss`) if `z_loss`.
 
   Metrics: `mlm_loss`, `mlm_accuracy` and `mlm_accuracy_{masked,random,kept}` (accuracy on the
   positions replaced by [MASK], by a random token, or left unchanged), `sentence_loss` and
   `sentence_accuracy` (NSP or SOP, whichever `config.data.mlm.sentence_task` chose).
   """
   weights = batch["masked_weights"]
-  losses, hits = objectives.token_losses(outputs["mlm_logits"], batch["masked_targets"])
+  losses, hits, log_z = objectives.token_losses(outputs["mlm_logits"], batch["masked_targets"])
   mlm_sum, mlm_correct, mlm_count = (losses * weights).sum(), (hits * weights).sum(), weights.sum()
   sent_sum, sent_correct, sent_count = objectives.token_cross_entropy(
       outputs["sentence_logits"], batch["sentence_labels"], batch["sentence_weights"])
-  total = (mlm_sum / objectives.safe_denominator(denominators["mlm"])
-           + sent_sum / objectives.safe_denominator(denominators["sentence"]))
   sums = {"mlm_loss": (mlm_sum, mlm_count), "mlm_accuracy": (mlm_correct, mlm_count),
           "sentence_loss": (sent_sum, sent_count),
           "sentence_accuracy": (sent_correct, sent_count)}
+  if z_loss:
+    sums["z_loss"] = (objectives.z_loss_sum(log_z, weights, z_loss), mlm_count)
+    mlm_sum = mlm_sum + sums["z_loss"][0]
+  total = (mlm_sum / objectives.safe_denominator(denominators["mlm"])
+           + sent_sum / objectives.safe_denominator(denominators["sentence"]))
   for kind, name in _KINDS.items():
     of_kind = (batch["masked_kinds"] == kind) * weights
     sums[f"mlm_accuracy_{name}"] = ((hits * of_kind).sum(), of_kind.sum())
