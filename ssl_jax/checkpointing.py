@@ -139,8 +139,31 @@ def restore_config(manager: ocp.CheckpointManager, step: int) -> dict:
   return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
 
 
+def workdir_config(workdir: str) -> dict | None:
+  """The config.json in `workdir` (None if there is none; a file that is not a JSON object reads
+  as {})."""
+  path = os.path.join(workdir, "config.json")
+  if not tf.io.gfile.exists(path):
+    return None
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      config = json.load(f)
+  except (ValueError, UnicodeDecodeError):
+    return {}
+  return config if isinstance(config, dict) else {}
+
+
 def check_workdir(workdir: str) -> None:
-  """Raises before any compile if `workdir` cannot be created or written."""
+  """Raises before any compile if `workdir` cannot be created or written, or holds a config.json
+  that is not a training run's (a Hugging Face model directory's, an in-context evaluation's):
+  training would replace it."""
+  existing = workdir_config(workdir)
+  if existing is not None and ("objective" not in existing or "in_context" in existing):
+    raise ValueError(
+        f"--workdir={workdir!r} holds a config.json that is not an ssl_jax training run's (a "
+        "Hugging Face model's, or another command's output); training writes its own "
+        "config.json, checkpoints and metrics.jsonl there and would replace it. Pass a new "
+        "--workdir (to start from that model, name it in --init).")
   try:   # tf.io.gfile, as for the workdir's other files: local paths and gs:// alike
     tf.io.gfile.makedirs(workdir)
     probe = os.path.join(workdir, f".write_test_{jax.process_index()}")

@@ -276,6 +276,12 @@ def _text_file_missing(config, tmp_path, checkpoint):
   return config, str(tmp_path / "run")
 
 
+def _workdir_of_a_hf_model(config, tmp_path, checkpoint):
+  # e.g. `finetune --init hf:D --workdir D`: D's config.json was replaced, breaking the model.
+  (tmp_path / "config.json").write_text('{"model_type": "bert", "hidden_size": 384}')
+  return config, str(tmp_path)
+
+
 def _one_token_type_with_nsp(config, tmp_path, checkpoint):
   config.model.type_vocab_size = 1
   return config, str(tmp_path / "run")
@@ -312,6 +318,8 @@ BAD_INPUTS = {
     # Read before compiling, though only reading the data finds it.
     "text_file_missing": (_text_file_missing, [
         "config.data.text_files", "missing.txt", "does not exist"]),
+    "workdir_of_a_hf_model": (_workdir_of_a_hf_model, [
+        "holds a config.json that is not an ssl_jax training run's", "Pass a new --workdir"]),
     "one_token_type_with_nsp": (_one_token_type_with_nsp, [
         "config.model.type_vocab_size=1", "token types 0 and 1", "sentence_task='none'"]),
 }

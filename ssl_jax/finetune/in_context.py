@@ -48,6 +48,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from ssl_jax import checkpointing
 from ssl_jax import config as config_lib
 from ssl_jax import metrics as metrics_lib
 from ssl_jax.data import vocabularies
@@ -410,12 +411,9 @@ def _check_workdir(workdir: str) -> None:
   """Raises if `workdir` holds another command's output (a training run's checkpoints, or a
   config.json that is not an in-context evaluation's), whose metrics.jsonl and config.json the
   scores would replace."""
-  config_path = os.path.join(workdir, 'config.json')
-  other = tf.io.gfile.exists(os.path.join(workdir, 'checkpoints'))
-  if not other and tf.io.gfile.exists(config_path):
-    with tf.io.gfile.GFile(config_path) as f:
-      other = 'in_context' not in json.load(f)
-  if other:
+  existing = checkpointing.workdir_config(workdir)
+  if (tf.io.gfile.exists(os.path.join(workdir, 'checkpoints'))
+      or (existing is not None and 'in_context' not in existing)):
     raise ValueError(
         f'--workdir={workdir!r} holds another run (checkpoints, or a config.json of another '
         'command); in-context scoring writes its own metrics.jsonl and config.json there, '
