@@ -148,6 +148,15 @@ def validate(config: ml_collections.ConfigDict):
   d = config.data
   _one_of("data.source", d.source, _SOURCES)
   _one_of("data.vocab.kind", d.vocab.kind, _VOCAB_KINDS)
+  # A file named for another source or vocabulary kind was ignored: the run trained on the
+  # default corpus or vocabulary while its config.json named the user's file.
+  _check(not d.text_files or d.source == "text_files" or d.mixture, "data.text_files",
+         d.text_files, f"it is read only with config.data.source='text_files' (this config's "
+         f"source is {d.source!r}); set --config.data.source=text_files, or leave text_files ''.")
+  _check(not d.vocab.get("path") or d.vocab.kind in ("wordpiece", "sentencepiece"),
+         "data.vocab.path", d.vocab.get("path"), f"vocab.kind={d.vocab.kind!r} reads no file; set "
+         "--config.data.vocab.kind=wordpiece (a BERT vocab.txt or tokenizer.json) or sentencepiece "
+         "(a .model), or leave vocab.path ''.")
   _check(d.vocab.get("extra_ids", 0) >= 0, "data.vocab.extra_ids", d.vocab.get("extra_ids"),
          "use 0 or a positive number of sentinel ids (T5: 100).")
   _check(d.num_shards >= 0, "data.num_shards", d.num_shards,

@@ -59,6 +59,7 @@ def test_config_dict_round_trip_for_every_preset():
     ({'family': 't5', 'relative_attention_max_distance': 16},
      'relative_attention_max_distance=16: must be more than .* = 16'),
     ({'family': 't5', 'relative_attention_num_buckets': 2}, 'relative_attention_num_buckets=2'),
+    ({'family': 'gpt', 'initializer_range': 0.0}, 'initializer_range=0.0: must be > 0'),
 ])
 def test_config_from_dict_rejects_bad_values(overrides, match):
   with pytest.raises(ValueError, match=match):

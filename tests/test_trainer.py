@@ -177,6 +177,12 @@ def test_microbatches_give_the_full_batch_update():
     ("bart", "sequence_length", 256, "config.data.sequence_length=256 is invalid: the model has "
      "128"),
     ("gpt", "shuffle_buffer", -1, "config.data.shuffle_buffer=-1 is invalid: use a positive"),
+    # Both were ignored: the run trained on the default corpus / vocabulary, config.json naming
+    # the user's file.
+    ("bert", "text_files", "my.txt", "config.data.text_files='my.txt' is invalid: it is read only "
+     "with config.data.source='text_files'"),
+    ("gpt", "vocab.path", "v.model", "config.data.vocab.path='v.model' is invalid: "
+     "vocab.kind='default' reads no file"),
 ])
 def test_data_settings_are_checked_against_the_model_before_building(name, setting, value,
                                                                     message):

@@ -148,6 +148,8 @@ def _validate(cfg) -> None:
       bad(name, 'must be in [0, 1)')
   if not cfg.layer_norm_eps > 0:
     bad('layer_norm_eps', 'must be > 0')
+  if not cfg.initializer_range > 0:  # 0: every kernel starts at 0 and their units never differ
+    bad('initializer_range', 'must be > 0 (the standard deviation of initial weights; BERT: 0.02)')
   for name in ('dtype', 'param_dtype'):
     if getattr(cfg, name) == 'float16':
       bad(name, 'float16 training needs dynamic loss scaling, which ssl_jax does not implement '
