@@ -24,6 +24,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 import tensorflow as tf
+from absl import logging
 from etils import epath
 from flax import traverse_util
 from orbax.checkpoint import type_handlers
@@ -186,7 +187,8 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout, 
   `resume` (the whole state will be restored, not only the params), also if the objective or
   the optimizer state's tree differs, naming the config.optim fields that differ, or if the run
   kept log-spaced checkpoints and this config would delete them. With `evaluate`
-  (`ssl-jax eval` appends its row to the run's metrics.jsonl), also if the objective differs."""
+  (`ssl-jax eval` appends its row to the run's metrics.jsonl), also if the objective differs, and
+  it warns if the eval set differs from the run's."""
   saved = restore_config(manager, step)
   saved_vocab = dict(saved["data"]["vocab"])
   vocab = json.loads(config.data.vocab.to_json_best_effort())
@@ -228,6 +230,8 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout, 
         f"config.objective={config.objective!r} (the checkpoint's: {saved['objective']!r}): "
         f"{checkpoint} was trained with another objective; {consequence}. Set "
         f"config.objective={saved['objective']!r}, or use a fresh --workdir.")
+  if evaluate:
+    _warn_other_eval_set(saved, config, checkpoint)
   if resume:
     _check_state_tree(metadata, layout.abstract, saved["optim"], config.optim, checkpoint)
     _check_same_stream(saved, config, checkpoint)
@@ -257,18 +261,37 @@ def _check_same_stream(saved: dict, config, checkpoint: str) -> None:
   ...): the restored tf.data position would go on with the old stream, then fail inside tf.data
   or switch to the new one many steps later. Fields the checkpoint's config lacks are not
   compared."""
-  if config.objective not in tasks.OBJECTIVES:
-    return   # fine-tuning: its rows are read by ssl_jax.finetune.data
-  ours, theirs = (traverse_util.flatten_dict(tasks.stream_settings(c), sep=".")
-                  for c in (config, ml_collections.ConfigDict(saved)))
-  compared = ours.keys() & theirs.keys()
-  differences = _differences("data", {k: ours[k] for k in compared},
-                             {k: theirs[k] for k in compared})
+  differences = _stream_differences(saved, config)
   if differences:
     raise ValueError(
         f"{checkpoint} was trained on another data stream: {differences}its saved data position "
         "belongs to the checkpoint's stream. Resume with the checkpoint's data settings (its "
         "config.json), or use a fresh --workdir.")
+
+
+def _stream_differences(saved: dict, config) -> str:
+  """`_differences` of the data settings that make a pretraining run's batch stream (fields the
+  checkpoint's config lacks are not compared); '' for fine-tuning (ssl_jax.finetune.data reads
+  its rows)."""
+  if config.objective not in tasks.OBJECTIVES:
+    return ""
+  ours, theirs = (traverse_util.flatten_dict(tasks.stream_settings(c), sep=".")
+                  for c in (config, ml_collections.ConfigDict(saved)))
+  compared = ours.keys() & theirs.keys()
+  return _differences("data", {k: ours[k] for k in compared}, {k: theirs[k] for k in compared})
+
+
+def _warn_other_eval_set(saved: dict, config, checkpoint: str) -> None:
+  """Warns if `ssl-jax eval`'s config reads other eval batches than the run's own eval rows did
+  (its row goes into the run's metrics.jsonl beside them)."""
+  train = {k: config.train[k] for k in ("global_batch_size", "eval_steps")}
+  differences = _stream_differences(saved, config) + _differences(
+      "train", train, {k: saved["train"].get(k) for k in train})
+  if differences:
+    logging.warning(
+        "%s was trained with other eval settings: %sthis eval row scores other examples than the "
+        "run's own eval rows. To compare with them, pass the run's settings (its config.json).",
+        checkpoint, differences)
 
 
 def _check_same_init(saved: dict, config, checkpoint: str) -> None:

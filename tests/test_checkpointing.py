@@ -174,7 +174,8 @@ def test_nonfinite_step_is_skipped_with_params_and_optimizer_state_unchanged(tmp
   assert steps[2][2] == 1 and bitwise_equal(steps[2][1].params, before_2.params)
 
 
-def test_resume_between_log_rows_writes_the_uninterrupted_rows_and_eval_keeps_them(tmp_path):
+def test_resume_between_log_rows_writes_the_uninterrupted_rows_and_eval_keeps_them(tmp_path,
+                                                                                   caplog):
   # Checkpoints at 2, 4, 6, rows every 3 steps: the rows written at a checkpoint close the window,
   # so a run resumed from step 2 or 4 writes what an uninterrupted run writes.
   flags = (*CLI_FLAGS, "--config.train.num_steps=6", "--config.train.save_every=2",
@@ -199,6 +200,9 @@ def test_resume_between_log_rows_writes_the_uninterrupted_rows_and_eval_keeps_th
   eval_config = tiny_config("gpt")
   eval_config.train.eval_steps = 1
   trainer.evaluate_workdir(eval_config, str(reference))
+  # ... scoring this config's eval set, not the run's: it says so
+  assert ("config.train.eval_steps=1 (the checkpoint's: 0); this eval row scores other examples"
+          in caplog.text)
   after = open(reference / "metrics.jsonl", encoding="utf-8").read()
   assert after.startswith(before)
   assert [json.loads(line)["split"] for line in after[len(before):].splitlines()] == ["eval"]
