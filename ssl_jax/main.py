@@ -43,10 +43,11 @@ _TO_HF = flags.DEFINE_string(
 _OUT = flags.DEFINE_string("out", None, "convert / vocab / probe: where to write the result "
                            "(probe: a JSON-lines file, default <workdir>/probes.jsonl).")
 _INIT = flags.DEFINE_string(
-    "init", None, "finetune / eval-suite: the encoder to start from: 'none' (random), "
-    "'hf:DIR' (a Hugging Face BERT directory) or the --workdir of an `ssl-jax train` BERT run "
-    "(a T5/BART one for text-to-text configs, a GPT one for in-context configs): its latest "
-    "checkpoint, or WORKDIR/checkpoints/STEP for another.")
+    "init", None, "finetune / eval-suite: the model to start from: 'none' (random), "
+    "'hf:DIR' (a Hugging Face BERT directory; T5/BART for text-to-text configs, GPT-2 for "
+    "in-context configs) or the --workdir of an `ssl-jax train` BERT run (a T5/BART one for "
+    "text-to-text configs, a GPT one for in-context configs): its latest checkpoint, or "
+    "WORKDIR/checkpoints/STEP for another.")
 _VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 8000, "vocab train: SentencePiece pieces.")
 _PROBES = flags.DEFINE_list(
     "probes", None, "probe: probes to run (default: all that apply to the run's objective); see "
