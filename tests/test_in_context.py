@@ -254,7 +254,10 @@ def test_trained_gpt_picks_the_right_label_in_context(tmp_path, vocab):
   scores = finetune_run.finetune(config, workdir, init=run_dir)
   assert scores['accuracy'] >= 0.9, scores
   with open(os.path.join(workdir, 'eval_results.json')) as f:
-    assert json.load(f)['scores'] == scores
+    results = json.load(f)
+  assert results['scores'] == scores
+  # the eval-suite's scores name the same (they named the config's 'causal_lm')
+  assert results['objective'] == finetune_run.method(config) == 'in_context'
   # A re-run replaces its row. The pretraining run's own workdir is refused: its metrics.jsonl
   # was cut to the one in-context row and its config.json replaced.
   finetune_run.finetune(config, workdir, init=run_dir)

@@ -48,6 +48,13 @@ def check(config, init: str) -> None:
       data.read_examples(config, split)
 
 
+def method(config) -> str:
+  """How `finetune` scores a task config: 'text_to_text', 'in_context', or its head's objective
+  (the `objective` its eval_results.json and the eval-suite's scores name)."""
+  return {"span_corruption": "text_to_text", "denoising": "text_to_text",
+          "causal_lm": "in_context"}.get(config.objective, config.objective)
+
+
 def finetune(config, workdir: str, init: str = "none") -> dict:
   """Fine-tunes from `init` into `workdir` and returns the eval split's scores.
 
@@ -55,10 +62,10 @@ def finetune(config, workdir: str, init: str = "none") -> dict:
   `text_to_text.finetune`; GPT configs (causal_lm: configs/finetune/in_context/) score the
   model in context (`in_context.run`, no training).
   """
-  if config.objective in ("span_corruption", "denoising"):
+  if method(config) == "text_to_text":
     from ssl_jax.finetune import text_to_text  # pylint: disable=g-import-not-at-top
     return text_to_text.finetune(copy.deepcopy(config), workdir, init)
-  if config.objective == "causal_lm":
+  if method(config) == "in_context":
     from ssl_jax.finetune import in_context  # pylint: disable=g-import-not-at-top
     return in_context.run(copy.deepcopy(config), workdir, init)
   config, encoder = prepare(copy.deepcopy(config), init)
