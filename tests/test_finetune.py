@@ -217,7 +217,9 @@ def test_epochs_and_warmup_ratio_set_the_schedule_unless_warmup_steps_are_set(tm
                 write_sentiment_tsv(tmp_path / "d.tsv", 8, 2), sequence_length=16)
   prepared, _ = run.prepare(config, "none")
   assert (prepared.train.num_steps, prepared.optim.warmup_steps) == (60, 6)  # 3 epochs, 10%
-  config.optim.warmup_steps = 50   # was replaced by the ratio's 6, silently
+  config.finetune.warmup_ratio = 0.105   # HF's TrainingArguments.get_warmup_steps: ceil(6.3)
+  assert run.prepare(config, "none")[0].optim.warmup_steps == 7
+  config.optim.warmup_steps = 50   # was replaced by the ratio's, silently
   assert run.prepare(config, "none")[0].optim.warmup_steps == 50
 
 

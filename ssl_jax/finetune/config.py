@@ -20,7 +20,7 @@ Files in `configs/finetune/` start from `base_config(...)`. Added keys:
                               null_score_threshold
   config.finetune.init        'none' | 'hf:DIR' | an ssl_jax workdir (the CLI's --init sets it)
   config.finetune.num_epochs  > 0: train.num_steps = ceil(epochs * train rows / batch)
-  config.finetune.warmup_ratio  > 0: optim.warmup_steps = round(ratio * num_steps), unless
+  config.finetune.warmup_ratio  > 0: optim.warmup_steps = ceil(ratio * num_steps) (HF's), unless
                               optim.warmup_steps > 0 (steps win, as in HF TrainingArguments)
 """
 import math
@@ -99,7 +99,8 @@ def set_schedule(config: ml_collections.ConfigDict, train_rows: Callable[[], int
     logging.info("optim.warmup_steps=%d is set: finetune.warmup_ratio=%s is not used.",
                  config.optim.warmup_steps, f.warmup_ratio)
   elif f.warmup_ratio > 0:
-    config.optim.warmup_steps = round(f.warmup_ratio * config.train.num_steps)
+    # HF TrainingArguments.get_warmup_steps: ceil (a ratio of 0.105 over 60 steps warms up for 7)
+    config.optim.warmup_steps = math.ceil(f.warmup_ratio * config.train.num_steps)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
