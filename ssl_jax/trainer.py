@@ -122,9 +122,10 @@ def make_train_step(exp: Experiment):
 
   With `train.microbatches=k` the batch is split into k microbatches whose gradients are summed
   inside the step (`lax.scan`); every loss term is divided by the whole batch's denominator, so the
-  update equals that of one batch of B. A non-finite loss or gradient leaves the state unchanged
-  and is counted in `nonfinite_steps`; its other metrics get count 0, so the logged means are
-  those of the steps applied.
+  update equals that of one batch of B (without dropout: each microbatch draws its own masks,
+  from the step's key folded with its index). A non-finite loss or gradient leaves the state
+  unchanged and is counted in `nonfinite_steps`; its other metrics get count 0, so the logged
+  means are those of the steps applied.
   """
   objective, model, tx = exp.objective, exp.model, exp.tx
   k = exp.config.train.microbatches

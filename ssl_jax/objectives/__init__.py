@@ -10,7 +10,8 @@ Each objective module defines `OBJECTIVE`, an `Objective` the trainer uses witho
 `loss_fn` returns the scalar training loss and metric sums `{name: (sum, count)}`. Every loss term is a
 weighted sum divided by a denominator (tokens or sentences) that `denominators(batch)` computes from the
 batch's weights alone. The trainer computes denominators once for the whole batch and passes them to every
-microbatch, so k microbatches of B/k give exactly the gradient of one batch of B.
+microbatch, so k microbatches of B/k give exactly the gradient of one batch of B (dropout aside:
+each microbatch draws its own masks).
 """
 import dataclasses
 import functools
