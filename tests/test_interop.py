@@ -219,7 +219,17 @@ def test_cli_converts_a_run_into_a_directory_transformers_loads(tmp_path, name):
   loaded = auto.from_pretrained(out)
   special = vocabularies.special_ids(vocabularies.get_vocabulary(config.data.vocab))
   # The run's vocabulary's ids, not transformers' defaults (GPT-2: 50256, T5: 1 = [UNK] here).
-  assert (loaded.config.eos_token_id, loaded.config.pad_token_id) == (special.eos, special.pad)
+  # GPT, like GPT-2, has no pad id: its BOS is id 0, which `generate` took for padding.
+  assert (loaded.config.eos_token_id, loaded.config.pad_token_id) == (
+      special.eos, None if name == 'gpt' else special.pad)
+  if name == 'gpt':
+    import torch
+    prompt = torch.tensor([[0, 7, 8, 9]])   # BOS first, as ssl_jax's rows
+    kw = dict(max_new_tokens=2, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    with torch.no_grad():
+      plain = loaded.generate(prompt, **kw)
+      masked = loaded.generate(prompt, attention_mask=torch.ones_like(prompt), **kw)
+    np.testing.assert_array_equal(plain.logits[0].numpy(), masked.logits[0].numpy())
   with open(os.path.join(out, 'vocab.txt'), encoding='utf-8') as f:
     assert f.read().split('\n')[:-1] == vocabularies.default_vocabulary_tokens()
   _, converted = hf.from_pretrained(out, scan_layers=True)

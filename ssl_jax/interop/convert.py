@@ -52,8 +52,11 @@ def to_hf(workdir: str, out: str, step: int | None = None) -> str:
     subject.close()
   special = subject.special
   token_ids = {"pad_token_id": special.pad, "eos_token_id": special.eos}
-  if subject.name == "causal_lm":  # each row's first input is id 0 (seqio's shifted targets)
-    token_ids["bos_token_id"] = 0
+  if subject.name == "causal_lm":
+    # Each row's first input is id 0 (seqio's shifted targets), the padding id too. As GPT-2,
+    # no pad id: `generate` given ids without an attention mask inferred one from the pad id and
+    # hid the BOS (and shifted every position), silently changing the answers.
+    token_ids.update(bos_token_id=0, pad_token_id=None)
   if jax.process_index() == 0:   # every process of a multi-process job reads the same
     for name in _WRITTEN:   # an earlier conversion's (its spiece.model beside this vocab.txt)
       if tf.io.gfile.exists(os.path.join(out, name)):
