@@ -102,6 +102,14 @@ def test_probe_a_relative_workdir(bert_workdir, tmp_path, monkeypatch):
   assert not os.path.exists("run/probes.jsonl")
   with pytest.raises(ValueError, match="--out='new' is a directory"):
     runner.probe_workdir("run", ["attention_entropy"], out="new")
+  # An earlier probes file is replaced; the run's config.json or metrics.jsonl is not (it was:
+  # the run could no longer resume).
+  runner.probe_workdir("run", ["attention_entropy"], num_sentences=4, steps=[4],
+                       out="new/elsewhere.jsonl")
+  config = open("run/config.json", encoding="utf-8").read()
+  with pytest.raises(ValueError, match="--out='run/config.json' exists and is not a probes file"):
+    runner.probe_workdir("run", ["attention_entropy"], steps=[4], out="run/config.json")
+  assert open("run/config.json", encoding="utf-8").read() == config
 
 
 def test_conllu_probe_sentences(bert_workdir, tmp_path):

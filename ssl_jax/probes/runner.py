@@ -9,6 +9,7 @@ seed, no dropout, closed-form probes), so two runs on the same workdir write the
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Sequence
 
@@ -85,6 +86,7 @@ def probe_workdir(workdir: str, names: Sequence[str] | None = None, *,
   if tf.io.gfile.isdir(out):
     raise ValueError(f"--out={out!r} is a directory; name the file to write, e.g. "
                      f"--out={os.path.join(out, OUTPUT_FILE)}.")
+  _check_replaceable(out)
   subject = Subject.from_workdir(workdir)
   try:
     if names is not None:
@@ -114,6 +116,24 @@ def probe_workdir(workdir: str, names: Sequence[str] | None = None, *,
   if jax.process_index() == 0:   # every process of a multi-process job probes the same
     write_rows(rows, out)
   return rows
+
+
+def _check_replaceable(out: str) -> None:
+  """Raises if `out` exists and is not an earlier probes file (empty, or JSON rows with a
+  'probe'): the run's config.json or metrics.jsonl, or the --conllu input, would be replaced."""
+  if not tf.io.gfile.exists(out):
+    return
+  with tf.io.gfile.GFile(out, "rb") as f:
+    first = f.readline()
+  try:
+    row = json.loads(first) if first.strip() else {"probe": None}
+  except ValueError:   # also not UTF-8
+    row = None
+  ours = isinstance(row, dict) and "probe" in row
+  if not ours:
+    raise ValueError(f"--out={out!r} exists and is not a probes file (its first line is no probe "
+                     "row): the probes would replace it. Name a new file, e.g. "
+                     f"--out={os.path.join(os.path.dirname(out), OUTPUT_FILE)}.")
 
 
 def write_rows(rows: Sequence[dict], path: str) -> None:
