@@ -264,3 +264,12 @@ def test_cli_converts_a_run_into_a_directory_transformers_loads(tmp_path, name):
       convert.to_hf(run, run)
     with open(os.path.join(run, 'config.json'), encoding='utf-8') as f:
       assert f.read() == run_config
+    # Into the directory of the run's own vocabulary file: it deleted the file, then failed.
+    vocab_dir = tmp_path / 'vocab'
+    vocab_dir.mkdir()
+    (vocab_dir / 'vocab.txt').write_text((tmp_path / 'hf' / 'vocab.txt').read_text())
+    config.data.vocab.update(kind='wordpiece', path=str(vocab_dir / 'vocab.txt'))
+    helpers.save_untrained_run(str(tmp_path / 'run2'), config, jax.devices()[:1])
+    with pytest.raises(ValueError, match=r"holds the run's vocabulary \(config.data.vocab.path="):
+      convert.to_hf(str(tmp_path / 'run2'), str(vocab_dir))
+    assert os.listdir(vocab_dir) == ['vocab.txt']

@@ -41,6 +41,12 @@ def to_hf(workdir: str, out: str, step: int | None = None) -> str:
         "the converted model, or be overwritten. Pass a new or empty --out directory.")
   subject = subject_lib.Subject.from_workdir(workdir)
   try:
+    vocab_path = subject.config.data.vocab.get("path", "")
+    if vocab_path and os.path.realpath(os.path.dirname(vocab_path)) == os.path.realpath(out):
+      raise ValueError(
+          f"--out={out!r} holds the run's vocabulary (config.data.vocab.path={vocab_path!r}), "
+          "which the conversion would replace (and the run could not go on without it). Pass "
+          "another --out directory.")
     hf.hf_config_from(subject.model_config)   # refuses what transformers cannot express, now
     steps = subject.steps()
     step = steps[-1] if step is None else step
