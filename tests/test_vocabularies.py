@@ -227,6 +227,9 @@ def test_vocab_train_command_trains_on_the_configured_source(tmp_path, caplog):
   vocab = vocabularies.get_vocabulary(config.data.vocab)
   text = corpora.sentence_text(corpora.generate_document(0, 0)[0])
   assert vocab.decode(vocab.encode(text)) == text and vocab.unk_id not in vocab.encode(text)
+  # A second training into the same file is refused (it was overwritten under the runs using it).
+  with pytest.raises(ValueError, match=r"--out=.*corpus.model' exists: a run whose "):
+    vocabularies.train_vocab_for_task(config, 300, out)
   # With a mixture, the mixture's sources (data.source was read: a run training on text files
   # got a vocabulary of the default corpus).
   made_up = ["zyxomancy", "quibblewort", "frumpleton", "glorbish", "snarfle", "wizzlecrump"]

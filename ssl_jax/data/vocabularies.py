@@ -402,7 +402,12 @@ def train_sentencepiece(texts, vocab_size: int, out_path: str, *, character_cove
 
 def train_vocab_for_task(config, vocab_size: int, out: str, max_sentences: int = 2_000_000) -> str:
   """`ssl-jax vocab train`: a SentencePiece model over the sentences of the run's train split
-  (config.data.source's, or those of its mixture's sources at their rates)."""
+  (config.data.source's, or those of its mixture's sources at their rates). An existing `out` is
+  refused: a run naming it in config.data.vocab.path would read other ids under its checkpoints."""
+  if tf.io.gfile.exists(out):
+    raise ValueError(
+        f"--out={out!r} exists: a run whose config.data.vocab.path names it would read other "
+        "token ids under its checkpoints. Pass a new --out (or remove the file, if no run uses it).")
   from ssl_jax.data import tasks  # pylint: disable=g-import-not-at-top  (tasks imports this module)
   sentences = tasks.train_documents(config).flat_map(
       lambda doc: tf.data.Dataset.from_tensor_slices(doc["sentences"]))
