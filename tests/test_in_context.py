@@ -171,6 +171,26 @@ def test_config_errors_name_the_setting(tmp_path):
   config.in_context.batch_size = 0
   with pytest.raises(ValueError, match='config.in_context.batch_size=0 is invalid'):
     ic.run(config, str(tmp_path), 'none')
+  # Checked before the model is read (the eval-suite checks every task before the first trains).
+  # A repeated answer gave an untrained model accuracy 1.0; a template without {a} made every
+  # prompt alike; too many shots failed after the model was loaded.
+  sst2 = tmp_path / 'sst2.tsv'
+  sst2.write_text('sentence\tlabel\nfine .\t1\nbad .\t0\ngood .\t1\n')
+  for setting, value, message in (
+      ('options', 'good,good', "options='good,good': each label needs its own non-empty answer"),
+      ('options', 'good,', "options='good,': each label needs its own"),
+      ('text_template', 'a review', "text_template='a review' is invalid: it must place"),
+      ('text_template', '{a} {c}', r"text_template='\{a\} \{c\}' is invalid"),
+      ('shots', 3, r"shots=3 is invalid: the shot pool \(the other eval examples: "
+       r"config.data.train_file is empty\) holds only 2 examples"),
+      ('max_new_tokens', 0, 'max_new_tokens=0 is invalid')):
+    config = ic.base_config('sst2')
+    config.data.eval_file = str(sst2)
+    config.in_context[setting] = value
+    with pytest.raises(ValueError, match=f'config.in_context.{message}'):
+      ic.check(config)
+  config.in_context.max_new_tokens, config.in_context.shots = 16, 2
+  assert len(ic.check(config)) == 3
 
 
 def test_greedy_answers_equal_generate_run_on_each_prompt(tiny_gpt, vocab):

@@ -39,6 +39,7 @@ import dataclasses
 import functools
 import json
 import os
+import string
 from typing import Optional, Sequence
 
 import jax
@@ -372,6 +373,11 @@ def _options(config) -> tuple[str, ...] | None:
     raise ValueError(f'config.in_context.options={chosen!r} names {len(options)} answers but '
                      f'task {config.data.task!r} has {len(names)} labels {names}; give one per '
                      'label, in label order.')
+  # A repeated answer made every gold answer of its labels the first (an untrained model scored
+  # accuracy 1.0 with 'good,good'); an empty one has no tokens to score.
+  if len(set(options)) != len(options) or not all(options):
+    raise ValueError(f'config.in_context.options={chosen!r}: each label needs its own non-empty '
+                     'answer, e.g. options=negative,positive.')
   return options
 
 
@@ -401,10 +407,29 @@ def read_examples(config, split: str) -> list[Example]:
 def check(config) -> list[Example]:
   """Raises for a setting of config.in_context or config.data that `run` would fail on;
   returns the eval split's examples."""
-  if config.in_context.batch_size < 1:
-    raise ValueError(f'config.in_context.batch_size={config.in_context.batch_size} is invalid: '
+  ic = config.in_context
+  if ic.batch_size < 1:
+    raise ValueError(f'config.in_context.batch_size={ic.batch_size} is invalid: '
                      'use a positive number of prompts per forward pass.')
-  return read_examples(config, 'validation')
+  fields = {name for _, name, _, _ in string.Formatter().parse(ic.text_template) if name is not None}
+  if 'a' not in fields or fields - {'a', 'b'}:
+    raise ValueError(f'config.in_context.text_template={ic.text_template!r} is invalid: it must '
+                     "place the example's text as {a} (a pair's second text as {b}) and name no "
+                     'other field.')
+  if ic.shots < 0:
+    raise ValueError(f'config.in_context.shots={ic.shots} is invalid: use 0 or more.')
+  if ic.max_new_tokens < 1:
+    raise ValueError(f'config.in_context.max_new_tokens={ic.max_new_tokens} is invalid: use a '
+                     'positive number of tokens to generate.')
+  examples = read_examples(config, 'validation')
+  if ic.shots:   # the pool read now, not after the model was loaded (or other tasks trained)
+    pool = len(read_examples(config, 'train')) if config.data.train_file else len(examples) - 1
+    if ic.shots > pool:
+      source = (f'config.data.train_file={config.data.train_file!r}' if config.data.train_file
+                else 'the other eval examples: config.data.train_file is empty')
+      raise ValueError(f'config.in_context.shots={ic.shots} is invalid: the shot pool ({source}) '
+                       f'holds only {pool} examples; use fewer shots or a larger train_file.')
+  return examples
 
 
 def _check_workdir(workdir: str) -> None:
