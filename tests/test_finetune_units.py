@@ -435,3 +435,14 @@ def test_heads_share_the_pretrained_encoder_subtree():
   assert shapes["classification"] == {"logits": (2, 3)}
   assert shapes["tagging"] == {"logits": (2, 8, 5)}
   assert shapes["qa"] == {"start_logits": (2, 8), "end_logits": (2, 8)}
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path):
+  # A binary (or Latin-1) file ended in a bare UnicodeDecodeError naming neither file nor setting.
+  from ssl_jax.finetune import text_to_text  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "data.tsv"
+  path.write_bytes(b"sentence\tlabel\ngood\t1\n\xd0\xff\xfe\t0\n")
+  for read, what in ((lambda p: formats.read_glue_tsv("sst2", p), "TSV"),
+                     (formats.read_conllu, "CoNLL-U"), (text_to_text.read_tsv_pairs, "TSV")):
+    with pytest.raises(ValueError, match=f"{what} file '{path}' is not UTF-8 text"):
+      read(str(path))

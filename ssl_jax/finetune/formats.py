@@ -9,6 +9,7 @@
 and the metrics the benchmark reports. A label is the index into `label_names` (a float for
 STS-B) or None where the file has none (GLUE test splits).
 """
+import contextlib
 import csv
 import dataclasses
 import itertools
@@ -110,6 +111,18 @@ def _require_file(path: str, what: str) -> None:
         "argument) to an existing file.")
 
 
+@contextlib.contextmanager
+def open_text(path: str, what: str, newline=None):
+  """`path` opened as UTF-8 text (utf-8-sig: GLUE's MRPC files start with a byte-order mark);
+  a file that is not UTF-8 (a binary or a Latin-1 file) raises a ValueError naming it."""
+  with open(path, encoding="utf-8-sig", newline=newline) as f:
+    try:
+      yield f
+    except UnicodeDecodeError as e:
+      raise ValueError(f"{what} file {path!r} is not UTF-8 text (byte {e.start}: {e.reason}); "
+                       "convert it to UTF-8, or name the right file.") from None
+
+
 def parse_label(value: str, label_names: Sequence[str], where: str) -> Union[int, float]:
   """A label cell -> its index in `label_names` (by name or as an integer), or a float when
   `label_names` is empty (regression)."""
@@ -147,8 +160,7 @@ def read_tsv(path: str, columns: Sequence[Sequence[Union[str, int]]],
   """
   _require_file(path, "TSV")
   csv.field_size_limit(sys.maxsize)
-  # utf-8-sig: GLUE's MRPC files start with the byte-order mark of Microsoft's source file.
-  with open(path, encoding="utf-8-sig", newline="") as f:
+  with open_text(path, "TSV", newline="") as f:
     rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
   if header is None:
     header = bool(rows) and any(c in rows[0] for c in columns[0] if isinstance(c, str))
@@ -224,7 +236,7 @@ def read_conllu(path: str, column: str = "upos") -> list[TaggedSentence]:
   index = 3 + TAG_COLUMNS.index(column)
   sentences = []
   tokens, tags, surface, comments, covered = [], [], [], {}, 0
-  with open(path, encoding="utf-8-sig") as f:
+  with open_text(path, "CoNLL-U") as f:
     for number, line in enumerate(itertools.chain(f, [""]), 1):   # a blank line ends the last
       line = line.rstrip("\n")
       if line.startswith("#"):
@@ -265,7 +277,7 @@ def read_conllu(path: str, column: str = "upos") -> list[TaggedSentence]:
 def read_squad(path: str) -> list[QAExample]:
   """Questions of a SQuAD v1.1 or v2.0 JSON file, in file order."""
   _require_file(path, "SQuAD JSON")
-  with open(path, encoding="utf-8-sig") as f:
+  with open_text(path, "SQuAD JSON") as f:
     data = json.load(f)
   if "data" not in data:
     raise ValueError(f"{path} has no 'data' list; pass a SQuAD v1.1/v2.0 JSON file.")

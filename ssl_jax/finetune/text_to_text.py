@@ -99,7 +99,7 @@ def read_tsv_pairs(path: str) -> list[TextPair]:
                             'eval_file to a file of input<TAB>target lines.')
   csv.field_size_limit(sys.maxsize)
   pairs = []
-  with open(path, encoding='utf-8-sig', newline='') as f:
+  with formats.open_text(path, 'TSV', newline='') as f:
     for number, row in enumerate(csv.reader(f, delimiter='\t', quoting=csv.QUOTE_NONE), 1):
       if row and row != ['']:
         if len(row) != 2:
