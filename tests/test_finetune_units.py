@@ -205,6 +205,14 @@ def test_suite_checks_every_task_before_the_first_trains(tmp_path):
                                  eval_file=str(tmp_path / "dev.conllu"))
   with pytest.raises(FileNotFoundError, match="train.conllu"):
     suite.run(suite_config, str(tmp_path / "suite"), "none")
+  # A task named twice ran once; files of a task not in config.tasks were ignored; 'suite'
+  # (not a task config) died on an AttributeError.
+  for tasks, message in (("sst2,sst2", "config.tasks='sst2,sst2' names a task twice"),
+                         ("sst2", "config.files.upos is set, but config.tasks='sst2' does not"),
+                         ("sst2,upos,suite", "is not a fine-tuning task config")):
+    suite_config.tasks = tasks
+    with pytest.raises(ValueError, match=message):
+      suite.run(suite_config, str(tmp_path / "suite"), "none")
   assert not (tmp_path / "suite").exists()
 
 

@@ -36,6 +36,10 @@ def task_config(suite, task: str):
     raise FileNotFoundError(f"task config {path!r} does not exist; name tasks after the files in "
                             "config.config_dir (configs/finetune), e.g. config.tasks='sst2,upos'.")
   config = config_lib.load_config_file(path, suite.variant)
+  if "finetune" not in config:   # e.g. tasks='suite', or a pretraining config
+    raise ValueError(f"config.tasks names {task!r}, but {path} is not a fine-tuning task config "
+                     "(it has no finetune section); name task configs, e.g. "
+                     "config.tasks='sst2,upos'.")
   files = suite.files.get(task, None)
   for split, default in (("train_file", "train"), ("eval_file", "dev")):
     explicit = files.get(split, "") if files is not None else ""
@@ -89,6 +93,13 @@ def run(suite, workdir: str, init: str = "none") -> dict:
   tasks = [t.strip() for t in suite.tasks.split(",") if t.strip()]
   if not tasks:
     raise ValueError("config.tasks is empty; list task configs, e.g. --config.tasks=sst2,upos,squad.")
+  if len(set(tasks)) != len(tasks):
+    raise ValueError(f"config.tasks={suite.tasks!r} names a task twice; each task runs once, in "
+                     "<workdir>/<task>.")
+  unused = sorted(t for t in suite.files if t not in tasks and any(suite.files[t].values()))
+  if unused:   # a file given for a task the suite does not run (a typo, or a task left out)
+    raise ValueError(f"config.files.{unused[0]} is set, but config.tasks={suite.tasks!r} does not "
+                     f"name {unused[0]!r}; add it to config.tasks, or drop its files.")
   configs = {t: task_config(suite, t) for t in tasks}
   for config in configs.values():   # every config, file and data error before any training
     run_lib.check(config, init)
