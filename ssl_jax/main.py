@@ -175,6 +175,14 @@ def _command(command: str, argv) -> Callable[[], object]:
 def _parse_flags(argv):
   """absl's flag parsing; a `--config.a.b=v` override of a key the config lacks becomes a usage
   error naming it (ml_collections raises a bare AttributeError from deep inside)."""
+  for i, arg in enumerate(argv):   # ml_collections would run a JSON file as Python: a NameError
+    value = arg[len("--config="):] if arg.startswith("--config=") else (
+        argv[i + 1] if arg == "--config" and i + 1 < len(argv) else "")
+    if value.split(":", 1)[0].endswith(".json"):
+      sys.exit(f"FATAL Flags parsing error: --config={value} is a JSON file; --config takes a "
+               "Python config file and variant, e.g. configs/bert.py:tiny. To repeat a run, pass "
+               "the file it started with and its --config.* overrides (its config.json lists "
+               "every value).")
   try:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError) as e:

@@ -404,6 +404,15 @@ def test_console_script_help_lists_the_commands_and_flags():
     assert text in result.stdout, result.stdout
 
 
+def test_cli_refuses_a_json_config():
+  # A run's config.json as --config was executed as Python: "NameError: name 'false'".
+  from ssl_jax import main  # pylint: disable=g-import-not-at-top
+  for argv in (["--config=run/config.json"], ["--config", "run/config.json:tiny"]):
+    with pytest.raises(SystemExit, match=r"--config=run/config.json(:tiny)? is a JSON file; "
+                       r"--config takes a Python config file"):
+      main._parse_flags(["ssl-jax", "train", *argv, "--workdir=w"])
+
+
 def test_cli_names_an_unknown_config_key(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "ssl_jax.main", "train", "--config=configs/bert.py:tiny",
