@@ -73,6 +73,11 @@ class TransformersStep:
     self.torch, self.device, self.objective, self.autocast = torch, device, objective, autocast
     self.model = getattr(transformers, HF_CLASS.get(objective, hf_config.architectures[0]))(
         hf_config).to(device)
+    if hasattr(self.model, "shared"):
+      # T5 v1.1 (untied output layer): transformers 5 ties the encoder's and decoder's input
+      # embeddings to `shared` only with tie_word_embeddings, so it trained three tables to
+      # ssl_jax's two (one input embedding, one output layer).
+      self.model.set_input_embeddings(self.model.shared)
     self.model.train()
     self.optimizer = torch.optim.AdamW(
         self.model.parameters(), lr=optim["learning_rate"], betas=(optim["b1"], optim["b2"]),

@@ -15,13 +15,16 @@ Prints one JSON line per objective (and per model with --compile-scaling). How i
   the same model shapes (the HF model is built from our config with `interop.hf.hf_config_from`), the
   same batch and sequence length. HF is run as users run it: full-sequence logits, its default
   attention (SDPA); GPT's loss is cross-entropy of its logits against our next-token targets
-  (`GPT2LMHeadModel`'s `labels` would shift them once more). ssl_jax reads real batches from its
+  (`GPT2LMHeadModel`'s `labels` would shift them once more). BERT's step also trains the NSP head
+  (the tiny config's sentence task; `BertForMaskedLM` has none: ~0.1% of the FLOPs); T5's
+  encoder and decoder share one input embedding on both sides. ssl_jax reads real batches from its
   input pipeline; HF gets the same batches. On a GPU both compute float32 matmuls in TF32 (XLA's
   default; PyTorch is set to it), `matmul_precision` in each row. With `model.dtype='bfloat16'`
   HF's forward pass runs under `torch.autocast(bfloat16)` (float32 weights, as ssl_jax's).
 - The two frameworks and a square matmul in the step's compute dtype (`--matmul_size`, XLA;
   `matmul_dtype` in each row) are timed in turn, round after round, so that a busy machine slows
   all three alike; medians over `--steps` rounds after `--warmup` rounds. `speedup` = median HF step time / median ssl_jax step time (same tokens).
+  `*_tokens_per_sec` count positions (batch × sequence length, padding included).
 - `flops_per_step` is XLA's cost analysis of the step, all devices together, lowered with its layers
   unrolled and one microbatch (`trainer.flops_per_step`: a scanned layer stack or microbatch loop
   would be counted once); `mfu` = flops_per_step / devices / median step time / median matmul rate
@@ -39,7 +42,9 @@ Prints one JSON line per objective (and per model with --compile-scaling). How i
   turned off, even where `JAX_COMPILATION_CACHE_DIR` is set); `temp_mib`: the
   compiled step's temporary buffers per device (XLA's memory analysis), what its activations and
   gradients need beyond the state and the batch. `page_faults_per_step`: the median minor page
-  faults of the process during one ssl_jax step. Every row names the process's C allocator,
+  faults of the process during one ssl_jax step. `load_avg_1m`: the machine's load as the row
+  ends (above the core count, other work shared the cores: PyTorch then slows far more than XLA
+  and `speedup` overstates). Every row names the process's C allocator,
   `malloc` (`trainer.host_allocator`; both frameworks share it). Run as
   `LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 python benchmarks/...` for tcmalloc.
 - `--profile=DIR`: instead, `--steps` steps under `jax.profiler.trace` (a Perfetto/TensorBoard
@@ -349,6 +354,9 @@ def main(argv=None):
                       help="time the step with autodiff's backward pass for dense layers "
                            "(layers.autodiff_dense) against ssl_jax's")
   args = parser.parse_args(argv)
+  if args.steps < 1 or args.warmup < 0:
+    parser.error(f"--steps={args.steps} --warmup={args.warmup}: time at least one step after 0 or "
+                 "more warm-up rounds.")
   if args.profile and (args.compare_transformers or args.compile_scaling):
     parser.error("--profile traces ssl_jax's step alone; drop --compare-transformers and "
                  "--compile-scaling.")
@@ -367,8 +375,10 @@ def main(argv=None):
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(args.threads)
     # On a GPU, XLA computes float32 matmuls in TF32 by default and PyTorch in full float32:
-    # both use TF32 (what `matmul_precision` in each row says).
-    torch.set_float32_matmul_precision("high")
+    # both use TF32 (what `matmul_precision` in each row says). On the CPU both stay float32
+    # (torch would set oneDNN's float32 math mode too).
+    if args.torch_device == "cuda":
+      torch.set_float32_matmul_precision("high")
     if args.torch_device == "cuda" and not torch.cuda.is_available():
       parser.error(f"JAX runs on the GPU but torch {torch.__version__} sees no CUDA device, so "
                    "transformers would be timed on the CPU; install a CUDA build of torch or drop "
@@ -376,18 +386,21 @@ def main(argv=None):
   meta = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": jax.device_count(),
           "matmul_precision": "float32" if args.torch_device == "cpu" else "tf32",
           "cpu_count": os.cpu_count(), "threads": args.threads, "malloc": trainer.host_allocator()}
+  def emit(row):   # the load average as the row ends: under contention PyTorch slows far more
+    print(json.dumps({**row, **meta, "load_avg_1m": round(os.getloadavg()[0], 2)}), flush=True)
+
   if args.compile_scaling:
     for row in compile_scaling(args):
-      print(json.dumps({**row, **meta}), flush=True)
+      emit(row)
     return
   if comparing:
     for objective in args.objectives.split(","):
       for row in compare_steps(objective, args):
-        print(json.dumps({**row, **meta}), flush=True)
+        emit(row)
     return
   run = profile if args.profile else measure
   for objective in args.objectives.split(","):
-    print(json.dumps({**run(objective, args), **meta}), flush=True)
+    emit(run(objective, args))
 
 
 if __name__ == "__main__":
