@@ -407,7 +407,8 @@ def train_vocab_for_task(config, vocab_size: int, out: str, max_sentences: int =
   if tf.io.gfile.exists(out):
     raise ValueError(
         f"--out={out!r} exists: a run whose config.data.vocab.path names it would read other "
-        "token ids under its checkpoints. Pass a new --out (or remove the file, if no run uses it).")
+        "token ids under its checkpoints. Pass a new --out (or remove the file, if no run uses "
+        "it).")
   from ssl_jax.data import tasks  # pylint: disable=g-import-not-at-top  (tasks imports this module)
   sentences = tasks.train_documents(config).flat_map(
       lambda doc: tf.data.Dataset.from_tensor_slices(doc["sentences"]))

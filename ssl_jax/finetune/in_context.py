@@ -411,7 +411,8 @@ def check(config) -> list[Example]:
   if ic.batch_size < 1:
     raise ValueError(f'config.in_context.batch_size={ic.batch_size} is invalid: '
                      'use a positive number of prompts per forward pass.')
-  fields = {name for _, name, _, _ in string.Formatter().parse(ic.text_template) if name is not None}
+  fields = {name for _, name, _, _ in string.Formatter().parse(ic.text_template)
+            if name is not None}
   if 'a' not in fields or fields - {'a', 'b'}:
     raise ValueError(f'config.in_context.text_template={ic.text_template!r} is invalid: it must '
                      "place the example's text as {a} (a pair's second text as {b}) and name no "

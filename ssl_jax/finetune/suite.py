@@ -106,8 +106,8 @@ def run(suite, workdir: str, init: str = "none") -> dict:
   rows = []
   for task, config in configs.items():
     scores = run_lib.finetune(copy.deepcopy(config), os.path.join(workdir, task), init)
-    rows.append({"task": task, "objective": run_lib.method(config), "score": task_score(scores, config),
-                 "scores": scores})
+    rows.append({"task": task, "objective": run_lib.method(config),
+                 "score": task_score(scores, config), "scores": scores})
   average = sum(r["score"] for r in rows) / len(rows)
   result = {"init": init, "tasks": rows, "average": average}
   if jax.process_index() == 0:

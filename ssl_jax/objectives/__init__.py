@@ -66,7 +66,8 @@ def get(name: str, config=None) -> Objective:
   objective = module.for_config(config) if hasattr(module, "for_config") else module.OBJECTIVE
   z_loss = config.train.get("z_loss", 0.0)
   if z_loss:  # config.validate allows it for the pretraining objectives only
-    objective = dataclasses.replace(objective, loss=functools.partial(objective.loss, z_loss=z_loss))
+    objective = dataclasses.replace(
+        objective, loss=functools.partial(objective.loss, z_loss=z_loss))
   return objective
 
 
