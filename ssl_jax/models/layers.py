@@ -58,12 +58,10 @@ _HAND_WRITTEN_BACKWARD = contextvars.ContextVar('hand_written_backward', default
 
 @contextlib.contextmanager
 def autodiff_dense():
-  """Within this context `dense` traces autodiff's backward pass, to time it against the
+  """Within this context `dense` traces autodiff's backward pass: to time it against the
   hand-written one (`benchmarks/train_step.py --compare-autodiff-dense`), to count the model's
-  FLOPs (`trainer.flops_per_step`) or to rule it out.
-  It acts on tracing: a function JAX traced before (e.g. a jitted step already called) keeps
-  what it traced, so build and trace the step inside the context (`trainer.compile_train_step`
-  traces anew)."""
+  FLOPs (`trainer.flops_per_step`) or to rule it out. It acts on tracing: a function traced
+  before (a jitted step already called) keeps what it traced, so trace the step inside it."""
   token = _HAND_WRITTEN_BACKWARD.set(False)
   try:
     yield
