@@ -41,12 +41,13 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
+from ssl_jax import objectives
 from ssl_jax.data import corpora
 from ssl_jax.data import preprocessors
 from ssl_jax.data import span_corruption
 from ssl_jax.data import vocabularies
 
-OBJECTIVES = ("mlm", "causal_lm", "span_corruption", "denoising")
+OBJECTIVES = objectives.PRETRAINING   # the objectives a pretraining stream feeds
 SOURCES = ("default_corpus", "text_files", "tfds")
 SPLITS = ("train", "validation")
 AUTOTUNE = tf.data.AUTOTUNE

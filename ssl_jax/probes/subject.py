@@ -33,11 +33,12 @@ import orbax.checkpoint as ocp
 import tensorflow as tf
 
 from ssl_jax import checkpointing
+from ssl_jax import objectives
 from ssl_jax import trainer
 from ssl_jax.data import vocabularies
 from ssl_jax.models import layers
 
-PRETRAINING_OBJECTIVES = ("mlm", "causal_lm", "span_corruption", "denoising")
+PRETRAINING_OBJECTIVES = objectives.PRETRAINING
 _SINGLE_DEVICE_MESH = dict(data=1, fsdp=1, tensor=1)
 
 
