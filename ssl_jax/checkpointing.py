@@ -30,6 +30,7 @@ from flax import traverse_util
 from orbax.checkpoint import type_handlers
 
 from ssl_jax.data import tasks
+from ssl_jax.data import vocabularies
 from ssl_jax.models import config as model_config_lib
 
 # Orbax's default "replica-parallel" save slices each replicated array across its replicas with a
@@ -119,7 +120,21 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_iter, config, fo
   return manager.save(step, force=force, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data_iter=DataIteratorSave(data_iter),
-      config=ocp.args.JsonSave(json.loads(config.to_json_best_effort()))))
+      config=ocp.args.JsonSave(config_record(config))))
+
+
+def config_record(config) -> dict:
+  """`config` as a run records it (config.json and each checkpoint's config), with
+  data.vocab.fingerprint, the hash of its vocabulary's pieces: the config names the vocabulary
+  file only, and a file replaced later is then refused (`vocabularies.get_vocabulary`), not read
+  as the run's."""
+  record = json.loads(config.to_json_best_effort())
+  vocab = record.get("data", {}).get("vocab")
+  if vocab is not None:
+    recorded = vocabularies.fingerprint(vocabularies.get_vocabulary(config.data.vocab))
+    if recorded:
+      vocab["fingerprint"] = recorded
+  return record
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state, state_shardings,
@@ -192,11 +207,14 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout, 
   saved = restore_config(manager, step)
   saved_vocab = dict(saved["data"]["vocab"])
   vocab = json.loads(config.data.vocab.to_json_best_effort())
+  recorded = saved_vocab.pop("fingerprint", None)   # recorded since 2026-12-01
+  vocab.pop("fingerprint", None)
   if saved_vocab != vocab:
     raise ValueError(
         f"the checkpoint at step {step} in {manager.directory} was trained with "
         f"config.data.vocab={saved_vocab}, this run has {vocab}; token ids would mean other "
         "words. Use the checkpoint's vocabulary, or a fresh --workdir.")
+  vocabularies.get_vocabulary({**vocab, "fingerprint": recorded})   # raises if the file changed
   metadata = manager.item_metadata(step)["state"]
   saved_shapes = _leaf_shapes(metadata["params"])
   shapes = _leaf_shapes(layout.abstract.params)

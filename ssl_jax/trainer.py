@@ -9,6 +9,7 @@ train step is compiled once, ahead of time, with the state donated; its rng is
 import copy
 import dataclasses
 import functools
+import json
 import logging
 import os
 from typing import Any, Optional
@@ -324,7 +325,7 @@ def _raise_if_nonfinite(step: int, sums) -> None:
 def write_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
     with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:   # also gs://
-      f.write(config.to_json_best_effort(indent=2) + "\n")
+      f.write(json.dumps(checkpointing.config_record(config), indent=2) + "\n")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, init_params=None, *,

@@ -348,6 +348,34 @@ def test_resume_with_another_objective_is_refused(tmp_path):
     trainer.evaluate_workdir(config, str(tmp_path))
 
 
+def test_a_vocabulary_file_replaced_after_training_is_refused_by_its_readers(tmp_path):
+  # config.json names the vocabulary file only: a file retrained or edited in place (here two
+  # pieces swapped, same size) was read as the run's, every token id meaning another piece.
+  from ssl_jax.data import vocabularies   # pylint: disable=g-import-not-at-top
+  from ssl_jax.probes import subject   # pylint: disable=g-import-not-at-top
+  path = tmp_path / "vocab.txt"
+  lines = open(vocabularies.default_vocabulary_path(), encoding="utf-8").read().splitlines()
+  path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  config = tiny_config("gpt")
+  config.data.vocab.update(kind="wordpiece", path=str(path))
+  run = str(tmp_path / "run")
+  helpers.save_untrained_run(run, config, jax.devices()[:1])
+  recorded = json.load(open(os.path.join(run, "config.json")))["data"]["vocab"]["fingerprint"]
+  exp = trainer.Experiment.build(config, jax.devices()[:1])
+  manager = checkpointing.make_manager(run, config.train, read_only=True)
+  checkpointing.check_compatible(manager, 1, config, exp.layout, resume=True)   # unchanged: fine
+  i, j = lines.index("the"), lines.index("a")
+  lines[i], lines[j] = lines[j], lines[i]
+  path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  vocabularies._vocabulary.cache_clear()   # pylint: disable=protected-access  (a new process)
+  message = rf"vocab.path='{path}' has other pieces .*fingerprint='{recorded}'.*Restore the file"
+  with pytest.raises(ValueError, match=message):   # resume, eval, --init of a run
+    checkpointing.check_compatible(manager, 1, config, exp.layout, resume=True)
+  manager.close()
+  with pytest.raises(ValueError, match=message):   # probe, convert
+    _ = subject.Subject.from_workdir(run).experiment
+
+
 def test_resume_without_log_spaced_checkpoints_would_delete_them_and_is_refused(tmp_path):
   # The probe workflow trains with log_spaced_checkpoints=True; extending the run without the
   # flag (default False) deleted checkpoints 1, 2, 4 at the next saves, silently.

@@ -185,6 +185,15 @@ def test_sentencepiece_trained_on_the_corpus_serves_every_objective(tmp_path):
   tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
   text = f"{texts[1]} <extra_id_0> {texts[2]} <extra_id_9>"
   assert tokenizer(text, add_special_tokens=False)["input_ids"] == vocab.encode(text)
+  # A run's recorded fingerprint refuses another model at its path (retrained in place; seqio
+  # caches a model by path within a process, so the other model is at another path here).
+  recorded = dict(kind="sentencepiece", path=path, extra_ids=10,
+                  fingerprint=vocabularies.fingerprint(vocab))
+  assert vocabularies.get_vocabulary(recorded) is vocab
+  recorded["path"] = vocabularies.train_sentencepiece(texts, vocab_size=280,
+                                                      out_path=str(tmp_path / "sp2.model"))
+  with pytest.raises(ValueError, match="has other pieces than the vocabulary the run recorded"):
+    vocabularies.get_vocabulary(recorded)
 
 
 def test_sentencepiece_model_without_padding_at_id_0_is_refused(tmp_path):

@@ -283,8 +283,28 @@ def get_vocabulary(vocab_cfg) -> seqio.Vocabulary:
   Raises ValueError for an unknown kind, FileNotFoundError for a missing file (naming the setting and fix).
   """
   get = vocab_cfg.get if hasattr(vocab_cfg, "get") else lambda k, d=None: getattr(vocab_cfg, k, d)
-  return _vocabulary(get("kind", "default"), get("path", "") or "", int(get("extra_ids", 0) or 0),
-                     bool(get("lower_case", True)))
+  vocab = _vocabulary(get("kind", "default"), get("path", "") or "", int(get("extra_ids", 0) or 0),
+                      bool(get("lower_case", True)))
+  recorded, now = get("fingerprint"), fingerprint(vocab)
+  if recorded and recorded != now:
+    raise ValueError(
+        f"config.data.vocab.path={get('path', '')!r} has other pieces than the vocabulary the run "
+        f"recorded (config.data.vocab.fingerprint={recorded!r} in its config.json, the file's now: "
+        f"{now!r}): the file was replaced after training, so the run's token ids would mean other "
+        "pieces. Restore the file the run trained with, or point config.data.vocab.path at a copy "
+        "of it.")
+  return vocab
+
+
+def fingerprint(vocab: seqio.Vocabulary) -> Optional[str]:
+  """A short hash of a vocabulary's pieces (WordPiece tokens, a SentencePiece model; None for
+  bytes). A run records it as config.data.vocab.fingerprint (`checkpointing.config_record`), and
+  `get_vocabulary` refuses a file whose pieces changed since: config.json names the file only."""
+  if isinstance(vocab, WordPieceVocabulary):
+    return vocab._fingerprint   # pylint: disable=protected-access
+  if isinstance(vocab, seqio.SentencePieceVocabulary):
+    return hashlib.sha256(vocab.sp_model).hexdigest()[:16]
+  return None
 
 
 def encode_batch(vocab: seqio.Vocabulary, texts: Sequence[str]) -> list[list[int]]:
