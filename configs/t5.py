@@ -21,8 +21,7 @@ def get_config(arg: str = "tiny"):
     config.data.targets_length = 114
     # T5's optimizer: Adafactor without momentum at 1e-2 for 10k steps, then inverse square root
     # decay (no warmup ramp); Adafactor clips its updates, so no global gradient clipping (t5x).
-    config.optim.update(name="adafactor", b1=0.0, schedule="rsqrt", weight_decay=0.0,
-                        grad_clip_norm=0.0)
+    config.optim.update(name="adafactor", schedule="rsqrt", weight_decay=0.0, grad_clip_norm=0.0)
     config.train.z_loss = 1e-4  # t5x's T5.1.1: keeps the softmax's log-normaliser near 0
     # T5 v1.1 pretrained without dropout ("a quality win"; fine-tuning turns it back on, as
     # configs/finetune/text_to_text.py does). The presets' 0.1 is the fine-tuning rate.

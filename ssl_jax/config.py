@@ -84,8 +84,8 @@ def base_config(objective: str, family: str, preset: str) -> ml_collections.Conf
       eval_steps=10, save_every=500, keep_checkpoints=3, log_spaced_checkpoints=False, seed=0,
       on_nonfinite="skip", z_loss=0.0))
   c.optim = ml_collections.ConfigDict(dict(
-      name="adamw", learning_rate=1e-3, warmup_steps=100, schedule="linear", weight_decay=0.01,
-      b1=0.9, b2=0.999, eps=1e-6, grad_clip_norm=1.0))
+      name="adamw", learning_rate=1e-3, warmup_steps=100, schedule="linear", min_lr_ratio=0.0,
+      weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6, adafactor_momentum=0.0, grad_clip_norm=1.0))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.logical_axis_rules = DEFAULT_LOGICAL_AXIS_RULES
   return c

@@ -45,13 +45,22 @@ def _validate(optim_cfg: Mapping[str, Any], num_steps: int) -> None:
     fail("eps", "must be > 0.")
   if optim_cfg["grad_clip_norm"] < 0:
     fail("grad_clip_norm", "must be >= 0 (0 turns clipping off).")
+  if not 0 <= optim_cfg.get("adafactor_momentum", 0.0) < 1:
+    fail("adafactor_momentum", "must be in [0, 1) (0: no momentum, as T5 trained).")
+  min_lr_ratio = optim_cfg.get("min_lr_ratio", 0.0)
+  if not 0 <= min_lr_ratio <= 1:
+    fail("min_lr_ratio", "must be in [0, 1] (the share of learning_rate the decay ends at).")
+  if min_lr_ratio and optim_cfg["schedule"] not in ("linear", "cosine"):
+    fail("min_lr_ratio", f"ends a 'linear' or 'cosine' decay; schedule="
+         f"{optim_cfg['schedule']!r} has no end value. Set it to 0, or use one of those.")
 
 
 def make_schedule(optim_cfg: Mapping[str, Any], num_steps: int) -> optax.Schedule:
   """Learning rate per step: linear warmup from 0 to `learning_rate` over `warmup_steps`, then
 
-  - 'linear': linear decay to 0 at `num_steps`;
-  - 'cosine': cosine decay to 0 at `num_steps`;
+  - 'linear': linear decay to `min_lr_ratio * learning_rate` (default 0) at `num_steps`;
+  - 'cosine': cosine decay to `min_lr_ratio * learning_rate` at `num_steps` (GPT-3's 10%:
+    `min_lr_ratio=0.1`);
   - 'inverse_sqrt': `learning_rate * sqrt(warmup_steps) / sqrt(step)` (fairseq's; with no
     warmup, `learning_rate / sqrt(max(step, 1))`);
   - 'constant': `learning_rate`.
@@ -71,9 +80,10 @@ def make_schedule(optim_cfg: Mapping[str, Any], num_steps: int) -> optax.Schedul
               else 1.0)
       return lr * ramp * jnp.sqrt(max(warmup_steps, 1) / jnp.maximum(step, max(warmup_steps, 1)))
     return inverse_sqrt
+  floor = float(optim_cfg.get("min_lr_ratio", 0.0))
   decay = {
-      "linear": lambda: optax.linear_schedule(lr, 0.0, max(decay_steps, 1)),
-      "cosine": lambda: optax.cosine_decay_schedule(lr, max(decay_steps, 1)),
+      "linear": lambda: optax.linear_schedule(lr, lr * floor, max(decay_steps, 1)),
+      "cosine": lambda: optax.cosine_decay_schedule(lr, max(decay_steps, 1), alpha=floor),
       "constant": lambda: optax.constant_schedule(lr),
   }[name]()
   if not warmup_steps:
@@ -154,12 +164,14 @@ def make_optimizer(optim_cfg: Mapping[str, Any],
   or, with `name='adafactor'`, T5's Adafactor (factored second moments with decay rate 0.8,
   updates clipped at RMS 1 and scaled by each parameter's RMS, per layer: `_adafactor`). Its
   updates are relative to the parameters' size, so it takes T5's learning rate (1e-2), which
-  would move AdamW's weights by ~lr each step; `b1` > 0 adds momentum, b2 and eps are AdamW's.
+  would move AdamW's weights by ~lr each step. Its momentum is `adafactor_momentum` (default 0,
+  as t5x's, optax's and HF's Adafactor: no first moment); b1, b2 and eps are AdamW's alone.
 
   Args:
-    optim_cfg: `config.optim` (name, learning_rate, warmup_steps, schedule, weight_decay, b1, b2,
-      eps, grad_clip_norm; grad_clip_norm=0 disables clipping).
-    num_steps: `config.train.num_steps`; where 'linear' and 'cosine' reach 0.
+    optim_cfg: `config.optim` (name, learning_rate, warmup_steps, schedule, min_lr_ratio,
+      weight_decay, b1, b2, eps, adafactor_momentum, grad_clip_norm; grad_clip_norm=0 disables
+      clipping).
+    num_steps: `config.train.num_steps`; where 'linear' and 'cosine' end.
 
   Returns:
     (tx, schedule): the optax transformation and the step -> learning-rate function it uses,
@@ -169,14 +181,14 @@ def make_optimizer(optim_cfg: Mapping[str, Any],
     ValueError: naming the `config.optim.<field>` that is out of range.
   """
   schedule = make_schedule(optim_cfg, num_steps)
-  weight_decay, b1 = float(optim_cfg["weight_decay"]), float(optim_cfg["b1"])
+  weight_decay = float(optim_cfg["weight_decay"])
   if optim_cfg.get("name", "adamw") == "adafactor":
     # optax adds Adafactor's decay after the learning rate; scaled by it, as AdamW's is.
     decay_rate = (lambda count: weight_decay * schedule(count)) if weight_decay else None
-    update = _adafactor(schedule, b1, decay_rate)
+    update = _adafactor(schedule, float(optim_cfg.get("adafactor_momentum", 0.0)), decay_rate)
   else:
     update = optax.adamw(
-        learning_rate=schedule, b1=b1, b2=float(optim_cfg["b2"]),
+        learning_rate=schedule, b1=float(optim_cfg["b1"]), b2=float(optim_cfg["b2"]),
         eps=float(optim_cfg["eps"]), weight_decay=weight_decay, mask=decay_mask)
   clip_norm = float(optim_cfg["grad_clip_norm"])
   # Clipping is stateless, and the chain is there with it or without, so the optimizer state has

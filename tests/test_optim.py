@@ -30,6 +30,17 @@ def test_schedule_values(schedule, expected):
     np.testing.assert_allclose(float(lr(step)), value, atol=1e-9, err_msg=f"step {step}")
 
 
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_decays_end_at_min_lr_ratio_of_the_peak(schedule):
+  # GPT-3 (and nanoGPT's min_lr) decay to 10% of the peak: lr = floor + shape * (peak - floor).
+  _, lr = optim.make_optimizer(_cfg(schedule=schedule, min_lr_ratio=0.1), num_steps=100)
+  for step, value in {0: 0.0, 10: 1e-3, 55: 5.5e-4, 100: 1e-4}.items():
+    np.testing.assert_allclose(float(lr(step)), value, atol=1e-9, err_msg=f"step {step}")
+  if schedule == "cosine":
+    np.testing.assert_allclose(float(lr(32.5)), 1e-4 + 0.9e-3 * (1 + np.cos(np.pi / 4)) / 2,
+                               rtol=1e-6)
+
+
 def test_no_warmup_starts_at_peak():
   _, lr = optim.make_optimizer(_cfg(warmup_steps=0, schedule="cosine"), num_steps=100)
   np.testing.assert_allclose(float(lr(0)), 1e-3)
@@ -77,17 +88,30 @@ def test_adafactor_moves_weights_relative_to_their_size_and_decays_by_the_rate()
   relative = {}
   for name in ("adafactor", "adamw"):
     tx, _ = optim.make_optimizer(_cfg(name=name, learning_rate=1e-2, warmup_steps=0,
-                                      schedule="constant", b1=0.0), num_steps=10)
+                                      schedule="constant"), num_steps=10)
     updates, _ = tx.update(grads, tx.init(params), params)
     relative[name] = rms(updates["w"]) / rms(params["w"])
   assert relative["adafactor"] == pytest.approx(1e-2, rel=0.05)
   assert relative["adamw"] > 2
   # Decoupled decay is scaled by the learning rate, as AdamW's (optax adds it after the rate).
   tx, _ = optim.make_optimizer(_cfg(name="adafactor", learning_rate=1e-2, warmup_steps=0,
-                                    schedule="constant", b1=0.0, weight_decay=0.1), num_steps=10)
+                                    schedule="constant", weight_decay=0.1), num_steps=10)
   zero = {"w": jnp.zeros_like(params["w"])}
   updates, _ = tx.update(zero, tx.init(params), params)
   np.testing.assert_allclose(updates["w"], -1e-3 * params["w"], rtol=1e-5)
+
+
+def test_adafactor_has_momentum_only_when_asked_whatever_adamw_s_b1():
+  # Adafactor took AdamW's b1 (default 0.9) as its momentum: any config but the T5 presets got a
+  # first moment as large as the params (Adafactor's memory saving gone) and undebiased first
+  # updates 10x too small. t5x, optax and HF default to none.
+  params = {"w": jnp.ones((256, 384))}
+  sizes = {}
+  for momentum in (0.0, 0.9):
+    tx, _ = optim.make_optimizer(_cfg(name="adafactor", b1=0.9, adafactor_momentum=momentum),
+                                 num_steps=10)
+    sizes[momentum] = sum(x.size for x in jax.tree.leaves(tx.init(params)))
+  assert sizes[0.0] < 1000 and sizes[0.9] > params["w"].size
 
 
 def test_adafactor_is_optax_s_and_per_layer_on_a_scanned_stack():
@@ -101,7 +125,7 @@ def test_adafactor_is_optax_s_and_per_layer_on_a_scanned_stack():
   scanned = {"layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers),
              "embed": unscanned["embed"]}
   cfg = _cfg(name="adafactor", learning_rate=1e-2, warmup_steps=0, schedule="constant",
-             b1=0.9, weight_decay=0.1)
+             adafactor_momentum=0.9, weight_decay=0.1)
   tx, schedule = optim.make_optimizer(cfg, num_steps=10)
   reference = optax.chain(optax.identity(), optax.adafactor(   # identity: grad_clip_norm=0
       schedule, momentum=0.9, weight_decay_rate=lambda count: 0.1 * schedule(count),
@@ -145,6 +169,10 @@ def test_global_norm_clipping():
     (dict(b2=1.0), 10, r"config.optim.b2=1.0 must be in \[0, 1\)"),
     (dict(eps=0.0), 10, r"config.optim.eps=0.0 must be > 0"),
     (dict(grad_clip_norm=-1.0), 10, r"config.optim.grad_clip_norm=-1.0 must be >= 0"),
+    (dict(adafactor_momentum=1.0), 10, r"config.optim.adafactor_momentum=1.0 must be in \[0, 1\)"),
+    (dict(min_lr_ratio=1.5), 10, r"config.optim.min_lr_ratio=1.5 must be in \[0, 1\]"),
+    (dict(min_lr_ratio=0.1, schedule="rsqrt"), 10,
+     r"config.optim.min_lr_ratio=0.1 ends a 'linear' or 'cosine' decay; schedule='rsqrt'"),
     ({}, 0, r"config.train.num_steps=0 must be positive"),
 ])
 def test_invalid_settings_are_named(overrides, num_steps, match):

@@ -210,7 +210,7 @@ def test_adafactor_factored_state_is_laid_out_and_steps_like_one_device():
   # Adafactor's factored statistics have one axis fewer than their params: they are replicated
   # (small), and the sharded update equals the one-device update.
   model = MLP(embed=128, mlp=256)
-  tx, _ = optim.make_optimizer({**OPTIM, "name": "adafactor", "b1": 0.0, "weight_decay": 0.1},
+  tx, _ = optim.make_optimizer({**OPTIM, "name": "adafactor", "weight_decay": 0.1},
                                num_steps=10)
   x, target = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 128)), jnp.float32)
 
