@@ -316,6 +316,16 @@ def test_linear_probe_tests_seen_words_only_on_types_it_trained_on():
   assert split["test"].sum() > 100 and split["unseen"].sum() > 100
 
 
+def test_linear_probe_refuses_too_few_sentences_up_front(text):
+  # One sentence left no training words: a bare LinAlgError after the checkpoint was read (a
+  # test split without seen words wrote majority_baseline as null).
+  subject = subject_lib.Subject(tiny_config("gpt"))
+  with pytest.raises(ValueError, match=r"linear_probe: the 1 probe sentences leave no train and "
+                     r"no test words .*--probe_sentences"):
+    linear_probe.LinearProbe(subject, data.tokenize(text[:1], subject.vocab))
+  assert linear_probe.LinearProbe(subject, data.tokenize(text, subject.vocab)).split["test"].any()
+
+
 def test_ridge_and_cka_maths():
   rng = np.random.default_rng(0)
   labels = rng.integers(3, size=300)

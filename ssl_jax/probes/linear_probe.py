@@ -82,13 +82,21 @@ class LinearProbe:
   def __init__(self, subject: Subject, text: data.ProbeText, seed: int = 0, l2: float = 1.0):
     self.subject = subject
     self.rows = representations.clean_rows(subject, text)
-    self.seed = seed
+    labels = representations.word_labels(self.rows)
+    self.split = word_splits(labels["word_type"], labels["sentence"], seed)
+    empty = [part for part in ("train", "test") if not self.split[part].any()]
+    if empty:   # found before any step is probed; it failed in the fit, or wrote null
+      raise ValueError(
+          f"linear_probe: the {len(text)} probe sentences leave no {' and no '.join(empty)} "
+          f"words (every {TEST_EVERY}th sentence is test, and {HELDOUT_TYPE_FRACTION:.0%} of the "
+          "word types never train); probe more sentences (--probe_sentences, or a longer "
+          "--conllu file).")
     self.l2 = l2
 
   def run(self, state) -> Iterator[tuple[str, float]]:
     """(name, value) pairs for the params of `state` (a TrainState or a params tree)."""
     words = representations.word_representations(self.subject, state, self.rows)
-    split = word_splits(words.word_type, words.sentence, self.seed)
+    split = self.split
     labels = words.pos
     num_classes = len(data.UPOS_TAGS)
     majority = np.bincount(labels[split["train"]], minlength=num_classes).argmax()

@@ -126,6 +126,12 @@ def _word_segments(rows: Rows):
   return np.concatenate(row_ids), np.concatenate(positions), np.concatenate(word_ids), labels
 
 
+def word_labels(rows: Rows) -> dict[str, np.ndarray]:
+  """The per-word labels of `rows` as `word_representations` gives them (pos, word_type,
+  frequency, sentence), without running a model."""
+  return _word_segments(rows)[3]
+
+
 # The last result, with the objects it belongs to (held, so their ids cannot be reused).
 _last: list = []
 
