@@ -307,8 +307,11 @@ def _sentence_pair(doc, tokens, starts, lengths, task, budget, seeds):
   if task == "nsp":
     # Either B fills the row from a sentence start: the real one runs on past the chunk into the
     # rest of the document, the random one through the previous document, as BERT's
-    # target_b_length. So neither the row's length nor where B stops (the end of a sentence, or
-    # the middle of one) tells the two apart; each stops early only where its document ends.
+    # target_b_length. So where B stops (the end of a sentence, or the middle of one) does not
+    # tell the two apart; each stops early only where its document ends. The random B starts at
+    # a random sentence, so on long documents it runs out more often than the real one (as in
+    # BERT's create_pretraining_data.py): a full row hints at a real B (0.45 vs 0.28 of rows full,
+    # a length-only guess right 58% of the time, on documents of 1-60 sentences).
     room = tf.cast(budget - split, tf.int64)
     end = _chunk_span(doc)[2]
     b = tf.concat([b, doc["tokens"][end:]], 0)[:room]
