@@ -4,7 +4,9 @@ Each model holds the encoder as the submodule `bert` (a `bert.BertModel`), so a 
 encoder -- `params['bert']` of `BertForPreTraining`, or the params of an HF `BertModel` -- is
 exactly the subtree `params['bert']` here; the head's params are new. Heads match
 `transformers.BertFor{SequenceClassification,TokenClassification,QuestionAnswering}`:
-dropout then one dense layer (on the pooled [CLS] vector, or on every token).
+dropout then one dense layer (on the pooled [CLS] vector, or on every token). One difference:
+the QA head's padding logits are -1e9, so its loss is a softmax over the real tokens (HF's
+includes the padding; logits on real tokens and the decoded spans are the same).
 All outputs are float32.
 """
 from __future__ import annotations
