@@ -77,7 +77,8 @@ def read_examples(config, split: str) -> list:
     if d.format == "glue_tsv":
       spec = formats.glue_spec(d.task)
       label_names = tuple(d.labels.split(",")) if d.labels else spec.label_names
-      examples = formats.read_tsv(path, spec.tsv_columns, label_names, header=spec.header)
+      examples = formats.read_tsv(path, spec.tsv_columns, label_names, header=spec.header,
+                                  glue=True)
     elif d.format == "conllu":
       examples = formats.read_conllu(path, d.tag_column)
     else:

@@ -144,7 +144,8 @@ def parse_label(value: str, label_names: Sequence[str], where: str) -> Union[int
 
 
 def read_tsv(path: str, columns: Sequence[Sequence[Union[str, int]]],
-             label_names: Sequence[str], *, header: bool = True) -> list[TextExample]:
+             label_names: Sequence[str], *, header: bool = True,
+             glue: bool = False) -> list[TextExample]:
   """Reads a tab-separated file of sentences (pairs) and labels.
 
   Args:
@@ -155,6 +156,9 @@ def read_tsv(path: str, columns: Sequence[Sequence[Union[str, int]]],
     label_names: see `parse_label`.
     header: whether the first row names the columns; None: it does when it holds one of text_a's
       candidate names.
+    glue: a GLUE file, whose negative label cells are hidden labels (a Hugging Face `datasets`
+      export of a test split: -1, STS-B's -1.0; gold scores are >= 0), read as None, as
+      `read_glue_tfds` reads them.
   Returns:
     One TextExample per row, id = the 0-based data row number.
   """
@@ -191,17 +195,26 @@ def read_tsv(path: str, columns: Sequence[Sequence[Union[str, int]]],
     if len(row) <= needed:
       raise ValueError(f"{where} has {len(row)} tab-separated fields, expected at least {needed + 1}; "
                        "fields must be separated by tabs and contain none.")
+    cell = None if label is None else row[label].strip()
+    hidden = cell is None or cell == "" or (glue and _is_negative_number(cell))
     examples.append(TextExample(
         text_a=row[text_a].strip(), text_b=None if text_b is None else row[text_b].strip(),
-        label=None if label is None or row[label] == "" else parse_label(row[label], label_names, where),
+        label=None if hidden else parse_label(cell, label_names, where),
         id=str(len(examples))))
   return examples
+
+
+def _is_negative_number(cell: str) -> bool:
+  try:
+    return float(cell) < 0
+  except ValueError:
+    return False
 
 
 def read_glue_tsv(task: str, path: str) -> list[TextExample]:
   """A GLUE task's TSV (the GLUE distribution, or a Hugging Face `datasets` export)."""
   spec = glue_spec(task)
-  return read_tsv(path, spec.tsv_columns, spec.label_names, header=spec.header)
+  return read_tsv(path, spec.tsv_columns, spec.label_names, header=spec.header, glue=True)
 
 
 def read_glue_tfds(task: str, split: str, data_dir: Optional[str] = None) -> list[TextExample]:
