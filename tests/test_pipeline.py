@@ -72,6 +72,18 @@ def test_restore_refuses_a_different_process_count(tmp_path):
     pipeline.DataIterator(ds, None, process_index=1, process_count=2).restore(tmp_path)
 
 
+def test_a_shard_without_validation_documents_is_named(tmp_path):
+  # 30 documents hold out one for validation: with 2 shards, shard 1's stream was empty and the
+  # run died on a bare StopIteration before its first step.
+  path = tmp_path / "docs.txt"
+  path.write_text("\n\n".join(f"document {i} is here. it says {i % 7}." for i in range(30)))
+  config = tiny_config("causal_lm", source="text_files", text_files=str(path), num_shards=2)
+  pipeline.make_iterator(config, "train", None).next_local()
+  with pytest.raises(ValueError, match=r"data shard 1 of 2 has no validation examples.*"
+                     r"config.data.num_shards.*config.train.eval_steps=0"):
+    pipeline.make_iterator(config, "validation", None).next_local()
+
+
 def test_restore_refuses_text_files_that_changed(tmp_path):
   # The config names the files, not their contents: a position saved over 100 documents was
   # restored over 101 and tf.data failed a dozen batches later, naming nothing.

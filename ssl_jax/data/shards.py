@@ -151,7 +151,17 @@ class ShardedIterator:
     """This process's rows of the next global batch, as numpy (what `next` lays out on devices)."""
     if self._readers is None:
       self._build()
-    parts = [(next(reader), lo, hi) for _, reader, lo, hi, _ in self._readers]
+    parts = []
+    for shard, reader, lo, hi, _ in self._readers:
+      try:
+        parts.append((next(reader), lo, hi))
+      except StopIteration:   # the streams are endless passes: this shard's part is empty
+        raise ValueError(
+            f"data shard {shard} of {self.num_shards} has no {self._split} examples: the split "
+            f"holds fewer documents than there are shards (each reads every {self.num_shards}th; "
+            "text files hold out every 20th document for validation). Use fewer shards "
+            "(config.data.num_shards; 0 = one per process), more text, or, for a validation "
+            "split this small, config.train.eval_steps=0.") from None
     return {k: np.concatenate([batch[k][lo:hi] for batch, lo, hi in parts]) for k in parts[0][0]}
 
   def save(self, directory) -> None:
