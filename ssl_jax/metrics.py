@@ -91,8 +91,10 @@ class MetricsLogger:
       # tf.io.gfile: a gs:// workdir keeps its metrics beside its checkpoints.
       tf.io.gfile.makedirs(os.fspath(workdir))
       self._path = os.path.join(workdir, "metrics.jsonl")
-      if truncate:   # rows a run that died after its last checkpoint left
-        _drop_rows(self._path, lambda line: _row_step(line) > start_step)
+      # Rows a run that died after its last checkpoint left (with `truncate`), and a line cut by
+      # a crash mid-write (an appended row would be glued onto it).
+      _drop_rows(self._path, lambda line: not line.endswith("\n") or (
+          truncate and _row_step(line) > start_step))
       if not tf.io.gfile.exists(self._path):   # GFile appends only to a file that exists
         with tf.io.gfile.GFile(self._path, "w") as f:
           f.write("")
@@ -224,9 +226,17 @@ def write_results(workdir: str, results: Mapping[str, Any]) -> None:
 
 
 def write_json(path: str, value: Mapping[str, Any]) -> None:
-  """`value` as strict JSON, as `json_line` writes (a non-finite number is null)."""
-  with tf.io.gfile.GFile(path, "w") as f:
-    f.write(json.dumps(_finite_or_null(value), indent=2, allow_nan=False))
+  """`value` as strict JSON, as `json_line` writes (a non-finite number is null), atomically."""
+  write_atomically(path, json.dumps(_finite_or_null(value), indent=2, allow_nan=False) + "\n")
+
+
+def write_atomically(path: str, text: str) -> None:
+  """Replaces `path` with `text` through a temporary file and a rename (atomic on local disks):
+  a crash mid-write leaves the old file or the new one, never a cut one."""
+  tmp = path + ".tmp"
+  with tf.io.gfile.GFile(tmp, "w") as f:   # also gs://
+    f.write(text)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def _finite_or_null(value: Any) -> Any:
@@ -253,10 +263,7 @@ def _drop_rows(path: str, drop: Callable[[str], bool]) -> None:
     lines = f.readlines()
   kept = [line for line in lines if not drop(line)]
   if len(kept) != len(lines):
-    tmp = path + ".tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-      f.write("".join(kept))
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    write_atomically(path, "".join(kept))
 
 
 def _row_step(line: str) -> float:
@@ -269,7 +276,8 @@ def _row_step(line: str) -> float:
 
 def read_metrics(workdir: str | os.PathLike, split: str | None = None) -> list[dict[str, Any]]:
   """Rows of `workdir/metrics.jsonl` (optionally only one split), in file order; a null (a
-  non-finite value) is read as NaN."""
+  non-finite value) is read as NaN. A last line without its newline (a row being written, or
+  cut by a crash) is left out."""
   with tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [parse_json_line(line) for line in f if line.strip()]
+    rows = [parse_json_line(line) for line in f if line.strip() and line.endswith("\n")]
   return [row for row in rows if split is None or row["split"] == split]

@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
 from ssl_jax import checkpointing
 from ssl_jax import config as config_lib
@@ -324,8 +323,9 @@ def _raise_if_nonfinite(step: int, sums) -> None:
 
 def write_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
-    with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:   # also gs://
-      f.write(json.dumps(checkpointing.config_record(config), indent=2) + "\n")
+    # Atomically: a cut config.json made the workdir look like another program's (refused).
+    metrics_lib.write_atomically(os.path.join(workdir, "config.json"),
+                                 json.dumps(checkpointing.config_record(config), indent=2) + "\n")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, init_params=None, *,

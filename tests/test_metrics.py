@@ -110,6 +110,22 @@ def test_resume_drops_rows_after_start_step(tmp_path):
       (1, 1.0), (2, 2.0), (3, 30.0)]
 
 
+def test_a_row_appended_after_a_cut_line_stays_its_own_line(tmp_path):
+  # `ssl-jax eval` appends (truncate=False): its row was glued onto a line cut by a crash, and
+  # the file no longer parsed (the next resume then dropped the eval row with the cut line).
+  with metrics.MetricsLogger(tmp_path, num_steps=4, log_every=1) as logger:
+    for step in range(1, 3):
+      logger.train_step(step, _sums(float(step)))
+  with open(os.path.join(tmp_path, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 3, "spl')
+  assert [r["step"] for r in metrics.read_metrics(tmp_path)] == [1, 2]   # a reader skips it
+  with metrics.MetricsLogger(tmp_path, num_steps=4, log_every=1, start_step=2,
+                             truncate=False) as logger:
+    logger.write_eval(2, {"loss": (5.0, 1.0)})
+  assert [(r["step"], r["split"]) for r in metrics.read_metrics(tmp_path)] == [
+      (1, "train"), (2, "train"), (2, "eval")]
+
+
 def test_log_every_must_be_positive(tmp_path):
   with pytest.raises(ValueError, match="config.train.log_every=0"):
     metrics.MetricsLogger(tmp_path, num_steps=5, log_every=0)
