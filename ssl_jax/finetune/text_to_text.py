@@ -219,9 +219,12 @@ def make_train_iterator(config, task: seqio.Task, model_config, batch_sharding=N
   `pipeline.DataIterator`; numpy batches when batch_sharding is None)."""
   lengths = {'inputs': config.data.sequence_length, 'targets': config.data.targets_length}
   count = jax.process_count()
+  # The source shuffles each epoch; seqio's shuffle buffer (1000 by default), after its repeat,
+  # mixed epochs: examples were drawn as if with replacement (a third unseen after an epoch).
   ds = task.get_dataset(lengths, split='train', shuffle=True, seed=int(config.data.seed),
                         shard_info=seqio.ShardInfo(jax.process_index(), count) if count > 1
-                        else None, num_epochs=None, try_in_mem_cache=False)
+                        else None, num_epochs=None, try_in_mem_cache=False,
+                        shuffle_buffer_size=1)
   pack = bool(config.data.pack)
   # No length check, as in pipeline.feature_converter: the Task trims inputs and targets already.
   ds = packing.EncDecFeatureConverter(pack=pack, apply_length_check=False)(
