@@ -22,6 +22,6 @@ def get_config(arg: str = "pretrained"):
     raise ValueError(f"config variant {arg!r} is unknown; use 'pretrained', 'tiny' or 'bart_tiny'.")
   config = text_to_text.base_config("bart" if arg == "bart_tiny" else "t5", "tiny")
   config.model.vocab_size = -1  # the default vocabulary's size
-  config.model.dropout_rate = 0.0
+  config.model.dropout_rate = config.model.attention_dropout_rate = 0.0
   config.optim.learning_rate = 1e-3
   return config
