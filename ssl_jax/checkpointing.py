@@ -253,6 +253,7 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout, 
   if resume:
     _check_state_tree(metadata, layout.abstract, saved["optim"], config.optim, checkpoint)
     _check_same_stream(saved, config, checkpoint)
+    _check_same_seeds(saved, config, checkpoint)
     _check_same_init(saved, config, checkpoint)
     _check_keeps_log_spaced(saved, config.train, manager.all_steps(), checkpoint)
 
@@ -285,6 +286,23 @@ def _check_same_stream(saved: dict, config, checkpoint: str) -> None:
         f"{checkpoint} was trained on another data stream: {differences}its saved data position "
         "belongs to the checkpoint's stream. Resume with the checkpoint's data settings (its "
         "config.json), or use a fresh --workdir.")
+
+
+def _check_same_seeds(saved: dict, config, checkpoint: str) -> None:
+  """Raises if a resume changes config.train.seed (the params' init and the dropout stream), or,
+  for fine-tuning, config.data.seed (its row order; pretraining compares it with the stream): the
+  run would go on under another random stream, matching no uninterrupted run, and config.json
+  would record a seed it did not start with."""
+  differences = _differences("train", {"seed": config.train.seed},
+                             {"seed": saved["train"].get("seed", config.train.seed)})
+  if config.objective not in tasks.OBJECTIVES:
+    ours = config.data.get("seed", 0)
+    differences += _differences("data", {"seed": ours}, {"seed": saved["data"].get("seed", ours)})
+  if differences:
+    raise ValueError(
+        f"{checkpoint} was trained with other seeds: {differences}a resume would go on under "
+        "another random stream than the one its state comes from. Resume with the checkpoint's "
+        "seeds (its config.json), or use a fresh --workdir for the new ones.")
 
 
 def _stream_differences(saved: dict, config) -> str:

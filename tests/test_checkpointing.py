@@ -275,6 +275,13 @@ def _checkpoint_of_another_data_stream(config, tmp_path, checkpoint):
   return config, checkpoint.workdir
 
 
+def _checkpoint_of_another_seed(config, tmp_path, checkpoint):
+  # A seed sweep reusing a workdir resumed seed 0's params under seed 7's dropout, silently.
+  config = checkpoint.config.copy_and_resolve_references()
+  config.train.seed = 7
+  return config, checkpoint.workdir
+
+
 def _text_file_missing(config, tmp_path, checkpoint):
   config.data.update(source="text_files", text_files=str(tmp_path / "missing.txt"))
   return config, str(tmp_path / "run")
@@ -319,6 +326,9 @@ BAD_INPUTS = {
     "checkpoint_of_another_data_stream": (_checkpoint_of_another_data_stream, [
         "another data stream", "config.data.corpus.num_documents=65 (the checkpoint's: 300)",
         "config.data.seed=7 (the checkpoint's: 0)", "Resume with the checkpoint's data settings"]),
+    "checkpoint_of_another_seed": (_checkpoint_of_another_seed, [
+        "trained with other seeds", "config.train.seed=7 (the checkpoint's: 0)",
+        "Resume with the checkpoint's seeds"]),
     # Read before compiling, though only reading the data finds it.
     "text_file_missing": (_text_file_missing, [
         "config.data.text_files", "missing.txt", "does not exist"]),
