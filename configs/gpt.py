@@ -6,9 +6,9 @@
 Variants: tiny (default corpus), small (124M), medium (355M), large (774M), xl (1.5B) (real text and a vocabulary:
 `--config.data.vocab.kind=sentencepiece --config.data.vocab.path=...`).
 
-The published sizes train with GPT-3's recipe (Brown et al. 2020, Table 2.1 and Appendix B; nanoGPT's
-for 124M): AdamW with b2 0.95, eps 1e-8, weight decay 0.1, 2000 warmup steps, then a cosine decay
-to 10% of the peak, the peak by size (GPT-3's 125M, 350M, 760M and 1.3B rows).
+The published sizes train with GPT-3's recipe (Brown et al. 2020, Table 2.1 and Appendix B;
+nanoGPT's for 124M): AdamW with b2 0.95, eps 1e-8, weight decay 0.1, 2000 warmup steps, then a
+cosine decay to 10% of the peak, the peak by size (GPT-3's 125M, 350M, 760M and 1.3B rows).
 """
 from ssl_jax import config as config_lib
 

@@ -91,14 +91,15 @@ class MetricsLogger:
       # tf.io.gfile: a gs:// workdir keeps its metrics beside its checkpoints.
       tf.io.gfile.makedirs(os.fspath(workdir))
       self._path = os.path.join(workdir, "metrics.jsonl")
-      # Rows a run that died after its last checkpoint left (with `truncate`), and a line cut by
-      # a crash mid-write (an appended row would be glued onto it).
-      _drop_rows(self._path, lambda line: not line.endswith("\n") or (
-          truncate and _row_step(line) > start_step))
+      if truncate:   # rows a run that died after its last checkpoint left; a line cut by a crash
+        _drop_rows(self._path, lambda line: _row_step(line) > start_step)
       if not tf.io.gfile.exists(self._path):   # GFile appends only to a file that exists
         with tf.io.gfile.GFile(self._path, "w") as f:
           f.write("")
+      cut = not truncate and not _ends_a_line(self._path)
       self._file = tf.io.gfile.GFile(self._path, "a")
+      if cut:   # appended rows start on a line of their own, not glued onto a line cut by a crash
+        self._file.write("\n")   # (not rewritten: a running trainer may be appending to it)
     self._writer = metric_writers.create_default_writer(
         os.path.join(workdir, "tensorboard"), just_logging=not self._is_writer)
 
@@ -266,6 +267,16 @@ def _drop_rows(path: str, drop: Callable[[str], bool]) -> None:
     write_atomically(path, "".join(kept))
 
 
+def _ends_a_line(path: str) -> bool:
+  """Whether `path` is empty or ends with a newline."""
+  size = tf.io.gfile.stat(path).length
+  if not size:
+    return True
+  with tf.io.gfile.GFile(path, "rb") as f:
+    f.seek(size - 1)
+    return f.read(1) == b"\n"
+
+
 def _row_step(line: str) -> float:
   """The row's step; a blank or torn line (a crash mid-write) counts as past every step."""
   try:
@@ -276,8 +287,8 @@ def _row_step(line: str) -> float:
 
 def read_metrics(workdir: str | os.PathLike, split: str | None = None) -> list[dict[str, Any]]:
   """Rows of `workdir/metrics.jsonl` (optionally only one split), in file order; a null (a
-  non-finite value) is read as NaN. A last line without its newline (a row being written, or
-  cut by a crash) is left out."""
+  non-finite value) is read as NaN. A line that does not parse (a row being written, or cut by
+  a crash; the next resume drops it) is left out."""
   with tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [parse_json_line(line) for line in f if line.strip() and line.endswith("\n")]
+    rows = [parse_json_line(line) for line in f if _row_step(line) != float("inf")]
   return [row for row in rows if split is None or row["split"] == split]
