@@ -289,6 +289,11 @@ def read_metrics(workdir: str | os.PathLike, split: str | None = None) -> list[d
   """Rows of `workdir/metrics.jsonl` (optionally only one split), in file order; a null (a
   non-finite value) is read as NaN. A line that does not parse (a row being written, or cut by
   a crash; the next resume drops it) is left out."""
+  rows = []
   with tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [parse_json_line(line) for line in f if _row_step(line) != float("inf")]
+    for line in f:
+      try:
+        rows.append(parse_json_line(line))
+      except ValueError:
+        continue
   return [row for row in rows if split is None or row["split"] == split]

@@ -285,8 +285,8 @@ def get_vocabulary(vocab_cfg) -> seqio.Vocabulary:
   get = vocab_cfg.get if hasattr(vocab_cfg, "get") else lambda k, d=None: getattr(vocab_cfg, k, d)
   vocab = _vocabulary(get("kind", "default"), get("path", "") or "", int(get("extra_ids", 0) or 0),
                       bool(get("lower_case", True)))
-  recorded, now = get("fingerprint"), fingerprint(vocab)
-  if recorded and recorded != now:
+  recorded = get("fingerprint")
+  if recorded and recorded != (now := fingerprint(vocab)):   # hashed only for a recorded run
     raise ValueError(
         f"config.data.vocab.path={get('path', '')!r} has other pieces than the vocabulary the run "
         f"recorded (config.data.vocab.fingerprint={recorded!r} in its config.json, the file's now: "
