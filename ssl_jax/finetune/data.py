@@ -75,10 +75,8 @@ def read_examples(config, split: str) -> list:
       raise ValueError(f"config.data.{setting} is empty; set --config.data.{setting}=PATH to a "
                        f"{d.format} file.")
     if d.format == "glue_tsv":
-      spec = formats.glue_spec(d.task)
-      label_names = tuple(d.labels.split(",")) if d.labels else spec.label_names
-      examples = formats.read_tsv(path, spec.tsv_columns, label_names, header=spec.header,
-                                  glue=True)
+      examples = formats.read_glue_tsv(d.task, path,
+                                       tuple(d.labels.split(",")) if d.labels else None)
     elif d.format == "conllu":
       examples = formats.read_conllu(path, d.tag_column)
     else:

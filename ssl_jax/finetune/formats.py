@@ -211,10 +211,13 @@ def _is_negative_number(cell: str) -> bool:
     return False
 
 
-def read_glue_tsv(task: str, path: str) -> list[TextExample]:
-  """A GLUE task's TSV (the GLUE distribution, or a Hugging Face `datasets` export)."""
+def read_glue_tsv(task: str, path: str,
+                  label_names: Optional[Sequence[str]] = None) -> list[TextExample]:
+  """A GLUE task's TSV (the GLUE distribution, or a Hugging Face `datasets` export); its labels
+  are the task's, or `label_names` (config.data.labels)."""
   spec = glue_spec(task)
-  return read_tsv(path, spec.tsv_columns, spec.label_names, header=spec.header, glue=True)
+  return read_tsv(path, spec.tsv_columns, spec.label_names if label_names is None else label_names,
+                  header=spec.header, glue=True)
 
 
 def read_glue_tfds(task: str, split: str, data_dir: Optional[str] = None) -> list[TextExample]:
