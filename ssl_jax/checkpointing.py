@@ -169,6 +169,26 @@ def workdir_config(workdir: str) -> dict | None:
   return config if isinstance(config, dict) else {}
 
 
+def run_config(workdir: str, flag: str = "--workdir") -> ml_collections.ConfigDict:
+  """The config of the `ssl-jax train` run in `workdir`, from its config.json (`flag` names the
+  setting that gave `workdir`, for the errors: a missing file, another program's config.json)."""
+  saved = workdir_config(workdir)
+  if saved is None:
+    raise FileNotFoundError(f"{flag}={workdir!r} has no config.json; pass the --workdir of an "
+                            "`ssl-jax train` run.")
+  if "objective" not in saved or "in_context" in saved:
+    raise ValueError(
+        f"{flag}={workdir!r}: its config.json is not an `ssl-jax train` run's (a Hugging Face "
+        "model directory's, or another command's output); pass the --workdir of an "
+        "`ssl-jax train` run.")
+  config = ml_collections.ConfigDict(saved)
+  # JSON turned the rules' tuples into lists; flax wants tuples.
+  config.logical_axis_rules = tuple(
+      (name, tuple(axes) if isinstance(axes, list) else axes)
+      for name, axes in config.logical_axis_rules)
+  return config
+
+
 def check_workdir(workdir: str) -> None:
   """Raises before any compile if `workdir` cannot be created or written, or holds a config.json
   that is not a training run's (a Hugging Face model directory's, an in-context evaluation's):

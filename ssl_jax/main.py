@@ -1,7 +1,7 @@
 r"""The `ssl-jax` command line. It parses flags and dispatches; the work happens in importable modules.
 
   ssl-jax train --config configs/bert.py:tiny --workdir /tmp/bert [--config.train.num_steps=100]
-  ssl-jax eval  --config configs/bert.py:tiny --workdir /tmp/bert
+  ssl-jax eval  --workdir /tmp/bert   (the run's config.json; or --config C [--config.* ...])
   ssl-jax convert --to_hf WORKDIR --out DIR [--steps N]   (a Hugging Face model directory)
   ssl-jax vocab train --config configs/t5.py:tiny --vocab_size 8000 --out /tmp/spm.model
   ssl-jax probe --workdir /tmp/bert [--probes pos_accuracy,linear_probe] [--conllu F.conllu]
@@ -33,7 +33,8 @@ COMMANDS = ("train", "eval", "convert", "vocab", "finetune", "eval-suite", "prob
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file and variant, e.g. configs/bert.py:tiny. Override any value "
-    "with --config.<section>.<key>=<value>.", lock_config=True)
+    "with --config.<section>.<key>=<value>. `ssl-jax eval` without it: the run's config.json.",
+    lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory: config.json, metrics.jsonl, tensorboard/, checkpoints/. "
     "Re-running on the same workdir resumes.")
@@ -143,8 +144,10 @@ def _command(command: str, argv) -> Callable[[], object]:
   _check_flags_belong(command)
   if command in ("train", "eval"):
     from ssl_jax import trainer  # pylint: disable=g-import-not-at-top
-    run = trainer.train_and_evaluate if command == "train" else trainer.evaluate_workdir
-    return functools.partial(run, _require(_CONFIG, command), _require(_WORKDIR, command))
+    if command == "train":
+      return functools.partial(trainer.train_and_evaluate, _require(_CONFIG, command),
+                               _require(_WORKDIR, command))
+    return functools.partial(trainer.evaluate_workdir, _CONFIG.value, _require(_WORKDIR, command))
   if command == "convert":
     from ssl_jax.interop import convert  # pylint: disable=g-import-not-at-top
     if _STEPS.value is not None and len(_STEPS.value) != 1:
@@ -182,7 +185,12 @@ def _parse_flags(argv):
       sys.exit(f"FATAL Flags parsing error: --config={value} is a JSON file; --config takes a "
                "Python config file and variant, e.g. configs/bert.py:tiny. To repeat a run, pass "
                "the file it started with and its --config.* overrides (its config.json lists "
-               "every value).")
+               "every value); `ssl-jax eval` without --config reads the run's config.json.")
+  overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  if overrides and not any(a == "--config" or a.startswith("--config=") for a in argv):
+    sys.exit(f"FATAL Flags parsing error: {' '.join(overrides)} overrides a config, but no "
+             "--config names one; pass the config file too (e.g. --config=configs/bert.py:tiny), "
+             "or, for `ssl-jax eval`, drop the overrides to use the run's config.json.")
   try:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError) as e:

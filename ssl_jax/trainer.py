@@ -420,8 +420,15 @@ def _loop(exp, state, start, train_step, evaluate_fn, first_batch, train_iter, m
   return state
 
 
-def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """`ssl-jax eval`: evaluates the latest checkpoint in `workdir` and appends an eval row."""
+def evaluate_workdir(config: ml_collections.ConfigDict | None, workdir: str) -> dict:
+  """`ssl-jax eval`: evaluates the latest checkpoint in `workdir` and appends an eval row. With
+  `config` None, the run's own config (its config.json: its eval set and mesh)."""
+  if config is None:
+    config = checkpointing.run_config(workdir)
+    if config.objective not in objectives.PRETRAINING:
+      raise ValueError(
+          f"--workdir={workdir!r} is a {config.objective!r} fine-tuning run; `ssl-jax eval` "
+          "scores pretraining runs (fine-tuning runs write their scores to eval_results.json).")
   if config.train.eval_steps < 1:
     raise ValueError(f"config.train.eval_steps={config.train.eval_steps}: `ssl-jax eval` scores "
                      "that many validation batches; set it to 1 or more.")

@@ -28,6 +28,7 @@ import pytest
 import tensorflow as tf
 
 from ssl_jax import checkpointing
+from ssl_jax import config as config_lib
 from ssl_jax import metrics
 from ssl_jax import trainer
 from ssl_jax.data import pipeline
@@ -425,11 +426,18 @@ def test_bad_input_is_refused_before_compiling_with_a_message(case, tmp_path, re
   assert not compiled
 
 
-def test_eval_without_eval_steps_is_refused(bert_checkpoint):
+def test_eval_without_eval_steps_is_refused(bert_checkpoint, tmp_path):
   config = bert_checkpoint.config.copy_and_resolve_references()
   config.train.eval_steps = 0  # it appended an empty eval row
   with pytest.raises(ValueError, match="config.train.eval_steps=0: `ssl-jax eval` scores"):
     trainer.evaluate_workdir(config, bert_checkpoint.workdir)
+  # Without a config, `ssl-jax eval` reads the workdir's config.json: a fine-tuning run's is
+  # refused by name.
+  finetune = config_lib.load_config_file(os.path.join(REPO, "configs/finetune/sst2.py"))
+  (tmp_path / "config.json").write_text(finetune.to_json_best_effort())
+  with pytest.raises(ValueError, match="is a 'classification' fine-tuning run; `ssl-jax eval` "
+                     "scores pretraining runs"):
+    trainer.evaluate_workdir(None, str(tmp_path))
 
 
 def test_console_script_help_lists_the_commands_and_flags():
@@ -449,6 +457,11 @@ def test_cli_refuses_a_json_config():
     with pytest.raises(SystemExit, match=r"--config=run/config.json(:tiny)? is a JSON file; "
                        r"--config takes a Python config file"):
       main._parse_flags(["ssl-jax", "train", *argv, "--workdir=w"])
+  # Overrides without --config (`ssl-jax eval` reads the run's config.json): "Unknown command
+  # line flag".
+  with pytest.raises(SystemExit, match=r"--config.train.eval_steps overrides a config, but no "
+                     r"--config names one"):
+    main._parse_flags(["ssl-jax", "eval", "--workdir=w", "--config.train.eval_steps=3"])
 
 
 def test_cli_names_an_unknown_config_key(tmp_path):

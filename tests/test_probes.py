@@ -89,14 +89,19 @@ def test_probe_errors_name_the_probe_and_the_fix(bert_workdir, tmp_path):
     runner.probe_workdir(str(tmp_path))
 
 
-def test_probe_a_relative_workdir(bert_workdir, tmp_path, monkeypatch):
+def test_probe_a_relative_workdir(bert_workdir, tmp_path, monkeypatch, caplog):
   # Orbax refuses relative paths: `ssl-jax probe --workdir runs/x` failed at the first restore.
   shutil.copytree(bert_workdir, tmp_path / "run", ignore=shutil.ignore_patterns("probes.jsonl"))
   monkeypatch.chdir(tmp_path)
+  # A run on the user's text files, probed without --conllu: default-corpus sentences, said so.
+  saved = json.loads((tmp_path / "run" / "config.json").read_text())
+  saved["data"].update(source="text_files", text_files="my_corpus.txt")
+  (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
   # --out in a directory that does not exist yet: it failed after every checkpoint was probed.
   rows = runner.probe_workdir("run", ["attention_entropy"], num_sentences=4, steps=[4],
                               out="new/elsewhere.jsonl")
   assert rows and all(r["step"] == 4 for r in rows)
+  assert "trained on data.source='text_files', not the default corpus" in caplog.text
   # --out keeps an earlier run's probes.jsonl (the README's second command erased the first's).
   assert runner.read_rows("new/elsewhere.jsonl") == rows
   assert not os.path.exists("run/probes.jsonl")

@@ -85,11 +85,10 @@ def config_from_init(config, init: str, families: tuple[str, ...]):
     config = _set_model(config, model_config_lib.config_to_dict(model_cfg), vocab)
   else:
     run_dir, step = run_location(init)
-    with tf.io.gfile.GFile(os.path.join(run_dir, 'config.json')) as f:
-      saved = json.load(f)
-    config = _set_model(config, saved['model'], saved['data']['vocab'])
+    saved = checkpointing.run_config(run_dir, '--init')
+    config = _set_model(config, saved.model.to_dict(), saved.data.vocab.to_dict())
     with config.unlocked():
-      config.finetune.init_step = init_step(init, run_dir, step, saved['train'])
+      config.finetune.init_step = init_step(init, run_dir, step, saved.train)
   family = config.model.get('family')
   if family not in families:
     raise ValueError(f"--init={init!r} is a {family!r} model; this run needs "
@@ -123,10 +122,9 @@ def _hf_vocab(directory: str, family: str):
   return None
 
 
-def init_step(init: str, run_dir: str, step, train_cfg: dict) -> int:
+def init_step(init: str, run_dir: str, step, train_cfg: ml_collections.ConfigDict) -> int:
   """The checkpoint step of a run `init` (`step`, or the latest when None)."""
-  manager = checkpointing.make_manager(run_dir, ml_collections.ConfigDict(train_cfg),
-                                       read_only=True)
+  manager = checkpointing.make_manager(run_dir, train_cfg, read_only=True)
   try:
     step = manager.latest_step() if step is None else step
     if step is None or step not in manager.all_steps():
@@ -158,8 +156,7 @@ def params_from_init(config, init: str, layout):
         treedef, [np.asarray(got[path]).astype(leaf.dtype) for path, leaf in expected])
     return jax.device_put(params, layout.shardings.params)
   run_dir, location_step = run_location(init)
-  with tf.io.gfile.GFile(os.path.join(run_dir, 'config.json')) as f:
-    saved = ml_collections.ConfigDict(json.load(f))
+  saved = checkpointing.run_config(run_dir, '--init')
   step = config.finetune.get('init_step')  # the step config_from_init read the model of
   if step is None:
     step = init_step(init, run_dir, location_step, saved.train)

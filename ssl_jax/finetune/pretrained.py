@@ -22,7 +22,6 @@ import os
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
 from ssl_jax.finetune import lm_init
 from ssl_jax.models import bert
@@ -73,10 +72,9 @@ def _from_workdir(config, init: str):
   from ssl_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from ssl_jax import trainer  # pylint: disable=g-import-not-at-top
   run_dir, step = lm_init.run_location(init)
-  with tf.io.gfile.GFile(os.path.join(run_dir, "config.json")) as f:   # also gs://
-    saved = ml_collections.ConfigDict(json.load(f))
-  # Lay the pretrained params out on this run's mesh (JSON turned the rule tuples into lists),
-  # with this run's batch, which the mesh was checked against.
+  saved = checkpointing.run_config(run_dir, "--init")
+  # Lay the pretrained params out on this run's mesh, with this run's batch, which the mesh was
+  # checked against.
   saved.logical_axis_rules = config.logical_axis_rules
   saved.mesh = copy.deepcopy(config.mesh)
   saved.train.update(global_batch_size=config.train.global_batch_size,

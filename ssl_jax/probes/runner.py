@@ -97,6 +97,13 @@ def probe_workdir(workdir: str, names: Sequence[str] | None = None, *,
     if missing:
       raise ValueError(f"--steps names {missing}, which have no checkpoint in {workdir!r}; "
                        f"the checkpoints are at steps {available}.")
+    data_cfg = subject.config.data
+    if not conllu and (data_cfg.source != "default_corpus" or data_cfg.get("mixture")):
+      logging.warning(
+          "%s trained on %s, not the default corpus; the probes read default-corpus sentences. "
+          "Pass --conllu with text of the run's domain (e.g. UD English EWT for English).",
+          workdir, f"mixture {data_cfg.mixture!r}" if data_cfg.get("mixture") else
+          f"data.source={data_cfg.source!r}")
     text = data.tokenize(probe_sentences(conllu, num_sentences), subject.vocab)
     if jax.process_index() == 0 and os.path.dirname(out):
       tf.io.gfile.makedirs(os.path.dirname(out))   # now, not after hours of probing

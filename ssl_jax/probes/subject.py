@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -30,7 +28,6 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-import tensorflow as tf
 
 from ssl_jax import checkpointing
 from ssl_jax import objectives
@@ -77,10 +74,6 @@ class Subject:
     config = copy.deepcopy(config)
     with config.unlocked():
       config.mesh = ml_collections.ConfigDict(_SINGLE_DEVICE_MESH)
-      # JSON turns the rules' tuples into lists; flax wants tuples.
-      config.logical_axis_rules = tuple(
-          (name, tuple(axes) if isinstance(axes, list) else axes)
-          for name, axes in config.logical_axis_rules)
     self.config = config
     self.workdir = workdir
     # This process's own device: in a multi-process job every process reads the checkpoints
@@ -112,19 +105,7 @@ class Subject:
   @classmethod
   def from_workdir(cls, workdir: str) -> "Subject":
     """The subject of an `ssl-jax train` run directory (its config.json)."""
-    path = os.path.join(workdir, "config.json")
-    if not tf.io.gfile.exists(path):
-      raise FileNotFoundError(
-          f"--workdir={workdir!r} has no config.json; pass the --workdir of an `ssl-jax train` "
-          "run.")
-    with tf.io.gfile.GFile(path) as f:   # also gs://
-      saved = json.load(f)
-    if "objective" not in saved:
-      raise ValueError(
-          f"--workdir={workdir!r}: its config.json is not an `ssl-jax train` run's (it has no "
-          "objective; a Hugging Face model directory?); pass the --workdir of an `ssl-jax train` "
-          "run.")
-    return cls(ml_collections.ConfigDict(saved), workdir)
+    return cls(checkpointing.run_config(workdir), workdir)
 
   @property
   def manager(self) -> ocp.CheckpointManager:
