@@ -249,13 +249,25 @@ def test_cli_converts_a_run_into_a_directory_transformers_loads(tmp_path, name):
   tokenizer = transformers.AutoTokenizer.from_pretrained(out)
   assert tokenizer(text, add_special_tokens=False)['input_ids'] == ids
   if name == 'gpt':
+    # A prompt starts with id 0 and has no EOS, as ssl_jax's rows (BertTokenizer added [CLS] and
+    # [SEP]: `generate(**tokenizer(prompt))` stopped at once); the vocab.txt lower-cases as before.
+    assert tokenizer(text)['input_ids'] == [0, *ids]
+    import torch
+    with torch.no_grad():
+      from_text = loaded.generate(**tokenizer(text, return_tensors='pt'), max_new_tokens=3,
+                                  do_sample=False)
+      from_ids = loaded.generate(torch.tensor([[0, *ids]]), max_new_tokens=3, do_sample=False)
+    np.testing.assert_array_equal(from_text.numpy(), from_ids.numpy())
+    assert tokenizer.decode(tokenizer(text)['input_ids'], skip_special_tokens=True) == (
+        tokenizer.decode(ids))
+    assert lm_init.hf_lower_case(out)
     # Into an earlier conversion: replaced. Into a directory with other files (a model's stale
     # tokenizer.json was loaded in place of the run's vocab.txt) or into the run itself (its
     # config.json was overwritten): refused before anything is written.
     from ssl_jax.interop import convert
     convert.to_hf(run, out)
-    (tmp_path / 'hf' / 'tokenizer.json').write_text('{}')
-    with pytest.raises(ValueError, match=r"--out=.* holds tokenizer.json, which `ssl-jax convert` "
+    (tmp_path / 'hf' / 'merges.txt').write_text('')
+    with pytest.raises(ValueError, match=r"--out=.* holds merges.txt, which `ssl-jax convert` "
                        r"does not write"):
       convert.to_hf(run, out)
     with open(os.path.join(run, 'config.json'), encoding='utf-8') as f:

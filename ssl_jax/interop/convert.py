@@ -7,7 +7,9 @@ The directory holds `config.json` (with the run's vocabulary's pad and EOS ids, 
 defaults), `model.safetensors` and the vocabulary: `vocab.txt` (default and WordPiece vocabularies,
 one token per line) or `spiece.model` (SentencePiece), with a `tokenizer_config.json` naming its
 transformers class (`BertTokenizer` with `do_lower_case`, or `T5Tokenizer`), so that
-`AutoTokenizer.from_pretrained(out)` gives the run's token ids. seqio's extra ids (T5 sentinels) sit
+`AutoTokenizer.from_pretrained(out)` gives the run's token ids. A GPT's directory adds a
+`tokenizer.json` of the same tokenizer that starts each text with id 0 and adds no EOS, as a GPT
+row starts (`generate(**tokenizer(prompt))` continues the prompt). seqio's extra ids (T5 sentinels) sit
 above the file's tokens.
 The other direction needs no conversion: `--init hf:DIR` (finetune, eval-suite) and
 `interop.hf.from_pretrained(DIR)` read a Hugging Face directory directly.
@@ -26,7 +28,8 @@ from ssl_jax.probes import subject as subject_lib
 
 
 # What `to_hf` writes: the files an earlier conversion left in `out`, which it replaces.
-_WRITTEN = ("config.json", "model.safetensors", "vocab.txt", "spiece.model", "tokenizer_config.json")
+_WRITTEN = ("config.json", "model.safetensors", "vocab.txt", "spiece.model", "tokenizer_config.json",
+            "tokenizer.json")
 
 
 def to_hf(workdir: str, out: str, step: int | None = None) -> str:
@@ -68,11 +71,40 @@ def to_hf(workdir: str, out: str, step: int | None = None) -> str:
       if tf.io.gfile.exists(os.path.join(out, name)):
         tf.io.gfile.remove(os.path.join(out, name))
     hf.save_pretrained(subject.model, params, out, token_ids=token_ids)
-    _write_vocabulary(subject.config.data.vocab, out)
+    tokenizer = _write_vocabulary(subject.config.data.vocab, out)
+    if tokenizer is not None:
+      _write_tokenizer_config(out, tokenizer)
+      if subject.name == "causal_lm":
+        _start_prompts_with_bos(out, special.eos, tokenizer)
   return out
 
 
-def _write_vocabulary(vocab_cfg, out: str) -> None:
+def _write_tokenizer_config(out: str, tokenizer: dict) -> None:
+  with tf.io.gfile.GFile(os.path.join(out, "tokenizer_config.json"), "w") as f:
+    json.dump(tokenizer, f)
+
+
+def _start_prompts_with_bos(out: str, eos: int, tokenizer_config: dict) -> None:
+  """Makes the tokenizer in `out` encode text as a GPT row starts: id 0 first, no EOS (BERT's and
+  T5's tokenizers add [CLS]/[SEP] or EOS, and `generate` stopped at once): a tokenizer.json with
+  that post-processor. vocab.txt / spiece.model stay for `--init hf:` (do_lower_case too)."""
+  import transformers  # pylint: disable=g-import-not-at-top  (the interop extra, as safetensors)
+  from tokenizers import processors  # pylint: disable=g-import-not-at-top
+  tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+  backend = tokenizer.backend_tokenizer
+  bos, eos_token = tokenizer.convert_ids_to_tokens([0, eos])
+  backend.post_processor = processors.TemplateProcessing(
+      single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, 0)])
+  backend.save(os.path.join(out, "tokenizer.json"))
+  # No token_type_ids: GPT-2 would add their (token) embeddings to every position.
+  _write_tokenizer_config(out, {**tokenizer_config, "tokenizer_class": "PreTrainedTokenizerFast",
+                                "bos_token": bos, "eos_token": eos_token,
+                                "model_input_names": ["input_ids", "attention_mask"]})
+
+
+def _write_vocabulary(vocab_cfg, out: str) -> dict | None:
+  """Writes the vocabulary file; returns its tokenizer_config.json (None for a 'byte' vocabulary:
+  no file, ids are bytes)."""
   kind = vocab_cfg.get("kind", "default")
   if kind in ("default", "wordpiece"):   # its path may be a tokenizer.json: write the tokens
     tokens = vocabularies.get_vocabulary(vocab_cfg).tokens
@@ -88,6 +120,5 @@ def _write_vocabulary(vocab_cfg, out: str) -> None:
     tokenizer = {"tokenizer_class": "T5Tokenizer",
                  "extra_ids": int(vocab_cfg.get("extra_ids", 0) or 0)}
   else:
-    return
-  with tf.io.gfile.GFile(os.path.join(out, "tokenizer_config.json"), "w") as f:
-    json.dump(tokenizer, f)
+    return None
+  return tokenizer
