@@ -138,6 +138,9 @@ def main(argv=None):
   parser.add_argument("--warmup_steps", type=int, default=3)
   parser.add_argument("--dir", default=None, help="where to write checkpoints (default: tmp)")
   args = parser.parse_args(argv)
+  if args.saves < 1 or args.window_steps < 1 or args.warmup_steps < 0:
+    parser.error(f"--saves={args.saves} --window_steps={args.window_steps} --warmup_steps="
+                 f"{args.warmup_steps}: time at least 1 save and 1 step after it.")
   for row in run(args):
     print(json.dumps(row), flush=True)
 

@@ -76,7 +76,8 @@ def run_ssl_jax(args, train_file, eval_file, workdir, head=None):
   accuracy = evaluation.evaluate(trainer.Experiment.build(config), state.params)["accuracy"]
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
     losses = [r["loss"] for r in map(json.loads, f) if r["split"] == "train"]
-  return accuracy, time.perf_counter() - start, losses, config.train.num_steps
+  return (accuracy, time.perf_counter() - start, losses, config.train.num_steps,
+          config.optim.warmup_steps)
 
 
 def batch_order(seed, num_rows, num_steps, batch_size):
@@ -99,9 +100,9 @@ def make_transformers_model(args):
                                                                     **dropout)
 
 
-def run_transformers(args, train_file, eval_file, model, num_steps):
+def run_transformers(args, train_file, eval_file, model, num_steps, warmup_steps):
   """The same fine-tune with `transformers.BertForSequenceClassification` and a torch loop over
-  the same batches as ssl_jax."""
+  the same batches and learning rates as ssl_jax (its `warmup_steps`)."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   from ssl_jax.finetune import formats  # pylint: disable=g-import-not-at-top
@@ -121,8 +122,7 @@ def run_transformers(args, train_file, eval_file, model, num_steps):
             {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
              "weight_decay": 0.0}]
   optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
-  schedule = transformers.get_linear_schedule_with_warmup(optimizer, round(0.1 * num_steps),
-                                                          num_steps)
+  schedule = transformers.get_linear_schedule_with_warmup(optimizer, warmup_steps, num_steps)
   model.train()
   losses = []
   for step, rows in enumerate(batch_order(args.seed, len(train), num_steps, args.batch_size), 1):
@@ -158,11 +158,12 @@ def minilm(args):
   if args.parity_steps:  # the same head init on both sides
     head = (model.classifier.weight.detach().numpy().T.copy(),
             model.classifier.bias.detach().numpy().copy())
-  jax_accuracy, jax_s, jax_losses, num_steps = run_ssl_jax(args, train_file, eval_file, workdir,
-                                                           head)
+  jax_accuracy, jax_s, jax_losses, num_steps, warmup_steps = run_ssl_jax(
+      args, train_file, eval_file, workdir, head)
   _print({"side": "ssl_jax", "accuracy": jax_accuracy, "wall_s": round(jax_s, 1),
           "steps": num_steps, **settings})
-  hf_accuracy, hf_s, hf_losses = run_transformers(args, train_file, eval_file, model, num_steps)
+  hf_accuracy, hf_s, hf_losses = run_transformers(args, train_file, eval_file, model, num_steps,
+                                                  warmup_steps)
   _print({"side": "transformers", "accuracy": hf_accuracy, "wall_s": round(hf_s, 1),
           "steps": num_steps, **settings})
   row = {"benchmark": "minilm_sst2", "ssl_jax_accuracy": jax_accuracy,
