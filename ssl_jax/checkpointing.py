@@ -177,10 +177,11 @@ def run_config(workdir: str, flag: str = "--workdir") -> ml_collections.ConfigDi
     raise FileNotFoundError(f"{flag}={workdir!r} has no config.json; pass the --workdir of an "
                             "`ssl-jax train` run.")
   if "objective" not in saved or "in_context" in saved:
+    hint = f" (a Hugging Face directory: --init hf:{workdir})" if flag == "--init" else ""
     raise ValueError(
         f"{flag}={workdir!r}: its config.json is not an `ssl-jax train` run's (a Hugging Face "
         "model directory's, or another command's output); pass the --workdir of an "
-        "`ssl-jax train` run.")
+        f"`ssl-jax train` run{hint}.")
   config = ml_collections.ConfigDict(saved)
   # JSON turned the rules' tuples into lists; flax wants tuples.
   config.logical_axis_rules = tuple(

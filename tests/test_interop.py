@@ -285,3 +285,42 @@ def test_cli_converts_a_run_into_a_directory_transformers_loads(tmp_path, name):
     with pytest.raises(ValueError, match=r"holds the run's vocabulary \(config.data.vocab.path="):
       convert.to_hf(str(tmp_path / 'run2'), str(vocab_dir))
     assert os.listdir(vocab_dir) == ['vocab.txt']
+
+
+def test_a_byte_vocabulary_converts_to_a_tokenizer_of_its_ids(tmp_path):
+  # A byte-vocabulary GPT's directory had no tokenizer files: AutoTokenizer took GPT-2's BPE,
+  # found no files and encoded every text to [] (generate then crashed inside GPT-2).
+  import helpers
+  from ssl_jax.data import vocabularies
+  from ssl_jax.interop import convert
+  config = helpers.cli_config('gpt', '--config.data.vocab.kind=byte',
+                              '--config.data.vocab.extra_ids=2')
+  run, out = str(tmp_path / 'run'), str(tmp_path / 'hf')
+  helpers.save_untrained_run(run, config, jax.devices()[:1])
+  convert.to_hf(run, out)
+  vocab = vocabularies.get_vocabulary(config.data.vocab)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+  text = 'Héllo  wörld!\n ok'
+  assert tokenizer(text)['input_ids'] == [0, *vocab.encode(text)]   # id 0 first, as a GPT row
+  assert tokenizer.decode(tokenizer(text)['input_ids'], skip_special_tokens=True) == text
+  assert tokenizer.convert_tokens_to_ids(['<extra_id_0>', '<extra_id_1>']) == [
+      vocab.vocab_size - 1, vocab.vocab_size - 2]
+
+
+def test_init_hf_reads_the_extra_ids_convert_wrote_and_names_hf_for_an_hf_directory(tmp_path):
+  # A converted SentencePiece model with extra_ids=0 (the pod presets) was read back with T5's
+  # 100 sentinels: the data vocabulary then outgrew the model's.
+  from ssl_jax import config as config_lib
+  from ssl_jax.finetune import lm_init
+  (tmp_path / 'spiece.model').write_bytes(b'')
+  assert lm_init._hf_vocab(str(tmp_path), 'gpt')['extra_ids'] == 100   # T5's, without a config
+  (tmp_path / 'tokenizer_config.json').write_text('{"extra_ids": 0}')
+  assert lm_init._hf_vocab(str(tmp_path), 'gpt')['extra_ids'] == 0
+  # An HF directory given without hf: died on a KeyError; now the message names the fix.
+  (tmp_path / 'config.json').write_text('{"model_type": "gpt2"}')
+  config = config_lib.load_config_file(
+      os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
+                   'finetune', 'in_context', 'sst2.py'), 'tiny')
+  with pytest.raises(ValueError, match=rf"pass the --workdir of an `ssl-jax train` run \(a "
+                     rf"Hugging Face directory: --init hf:{tmp_path}\)"):
+    lm_init.config_from_init(config, str(tmp_path), ('gpt',))

@@ -99,22 +99,28 @@ def config_from_init(config, init: str, families: tuple[str, ...]):
   return config
 
 
+def _tokenizer_config(directory: str) -> dict:
+  """HF `directory`'s tokenizer_config.json ({} without one)."""
+  path = os.path.join(directory, 'tokenizer_config.json')
+  if not os.path.isfile(path):
+    return {}
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
 def hf_lower_case(directory: str) -> bool:
   """Whether the WordPiece tokenizer saved in HF `directory` lower-cases (tokenizer_config.json's
   do_lower_case; True, BertTokenizer's default, without one)."""
-  path = os.path.join(directory, 'tokenizer_config.json')
-  if not os.path.isfile(path):
-    return True
-  with open(path, encoding='utf-8') as f:
-    return bool(json.load(f).get('do_lower_case', True))
+  return bool(_tokenizer_config(directory).get('do_lower_case', True))
 
 
 def _hf_vocab(directory: str, family: str):
   """config.data.vocab for the tokenizer files in HF `directory` (T5's spiece.model, or the
   vocab.txt `ssl-jax convert` writes for a default or WordPiece vocabulary), or None."""
   spiece = os.path.join(directory, 'spiece.model')
-  if os.path.isfile(spiece):
-    return dict(kind='sentencepiece', path=spiece, extra_ids=100, lower_case=False)
+  if os.path.isfile(spiece):   # T5's 100 sentinels, or the extra_ids `ssl-jax convert` wrote
+    extra_ids = int(_tokenizer_config(directory).get('extra_ids', 100))
+    return dict(kind='sentencepiece', path=spiece, extra_ids=extra_ids, lower_case=False)
   vocab_txt = os.path.join(directory, 'vocab.txt')
   if os.path.isfile(vocab_txt):   # T5's sentinels sit above the file's tokens, as seqio's
     return dict(kind='wordpiece', path=vocab_txt, extra_ids=100 if family == 't5' else 0,

@@ -7,7 +7,8 @@ The directory holds `config.json` (with the run's vocabulary's pad and EOS ids, 
 defaults), `model.safetensors` and the vocabulary: `vocab.txt` (default and WordPiece vocabularies,
 one token per line) or `spiece.model` (SentencePiece), with a `tokenizer_config.json` naming its
 transformers class (`BertTokenizer` with `do_lower_case`, or `T5Tokenizer`), so that
-`AutoTokenizer.from_pretrained(out)` gives the run's token ids. A GPT's directory adds a
+`AutoTokenizer.from_pretrained(out)` gives the run's token ids (a 'byte' vocabulary: a
+`tokenizer.json` of seqio's ids, byte b at b + 3). A GPT's directory adds a
 `tokenizer.json` of the same tokenizer that starts each text with id 0 and adds no EOS, as a GPT
 row starts (`generate(**tokenizer(prompt))` continues the prompt). seqio's extra ids (T5 sentinels) sit
 above the file's tokens.
@@ -72,10 +73,9 @@ def to_hf(workdir: str, out: str, step: int | None = None) -> str:
         tf.io.gfile.remove(os.path.join(out, name))
     hf.save_pretrained(subject.model, params, out, token_ids=token_ids)
     tokenizer = _write_vocabulary(subject.config.data.vocab, out)
-    if tokenizer is not None:
-      _write_tokenizer_config(out, tokenizer)
-      if subject.name == "causal_lm":
-        _start_prompts_with_bos(out, special.eos, tokenizer)
+    _write_tokenizer_config(out, tokenizer)
+    if subject.name == "causal_lm":
+      _start_prompts_with_bos(out, special.eos, tokenizer)
   return out
 
 
@@ -102,9 +102,9 @@ def _start_prompts_with_bos(out: str, eos: int, tokenizer_config: dict) -> None:
                                 "model_input_names": ["input_ids", "attention_mask"]})
 
 
-def _write_vocabulary(vocab_cfg, out: str) -> dict | None:
-  """Writes the vocabulary file; returns its tokenizer_config.json (None for a 'byte' vocabulary:
-  no file, ids are bytes)."""
+def _write_vocabulary(vocab_cfg, out: str) -> dict:
+  """Writes the vocabulary file (a 'byte' vocabulary's: tokenizer.json); returns its
+  tokenizer_config.json."""
   kind = vocab_cfg.get("kind", "default")
   if kind in ("default", "wordpiece"):   # its path may be a tokenizer.json: write the tokens
     tokens = vocabularies.get_vocabulary(vocab_cfg).tokens
@@ -115,10 +115,30 @@ def _write_vocabulary(vocab_cfg, out: str) -> dict | None:
     # read by it and by --init hf:.
     tokenizer = {"tokenizer_class": "BertTokenizer",
                  "do_lower_case": kind == "default" or bool(vocab_cfg.get("lower_case", True))}
-  elif kind == "sentencepiece":  # 'byte' vocabularies have no file: ids are bytes
+  elif kind == "sentencepiece":
     tf.io.gfile.copy(vocab_cfg.get("path"), os.path.join(out, "spiece.model"), overwrite=True)
     tokenizer = {"tokenizer_class": "T5Tokenizer",
                  "extra_ids": int(vocab_cfg.get("extra_ids", 0) or 0)}
-  else:
-    return None
+  else:   # 'byte' (seqio's ByteVocabulary): no file; GPT-2's AutoTokenizer found no BPE files
+    _write_byte_tokenizer(out, int(vocab_cfg.get("extra_ids", 0) or 0))
+    tokenizer = {"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "<pad>",
+                 "eos_token": "</s>", "unk_token": "<unk>"}
   return tokenizer
+
+
+def _write_byte_tokenizer(out: str, extra_ids: int) -> None:
+  """tokenizer.json of seqio's ByteVocabulary: pad, EOS, UNK at 0-2, each UTF-8 byte b at b + 3,
+  sentinel i at 258 + extra_ids - i. It adds no special tokens."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # pylint: disable=g-import-not-at-top
+  # GPT-2's byte-to-character table (what the ByteLevel pre-tokenizer emits for each byte).
+  printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+               *range(ord("®"), ord("ÿ") + 1)]
+  others = [b for b in range(256) if b not in printable]
+  chars = {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(others)}}
+  specials = ["<pad>", "</s>", "<unk>"]
+  vocab = {**{t: i for i, t in enumerate(specials)}, **{chars[b]: b + 3 for b in range(256)}}
+  tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+  tokenizer.decoder = decoders.ByteLevel()
+  tokenizer.add_special_tokens(specials + [f"<extra_id_{i}>" for i in reversed(range(extra_ids))])
+  tokenizer.save(os.path.join(out, "tokenizer.json"))
