@@ -8,10 +8,10 @@ defaults), `model.safetensors` and the vocabulary: `vocab.txt` (default and Word
 one token per line) or `spiece.model` (SentencePiece), with a `tokenizer_config.json` naming its
 transformers class (`BertTokenizer` with `do_lower_case`, or `T5Tokenizer`), so that
 `AutoTokenizer.from_pretrained(out)` gives the run's token ids (a 'byte' vocabulary: a
-`tokenizer.json` of seqio's ids, byte b at b + 3). A GPT's directory adds a
-`tokenizer.json` of the same tokenizer that starts each text with id 0 and adds no EOS, as a GPT
-row starts (`generate(**tokenizer(prompt))` continues the prompt). seqio's extra ids (T5 sentinels) sit
-above the file's tokens.
+`tokenizer.json` of seqio's ids, byte b at b + 3). A GPT's directory adds a `tokenizer.json` of
+the same tokenizer that starts each text with id 0 and adds no EOS, as a GPT row starts
+(`generate(**tokenizer(prompt))` continues the prompt). seqio's extra ids (T5 sentinels) sit above
+the file's tokens.
 The other direction needs no conversion: `--init hf:DIR` (finetune, eval-suite) and
 `interop.hf.from_pretrained(DIR)` read a Hugging Face directory directly.
 """
@@ -73,7 +73,6 @@ def to_hf(workdir: str, out: str, step: int | None = None) -> str:
         tf.io.gfile.remove(os.path.join(out, name))
     hf.save_pretrained(subject.model, params, out, token_ids=token_ids)
     tokenizer = _write_vocabulary(subject.config.data.vocab, out)
-    _write_tokenizer_config(out, tokenizer)
     if subject.name == "causal_lm":
       _start_prompts_with_bos(out, special.eos, tokenizer)
   return out
@@ -103,8 +102,8 @@ def _start_prompts_with_bos(out: str, eos: int, tokenizer_config: dict) -> None:
 
 
 def _write_vocabulary(vocab_cfg, out: str) -> dict:
-  """Writes the vocabulary file (a 'byte' vocabulary's: tokenizer.json); returns its
-  tokenizer_config.json."""
+  """Writes the vocabulary file (a 'byte' vocabulary's: tokenizer.json) and tokenizer_config.json;
+  returns the latter."""
   kind = vocab_cfg.get("kind", "default")
   if kind in ("default", "wordpiece"):   # its path may be a tokenizer.json: write the tokens
     tokens = vocabularies.get_vocabulary(vocab_cfg).tokens
@@ -123,6 +122,7 @@ def _write_vocabulary(vocab_cfg, out: str) -> dict:
     _write_byte_tokenizer(out, int(vocab_cfg.get("extra_ids", 0) or 0))
     tokenizer = {"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "<pad>",
                  "eos_token": "</s>", "unk_token": "<unk>"}
+  _write_tokenizer_config(out, tokenizer)
   return tokenizer
 
 
