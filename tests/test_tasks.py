@@ -218,6 +218,14 @@ def test_tfds_corpus_without_validation_split_holds_out_train_and_errors_name_th
   no_text = source.get_dataset("train", shuffle=False).map(lambda ex: {"content": ex["content"]})
   with pytest.raises(ValueError, match=r"without a 'text' feature \(its features: content\)"):
     tasks._as_documents(no_text)   # pylint: disable=protected-access
+  # A dataset not prepared in tfds_data_dir: seqio had TFDS download and build it there (C4 on
+  # every host of a pod), and it failed inside the build here.
+  unprepared = tiny_config("causal_lm", source="tfds", tfds_name="ssl_jax_test_documents:1.0.0",
+                           tfds_data_dir=str(tmp_path / "empty"))
+  with pytest.raises(ValueError, match=r"config.data.tfds_name='ssl_jax_test_documents:1.0.0' is "
+                     r"not prepared in config.data.tfds_data_dir="):
+    tasks.document_dataset(unprepared, "train")
+  assert not (tmp_path / "empty").exists()
   latin1 = tmp_path / "latin1.txt"
   latin1.write_bytes("Caf\xe9 au lait.".encode("latin-1"))
   with pytest.raises(ValueError, match=r"latin1.txt is not UTF-8 text"):

@@ -220,8 +220,13 @@ class _TfdsEpochs(seqio.TfdsDataSource):
   masks or corrupts a document differently. seqio repeats a source only after the preprocessors,
   which would repeat epoch 1's corruption."""
 
+  def __init__(self, tfds_name: str, data_dir: str, splits):
+    # read_only: seqio would have TFDS download and build a missing dataset (on every host).
+    super().__init__(tfds_name, tfds_data_dir=data_dir or None, splits=splits, read_only=True)
+    self.settings = (tfds_name, data_dir)
+
   def get_dataset(self, split=None, shuffle=True, seed=None, shard_info=None, **kwargs):
-    ds = super().get_dataset(split, shuffle, seed, shard_info, **kwargs)
+    ds = self.one_pass(split, shuffle, seed, shard_info, **kwargs)
     if split != "train":
       return ds
 
@@ -231,6 +236,17 @@ class _TfdsEpochs(seqio.TfdsDataSource):
       return ds.map(with_epoch)
     return tf.data.Dataset.range(2 ** 62).flat_map(epoch_of)
 
+  def one_pass(self, split, shuffle=False, seed=None, shard_info=None, **kwargs):
+    """seqio's dataset of `split` (one pass), read from the prepared dataset only."""
+    try:
+      return super().get_dataset(split, shuffle, seed, shard_info, **kwargs)
+    except AssertionError as e:   # TFDS: "could not find data in <dir>"
+      name, data_dir = self.settings
+      raise ValueError(
+          f"config.data.tfds_name={name!r} is not prepared in config.data.tfds_data_dir="
+          f"{data_dir!r} ({e}); prepare it first (`tfds build` with --data_dir, or copy a "
+          "prepared one there), or set tfds_data_dir to where it is.") from e
+
 
 def _tfds_source(tfds_name, data_dir=""):
   if not tfds_name or ":" not in tfds_name:
@@ -238,7 +254,7 @@ def _tfds_source(tfds_name, data_dir=""):
         f"config.data.tfds_name={tfds_name!r} must name a TFDS dataset with its version, e.g. "
         "'c4/en:3.1.0' or 'wikipedia/20230601.en:1.0.0'.")
   base = tfds_name.split("/")[0].split(":")[0]
-  return _TfdsEpochs(tfds_name, tfds_data_dir=data_dir or None,
+  return _TfdsEpochs(tfds_name, data_dir,
                      splits=_TFDS_SPLITS.get(base) or _tfds_splits(tfds_name, data_dir))
 
 
@@ -292,7 +308,7 @@ def document_dataset(config, split, source=None):
                              endless=False)
   else:   # seqio's own pass: the task's TFDS train split is endless epochs (_TfdsEpochs)
     tfds_name = _get(config.data, "tfds_name") if source == "tfds" else source  # or a mixture's
-    ds = seqio.TfdsDataSource.get_dataset(_source(config, "tfds", tfds_name), split, shuffle=False)
+    ds = _source(config, "tfds", tfds_name).one_pass(split)
   return _as_documents(ds)
 
 
