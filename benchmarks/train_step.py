@@ -23,7 +23,12 @@ Prints one JSON line per objective (and per model with --compile-scaling). How i
   HF's forward pass runs under `torch.autocast(bfloat16)` (float32 weights, as ssl_jax's).
 - The two frameworks and a square matmul in the step's compute dtype (`--matmul_size`, XLA;
   `matmul_dtype` in each row) are timed in turn, round after round, so that a busy machine slows
-  all three alike; medians over `--steps` rounds after `--warmup` rounds. `speedup` = median HF step time / median ssl_jax step time (same tokens).
+  all three alike; medians over `--steps` rounds after `--warmup` rounds. `speedup` = median HF
+  step time / median ssl_jax step time (same tokens). `speedup_bound` = the speedup ssl_jax's step
+  would have if it ran at the measured matmul rate (MFU 1): median HF step time / (flops_per_step
+  per device / matmul rate). Where the square matmul runs near the CPU's FMA peak (2026-12-01:
+  179-191 GFLOP/s on 2 Zen 4 cores, 32 FLOP per cycle each, the peak at ~3 GHz), no program
+  computing the same FLOPs gets past it: a target above it needs fewer FLOPs or a slower baseline.
   `*_tokens_per_sec` count positions (batch × sequence length, padding included).
 - `flops_per_step` is XLA's cost analysis of the step, all devices together, lowered with its layers
   unrolled and one microbatch (`trainer.flops_per_step`: a scanned layer stack or microbatch loop
@@ -227,7 +232,8 @@ def measure(objective: str, args) -> dict:
                 "transformers_step_s": round(hf_s, 4),
                 "transformers_tokens_per_sec": round(ours.tokens / hf_s, 1),
                 "speedup": round(hf_s / step_s, 2),
-                "speedup_per_round_median": round(statistics.median(ratios), 2)})
+                "speedup_per_round_median": round(statistics.median(ratios), 2),
+                "speedup_bound": round(hf_s * rate * 1e9 / ours.device_flops, 2)})
   row.update({
       "flops_per_step": ours.flops, "achieved_gflops": round(achieved, 2),
       "matmul_gflops": round(rate, 2), "matmul_dtype": ours.exp.model_config.dtype,
