@@ -150,9 +150,19 @@ def validate(config: ml_collections.ConfigDict):
   _one_of("data.vocab.kind", d.vocab.kind, _VOCAB_KINDS)
   # A file named for another source or vocabulary kind was ignored: the run trained on the
   # default corpus or vocabulary while its config.json named the user's file.
-  _check(not d.text_files or d.source == "text_files" or d.mixture, "data.text_files",
-         d.text_files, f"it is read only with config.data.source='text_files' (this config's "
-         f"source is {d.source!r}); set --config.data.source=text_files, or leave text_files ''.")
+  # With a mixture, data.source is not read, and text_files only for a 'text_files' entry.
+  mixed = [e.rpartition(":")[0].strip() for e in d.get("mixture", "").split(",") if e.strip()]
+  _check(not mixed or d.source == "default_corpus", "data.source", d.source,
+         f"config.data.mixture={d.mixture!r} replaces the source, which is not read; name it in "
+         "the mixture (e.g. 'text_files:1' or 'tfds:1'), and leave data.source at default_corpus.")
+  if mixed:
+    _check(not d.text_files or "text_files" in mixed, "data.text_files", d.text_files,
+           f"config.data.mixture={d.mixture!r} has no 'text_files' entry, so the files are not "
+           "read; add one (e.g. 'text_files:0.5'), or leave text_files ''.")
+  else:
+    _check(not d.text_files or d.source == "text_files", "data.text_files", d.text_files,
+           f"it is read only with config.data.source='text_files' (this config's source is "
+           f"{d.source!r}); set --config.data.source=text_files, or leave text_files ''.")
   _check(not d.vocab.get("path") or d.vocab.kind in ("wordpiece", "sentencepiece"),
          "data.vocab.path", d.vocab.get("path"), f"vocab.kind={d.vocab.kind!r} reads no file; set "
          "--config.data.vocab.kind=wordpiece (a BERT vocab.txt or tokenizer.json) or sentencepiece "

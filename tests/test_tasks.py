@@ -226,6 +226,13 @@ def test_tfds_corpus_without_validation_split_holds_out_train_and_errors_name_th
                      r"not prepared in config.data.tfds_data_dir="):
     tasks.document_dataset(unprepared, "train")
   assert not (tmp_path / "empty").exists()
+  # A misspelt name, config or version: TFDS's error listed its whole catalog, not the setting.
+  for name, reason in (("ssl_jax_test_train_onyl:1.0.0", "Dataset ssl_jax_test_train_onyl not found"),
+                       ("c4/enn:3.1.0", "BuilderConfig enn not found")):
+    with pytest.raises(ValueError, match=rf"config.data.tfds_name='{name}' is neither a TFDS catalog "
+                       rf"dataset nor one prepared in config.data.tfds_data_dir=.*{reason}"):
+      tasks.document_dataset(tiny_config("causal_lm", source="tfds", tfds_name=name,
+                                         tfds_data_dir=str(tmp_path)), "train")
   latin1 = tmp_path / "latin1.txt"
   latin1.write_bytes("Caf\xe9 au lait.".encode("latin-1"))
   with pytest.raises(ValueError, match=r"latin1.txt is not UTF-8 text"):
@@ -330,3 +337,8 @@ def test_errors_name_the_setting():
     config_lib.validate(no_sentinels)
   with pytest.raises(ValueError, match="config.data.targets_length"):
     tasks.get_task(tiny_config("span_corruption", targets_length=4))
+  # With a mixture, data.source and text_files outside it were ignored: config.json named them.
+  with pytest.raises(ValueError, match=r"config.data.source='tfds' is invalid.*replaces the source"):
+    config_lib.validate(tiny_config("causal_lm", source="tfds", mixture="default_corpus:1"))
+  with pytest.raises(ValueError, match=r"config.data.text_files='a.txt' is invalid.*no 'text_files'"):
+    config_lib.validate(tiny_config("causal_lm", text_files="a.txt", mixture="default_corpus:1"))

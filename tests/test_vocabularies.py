@@ -160,6 +160,16 @@ def test_get_vocabulary_errors(tmp_path):
                                                                extra_ids=0)))
   with pytest.raises(ValueError, match="config.data.vocab.kind"):
     vocabularies.get_vocabulary(ml_collections.ConfigDict(dict(kind="bpe", path="", extra_ids=0)))
+  # A file of the other kind failed in its parser, naming neither setting.
+  binary, text = tmp_path / "sp.model", tmp_path / "words.txt"
+  binary.write_bytes(b"\n\xc0\x01\x8f\xff")
+  text.write_text("hello\nworld\n")
+  with pytest.raises(ValueError, match=r"vocab.path='.*sp.model' is not a BERT vocab.txt.*"
+                                       r"vocab.kind='wordpiece'.*--config.data.vocab.kind=sentencepiece"):
+    vocabularies.get_vocabulary(dict(kind="wordpiece", path=str(binary), extra_ids=0))
+  with pytest.raises(ValueError, match=r"vocab.path='.*words.txt' is not a SentencePiece model.*"
+                                       r"--config.data.vocab.kind=wordpiece"):
+    vocabularies.get_vocabulary(dict(kind="sentencepiece", path=str(text), extra_ids=0))
   bad = tmp_path / "bad.txt"
   bad.write_text("hello\n[UNK]\n")
   with pytest.raises(ValueError, match=r"\[PAD\]"):

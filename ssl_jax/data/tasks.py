@@ -253,18 +253,32 @@ def _tfds_source(tfds_name, data_dir=""):
     raise ValueError(
         f"config.data.tfds_name={tfds_name!r} must name a TFDS dataset with its version, e.g. "
         "'c4/en:3.1.0' or 'wikipedia/20230601.en:1.0.0'.")
+  builder = _tfds_builder(tfds_name, data_dir)
   base = tfds_name.split("/")[0].split(":")[0]
   return _TfdsEpochs(tfds_name, data_dir,
-                     splits=_TFDS_SPLITS.get(base) or _tfds_splits(tfds_name, data_dir))
+                     splits=_TFDS_SPLITS.get(base) or _tfds_splits(tfds_name, builder))
 
 
-def _tfds_splits(tfds_name, data_dir):
-  """{split: TFDS split}: a prepared dataset without a validation split holds out train's last 1%
-  (as _TFDS_SPLITS does for Wikipedia); seqio refused it at the first eval."""
+def _tfds_builder(tfds_name, data_dir):
+  """TFDS's builder of `tfds_name`: a dataset of its catalog, or one prepared in `data_dir`."""
   try:
-    available = set(tfds.builder(tfds_name, data_dir=data_dir or None).info.splits)
-  except Exception:  # pylint: disable=broad-except  (unknown or unprepared: seqio's error says so)
-    available = set()
+    return tfds.builder(tfds_name, data_dir=data_dir or None)
+  # An unknown name is a DatasetNotFoundError (a ValueError) listing every dataset TFDS has, an
+  # unknown config a ValueError, an unknown version of a catalog dataset an AssertionError.
+  except (ValueError, AssertionError) as e:
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise ValueError(
+        f"config.data.tfds_name={tfds_name!r} is neither a TFDS catalog dataset nor one prepared in "
+        f"config.data.tfds_data_dir={data_dir!r} ({reason}); check the name, its config and its "
+        "version (a prepared dataset is the directory name/config/version under tfds_data_dir), "
+        "or set tfds_data_dir to where it is prepared.") from e
+
+
+def _tfds_splits(tfds_name, builder):
+  """{split: TFDS split}: a prepared dataset without a validation split holds out train's last 1%
+  (as _TFDS_SPLITS does for Wikipedia); seqio refused it at the first eval. A catalog dataset not
+  prepared has no splits: reading it is refused (`_TfdsEpochs.one_pass`)."""
+  available = set(builder.info.splits)
   if "train" in available and "validation" not in available:
     logging.info("%s has no validation split (%s): validation is the last 1%% of train.",
                  tfds_name, ", ".join(sorted(available)))

@@ -27,6 +27,7 @@ import seqio
 import tensorflow as tf
 import tensorflow_text as tf_text
 from absl import logging
+from google.protobuf import message as protobuf_message
 
 KINDS = ("default", "wordpiece", "sentencepiece", "byte")
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # the default vocabulary's ids 0..4
@@ -251,6 +252,16 @@ def _require_file(path, kind, fix):
     raise FileNotFoundError(f"config.data.vocab.path={path!r} (kind={kind!r}) does not exist; {fix}")
 
 
+def _wrong_kind(path, kind, error) -> ValueError:
+  other = "sentencepiece (a .model)" if kind == "wordpiece" else (
+      "wordpiece (a BERT vocab.txt or tokenizer.json)")
+  what = "a BERT vocab.txt or tokenizer.json" if kind == "wordpiece" else "a SentencePiece model"
+  return ValueError(
+      f"config.data.vocab.path={path!r} is not {what}, which config.data.vocab.kind={kind!r} reads "
+      f"({type(error).__name__}: {error}); for another kind of file set "
+      f"--config.data.vocab.kind={other}.")
+
+
 @functools.lru_cache(maxsize=None)
 def _vocabulary(kind, path, extra_ids, lower_case):
   if kind == "default":
@@ -258,11 +269,18 @@ def _vocabulary(kind, path, extra_ids, lower_case):
   if kind == "wordpiece":
     _require_file(path, kind, "point it at a BERT vocab.txt (one token per line) or a BERT "
                   "tokenizer.json.")
-    return WordPieceVocabulary(path, lower_case=lower_case, extra_ids=extra_ids)
+    try:
+      return WordPieceVocabulary(path, lower_case=lower_case, extra_ids=extra_ids)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise _wrong_kind(path, kind, e) from e
   if kind == "sentencepiece":
     _require_file(path, kind, "train one with `ssl-jax vocab train --config=... --vocab_size=N "
                   "--out=F.model` and set config.data.vocab.path=F.model.")
     vocab = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+    try:
+      vocab.tokenizer  # pylint: disable=pointless-statement  (loads the model)
+    except (protobuf_message.Error, RuntimeError) as e:
+      raise _wrong_kind(path, kind, e) from e
     if vocab.tokenizer.pad_id() != 0:
       raise ValueError(
           f"config.data.vocab.path={path!r}: id 0 of this SentencePiece model is "
