@@ -19,6 +19,7 @@ stops (the launcher then exits with 128 + the signal number; a second Ctrl-C kil
 """
 import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -195,6 +196,9 @@ def parse_args(argv):
     parser.error("give the command to run after --, e.g. -- ssl-jax train --config ...")
   if args.num_processes < 1 or args.devices_per_process < 1:
     parser.error("--num_processes and --devices_per_process must be at least 1")
+  if shutil.which(command[0]) is None:
+    parser.error(f"{command[0]!r} is not a command on PATH (or an executable file): is the "
+                 "package installed in this environment (`pip install -e .` gives ssl-jax)?")
   args.command = command
   return args
 

@@ -68,7 +68,10 @@ def setup_commands(args) -> list:
 
 
 def run_commands(args) -> list:
-  user_command = " ".join(shlex.quote(c) for c in args.command)
+  # `env`: a leading VAR=value (how XLA_FLAGS and the like reach the hosts, as ssh passes no
+  # environment) stays an assignment after nohup and when quoted for its spaces; env execs the
+  # command, so nohup's pid stays the job's.
+  user_command = "env " + " ".join(shlex.quote(c) for c in args.command)
   if args.attach:
     return [_ssh(args, f"cd {args.remote_dir} && {user_command}")]
   # nohup + a pid file: the job outlives the SSH session, and `stop` can signal exactly it. The

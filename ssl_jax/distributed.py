@@ -23,6 +23,7 @@ import importlib.util
 import itertools
 import json
 import os
+import socket
 import sys
 import time
 import traceback
@@ -111,9 +112,23 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
           "a TPU VM or under srun/mpirun, where they are detected.")
     _check_explicit(coordinator_address, num_processes, process_id)
     _use_gloo_on_cpu()
-    logging.info("joining a %d-process job as process %d (coordinator %s)", num_processes,
-                 process_id, coordinator_address)
-    jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
+    logging.info("joining a %d-process job as process %d (coordinator %s); waiting up to %d s for "
+                 "all processes to connect (a wrong --coordinator_address or a missing process "
+                 "ends in a DEADLINE_EXCEEDED abort then)", num_processes, process_id,
+                 coordinator_address, initialization_timeout_s)
+    try:
+      jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
+    except jax.errors.JaxRuntimeError as e:
+      if process_id != 0 or "Failed to start RPC server" not in str(e):
+        raise
+      raise ValueError(
+          f"--coordinator_address={coordinator_address!r}: process 0 could not listen on port "
+          f"{coordinator_address.rpartition(':')[2]} ({e}); is another job using it? Pick a free "
+          "port (launch/local.py: --port; launch/slurm_gpu.sbatch: SSL_JAX_COORDINATOR_PORT).") from e
+    if jax.process_count() != num_processes:   # the coordinator's count wins, silently
+      raise ValueError(
+          f"--num_processes={num_processes}, but process 0 started a job of "
+          f"{jax.process_count()} processes; give every process the same --num_processes.")
     return True
   cluster = detect_cluster()
   ranks = int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))
@@ -200,6 +215,16 @@ def _check_explicit(coordinator_address: str, num_processes: int, process_id: in
     raise ValueError(
         f"--coordinator_address={coordinator_address!r} is not HOST:PORT; give process 0's "
         "address and a free port, e.g. --coordinator_address=10.0.0.1:8476.")
+  try:
+    socket.getaddrinfo(host.strip("[]"), int(port))
+  except socket.gaierror as e:
+    if e.errno == socket.EAI_AGAIN:   # a DNS hiccup, not a wrong name: initialize retries
+      logging.warning("--coordinator_address=%r: resolving %r failed for now (%s)",
+                      coordinator_address, host, e.strerror)
+    else:
+      raise ValueError(
+          f"--coordinator_address={coordinator_address!r}: host {host!r} does not resolve "
+          f"({e.strerror}); give process 0's hostname or IP address.") from e
   if num_processes < 1:
     raise ValueError(f"--num_processes={num_processes} must be at least 1.")
   if not 0 <= process_id < num_processes:

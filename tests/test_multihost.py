@@ -15,6 +15,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -141,7 +142,7 @@ def test_tpu_pod_dry_run_prints_the_exact_gcloud_commands():
       capture_output=True, text=True, check=True).stdout.splitlines()
   assert run == [
       f"{tpu} ssh bert --zone=us-central2-b --worker=all '--command=mkdir -p ~/ssl_jax_logs && "
-      "cd ~/ssl_jax && { nohup ssl-jax train --config=configs/bert.py:base --workdir=gs://b/run "
+      "cd ~/ssl_jax && { nohup env ssl-jax train --config=configs/bert.py:base --workdir=gs://b/run "
       ">> ~/ssl_jax_logs/bert.log 2>&1 < /dev/null & echo $! > ~/ssl_jax_logs/bert.pid; }'"]
 
 
@@ -170,14 +171,18 @@ def test_tpu_pod_run_and_stop_reach_the_job_itself(tmp_path):
 
   (tmp_path / "ssl_jax").mkdir()
   env = {**os.environ, "HOME": str(tmp_path)}
-  job = ("import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: "
-         "(open('stopped', 'w').close(), sys.exit(0))); open('ready', 'w').close(); "
-         "time.sleep(60)")
-  subprocess.run(["bash", "-c", remote("run", "--", sys.executable, "-c", job)], env=env,
-                 check=True, timeout=60)
+  # A leading VAR=value (how XLA_FLAGS reaches the hosts) was run by nohup as the command.
+  job = ("import os, signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: "
+         "(open('stopped', 'w').close(), sys.exit(0))); "
+         "open('ready', 'w').write(os.environ['XLA_FLAGS']); time.sleep(60)")
+  subprocess.run(["bash", "-c", remote("run", "--", "XLA_FLAGS=--xla_a --xla_b", sys.executable,
+                                       "-c", job)], env=env, check=True, timeout=60)
   deadline = time.monotonic() + 60
   while not (tmp_path / "ssl_jax" / "ready").exists():
     assert time.monotonic() < deadline, "the job did not start"
+    time.sleep(0.05)
+  while (tmp_path / "ssl_jax" / "ready").read_text() != "--xla_a --xla_b":
+    assert time.monotonic() < deadline, "the job did not get its XLA_FLAGS"
     time.sleep(0.05)
   pid = int((tmp_path / "ssl_jax_logs" / "bert.pid").read_text())
   with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -294,7 +299,48 @@ def test_initialize_explains_incomplete_or_wrong_flags():
     distributed.initialize("127.0.0.1:1234", 2, 2)
   with pytest.raises(ValueError, match="is not HOST:PORT"):
     distributed.initialize("localhost", 2, 0)
+  # A wrong host left every process silent for 5 minutes, then aborted blaming another process.
+  with pytest.raises(ValueError, match=r"--coordinator_address='no-such-host.invalid:1234': host "
+                                       r"'no-such-host.invalid' does not resolve"):
+    distributed.initialize("no-such-host.invalid:1234", 2, 1)
   assert distributed.initialize(num_processes=1) is False  # single process: nothing to join
+
+
+def test_coordinator_port_in_use_is_named():
+  # Process 0 failed with "Failed to start RPC server" alone (two SLURM jobs on one head node
+  # can derive the same port).
+  with socket.socket() as taken:
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    address = f"127.0.0.1:{taken.getsockname()[1]}"
+    code = f"from ssl_jax import distributed; distributed.initialize({address!r}, 2, 0)"
+    result = subprocess.run([sys.executable, "-c", code], env=_clean_env(), capture_output=True,
+                            text=True, timeout=120)
+  assert result.returncode != 0
+  assert (f"ValueError: --coordinator_address={address!r}: process 0 could not listen on port "
+          f"{address.rpartition(':')[2]}") in result.stderr, result.stderr[-2000:]
+  assert "launch/local.py: --port" in result.stderr
+
+
+def test_a_process_told_another_num_processes_is_refused():
+  # The coordinator's count won silently: process 1 trained in a 2-process job it logged as 3.
+  code = ("import sys; from ssl_jax import distributed; "
+          "print(distributed.initialize(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))")
+  address = f"127.0.0.1:{_launcher().free_port()}"
+  procs = [subprocess.Popen([sys.executable, "-c", code, address, n, i], env=_clean_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for n, i in (("2", "0"), ("3", "1"))]
+  out = [p.communicate(timeout=300)[0] for p in procs]
+  assert procs[1].returncode != 0
+  assert ("ValueError: --num_processes=3, but process 0 started a job of 2 processes; give every "
+          "process the same --num_processes.") in out[1], out[1][-2000:]
+
+
+def test_local_launcher_names_a_command_it_cannot_find():
+  result = subprocess.run([sys.executable, os.path.join(LAUNCH, "local.py"), "--", "ssl-jx",
+                           "train"], capture_output=True, text=True, timeout=60)
+  assert result.returncode == 2
+  assert "'ssl-jx' is not a command on PATH" in result.stderr, result.stderr
 
 
 def test_cluster_detection(monkeypatch):
