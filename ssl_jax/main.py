@@ -139,6 +139,17 @@ def _dispatch(command: str, argv):
     logging.warning("%s", stop)
 
 
+def _steps():
+  """--steps as integers (None when not given)."""
+  if _STEPS.value is None:
+    return None
+  try:
+    return [int(s) for s in _STEPS.value]
+  except ValueError:
+    raise app.UsageError(f"--steps={','.join(_STEPS.value)}: give checkpoint steps as integers, "
+                         "e.g. --steps=64,128.") from None
+
+
 def _command(command: str, argv) -> Callable[[], object]:
   """Imports what `command` needs and checks its flags; returns the work to do."""
   _check_flags_belong(command)
@@ -150,11 +161,12 @@ def _command(command: str, argv) -> Callable[[], object]:
     return functools.partial(trainer.evaluate_workdir, _CONFIG.value, _require(_WORKDIR, command))
   if command == "convert":
     from ssl_jax.interop import convert  # pylint: disable=g-import-not-at-top
-    if _STEPS.value is not None and len(_STEPS.value) != 1:
+    steps = _steps()
+    if steps is not None and len(steps) != 1:
       raise app.UsageError(f"--steps={','.join(_STEPS.value)}: `ssl-jax convert` writes one "
                            "checkpoint; give one step (default: the latest).")
     return functools.partial(convert.to_hf, _require(_TO_HF, command), _require(_OUT, command),
-                             None if _STEPS.value is None else int(_STEPS.value[0]))
+                             None if steps is None else steps[0])
   if command in ("finetune", "eval-suite"):
     from ssl_jax.finetune import run as finetune_run  # pylint: disable=g-import-not-at-top
     from ssl_jax.finetune import suite  # pylint: disable=g-import-not-at-top
@@ -166,7 +178,7 @@ def _command(command: str, argv) -> Callable[[], object]:
     return functools.partial(
         runner.probe_workdir, _require(_WORKDIR, command), _PROBES.value, conllu=_CONLLU.value,
         num_sentences=_PROBE_SENTENCES.value,
-        steps=None if _STEPS.value is None else [int(s) for s in _STEPS.value], out=_OUT.value)
+        steps=_steps(), out=_OUT.value)
   assert command == "vocab", command  # main() accepts only COMMANDS
   from ssl_jax.data import vocabularies  # pylint: disable=g-import-not-at-top
   if argv[2:] != ["train"]:

@@ -83,10 +83,38 @@ def test_probe_errors_name_the_probe_and_the_fix(bert_workdir, tmp_path):
     runner.probe_workdir(bert_workdir, ["cka"], steps=[3])
   with pytest.raises(FileNotFoundError, match="no config.json"):
     runner.probe_workdir(os.path.dirname(bert_workdir), ["cka"])
+  # An empty --probes wrote an empty probes.jsonl over the run's; a repeated one every row twice.
+  with pytest.raises(ValueError, match="--probes names no probe"):
+    runner.probe_workdir(bert_workdir, [])
+  with pytest.raises(ValueError, match=r"--probes names \['cka'\] more than once"):
+    runner.probe_workdir(bert_workdir, ["cka", "attention_entropy", "cka"])
+  with pytest.raises(ValueError, match="--probe_sentences=0: probes need at least one sentence"):
+    runner.probe_workdir(bert_workdir, ["cka"], num_sentences=0)
+  finetuned = subject_lib.Subject.from_workdir(bert_workdir).config
+  finetuned.objective = "classification"
+  with pytest.raises(ValueError, match="--workdir='ft' holds a run of config.objective="
+                                       "'classification': probes study pretraining runs"):
+    subject_lib.Subject(finetuned, "ft")
+  cli = subprocess.run([sys.executable, "-m", "ssl_jax.main", "probe", f"--workdir={bert_workdir}",
+                        "--steps=4,abc"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert cli.returncode != 0
+  assert "--steps=4,abc: give checkpoint steps as integers" in cli.stderr, cli.stderr[-2000:]
   # A Hugging Face directory (ssl-jax convert --to_hf of a convert output) died on a KeyError.
   (tmp_path / "config.json").write_text('{"model_type": "gpt2", "n_layer": 2}')
   with pytest.raises(ValueError, match="not an `ssl-jax train` run's"):
     runner.probe_workdir(str(tmp_path))
+
+
+def test_probes_of_one_checkpoint_share_its_word_representations(bert_workdir):
+  # Each probe builds its own rows of the shared text: the forward passes ran once per probe.
+  subject = subject_lib.Subject.from_workdir(bert_workdir)
+  text = data.tokenize(data.corpus_sentences(4), subject.vocab)
+  params = subject.restore(4)
+  first = representations.word_representations(subject, params,
+                                               representations.clean_rows(subject, text))
+  again = representations.word_representations(subject, params,
+                                               representations.clean_rows(subject, text))
+  assert again is first
 
 
 def test_probe_a_relative_workdir(bert_workdir, tmp_path, monkeypatch, caplog):
@@ -135,6 +163,16 @@ def test_conllu_probe_sentences(bert_workdir, tmp_path):
   bad.write_text("1\tdog\tdog\tN\t_\t_\t0\troot\t_\t_\n\n")
   with pytest.raises(ValueError, match=r"tags \['N'\] are not UPOS tags"):
     data.conllu_sentences([str(bad)])
+  # --probe_sentences=-3 dropped the last 3 sentences; a missing file or one without UPOS tags
+  # named fine-tuning settings (config.data.train_file, --config.data.tag_column).
+  with pytest.raises(ValueError, match="--probe_sentences=-3: probes need at least one sentence"):
+    data.conllu_sentences([str(path)], -3)
+  with pytest.raises(FileNotFoundError, match=r"--conllu names '.*missing.conllu', which does not"):
+    data.conllu_sentences([str(tmp_path / "missing.conllu")])
+  untagged = tmp_path / "untagged.conllu"
+  untagged.write_text("1\tdog\tdog\t_\t_\t_\t0\troot\t_\t_\n\n")
+  with pytest.raises(ValueError, match=r"--conllu '.*untagged.conllu' has no UPOS tags"):
+    data.conllu_sentences([str(untagged)])
 
 
 @pytest.mark.slow

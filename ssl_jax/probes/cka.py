@@ -47,11 +47,11 @@ class RepresentationCKA:
 
   def run(self, state) -> Iterator[tuple[str, float]]:
     """(name, value) pairs for the params of `state` (a TrainState or a params tree)."""
+    words = representations.word_representations(self.subject, state, self.rows)  # cached first
     if self._reference is None:
       source = state if self._reference_params is None else self._reference_params
       self._reference = representations.word_representations(
           self.subject, source, self.rows).layers
-    words = representations.word_representations(self.subject, state, self.rows)
     for i, depth in enumerate(words.layer_names):
       yield f"vs_reference/{depth}", linear_cka(words.layers[i], self._reference[i])
       if self._previous is not None:

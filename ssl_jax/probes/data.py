@@ -19,6 +19,7 @@ by word, a SentencePiece model read a lone `▁` before every punctuation mark, 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Sequence
 
 import numpy as np
@@ -80,7 +81,7 @@ class ProbeText:
 def corpus_sentences(num_sentences: int = 256, seed: int = PROBE_SEED) -> list[list[tuple]]:
   """The first `num_sentences` sentences of default-corpus documents 0, 1, ... drawn with `seed`."""
   if num_sentences < 1:
-    raise ValueError(f"num_sentences={num_sentences}: probes need at least one sentence.")
+    raise ValueError(f"--probe_sentences={num_sentences}: probes need at least one sentence.")
   sentences, index = [], 0
   while len(sentences) < num_sentences:
     sentences += corpora.generate_document(index, seed)
@@ -92,9 +93,21 @@ def conllu_sentences(paths: Sequence[str], num_sentences: int | None = None) -> 
   """(word, UPOS) sentences of CoNLL-U files with their text (`WrittenSentence`), in file order
   (the first `num_sentences`)."""
   from ssl_jax.finetune import formats  # pylint: disable=g-import-not-at-top
+  if num_sentences is not None and num_sentences < 1:
+    raise ValueError(f"--probe_sentences={num_sentences}: probes need at least one sentence.")
   sentences = []
   for path in paths:
-    for tagged in formats.read_conllu(path):
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"--conllu names {path!r}, which does not exist; pass UD .conllu "
+                              "files (e.g. en_ewt-ud-dev.conllu).")
+    try:
+      tagged_sentences = formats.read_conllu(path)
+    except ValueError as e:
+      if "no UPOS tags" not in str(e):
+        raise
+      raise ValueError(f"--conllu {path!r} has no UPOS tags (column 4 is all '_'); the probes "
+                       "need a treebank annotated with UPOS.") from None
+    for tagged in tagged_sentences:
       unknown = sorted(set(tagged.tags) - set(UPOS_TAGS))
       if unknown:
         raise ValueError(

@@ -136,11 +136,17 @@ def word_labels(rows: Rows) -> dict[str, np.ndarray]:
 _last: list = []
 
 
+def _same_rows(a: Rows, b: Rows) -> bool:
+  # Each probe builds its own Rows of the shared ProbeText (`clean_rows`): equal, not identical.
+  return a is b or (a.text is b.text and np.array_equal(a.tokens, b.tokens)
+                    and np.array_equal(a.token_index, b.token_index))
+
+
 def word_representations(subject: Subject, params, rows: Rows) -> WordRepresentations:
   """Per-word vectors of `rows` under `params` (the last result is kept: several probes read
   the same checkpoint)."""
   params = params_of(params)
-  if _last and all(a is b for a, b in zip(_last[:3], (subject, rows, params))):
+  if _last and _last[0] is subject and _last[2] is params and _same_rows(_last[1], rows):
     return _last[3]
   row_ids, positions, word_ids, labels = _word_segments(rows)
   states = batched(lambda t, s: subject.layer_states(params, t, s), rows.tokens,

@@ -40,6 +40,12 @@ def applicable(objective: str) -> list[str]:
 
 def check_names(names: Sequence[str], objective: str) -> None:
   """Raises ValueError for an unknown probe or one that does not apply to `objective`."""
+  if not names:
+    raise ValueError(f"--probes names no probe; name some of {', '.join(applicable(objective))} "
+                     "(or leave --probes out for all that apply).")
+  duplicates = sorted({n for n in names if list(names).count(n) > 1})
+  if duplicates:
+    raise ValueError(f"--probes names {duplicates} more than once; name each probe once.")
   for name in names:
     if name not in PROBES:
       raise ValueError(f"--probes names {name!r}, which is not a probe; use some of "

@@ -68,8 +68,9 @@ class Subject:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | None = None):
     if config.objective not in PRETRAINING_OBJECTIVES:
+      run = f"--workdir={workdir!r} holds a run of " if workdir else ""
       raise ValueError(
-          f"config.objective={config.objective!r}: probes study pretraining runs (objectives "
+          f"{run}config.objective={config.objective!r}: probes study pretraining runs (objectives "
           f"{', '.join(PRETRAINING_OBJECTIVES)}); point them at a pretraining workdir.")
     config = copy.deepcopy(config)
     with config.unlocked():
