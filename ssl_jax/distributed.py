@@ -116,15 +116,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                  "all processes to connect (a wrong --coordinator_address or a missing process "
                  "ends in a DEADLINE_EXCEEDED abort then)", num_processes, process_id,
                  coordinator_address, initialization_timeout_s)
-    try:
-      jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
-    except jax.errors.JaxRuntimeError as e:
-      if process_id != 0 or "Failed to start RPC server" not in str(e):
-        raise
-      raise ValueError(
-          f"--coordinator_address={coordinator_address!r}: process 0 could not listen on port "
-          f"{coordinator_address.rpartition(':')[2]} ({e}); is another job using it? Pick a free "
-          "port (launch/local.py: --port; launch/slurm_gpu.sbatch: SSL_JAX_COORDINATOR_PORT).") from e
+    if process_id == 0:
+      _check_port_free(coordinator_address)
+    jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
     if jax.process_count() != num_processes:   # the coordinator's count wins, silently
       raise ValueError(
           f"--num_processes={num_processes}, but process 0 started a job of "
@@ -231,6 +225,27 @@ def _check_explicit(coordinator_address: str, num_processes: int, process_id: in
     raise ValueError(
         f"--process_id={process_id} is not in [0, --num_processes={num_processes}); number the "
         f"processes 0..{num_processes - 1}, one id each.")
+
+
+def _check_port_free(coordinator_address: str) -> None:
+  """Raises if process 0 cannot listen on the coordinator's port: the runtime's server then
+  failed with "Failed to start RPC server", or crashed the process (SIGSEGV), naming neither."""
+  port = int(coordinator_address.rpartition(":")[2])
+  family, host = (socket.AF_INET6, "::") if socket.has_ipv6 else (socket.AF_INET, "")
+  try:
+    probe = socket.socket(family, socket.SOCK_STREAM)
+  except OSError:   # IPv6 compiled in but not available
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    host = ""
+  with probe:
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as the runtime's server
+    try:
+      probe.bind((host, port))
+    except OSError as e:
+      raise ValueError(
+          f"--coordinator_address={coordinator_address!r}: process 0 cannot listen on port {port} "
+          f"({e.strerror}); is another job using it? Pick a free port (launch/local.py: --port; "
+          "launch/slurm_gpu.sbatch: SSL_JAX_COORDINATOR_PORT).") from e
 
 
 def _use_gloo_on_cpu() -> None:

@@ -307,8 +307,8 @@ def test_initialize_explains_incomplete_or_wrong_flags():
 
 
 def test_coordinator_port_in_use_is_named():
-  # Process 0 failed with "Failed to start RPC server" alone (two SLURM jobs on one head node
-  # can derive the same port).
+  # Process 0 failed with "Failed to start RPC server" alone, or crashed (SIGSEGV) without a
+  # word (two SLURM jobs on one head node can derive the same port).
   with socket.socket() as taken:
     taken.bind(("127.0.0.1", 0))
     taken.listen()
@@ -317,7 +317,7 @@ def test_coordinator_port_in_use_is_named():
     result = subprocess.run([sys.executable, "-c", code], env=_clean_env(), capture_output=True,
                             text=True, timeout=120)
   assert result.returncode != 0
-  assert (f"ValueError: --coordinator_address={address!r}: process 0 could not listen on port "
+  assert (f"ValueError: --coordinator_address={address!r}: process 0 cannot listen on port "
           f"{address.rpartition(':')[2]}") in result.stderr, result.stderr[-2000:]
   assert "launch/local.py: --port" in result.stderr
 
