@@ -27,7 +27,7 @@ Prints one JSON line per objective (and per model with --compile-scaling). How i
   step time / median ssl_jax step time (same tokens). `speedup_bound` = the speedup ssl_jax's step
   would have if it ran at the measured matmul rate (MFU 1): median HF step time / (flops_per_step
   per device / matmul rate). Where the square matmul runs near the CPU's FMA peak (2026-12-01:
-  179-191 GFLOP/s on 2 Zen 4 cores, 32 FLOP per cycle each, the peak at ~3 GHz), no program
+  172-191 GFLOP/s on 2 Zen 4 cores, 32 FLOP per cycle each, the peak at ~3 GHz), no program
   computing the same FLOPs gets past it: a target above it needs fewer FLOPs or a slower baseline.
   `*_tokens_per_sec` count positions (batch × sequence length, padding included).
 - `flops_per_step` is XLA's cost analysis of the step, all devices together, lowered with its layers
