@@ -29,6 +29,7 @@ from etils import epath
 from flax import traverse_util
 from orbax.checkpoint import type_handlers
 
+from ssl_jax import optim
 from ssl_jax.data import tasks
 from ssl_jax.data import vocabularies
 from ssl_jax.models import config as model_config_lib
@@ -277,6 +278,23 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout, 
     _check_same_seeds(saved, config, checkpoint)
     _check_same_init(saved, config, checkpoint)
     _check_keeps_log_spaced(saved, config.train, manager.all_steps(), checkpoint)
+    _warn_stretched_schedule(saved, config, step)
+
+
+def _warn_stretched_schedule(saved: dict, config, step: int) -> None:
+  """Warns when a resumed run's num_steps moves the end of a decaying learning rate: the run
+  then differs from one trained with those steps from the start (allowed: extending a run)."""
+  saved_steps = saved.get("train", {}).get("num_steps", config.train.num_steps)
+  if saved_steps == config.train.num_steps or config.optim.schedule not in ("linear", "cosine"):
+    return
+  now, before = (float(optim.make_schedule(config.optim, n)(step))
+                 for n in (config.train.num_steps, saved_steps))
+  logging.warning(
+      "config.train.num_steps=%d (the checkpoint's: %d): the %s learning-rate decay now ends at "
+      "step %d, so the step after %d trains at %.3g where the checkpoint's schedule gave %.3g; "
+      "the run will differ from one of %d steps from the start.", config.train.num_steps,
+      saved_steps, config.optim.schedule, config.train.num_steps, step, now, before,
+      config.train.num_steps)
 
 
 def _check_keeps_log_spaced(saved: dict, train_cfg, steps, checkpoint: str) -> None:

@@ -387,7 +387,7 @@ def test_a_vocabulary_file_replaced_after_training_is_refused_by_its_readers(tmp
     _ = subject.Subject.from_workdir(run).experiment
 
 
-def test_resume_without_log_spaced_checkpoints_would_delete_them_and_is_refused(tmp_path):
+def test_resume_without_log_spaced_checkpoints_would_delete_them_and_is_refused(tmp_path, caplog):
   # The probe workflow trains with log_spaced_checkpoints=True; extending the run without the
   # flag (default False) deleted checkpoints 1, 2, 4 at the next saves, silently.
   config = tiny_config("gpt")
@@ -404,8 +404,12 @@ def test_resume_without_log_spaced_checkpoints_would_delete_them_and_is_refused(
                      r"at steps \[1, 2\]"):
     checkpointing.check_compatible(manager, 3, config, exp.layout, resume=True)
   config.train.log_spaced_checkpoints = True
-  checkpointing.check_compatible(manager, 3, config, exp.layout, resume=True)
+  with caplog.at_level(logging.WARNING):
+    checkpointing.check_compatible(manager, 3, config, exp.layout, resume=True)
   manager.close()
+  # Extending the run stretched its decaying learning rate without a word.
+  assert ("config.train.num_steps=12 (the checkpoint's: 8): the linear learning-rate decay now "
+          "ends at step 12") in caplog.text, caplog.text
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
