@@ -321,10 +321,11 @@ def _check_same_stream(saved: dict, config, checkpoint: str) -> None:
   compared."""
   differences = _stream_differences(saved, config)
   if differences:
+    why = ("its state was trained on the checkpoint's task and rows" if "finetune" in config else
+           "its saved data position belongs to the checkpoint's stream")
     raise ValueError(
-        f"{checkpoint} was trained on another data stream: {differences}its saved data position "
-        "belongs to the checkpoint's stream. Resume with the checkpoint's data settings (its "
-        "config.json), or use a fresh --workdir.")
+        f"{checkpoint} was trained on another data stream: {differences}{why}. Resume with the "
+        "checkpoint's data settings (its config.json), or use a fresh --workdir.")
 
 
 def _check_same_seeds(saved: dict, config, checkpoint: str) -> None:
@@ -344,12 +345,19 @@ def _check_same_seeds(saved: dict, config, checkpoint: str) -> None:
         "seeds (its config.json), or use a fresh --workdir for the new ones.")
 
 
+# The settings that pick a fine-tuning run's training rows (text-to-text's too). The eval side
+# (eval_file, eval_split, max_eval_examples) may change: a finished run scores another set.
+_FINETUNE_TRAIN_DATA = ("task", "format", "train_file", "train_split", "tfds_data_dir", "labels",
+                        "tag_column", "max_train_examples", "sequence_length")
+
+
 def _stream_differences(saved: dict, config) -> str:
-  """`_differences` of the data settings that make a pretraining run's batch stream (fields the
-  checkpoint's config lacks are not compared); '' for fine-tuning (ssl_jax.finetune.data reads
-  its rows)."""
-  if config.objective not in tasks.OBJECTIVES:
-    return ""
+  """`_differences` of the data settings that make a pretraining run's batch stream, or pick a
+  fine-tuning run's training rows (fields the checkpoint's config lacks are not compared)."""
+  if "finetune" in config:
+    keys = [k for k in _FINETUNE_TRAIN_DATA if k in config.data and k in saved.get("data", {})]
+    return _differences("data", {k: config.data[k] for k in keys},
+                        {k: saved["data"][k] for k in keys})
   ours, theirs = (traverse_util.flatten_dict(tasks.stream_settings(c), sep=".")
                   for c in (config, ml_collections.ConfigDict(saved)))
   compared = ours.keys() & theirs.keys()

@@ -115,6 +115,12 @@ def test_sentence_classification_learns(tmp_path):
   scores = run.finetune(config, str(tmp_path / "w"), "none")
   assert scores["accuracy"] > 0.9  # chance 0.5
   assert eval_rows(tmp_path / "w")[-1]["accuracy"] == scores["accuracy"]
+  # The workdir re-run on another task's rows resumed the SST-2 model and scored it as that task.
+  other = tiny("sst2", write_sentiment_tsv(tmp_path / "other.tsv", 320, 3), config.data.eval_file,
+               sequence_length=32)
+  with pytest.raises(ValueError, match=r"trained on another data stream: "
+                     r"config.data.train_file='.*other.tsv' \(the checkpoint's: '.*train.tsv'\)"):
+    run.finetune(other, str(tmp_path / "w"), "none")
 
 
 @pytest.mark.slow
