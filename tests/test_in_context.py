@@ -97,6 +97,13 @@ def test_task_files_become_examples_with_the_configs_answers(tmp_path):
   config.in_context.options = 'yes'
   with pytest.raises(ValueError, match="options='yes' names 1 answers but task 'rte' has 2"):
     ic.read_examples(config, 'validation')
+  # A file labelled with the user's names (data.labels): its label ids index those names, and
+  # the task's own names in their order gave every example the other answer.
+  sst2 = tmp_path / 'sst2.tsv'
+  sst2.write_text('sentence\tlabel\nit is good\tpos\nit is bad\tneg\n')
+  config = ic.base_config('sst2', text_template='{a}')
+  config.data.update(eval_file=str(sst2), labels='pos,neg')
+  assert [e.answers for e in ic.read_examples(config, 'validation')] == [('pos',), ('neg',)]
   squad = tmp_path / 'squad.json'
   squad.write_text(json.dumps({'data': [{'paragraphs': [{'context': 'Ann ran.', 'qas': [
       {'id': '1', 'question': 'Who?', 'answers': [{'text': 'Ann', 'answer_start': 0}]},

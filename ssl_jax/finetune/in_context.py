@@ -364,7 +364,10 @@ def _options(config) -> tuple[str, ...] | None:
   chosen = config.in_context.options
   if chosen == 'none' or config.data.format in ('squad_json', 'tsv'):
     return None
-  names = formats.glue_spec(config.data.task).label_names
+  # Label ids index config.data.labels when it is set (formats.parse_label): the task's own
+  # names in their order gave each example another label's answer.
+  names = (tuple(config.data.labels.split(',')) if config.data.labels else
+           formats.glue_spec(config.data.task).label_names)
   if not names:
     raise ValueError(f"config.data.task={config.data.task!r} is a regression task; in-context "
                      'evaluation scores classification (options) or generation.')
@@ -372,7 +375,7 @@ def _options(config) -> tuple[str, ...] | None:
   if len(options) != len(names):
     raise ValueError(f'config.in_context.options={chosen!r} names {len(options)} answers but '
                      f'task {config.data.task!r} has {len(names)} labels {names}; give one per '
-                     'label, in label order.')
+                     'label, in label order (config.data.labels when it is set).')
   # A repeated answer made every gold answer of its labels the first (an untrained model scored
   # accuracy 1.0 with 'good,good'); an empty one has no tokens to score.
   if len(set(options)) != len(options) or not all(options):
