@@ -229,6 +229,16 @@ def test_epochs_and_warmup_ratio_set_the_schedule_unless_warmup_steps_are_set(tm
   assert run.prepare(config, "none")[0].optim.warmup_steps == 50
 
 
+def test_check_refuses_tags_outside_the_labels_before_training(tmp_path):
+  # The eval suite checks every task before the first trains; an unknown tag was refused only
+  # when the tagging task featurized its rows, after the tasks before it had trained.
+  bad = tmp_path / "dev.conllu"
+  bad.write_text("1\tdogs\tdog\tXX\t_\t_\t0\troot\t_\t_\n\n")
+  config = tiny("upos", write_upos(tmp_path / "train.conllu", 2, 100_000), str(bad))
+  with pytest.raises(ValueError, match=r"tags \['XX'\] are not in config.data.labels"):
+    run.check(config, "none")
+
+
 def test_init_errors_name_the_flag(tmp_path):
   config = tiny("sst2", "", "")
   with pytest.raises(FileNotFoundError, match="--init=.*neither 'none', 'hf:DIR'"):

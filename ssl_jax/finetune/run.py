@@ -17,6 +17,7 @@ from ssl_jax.finetune import config as finetune_config
 from ssl_jax.finetune import data
 from ssl_jax.finetune import evaluation
 from ssl_jax.finetune import pretrained
+from ssl_jax.finetune import tagging
 
 
 
@@ -45,7 +46,9 @@ def check(config, init: str) -> None:
   else:
     finetune_config.validate(config)
     for split in ("train", "validation"):
-      data.read_examples(config, split)
+      examples = data.read_examples(config, split)
+      if config.objective == "tagging":   # featurizing refused them only once the task trained
+        tagging.check_tags(config, examples)
 
 
 def method(config) -> str:

@@ -39,16 +39,21 @@ def _file_tags(path: str, column: str) -> tuple[str, ...]:
   return tuple(sorted({t for s in formats.read_conllu(path, column) for t in s.tags}))
 
 
-def featurize(config, vocab, sentences) -> data.Rows:
-  """Rows of TaggedSentences; meta = per sentence (first-piece positions, number of words)."""
-  special = encoding.specials(vocab)
-  names = tag_names(config)
-  index = {t: i for i, t in enumerate(names)}
-  unknown = sorted({t for s in sentences for t in s.tags} - set(index))
+def check_tags(config, sentences) -> None:
+  """Raises for a tag of `sentences` outside `tag_names(config)` (needs no vocabulary: the eval
+  suite checks every task's files before the first one trains)."""
+  unknown = sorted({t for s in sentences for t in s.tags} - set(tag_names(config)))
   if unknown:
     raise ValueError(f"tags {unknown[:5]} are not in config.data.labels (when it is '': UPOS, or "
                      "for XPOS the train file's tags); list every tag of the files in "
                      "--config.data.labels=TAG,TAG,...")
+
+
+def featurize(config, vocab, sentences) -> data.Rows:
+  """Rows of TaggedSentences; meta = per sentence (first-piece positions, number of words)."""
+  special = encoding.specials(vocab)
+  check_tags(config, sentences)
+  index = {t: i for i, t in enumerate(tag_names(config))}
   pieces = vocabularies.encode_batch(vocab, [w for s in sentences for w in s.tokens])
   length = config.data.sequence_length
   rows, firsts, k = [], [], 0
