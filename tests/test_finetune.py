@@ -229,13 +229,20 @@ def test_epochs_and_warmup_ratio_set_the_schedule_unless_warmup_steps_are_set(tm
   assert run.prepare(config, "none")[0].optim.warmup_steps == 50
 
 
-def test_check_refuses_tags_outside_the_labels_before_training(tmp_path):
+def test_check_refuses_unknown_tags_and_unlabelled_rows_before_training(tmp_path):
   # The eval suite checks every task before the first trains; an unknown tag was refused only
   # when the tagging task featurized its rows, after the tasks before it had trained.
   bad = tmp_path / "dev.conllu"
   bad.write_text("1\tdogs\tdog\tXX\t_\t_\t0\troot\t_\t_\n\n")
   config = tiny("upos", write_upos(tmp_path / "train.conllu", 2, 100_000), str(bad))
   with pytest.raises(ValueError, match=r"tags \['XX'\] are not in config.data.labels"):
+    run.check(config, "none")
+  # An eval file without a label column: refused as its rows were featurized, naming no file.
+  unlabelled = tmp_path / "test.tsv"
+  unlabelled.write_text("sentence\nit is good\nit is bad\n")
+  config = tiny("sst2", write_sentiment_tsv(tmp_path / "train.tsv", 8, 1), str(unlabelled))
+  with pytest.raises(ValueError, match=r"2 examples of config.data.eval_file='.*test.tsv' have no "
+                                       r"label \(first: row 0\)"):
     run.check(config, "none")
 
 

@@ -86,6 +86,15 @@ def read_examples(config, split: str) -> list:
   if not examples:
     raise ValueError(f"the {split} split of config.data (format {d.format!r}) has no examples; "
                      "check config.data.train_file / eval_file.")
+  # Unlabelled rows (a GLUE test split, a file without a label column) were refused only as the
+  # run featurized them, naming neither the file nor the setting.
+  unlabelled = [e.id for e in examples if d.format in ("glue_tsv", "tfds") and e.label is None]
+  if unlabelled:
+    where = (f"the TFDS {d.task} {split} split" if d.format == "tfds" else
+             f"config.data.{setting}={path!r}")
+    raise ValueError(f"{len(unlabelled)} examples of {where} have no label (first: row "
+                     f"{unlabelled[0]}); fine-tuning and scoring need labelled rows (a GLUE test "
+                     "split has none): name a labelled file or split.")
   return examples
 
 
