@@ -374,13 +374,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, init_par
   logger = metrics_lib.MetricsLogger(
       workdir, num_steps=train_cfg.num_steps, log_every=train_cfg.log_every, start_step=start,
       tokens_per_step=_tokens_per_step(exp.batch_spec), learning_rate_fn=exp.schedule)
-  try:
-    with logger, checkpointing.preemption_guard() as preempted:
+  with logger, checkpointing.preemption_guard() as preempted:
+    try:
       return _loop(exp, state, start, train_step, evaluate_fn, first_batch, train_iter, manager,
                    logger, preempted)
-  finally:
-    manager.wait_until_finished()  # a save in flight completes even when the loop raised
-    manager.close()
+    finally:
+      # A save in flight completes even when the loop raised; inside the guard, so that another
+      # SIGTERM (a launcher and the scheduler both signalling) cannot kill it half-written.
+      manager.close()
 
 
 def _loop(exp, state, start, train_step, evaluate_fn, first_batch, train_iter, manager, logger,

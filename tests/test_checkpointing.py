@@ -3,7 +3,8 @@ SIGTERM, kills during async saves, non-finite steps, and the messages for bad in
 
 Fast tests run in-process on the 8 fake CPU devices; slow ones run `ssl-jax train` as a
 subprocess and kill it. Run as a script (`python tests/test_checkpointing.py kill_driver DIR N`)
-this file is the driver of the kill-during-save test: it imports once and forks writers to kill.
+this file is the driver of the kill-during-save test: it imports once and forks writers to kill;
+with `second_sigterm_driver DIR`, the run of the second-SIGTERM test.
 """
 import glob
 import json
@@ -632,6 +633,43 @@ def test_sigterm_saves_and_stops_the_callers_too(tmp_path):
   manager.close()
 
 
+@pytest.mark.slow
+def test_a_second_sigterm_cannot_cut_the_preemption_checkpoint_short(tmp_path):
+  # A launcher and the scheduler may both signal a job. The preemption's save is asynchronous;
+  # train_and_evaluate restored the default SIGTERM handler before it waited for that save, so a
+  # second SIGTERM then killed the process with its last checkpoint half-written.
+  result = subprocess.run(
+      [sys.executable, os.path.abspath(__file__), "second_sigterm_driver", str(tmp_path)],
+      cwd=REPO, capture_output=True, text=True, timeout=600,
+      env={**os.environ, "XLA_FLAGS": "", "TF_CPP_MIN_LOG_LEVEL": "3"})
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+  assert result.stdout.strip().splitlines()[-1] == "preempted at step 2"
+  assert checkpoint_steps(tmp_path) == [2]
+  assert int(saved_state(tmp_path, 2)["step"]) == 2
+
+
+def _second_sigterm_driver(workdir: str) -> None:
+  """A GPT run that gets SIGTERM at step 2, and again whenever it waits for Orbax's saves: while
+  its preemption checkpoint completes."""
+  wait = ocp.CheckpointManager.wait_until_finished
+  def signalled_wait(manager):
+    os.kill(os.getpid(), signal.SIGTERM)
+    wait(manager)
+  ocp.CheckpointManager.wait_until_finished = signalled_wait
+
+  def evaluate_fn(params, step, logger):
+    del params, logger
+    if step == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  config = helpers.cli_config("gpt", *CLI_FLAGS, "--config.train.num_steps=50",
+                              "--config.train.eval_every=2", "--config.train.save_every=100")
+  try:
+    trainer.train_and_evaluate(config, workdir, evaluate_fn=evaluate_fn)
+  except checkpointing.Preempted as stop:
+    print(f"preempted at step {stop.step}")
+
+
 def test_sigkill_during_async_saves_never_leaves_a_partial_latest_checkpoint(tmp_path):
   kills = 8
   start = time.monotonic()
@@ -726,3 +764,5 @@ def _kill_driver(workdir: str, kills: int, seed: int = 0) -> list:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["kill_driver"]:
   print(json.dumps(_kill_driver(sys.argv[2], int(sys.argv[3]))))
+if __name__ == "__main__" and sys.argv[1:2] == ["second_sigterm_driver"]:
+  _second_sigterm_driver(sys.argv[2])
