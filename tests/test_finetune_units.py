@@ -234,6 +234,17 @@ def test_suite_refuses_training_overrides_for_in_context_tasks():
     suite.task_config(suite_config, "sst2")
 
 
+def test_suite_names_its_sequence_length_override_when_squad_questions_do_not_fit():
+  # The message asked to lower data.qa.max_query_length, which a suite run cannot override.
+  suite_config = config_lib.load_config_file(os.path.join(REPO, "configs", "finetune", "suite.py"))
+  suite_config.overrides.sequence_length = 64
+  with pytest.raises(ValueError, match=r"config.overrides.sequence_length=64: task 'squad' keeps "
+                                       r"questions of up to data.qa.max_query_length=64 tokens"):
+    suite.task_config(suite_config, "squad")
+  suite_config.overrides.sequence_length = 68
+  assert suite.task_config(suite_config, "squad").data.sequence_length == 68
+
+
 # ------------------------------------------------------------------------------ encoding
 @pytest.fixture(scope="module")
 def vocab():

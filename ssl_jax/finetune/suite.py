@@ -63,6 +63,14 @@ def task_config(suite, task: str):
       config[section][key] = o[key]
   if o.num_steps and not o.num_epochs:
     config.finetune.num_epochs = 0  # a step count given for the suite replaces the epochs
+  if o.sequence_length and config.objective == "extractive_qa":
+    query = config.data.qa.max_query_length   # the suite has no override for it
+    if query > o.sequence_length - 4:
+      raise ValueError(
+          f"config.overrides.sequence_length={o.sequence_length}: task {task!r} keeps questions "
+          f"of up to data.qa.max_query_length={query} tokens ({path}), which needs a sequence "
+          f"length of {query + 4} or more ([CLS], two [SEP] and one passage token); raise "
+          f"overrides.sequence_length, or lower max_query_length in {path}.")
   return config
 
 
