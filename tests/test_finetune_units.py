@@ -74,8 +74,11 @@ def test_glue_tsv_readers_take_a_byte_order_mark_and_a_cola_export_header(tmp_pa
 
 def test_tsv_errors_name_the_file_line_and_fix(tmp_path):
   bad = write(tmp_path / "bad.tsv", "sentence\tlabel\nfine\t1\nodd\tmaybe\n")
-  with pytest.raises(ValueError, match=r"bad.tsv line 3: label 'maybe' is not one of"):
+  with pytest.raises(ValueError, match=r"bad.tsv line 3: label 'maybe' is not one of") as error:
     formats.read_glue_tsv("sst2", bad)
+  assert "--config.data.labels=A,B" in str(error.value)  # a file with pos/neg labels, say
+  with pytest.raises(ValueError, match=r"empty.tsv is empty"):  # it said "no text column"
+    formats.read_glue_tsv("sst2", write(tmp_path / "empty.tsv", "\n"))
   no_column = write(tmp_path / "cols.tsv", "text\tlabel\nx\t1\n")
   with pytest.raises(ValueError, match="no text column; expected one named sentence"):
     formats.read_glue_tsv("sst2", no_column)

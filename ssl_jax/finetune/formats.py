@@ -139,8 +139,10 @@ def parse_label(value: str, label_names: Sequence[str], where: str) -> Union[int
     pass
   expected = "a number" if not label_names else (
       f"one of {list(label_names)} or an index 0..{len(label_names) - 1}")
+  spelt = ("" if not label_names else " If the file spells the labels otherwise, list its "
+           f"spellings in the order of {list(label_names)}: --config.data.labels=A,B,...")
   raise ValueError(f"{where}: label {value!r} is not {expected}; check the file's label column "
-                   "and the task (config.data.task).")
+                   f"and the task (config.data.task).{spelt}")
 
 
 def read_tsv(path: str, columns: Sequence[Sequence[Union[str, int]]],
@@ -166,6 +168,9 @@ def read_tsv(path: str, columns: Sequence[Sequence[Union[str, int]]],
   csv.field_size_limit(sys.maxsize)
   with open_text(path, "TSV", newline="") as f:
     rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+  if not any(row and row != [""] for row in rows):
+    raise ValueError(f"{path} is empty: a TSV of examples needs a row per example (and, in the "
+                     "GLUE format, a header row naming the columns).")
   if header is None:
     header = bool(rows) and any(c in rows[0] for c in columns[0] if isinstance(c, str))
   names = rows[0] if header and rows else []
