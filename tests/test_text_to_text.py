@@ -168,6 +168,26 @@ def test_sharded_decoding_equals_unsharded_and_beam_one_equals_greedy(vocab):
     t2t.predict(exp.model, params, vocab, inputs, decoding='sample', **kwargs)
 
 
+def test_eval_targets_longer_than_decoding_writes_are_warned_about(vocab, caplog, tmp_path):
+  # Decoding stops after max_decode_len (or targets_length) tokens, so such a target could never
+  # be matched; only eval inputs were checked, and its row was scored wrong without a word.
+  config = tiny_config(format='tsv')
+  pairs = [t2t.TextPair('a question', ' '.join(['word'] * n), ()) for n in (3, 100, 200)]
+  with caplog.at_level('WARNING'):
+    t2t._warn_if_truncated(pairs, vocab, config, 'eval')
+  assert ('2 of 3 eval targets are longer than config.data.targets_length=12 tokens, the most '
+          'decoding writes, and cannot be matched') in caplog.text
+  caplog.clear()
+  config.eval.max_decode_len = 1000
+  with caplog.at_level('WARNING'):
+    t2t._warn_if_truncated(pairs, vocab, config, 'eval')
+  assert 'eval targets' not in caplog.text
+  # eval_results.json names the task its scores are of: a tsv run recorded data.task's default.
+  t2t._write_results(str(tmp_path), config, 1, {'accuracy': 1.0}, [], [])
+  with open(os.path.join(tmp_path, metrics_lib.RESULTS_FILE)) as f:
+    assert json.load(f)['task'] == 'tsv'
+
+
 @pytest.mark.parametrize('setting, value, message', [
     ('decoding', 'beem', "config.eval.decoding='beem'"),
     ('beam_size', 0, 'config.eval.beam_size=0 is invalid'),

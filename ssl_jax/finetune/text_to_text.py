@@ -345,16 +345,23 @@ def prepare(config, init: str = 'none'):
   return config
 
 
-def _warn_if_truncated(pairs, vocab, data, split: str) -> None:
-  fields = (('inputs', data.sequence_length, 'sequence_length'),
-            ('targets', data.targets_length, 'targets_length'))
-  for field, length, setting in fields if split == 'train' else fields[:1]:
+def _warn_if_truncated(pairs, vocab, config, split: str) -> None:
+  data, decode_len = config.data, config.eval.max_decode_len
+  fields = [('inputs', data.sequence_length, 'data.sequence_length', 1,
+             ' (EOS included) and are cut; raise it to keep them whole')]
+  if split == 'train':
+    fields.append(('targets', data.targets_length, 'data.targets_length', 1,
+                   ' (EOS included) and are cut; raise it to keep them whole'))
+  else:   # decoding stops after that many tokens: such a target can never be matched
+    fields.append(('targets', decode_len or data.targets_length,
+                   'eval.max_decode_len' if decode_len else 'data.targets_length', 0,
+                   ', the most decoding writes, and cannot be matched; raise it to score them'))
+  for field, length, setting, eos, consequence in fields:
     ids = vocabularies.encode_batch(vocab, [getattr(p, field) for p in pairs])
-    long = sum(len(x) + 1 > length for x in ids)
+    long = sum(len(x) + eos > length for x in ids)
     if long:
-      logging.warning('%d of %d %s %s are longer than config.data.%s=%d tokens (EOS '
-                      'included) and are cut; raise it to keep them whole.', long, len(pairs),
-                      split, field, setting, length)
+      logging.warning('%d of %d %s %s are longer than config.%s=%d tokens%s.', long,
+                      len(pairs), split, field, setting, length, consequence)
 
 
 def _evaluate(exp, params, vocab, pairs, config) -> dict:
@@ -370,7 +377,8 @@ def _evaluate(exp, params, vocab, pairs, config) -> dict:
 def _write_results(workdir, config, step, scores, pairs, predictions) -> None:
   if jax.process_index() != 0:
     return
-  metrics_lib.write_results(workdir, {'task': config.data.task, 'objective': 'text_to_text',
+  # The task the scores are of: data.task names a GLUE task; tsv and squad_json ignore it.
+  metrics_lib.write_results(workdir, {'task': scored_as(config), 'objective': 'text_to_text',
                                       'init': config.finetune.init, 'step': step, 'scores': scores})
   with tf.io.gfile.GFile(os.path.join(workdir, PREDICTIONS_FILE), 'w') as f:
     for pair, prediction in zip(pairs, predictions):
@@ -390,8 +398,8 @@ def finetune(config, workdir: str, init: str = 'none', devices=None) -> dict:
   check_eval(config, exp.model)
   vocab = vocabularies.get_vocabulary(config.data.vocab)
   train_pairs, eval_pairs = read_pairs(config, 'train'), read_pairs(config, 'validation')
-  _warn_if_truncated(train_pairs, vocab, config.data, 'train')
-  _warn_if_truncated(eval_pairs, vocab, config.data, 'eval')
+  _warn_if_truncated(train_pairs, vocab, config, 'train')
+  _warn_if_truncated(eval_pairs, vocab, config, 'eval')
   train_iter = make_train_iterator(
       config, make_task(f'text_to_text_{config.data.task}', {'train': train_pairs}, vocab),
       exp.model_config, exp.batch_sharding)
