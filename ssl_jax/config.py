@@ -184,6 +184,20 @@ def validate(config: ml_collections.ConfigDict):
            "targets length at most that, or a model with more positions.")
   _check(d.get("shuffle_buffer", 0) >= 0, "data.shuffle_buffer", d.get("shuffle_buffer"),
          "use a positive buffer size, or 0 for seqio's default.")
+  # data.mlm, data.span_corruption and data.denoising are read by that objective alone: another
+  # objective's run accepted a change to them and trained without it, while config.json named it.
+  defaults = base_config(config.objective, family, "tiny")
+  for section in ("mlm", "span_corruption", "denoising"):
+    changed = [k for k in d[section] if d[section][k] != defaults.data[section][k]]
+    if changed and section != config.objective:
+      _check(False, f"data.{section}.{changed[0]}", d[section][changed[0]],
+             f"it is read by config.objective={section!r} only, and this run's objective is "
+             f"{config.objective!r}; leave data.{section} at its defaults.")
+  if config.objective != "span_corruption":   # the others' targets are sequence_length long
+    _check(d.targets_length == defaults.data.targets_length, "data.targets_length",
+           d.targets_length,
+           f"it is read by config.objective='span_corruption' only, and this run's objective is "
+           f"{config.objective!r}; leave it at {defaults.data.targets_length}.")
   _check(0 < d.mlm.mask_rate < 1, "data.mlm.mask_rate", d.mlm.mask_rate, "use a rate in (0, 1).")
   _check(d.mlm.mask_token_ratio + d.mlm.random_token_ratio <= 1, "data.mlm.random_token_ratio",
          d.mlm.random_token_ratio, "mask_token_ratio + random_token_ratio must be at most 1.")
@@ -207,6 +221,14 @@ def validate(config: ml_collections.ConfigDict):
          d.denoising.random_ratio, "it makes a share of the [MASK]s of token masking "
          "(mask_ratio) and text infilling (infill_ratio) random tokens, and both are 0. Set "
          "random_ratio=0, or one of them.")
+
+  # AdamW's settings, which Adafactor does not read (its second-moment decay is T5's, fixed).
+  if config.optim.get("name", "adamw") == "adafactor":
+    for name in ("b1", "b2", "eps"):
+      _check(config.optim[name] == defaults.optim[name],
+             f"optim.{name}", config.optim[name],
+             "it is AdamW's, and config.optim.name='adafactor' does not read it (Adafactor's "
+             "momentum is optim.adafactor_momentum); leave it at its default.")
 
   t = config.train
   for name in ("global_batch_size", "num_steps", "microbatches", "log_every", "eval_every",

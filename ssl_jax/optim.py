@@ -9,6 +9,7 @@ happens inside the jitted step, so the schedule's step count equals the train st
 from __future__ import annotations
 
 from collections.abc import Mapping
+import math
 from typing import Any, Callable
 
 import jax
@@ -28,6 +29,9 @@ def _validate(optim_cfg: Mapping[str, Any], num_steps: int) -> None:
 
   if num_steps <= 0:
     raise ValueError(f"config.train.num_steps={num_steps} must be positive.")
+  for field in ("learning_rate", "weight_decay", "eps", "grad_clip_norm"):
+    if not math.isfinite(optim_cfg[field]):   # NaN passed the range checks below, inf some
+      fail(field, "must be a finite number.")
   if not optim_cfg["learning_rate"] > 0:
     fail("learning_rate", "must be > 0.")
   if optim_cfg.get("name", "adamw") not in OPTIMIZERS:
@@ -35,7 +39,8 @@ def _validate(optim_cfg: Mapping[str, Any], num_steps: int) -> None:
   if optim_cfg["schedule"] not in SCHEDULES:
     fail("schedule", f"is unknown; use one of {SCHEDULES}.")
   if not 0 <= optim_cfg["warmup_steps"] <= num_steps:
-    fail("warmup_steps", f"must be between 0 and config.train.num_steps={num_steps}.")
+    fail("warmup_steps", f"must be between 0 and config.train.num_steps={num_steps}; lower "
+         "warmup_steps (a shortened preset run keeps the preset's) or raise num_steps.")
   if optim_cfg["weight_decay"] < 0:
     fail("weight_decay", "must be >= 0 (0 turns weight decay off).")
   for field in ("b1", "b2"):
@@ -47,6 +52,9 @@ def _validate(optim_cfg: Mapping[str, Any], num_steps: int) -> None:
     fail("grad_clip_norm", "must be >= 0 (0 turns clipping off).")
   if not 0 <= optim_cfg.get("adafactor_momentum", 0.0) < 1:
     fail("adafactor_momentum", "must be in [0, 1) (0: no momentum, as T5 trained).")
+  if optim_cfg.get("adafactor_momentum", 0.0) and optim_cfg.get("name", "adamw") == "adamw":
+    fail("adafactor_momentum", "is Adafactor's (config.optim.name='adafactor'), and AdamW "
+         "ignored it; AdamW's momentum is config.optim.b1. Set adafactor_momentum to 0.")
   min_lr_ratio = optim_cfg.get("min_lr_ratio", 0.0)
   if not 0 <= min_lr_ratio <= 1:
     fail("min_lr_ratio", "must be in [0, 1] (the share of learning_rate the decay ends at).")

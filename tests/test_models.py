@@ -59,7 +59,16 @@ def test_config_dict_round_trip_for_every_preset():
     ({'family': 't5', 'relative_attention_max_distance': 16},
      'relative_attention_max_distance=16: must be more than .* = 16'),
     ({'family': 't5', 'relative_attention_num_buckets': 2}, 'relative_attention_num_buckets=2'),
-    ({'family': 'gpt', 'initializer_range': 0.0}, 'initializer_range=0.0: must be > 0'),
+    ({'family': 'gpt', 'initializer_range': 0.0}, 'initializer_range=0.0: must be a finite'),
+    ({'family': 'bert', 'num_heads': 3}, r'^config.model.num_heads=3: does not divide'),
+    # Accepted before: inf passed `> 0`; settings that the family ignored; ids out of range.
+    ({'family': 'bert', 'layer_norm_eps': float('inf')}, 'layer_norm_eps=inf: must be a finite'),
+    ({'family': 't5', 'scale_embedding': True}, 'scale_embedding=True: is a BART option'),
+    ({'family': 'bart', 'relative_attention_num_buckets': 64},
+     "relative_attention_num_buckets=64: sets T5's relative position buckets"),
+    ({'family': 'bert', 'pad_token_id': -3}, 'pad_token_id=-3: must be a token id'),
+    ({'family': 'bart', 'vocab_size': 100, 'decoder_start_token_id': 100},
+     'decoder_start_token_id=100: must be a token id: at least 0 and under vocab_size=100'),
 ])
 def test_config_from_dict_rejects_bad_values(overrides, match):
   with pytest.raises(ValueError, match=match):

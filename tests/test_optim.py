@@ -170,6 +170,12 @@ def test_global_norm_clipping():
     (dict(eps=0.0), 10, r"config.optim.eps=0.0 must be > 0"),
     (dict(grad_clip_norm=-1.0), 10, r"config.optim.grad_clip_norm=-1.0 must be >= 0"),
     (dict(adafactor_momentum=1.0), 10, r"config.optim.adafactor_momentum=1.0 must be in \[0, 1\)"),
+    # AdamW ignored it (its momentum is b1).
+    (dict(adafactor_momentum=0.9), 10, r"config.optim.adafactor_momentum=0.9 is Adafactor's"),
+    # NaN passed `< 0` (NaN weights after one step; clipping off); inf passed `> 0`.
+    (dict(weight_decay=float("nan")), 10, r"config.optim.weight_decay=nan must be a finite"),
+    (dict(grad_clip_norm=float("nan")), 10, r"config.optim.grad_clip_norm=nan must be a finite"),
+    (dict(learning_rate=float("inf")), 10, r"config.optim.learning_rate=inf must be a finite"),
     (dict(min_lr_ratio=1.5), 10, r"config.optim.min_lr_ratio=1.5 must be in \[0, 1\]"),
     (dict(min_lr_ratio=0.1, schedule="rsqrt"), 10,
      r"config.optim.min_lr_ratio=0.1 ends a 'linear' or 'cosine' decay; schedule='rsqrt'"),

@@ -182,6 +182,13 @@ def test_microbatches_give_the_full_batch_update():
      "with config.data.source='text_files'"),
     ("gpt", "vocab.path", "v.model", "config.data.vocab.path='v.model' is invalid: "
      "vocab.kind='default' reads no file"),
+    # Another objective's settings, accepted and not read (config.json named them).
+    ("gpt", "mlm.mask_rate", 0.5, "config.data.mlm.mask_rate=0.5 is invalid: it is read by "
+     "config.objective='mlm' only, and this run's objective is 'causal_lm'"),
+    ("t5", "denoising.rotate_ratio", 0.5, "config.data.denoising.rotate_ratio=0.5 is invalid: it "
+     "is read by config.objective='denoising' only"),
+    ("bart", "targets_length", 64, "config.data.targets_length=64 is invalid: it is read by "
+     "config.objective='span_corruption' only"),
 ])
 def test_data_settings_are_checked_against_the_model_before_building(name, setting, value,
                                                                     message):
@@ -190,6 +197,16 @@ def test_data_settings_are_checked_against_the_model_before_building(name, setti
   (config.data[section] if section else config.data)[field] = value
   with pytest.raises(ValueError, match=message):
     trainer.resolve_model_config(config)
+
+
+def test_adafactor_refuses_adamw_settings_it_does_not_read():
+  config = tiny_config("t5")
+  config.optim.update(name="adafactor", schedule="rsqrt", b2=0.98)
+  with pytest.raises(ValueError, match=r"config.optim.b2=0.98 is invalid: it is AdamW's, and "
+                                       r"config.optim.name='adafactor' does not read it"):
+    trainer.resolve_model_config(config)
+  config.optim.b2 = 0.999
+  trainer.resolve_model_config(config)
 
 
 def test_bart_random_ratio_needs_masks_to_make_random():

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Union
 
 DTYPES = ('float32', 'bfloat16')   # float16 would need loss scaling, which ssl_jax does not do
@@ -131,7 +132,10 @@ _FAMILY_CLASSES = {'bert': BertConfig, 'gpt': GPTConfig, 't5': EncoderDecoderCon
 def _validate(cfg) -> None:
   """Raises ValueError naming the field, its value and the fix for any invalid value."""
   def bad(field, why):
-    raise ValueError(f'{type(cfg).__name__}.{field}={getattr(cfg, field)!r}: {why}')
+    raise ValueError(f'config.model.{field}={getattr(cfg, field)!r}: {why}')
+
+  def positive(name):   # NaN fails `> 0`; inf passed it, and then every norm or weight was 0 or NaN
+    return getattr(cfg, name) > 0 and math.isfinite(getattr(cfg, name))
 
   if not (cfg.vocab_size > 0 or cfg.vocab_size == -1):
     bad('vocab_size', 'must be a positive int, or -1 to take it from the data vocabulary')
@@ -146,10 +150,15 @@ def _validate(cfg) -> None:
   for name in ('dropout_rate', 'attention_dropout_rate'):
     if not 0.0 <= getattr(cfg, name) < 1.0:
       bad(name, 'must be in [0, 1)')
-  if not cfg.layer_norm_eps > 0:
-    bad('layer_norm_eps', 'must be > 0')
-  if not cfg.initializer_range > 0:  # 0: every kernel starts at 0 and their units never differ
-    bad('initializer_range', 'must be > 0 (the standard deviation of initial weights; BERT: 0.02)')
+  if not positive('layer_norm_eps'):
+    bad('layer_norm_eps', 'must be a finite number > 0')
+  if not positive('initializer_range'):  # 0: every kernel starts at 0 and their units never differ
+    bad('initializer_range', 'must be a finite number > 0 (the standard deviation of initial '
+        'weights; BERT: 0.02)')
+  for name in ('pad_token_id', 'decoder_start_token_id'):
+    token = getattr(cfg, name, 0)
+    if token < 0 or 0 < cfg.vocab_size <= token:
+      bad(name, f'must be a token id: at least 0 and under vocab_size={cfg.vocab_size}')
   for name in ('dtype', 'param_dtype'):
     if getattr(cfg, name) == 'float16':
       bad(name, 'float16 training needs dynamic loss scaling, which ssl_jax does not implement '
@@ -165,11 +174,15 @@ def _validate(cfg) -> None:
       bad('type_vocab_size', 'must be >= 1')
     if cfg.position_embedding not in BERT_POSITION_EMBEDDINGS:
       bad('position_embedding', f'use one of {BERT_POSITION_EMBEDDINGS}')
-    if not cfg.alibi_bias_max > 0:
-      bad('alibi_bias_max', "must be > 0 (8 is the ALiBi paper's; smaller is more local)")
+    if not positive('alibi_bias_max'):
+      bad('alibi_bias_max', "must be a finite number > 0 (8 is the ALiBi paper's; smaller is "
+          'more local)')
   if isinstance(cfg, EncoderDecoderConfig):
     if cfg.family not in ('t5', 'bart'):
       bad('family', "use 't5' or 'bart'")
+    if cfg.scale_embedding and cfg.family != 'bart':
+      bad('scale_embedding', 'is a BART option (embeddings times sqrt(hidden_size)); T5 does not '
+          'scale them, and family t5 ignored it: leave it False')
     if cfg.pre_norm and cfg.family != 'bart':
       bad('pre_norm', "is a BART option (mBART's pre-LN layout); T5 layers are always "
           'pre-norm, so leave it False for family t5')
@@ -177,6 +190,10 @@ def _validate(cfg) -> None:
       bad('num_decoder_layers', 'must be a positive int')
     # The log buckets start after max_exact = num_buckets // 4 (encoder) and // 2 (decoder)
     # exact offsets and divide by log(max_distance / max_exact): both must be > 0.
+    for name in ('relative_attention_num_buckets', 'relative_attention_max_distance'):
+      if cfg.family == 'bart' and getattr(cfg, name) != getattr(EncoderDecoderConfig, name):
+        bad(name, "sets T5's relative position buckets; BART has learned positions and ignored "
+            f'it: leave it at {getattr(EncoderDecoderConfig, name)}')
     if cfg.relative_attention_num_buckets < 4:
       bad('relative_attention_num_buckets', 'must be >= 4 (T5: 32)')
     if cfg.relative_attention_max_distance <= cfg.relative_attention_num_buckets // 2:
