@@ -272,13 +272,21 @@ def minilm_dir():
   return os.path.join(os.path.dirname(module.__file__), "model")
 
 
-def test_init_from_a_transformers_5_bert_directory_reads_its_tokenizer_json(tmp_path):
+def test_init_from_a_transformers_5_bert_directory_reads_its_tokenizer_json(tmp_path,
+                                                                             monkeypatch):
   # transformers 5 saves a BERT tokenizer as tokenizer.json alone; --init hf: asked for vocab.txt.
   source = minilm_dir()
   for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
     os.symlink(os.path.join(source, name), tmp_path / name)
   config, encoder = pretrained.load(tiny("sst2", "", ""), f"hf:{tmp_path}")
   assert config.data.vocab.path == str(tmp_path / "tokenizer.json") and "encoder" in encoder
+  # A relative hf: directory: the vocabulary path was stored relative in the run's config.json.
+  monkeypatch.chdir(tmp_path.parent)
+  config, _ = pretrained.load(tiny("sst2", "", ""), f"hf:{tmp_path.name}")
+  assert config.data.vocab.path == str(tmp_path / "tokenizer.json")
+  os.remove(tmp_path / "model.safetensors")
+  with pytest.raises(FileNotFoundError, match="has config.json but no weights"):
+    pretrained.load(tiny("sst2", "", ""), f"hf:{tmp_path}")
   vocab = vocabularies.get_vocabulary(config.data.vocab)
   reference = vocabularies.WordPieceVocabulary(os.path.join(source, "vocab.txt"))
   assert vocab.tokens == reference.tokens and vocab.lower_case

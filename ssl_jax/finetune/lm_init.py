@@ -116,7 +116,9 @@ def hf_lower_case(directory: str) -> bool:
 
 def _hf_vocab(directory: str, family: str):
   """config.data.vocab for the tokenizer files in HF `directory` (T5's spiece.model, or the
-  vocab.txt `ssl-jax convert` writes for a default or WordPiece vocabulary), or None."""
+  vocab.txt `ssl-jax convert` writes for a default or WordPiece vocabulary), or None. The path
+  is absolute: the run's config.json is read from any directory."""
+  directory = os.path.abspath(directory)
   spiece = os.path.join(directory, 'spiece.model')
   if os.path.isfile(spiece):   # T5's 100 sentinels, or the extra_ids `ssl-jax convert` wrote
     extra_ids = int(_tokenizer_config(directory).get('extra_ids', 100))

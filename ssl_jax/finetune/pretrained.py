@@ -58,7 +58,7 @@ def _from_hf(config, directory: str):
         f"--init=hf:{directory} has neither vocab.txt nor tokenizer.json; fine-tuning needs the "
         "checkpoint's WordPiece vocabulary next to config.json (save the tokenizer with the "
         "model).")
-  vocab_path = found[0]
+  vocab_path = os.path.abspath(found[0])   # the run's config.json is read from any directory
   overrides = {k: config.model[k]
                for k in model_config_lib.FINETUNING_FIELDS if k in config.model}
   model, params = hf.from_pretrained(directory, **overrides)

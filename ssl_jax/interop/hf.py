@@ -167,9 +167,12 @@ def _read_dir(path):
     import torch
     state_dict = {k: v.float().numpy() for k, v in
                   torch.load(pt, map_location='cpu', weights_only=True).items()}
+  elif any(name.endswith('.index.json') for name in os.listdir(path)):
+    raise FileNotFoundError(f'{path} holds a sharded checkpoint (an *.index.json), which is not '
+                            'supported; save the model unsharded (model.safetensors)')
   else:
-    raise FileNotFoundError(f'no model.safetensors or pytorch_model.bin in {path}; sharded '
-                            'checkpoints are not supported, save the model unsharded')
+    raise FileNotFoundError(f'{path} has config.json but no weights: no model.safetensors or '
+                            'pytorch_model.bin; pass the directory save_pretrained wrote')
   return hf_config, {k: np.asarray(v, np.float32) if v.dtype != np.int64 else v
                      for k, v in state_dict.items()}
 
