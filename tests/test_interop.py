@@ -209,7 +209,9 @@ def test_cli_converts_a_run_into_a_directory_transformers_loads(tmp_path, name):
   import chex
   import helpers
   from ssl_jax.data import vocabularies
-  config = helpers.cli_config(name, '--config.model.scan_layers=True')
+  # T5 with another count of sentinels than the 100 `--init hf:` assumed for a vocab.txt.
+  config = helpers.cli_config(name, '--config.model.scan_layers=True',
+                              *(['--config.data.vocab.extra_ids=20'] if name == 't5' else []))
   run, out = str(tmp_path / 'run'), str(tmp_path / 'hf')
   params = helpers.save_untrained_run(run, config, jax.devices()[:1])
   subprocess.run([sys.executable, '-m', 'ssl_jax.main', 'convert', f'--to_hf={run}',
@@ -244,6 +246,7 @@ def test_cli_converts_a_run_into_a_directory_transformers_loads(tmp_path, name):
   text = 'The dog Sleeps, unseenword!'
   ids = vocabularies.get_vocabulary(config.data.vocab).encode(text)
   assert vocabularies.get_vocabulary(init_config.data.vocab).encode(text) == ids
+  assert init_config.data.vocab.extra_ids == config.data.vocab.extra_ids   # the same sentinels
   # AutoTokenizer took the model type's class (GPT-2's BPE, T5's SentencePiece), found none of its
   # files and tokenized to nothing or garbage, silently.
   tokenizer = transformers.AutoTokenizer.from_pretrained(out)
@@ -266,6 +269,11 @@ def test_cli_converts_a_run_into_a_directory_transformers_loads(tmp_path, name):
     # config.json was overwritten): refused before anything is written.
     from ssl_jax.interop import convert
     convert.to_hf(run, out)
+    (tmp_path / 'a_file').write_text('')
+    with pytest.raises(ValueError, match=r"--out=.*a_file' is a file"):   # was a FileExistsError
+      convert.to_hf(run, str(tmp_path / 'a_file'))
+    with pytest.raises(FileNotFoundError, match=r"--to_hf=.*nowhere' has no config.json"):
+      convert.to_hf(str(tmp_path / 'nowhere'), out)   # it named --workdir
     (tmp_path / 'hf' / 'merges.txt').write_text('')
     with pytest.raises(ValueError, match=r"--out=.* holds merges.txt, which `ssl-jax convert` "
                        r"does not write"):

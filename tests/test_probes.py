@@ -93,7 +93,8 @@ def test_probe_errors_name_the_probe_and_the_fix(bert_workdir, tmp_path):
   finetuned = subject_lib.Subject.from_workdir(bert_workdir).config
   finetuned.objective = "classification"
   with pytest.raises(ValueError, match="--workdir='ft' holds a run of config.objective="
-                                       "'classification': probes study pretraining runs"):
+                                       "'classification': probes and `ssl-jax convert` read "
+                                       "pretraining runs"):
     subject_lib.Subject(finetuned, "ft")
   cli = subprocess.run([sys.executable, "-m", "ssl_jax.main", "probe", f"--workdir={bert_workdir}",
                         "--steps=4,abc"], cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -125,7 +125,9 @@ def _hf_vocab(directory: str, family: str):
     return dict(kind='sentencepiece', path=spiece, extra_ids=extra_ids, lower_case=False)
   vocab_txt = os.path.join(directory, 'vocab.txt')
   if os.path.isfile(vocab_txt):   # T5's sentinels sit above the file's tokens, as seqio's
-    return dict(kind='wordpiece', path=vocab_txt, extra_ids=100 if family == 't5' else 0,
+    # `ssl-jax convert` records the run's count (another than 100 gave other sentinel ids).
+    extra_ids = _tokenizer_config(directory).get('extra_ids', 100 if family == 't5' else 0)
+    return dict(kind='wordpiece', path=vocab_txt, extra_ids=int(extra_ids),
                 lower_case=hf_lower_case(directory))
   return None
 

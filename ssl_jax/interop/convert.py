@@ -37,13 +37,15 @@ def to_hf(workdir: str, out: str, step: int | None = None) -> str:
   """Writes checkpoint `step` (default: the latest) of the run in `workdir` to `out`, a new
   directory or an earlier conversion's (any other file there is refused: a model directory's
   tokenizer.json would be loaded in place of the run's vocabulary, a run's files overwritten)."""
+  if tf.io.gfile.exists(out) and not tf.io.gfile.isdir(out):
+    raise ValueError(f"--out={out!r} is a file; pass a new or empty directory.")
   others = sorted(set(tf.io.gfile.listdir(out)) - set(_WRITTEN)) if tf.io.gfile.isdir(out) else []
   if others:
     raise ValueError(
         f"--out={out!r} holds {', '.join(others[:4])}{', ...' if len(others) > 4 else ''}, which "
         "`ssl-jax convert` does not write (another model's or run's files): they would sit beside "
         "the converted model, or be overwritten. Pass a new or empty --out directory.")
-  subject = subject_lib.Subject.from_workdir(workdir)
+  subject = subject_lib.Subject.from_workdir(workdir, "--to_hf")
   try:
     vocab_path = subject.config.data.vocab.get("path", "")
     if vocab_path and os.path.realpath(os.path.dirname(vocab_path)) == os.path.realpath(out):
@@ -112,8 +114,10 @@ def _write_vocabulary(vocab_cfg, out: str) -> dict:
     # The class, so that AutoTokenizer does not take the model type's (GPT-2's BPE, T5's
     # SentencePiece), which finds none of its files and tokenizes to nothing; do_lower_case is
     # read by it and by --init hf:.
+    # extra_ids: seqio's sentinels above the file's tokens, which --init hf: adds back.
     tokenizer = {"tokenizer_class": "BertTokenizer",
-                 "do_lower_case": kind == "default" or bool(vocab_cfg.get("lower_case", True))}
+                 "do_lower_case": kind == "default" or bool(vocab_cfg.get("lower_case", True)),
+                 "extra_ids": int(vocab_cfg.get("extra_ids", 0) or 0)}
   elif kind == "sentencepiece":
     tf.io.gfile.copy(vocab_cfg.get("path"), os.path.join(out, "spiece.model"), overwrite=True)
     tokenizer = {"tokenizer_class": "T5Tokenizer",

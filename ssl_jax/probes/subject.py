@@ -66,17 +66,20 @@ def params_of(state) -> Any:
 class Subject:
   """A pretraining config's model and vocabulary, with jitted read-outs (see the module doc)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str | None = None):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | None = None,
+               flag: str = "--workdir"):
+    """`flag` names the setting that gave `workdir` (`ssl-jax convert`: --to_hf), for errors."""
     if config.objective not in PRETRAINING_OBJECTIVES:
-      run = f"--workdir={workdir!r} holds a run of " if workdir else ""
+      run = f"{flag}={workdir!r} holds a run of " if workdir else ""
       raise ValueError(
-          f"{run}config.objective={config.objective!r}: probes study pretraining runs (objectives "
-          f"{', '.join(PRETRAINING_OBJECTIVES)}); point them at a pretraining workdir.")
+          f"{run}config.objective={config.objective!r}: probes and `ssl-jax convert` read "
+          f"pretraining runs (objectives {', '.join(PRETRAINING_OBJECTIVES)}); point them at a "
+          "pretraining workdir.")
     config = copy.deepcopy(config)
     with config.unlocked():
       config.mesh = ml_collections.ConfigDict(_SINGLE_DEVICE_MESH)
     self.config = config
-    self.workdir = workdir
+    self.workdir, self.flag = workdir, flag
     # This process's own device: in a multi-process job every process reads the checkpoints
     # itself (jax.devices()[0] belongs to process 0).
     self.experiment = trainer.Experiment.build(config, devices=jax.local_devices()[:1])
@@ -104,9 +107,9 @@ class Subject:
 
   # ------------------------------------------------------------------------------ checkpoints
   @classmethod
-  def from_workdir(cls, workdir: str) -> "Subject":
+  def from_workdir(cls, workdir: str, flag: str = "--workdir") -> "Subject":
     """The subject of an `ssl-jax train` run directory (its config.json)."""
-    return cls(checkpointing.run_config(workdir), workdir)
+    return cls(checkpointing.run_config(workdir, flag), workdir, flag)
 
   @property
   def manager(self) -> ocp.CheckpointManager:
@@ -124,7 +127,7 @@ class Subject:
     steps = sorted(int(s) for s in self.manager.all_steps())
     if not steps:
       raise FileNotFoundError(
-          f"--workdir={self.workdir!r} has no checkpoints; train first (`ssl-jax train ... "
+          f"{self.flag}={self.workdir!r} has no checkpoints; train first (`ssl-jax train ... "
           "--config.train.log_spaced_checkpoints=True` saves steps 1, 2, 4, 8, ...).")
     return steps
 
