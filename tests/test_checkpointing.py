@@ -273,7 +273,6 @@ def _checkpoint_of_another_data_stream(config, tmp_path, checkpoint):
   config.data.seed = 7
   config.data.corpus.num_documents = 65
   config.data.tfds_data_dir = "/elsewhere"   # where TFDS keeps files: the same stream
-  config.data.span_corruption.noise_density = 0.5   # another objective's setting
   return config, checkpoint.workdir
 
 

@@ -69,8 +69,10 @@ def test_task_is_registered_once_per_setting():
   assert "targets_length" in tasks.stream_settings(tiny_config("span_corruption"))
   bart = tiny_config("denoising", targets_length=1000)
   assert "targets_length" not in tasks.stream_settings(bart)
-  bart.model.update(max_length=64)
-  config_lib.validate(bart)
+  bart.model.update(max_length=64)   # and it is refused as unread, not by the positions check
+  with pytest.raises(ValueError, match=r"config.data.targets_length=1000 is invalid: it is read "
+                                       r"by config.objective='span_corruption' only"):
+    config_lib.validate(bart)
   # A mixture's 'tfds' entry reads data.tfds_name: a resume that changed it was not refused
   # (TFDS names written in the spec are compared with the spec).
   mixed = tiny_config("causal_lm", mixture="default_corpus:1,tfds:1", tfds_name="c4/en:3.1.0")
