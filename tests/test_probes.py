@@ -33,7 +33,8 @@ def tiny_config(name: str, **model):
   config.data.corpus.num_documents = 200
   config.data.shuffle_buffer = 16
   config.data.sequence_length = 32
-  config.data.mlm.max_predictions = 5
+  if config.objective == "mlm":
+    config.data.mlm.max_predictions = 5
   config.train.update(global_batch_size=8, num_steps=4, log_every=2, eval_steps=0,
                       save_every=100, log_spaced_checkpoints=True)
   config.optim.warmup_steps = 1

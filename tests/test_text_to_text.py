@@ -207,8 +207,7 @@ def test_eval_settings_are_refused_before_training(tmp_path, setting, value, mes
 # ------------------------------------------------------------------------------ --init
 def test_init_takes_model_vocabulary_and_params_from_a_run(tmp_path, monkeypatch):
   devices = jax.devices()[:1]
-  pretrain = tiny_config('bart')
-  pretrain.objective = 'denoising'
+  pretrain = tiny_config('bart')   # a BART span-corruption run
   pretrain.model.hidden_size = 96   # differs from the fine-tuning config's model
   saved = helpers.save_untrained_run(str(tmp_path / 'bart'), pretrain, devices)
 
