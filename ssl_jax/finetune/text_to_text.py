@@ -347,11 +347,10 @@ def prepare(config, init: str = 'none'):
 
 def _warn_if_truncated(pairs, vocab, config, split: str) -> None:
   data, decode_len = config.data, config.eval.max_decode_len
-  fields = [('inputs', data.sequence_length, 'data.sequence_length', 1,
-             ' (EOS included) and are cut; raise it to keep them whole')]
+  cut = ' (EOS included) and are cut; raise it to keep them whole'
+  fields = [('inputs', data.sequence_length, 'data.sequence_length', 1, cut)]
   if split == 'train':
-    fields.append(('targets', data.targets_length, 'data.targets_length', 1,
-                   ' (EOS included) and are cut; raise it to keep them whole'))
+    fields.append(('targets', data.targets_length, 'data.targets_length', 1, cut))
   else:   # decoding stops after that many tokens: such a target can never be matched
     fields.append(('targets', decode_len or data.targets_length,
                    'eval.max_decode_len' if decode_len else 'data.targets_length', 0,
