@@ -22,9 +22,7 @@ FEATURES = {"labels": (False, np.int32), "weights": (False, np.float32)}
 
 
 def label_names(config) -> tuple[str, ...]:
-  if config.data.labels:
-    return tuple(config.data.labels.split(","))
-  names = formats.glue_spec(config.data.task).label_names
+  names = formats.label_names(config.data.task, config.data.labels)
   if not names:
     raise ValueError(f"config.data.task={config.data.task!r} is a regression task; use "
                      "config.objective='regression' (configs/finetune/stsb.py).")

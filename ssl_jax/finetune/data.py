@@ -75,8 +75,7 @@ def read_examples(config, split: str) -> list:
       raise ValueError(f"config.data.{setting} is empty; set --config.data.{setting}=PATH to a "
                        f"{d.format} file.")
     if d.format == "glue_tsv":
-      examples = formats.read_glue_tsv(d.task, path,
-                                       tuple(d.labels.split(",")) if d.labels else None)
+      examples = formats.read_glue_tsv(d.task, path, formats.label_names(d.task, d.labels))
     elif d.format == "conllu":
       examples = formats.read_conllu(path, d.tag_column)
     else:

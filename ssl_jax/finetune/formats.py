@@ -104,6 +104,12 @@ def glue_spec(task: str) -> GlueSpec:
   return GLUE[task]
 
 
+def label_names(task: str, labels: str) -> tuple[str, ...]:
+  """The label names label ids index: config.data.labels (comma-separated) when it is set, else
+  GLUE task `task`'s (() for the STS-B regression)."""
+  return tuple(labels.split(",")) if labels else glue_spec(task).label_names
+
+
 def _require_file(path: str, what: str) -> None:
   if not os.path.isfile(path):
     raise FileNotFoundError(

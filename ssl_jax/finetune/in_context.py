@@ -364,10 +364,9 @@ def _options(config) -> tuple[str, ...] | None:
   chosen = config.in_context.options
   if chosen == 'none' or config.data.format in ('squad_json', 'tsv'):
     return None
-  # Label ids index config.data.labels when it is set (formats.parse_label): the task's own
-  # names in their order gave each example another label's answer.
-  names = (tuple(config.data.labels.split(',')) if config.data.labels else
-           formats.glue_spec(config.data.task).label_names)
+  # Label ids index config.data.labels when it is set: the task's own names in their order gave
+  # each example another label's answer.
+  names = formats.label_names(config.data.task, config.data.labels)
   if not names:
     raise ValueError(f"config.data.task={config.data.task!r} is a regression task; in-context "
                      'evaluation scores classification (options) or generation.')
