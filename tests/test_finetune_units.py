@@ -248,6 +248,32 @@ def test_suite_names_its_sequence_length_override_when_squad_questions_do_not_fi
   assert suite.task_config(suite_config, "squad").data.sequence_length == 68
 
 
+@pytest.mark.parametrize("config_file, variant, setting, value, message", [
+    ("upos.py", "tiny", "data.source", "text_files", "fine-tuning reads the task's examples"),
+    ("sst2.py", "tiny", "data.pack", False, "one per row, not a pretraining stream"),
+    ("squad.py", "tiny", "data.mlm.mask_rate", 0.3, "fine-tuning reads the task's examples"),
+    ("text_to_text.py", "tiny", "data.span_corruption.noise_density", 0.3, "corrupts none"),
+    ("text_to_text.py", "bart_tiny", "data.shuffle_buffer", 7, "not a pretraining stream"),
+    ("in_context/sst2.py", "tiny", "optim.learning_rate", 0.5, "trains nothing"),
+    ("in_context/rte.py", "tiny", "train.num_steps", 7, "trains nothing"),
+    ("in_context/squad.py", "tiny", "data.sequence_length", 512, "as long as the model allows"),
+])
+def test_fine_tuning_refuses_settings_it_would_not_read(config_file, variant, setting, value,
+                                                        message):
+  # Each was accepted and ignored, while config.json named it: a change to data.source trained on
+  # the task's files all the same, an in-context run given optim.learning_rate trained nothing.
+  config = config_lib.load_config_file(os.path.join(REPO, "configs", "finetune", config_file),
+                                       variant)
+  section, _, key = setting.rpartition(".")
+  node = config
+  for name in section.split("."):
+    node = node[name]
+  default, node[key] = node[key], value
+  with pytest.raises(ValueError, match=rf"config.{setting}={value!r} is invalid: .*{message}.*"
+                                       rf"leave it at {default!r}"):
+    run.check(config, "none")
+
+
 # ------------------------------------------------------------------------------ encoding
 @pytest.fixture(scope="module")
 def vocab():

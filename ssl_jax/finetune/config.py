@@ -34,6 +34,11 @@ from ssl_jax.finetune import formats
 from ssl_jax.finetune import metrics
 
 FORMATS = ("glue_tsv", "tfds", "conllu", "squad_json")
+# A fine-tuning config carries the pretraining schema, but reads its task's files: these
+# settings (a section: each of its keys) choose and corrupt the pretraining stream only.
+STREAM_SETTINGS = ("data.source", "data.text_files", "data.tfds_name", "data.mixture",
+                   "data.shuffle_buffer", "data.corpus", "data.mlm", "data.span_corruption",
+                   "data.denoising")
 
 
 def base_config(objective: str, task: str, data_format: str, *,
@@ -103,9 +108,27 @@ def set_schedule(config: ml_collections.ConfigDict, train_rows: Callable[[], int
     config.optim.warmup_steps = math.ceil(f.warmup_ratio * config.train.num_steps)
 
 
+def refuse_unread(config, defaults, settings, reason: str) -> None:
+  """Raises for a setting of `settings` (dotted paths; a section stands for each of its keys)
+  whose value differs from `defaults`'s: the run would not read it, and its config.json would
+  name a change that did nothing."""
+  for path in settings:
+    value, default = config, defaults
+    for key in path.split("."):
+      value, default = value[key], default[key]
+    if isinstance(default, ml_collections.ConfigDict):
+      refuse_unread(config, defaults, [f"{path}.{k}" for k in default], reason)
+    elif value != default:
+      raise ValueError(f"config.{path}={value!r} is invalid: {reason}; leave it at {default!r}.")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks the fine-tuning keys (the rest is `ssl_jax.config.validate`'s)."""
   d, f = config.data, config.finetune
+  refuse_unread(config, base_config(config.objective, d.task, d.format),
+                (*STREAM_SETTINGS, "data.pack"),
+                "fine-tuning reads the task's examples (data.format, train_file, eval_file), one "
+                "per row, not a pretraining stream")
 
   def check(ok, setting, value, fix):
     if not ok:

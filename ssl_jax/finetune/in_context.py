@@ -53,6 +53,7 @@ from ssl_jax import checkpointing
 from ssl_jax import config as config_lib
 from ssl_jax import metrics as metrics_lib
 from ssl_jax.data import vocabularies
+from ssl_jax.finetune import config as finetune_config
 from ssl_jax.finetune import formats
 from ssl_jax.finetune import metrics as task_metrics
 from ssl_jax.finetune import text_to_text
@@ -410,6 +411,13 @@ def check(config) -> list[Example]:
   """Raises for a setting of config.in_context or config.data that `run` would fail on;
   returns the eval split's examples."""
   ic = config.in_context
+  finetune_config.refuse_unread(   # train.seed draws an --init none model's weights
+      config, base_config(config.data.task),
+      (*finetune_config.STREAM_SETTINGS, 'data.pack', 'data.seed', 'data.sequence_length',
+       'finetune.num_epochs', 'finetune.warmup_ratio', 'optim',
+       *(f'train.{key}' for key in config.train if key != 'seed')),
+      'in-context evaluation trains nothing and reads no training stream: config.in_context sets '
+      'its shots, their seed and its batch size, and prompts are as long as the model allows')
   if ic.batch_size < 1:
     raise ValueError(f'config.in_context.batch_size={ic.batch_size} is invalid: '
                      'use a positive number of prompts per forward pass.')

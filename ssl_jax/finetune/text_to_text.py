@@ -340,6 +340,10 @@ def base_config(family: str = 't5', preset: str = 'tiny') -> ml_collections.Conf
 def prepare(config, init: str = 'none'):
   """The config the run trains: the init's model and vocabulary (`lm_init`), train.num_steps
   and optim.warmup_steps from config.finetune (`finetune.config.set_schedule`)."""
+  finetune_config.refuse_unread(
+      config, base_config(), finetune_config.STREAM_SETTINGS,
+      'text-to-text fine-tuning trains on the (input, target) pairs of data.format, '
+      'train_file and eval_file, not a pretraining stream, and corrupts none')
   config = lm_init.config_from_init(config, init, families=('t5', 'bart'))
   finetune_config.set_schedule(config, lambda: len(read_pairs(config, 'train')))
   return config
