@@ -8,7 +8,10 @@ on the unigram plateau for hundreds of steps. base and large are post-LN, as pub
 
 Each noise has its rate under `config.data.denoising` (mask_ratio, random_ratio, delete_ratio,
 infill_ratio, poisson_lambda, permute_sentence_ratio, rotate_ratio); they compose. `random_ratio`
-makes that share of the [MASK]s random tokens (fairseq's --mask-random: 0.1 in its BART recipe).
+makes that share of the [MASK]s random tokens (fairseq's --mask-random). base and large take the
+fairseq command its authors gave for BART's pretraining (fairseq issue 1899): 30% of tokens in
+infilled spans of Poisson(3.5) lengths (the paper says 3), a tenth of the [MASK]s random, every
+sentence permuted, no rotation. tiny keeps the defaults: Poisson(3), no random [MASK]s.
 """
 from ssl_jax import config as config_lib
 
@@ -21,4 +24,6 @@ def get_config(arg: str = "tiny"):
     config_lib.use_pod_run(config, vocab_kind="sentencepiece", sequence_length=1024,
                            global_batch_size=256, num_steps=500_000, learning_rate=4e-4,
                            warmup_steps=10_000)
+    config.data.denoising.update(infill_ratio=0.3, poisson_lambda=3.5, random_ratio=0.1,
+                                 permute_sentence_ratio=1.0, rotate_ratio=0.0)
   return config

@@ -121,6 +121,16 @@ def test_nsp_real_next_sentence_continues_the_document(bert_nsp, vocab, docs, id
     assert contiguous == (e["sentence_label"] == 0)
 
 
+def test_nsp_never_labels_the_same_document_as_a_random_next(vocab, docs):
+  # B of a "random next" example comes from the previous document of the stream: with one
+  # training document, read epoch after epoch, half the examples were labelled random next while B
+  # was the same document's text.
+  examples = _bert(vocab, [docs[0]] * 40 + docs[1:21])
+  labels = [e["sentence_label"] for e in examples if e["doc_index"] < 40]
+  assert len(labels) >= 40 and not any(labels)
+  assert any(e["sentence_label"] for e in examples if e["doc_index"] >= 40)
+
+
 def test_nsp_label_is_not_given_away_by_the_length_or_where_b_stops(vocab, docs):
   # Documents of ~8 default-corpus documents (~320 tokens), several chunks each. A random B that
   # always filled the row while a real B stopped at its chunk's last sentence end would let the

@@ -317,7 +317,13 @@ def _sentence_pair(doc, tokens, starts, lengths, task, budget, seeds):
     b = tf.concat([b, doc["tokens"][end:]], 0)[:room]
     b_starts = tf.concat([b_starts, doc["word_starts"][end:]], 0)[:room]
     other, other_lengths = doc["other_tokens"], doc["other_lengths"]
-    is_random = tf.logical_and(tf.random.stateless_uniform([], seeds[1]) < 0.5, tf.size(other) > 0)
+    # The previous document is no random next sentence when it is this one again: a split of one
+    # document read epoch after epoch (a text file of two), or a document repeated in the corpus.
+    same_document = tf.cond(tf.size(other) == tf.size(doc["tokens"]),
+                            lambda: tf.reduce_all(tf.equal(other, doc["tokens"])),
+                            lambda: tf.constant(False))
+    is_random = tf.logical_and(tf.random.stateless_uniform([], seeds[1]) < 0.5,
+                               tf.logical_and(tf.size(other) > 0, tf.logical_not(same_document)))
     sentence = tf.random.stateless_uniform(
         [], seeds[2], 0, tf.maximum(tf.size(other_lengths), 1), tf.int32)
     other_begin = tf.gather(tf.concat([tf.cumsum(other_lengths, exclusive=True), [0]], 0), sentence)
@@ -401,7 +407,7 @@ def bart_denoising(ds, *, vocab, sequence_length, denoising_cfg, seed):
     infill_ratio: spans covering round(ratio * tokens) tokens, with lengths ~ Poisson(poisson_lambda),
       are each replaced by one [MASK]; a zero-length span inserts a [MASK]. Spans do not overlap.
     random_ratio: each [MASK] of masking and infilling is a random token instead with this
-      probability (fairseq's --mask-random; BART's recipe: infill_ratio=0.3, random_ratio=0.1).
+      probability (fairseq's --mask-random; configs/bart.py's base and large take BART's 0.1).
     rotate_ratio: with this probability the sequence is rotated to start at a random token.
   Inputs longer than the sequence (possible when many zero-length spans insert masks) lose their end.
 
