@@ -185,6 +185,10 @@ def test_classification_metrics_against_hand_computed_values():
   assert metrics.matthews_corr([1, 1, 1], [1, 0, 1]) == 0.0  # undefined -> 0 (as sklearn)
   assert metrics.pearson([1, 2, 3], [2, 4, 7]) == pytest.approx(np.corrcoef([1, 2, 3], [2, 4, 7])[0, 1])
   assert metrics.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+  # Undefined correlations were NaN (a collapsed regressor: an eval-suite average of NaN) or, for
+  # one eval example, a scipy ValueError after training.
+  for predictions, labels in (([2.5, 2.5, 2.5], [1, 3, 4]), ([1, 2, 3], [4, 4, 4]), ([2], [3])):
+    assert metrics.pearson(predictions, labels) == metrics.spearman(predictions, labels) == 0.0
   sklearn = pytest.importorskip("sklearn.metrics")
   rng = np.random.default_rng(0)
   p, y = rng.integers(0, 3, 50), rng.integers(0, 3, 50)

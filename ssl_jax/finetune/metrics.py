@@ -2,7 +2,8 @@
 
 GLUE: `accuracy`, `f1` (binary, positive class 1: MRPC/QQP), `matthews_corr` (CoLA),
 `pearson` / `spearman` (STS-B). SQuAD: `squad_scores` follows the official v2.0 evaluation
-script (which scores v1.1 files the same way): answers normalised by lower-casing and removing
+script (on a v1.1 file it differs from the v1.1 script only where a gold answer normalises to
+nothing, e.g. "the": v2.0 drops it, and a question left with none counts as unanswerable): answers normalised by lower-casing and removing
 punctuation, the articles a/an/the and extra whitespace; exact match and token F1 take the
 best over the gold answers; an unanswerable question's only gold answer is "". All scores here
 are fractions in [0, 1] (or [-1, 1] for correlations), except SQuAD's, which are percentages
@@ -13,6 +14,7 @@ import re
 import string
 from typing import Mapping, Sequence
 
+from absl import logging
 import numpy as np
 import scipy.stats
 
@@ -39,12 +41,26 @@ def matthews_corr(predictions, labels) -> float:
   return float((c * n - t @ q) / denominator) if denominator else 0.0
 
 
+def _correlation(name, function, predictions, labels) -> float:
+  """`function`'s coefficient; 0 (with a warning) where it is undefined, as for MCC: fewer than
+  two examples, or constant predictions or labels (a collapsed regressor; scipy gives NaN, which
+  made an eval-suite's average NaN)."""
+  x, y = np.asarray(predictions, float), np.asarray(labels, float)
+  if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    constant = "too few examples" if len(x) < 2 else (
+        f"every prediction is {x[0]:g}" if np.ptp(x) == 0 else f"every label is {y[0]:g}")
+    logging.warning("%s correlation is undefined (%s, %d examples); scored 0.", name, constant,
+                    len(x))
+    return 0.0
+  return float(function(x, y)[0])
+
+
 def pearson(predictions, labels) -> float:
-  return float(scipy.stats.pearsonr(np.asarray(predictions, float), np.asarray(labels, float))[0])
+  return _correlation("Pearson", scipy.stats.pearsonr, predictions, labels)
 
 
 def spearman(predictions, labels) -> float:
-  return float(scipy.stats.spearmanr(np.asarray(predictions, float), np.asarray(labels, float))[0])
+  return _correlation("Spearman", scipy.stats.spearmanr, predictions, labels)
 
 
 CLASSIFICATION = {"accuracy": accuracy, "f1": f1, "matthews_corr": matthews_corr,
