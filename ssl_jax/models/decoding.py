@@ -102,7 +102,9 @@ def generate(model, params, prompt_tokens, max_new_tokens: int, rng=None,
   """Continues each prompt of a decoder-only model (GPT) by up to max_new_tokens tokens.
 
   prompt_tokens [B, P] int; prompt_lengths [B] (default: all P) for right-padded prompts
-  of different lengths. Returns [B, P + max_new_tokens]: row b is its prompt followed by
+  of different lengths (prompts padded on the left, as for `transformers`' generate, would be
+  read as prompts that start with pad tokens: a GPT has no pad id to mask). Returns
+  [B, P + max_new_tokens]: row b is its prompt followed by
   generated tokens (P + max_new_tokens - prompt_lengths[b] of them). temperature 0 is greedy.
   """
   prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
