@@ -1,6 +1,7 @@
 """seqio tasks: every objective over the default corpus, text files, TFDS (mocked) and mixtures."""
 import collections
 import importlib
+import re
 
 import numpy as np
 import pytest
@@ -206,6 +207,23 @@ class SslJaxTestTrainOnly(tfds.core.GeneratorBasedBuilder):
       yield i, {"text": f"Document {i} is here. It ends.", "content": str(i)}
 
 
+class SslJaxTestNoText(tfds.core.GeneratorBasedBuilder):
+  """A prepared dataset without a 'text' feature."""
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, features=tfds.features.FeaturesDict({"content": tfds.features.Text()}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    for i in range(3):
+      yield i, {"content": str(i)}
+
+
 def test_tfds_corpus_without_validation_split_holds_out_train_and_errors_name_the_fix(tmp_path):
   # seqio failed the first eval ("Unknown split 'validation'"); a dataset without 'text' raised
   # KeyError: 'text'; a non-UTF-8 text file a UnicodeDecodeError without its name.
@@ -215,11 +233,18 @@ def test_tfds_corpus_without_validation_split_holds_out_train_and_errors_name_th
   validation = [d["text"] for d in tasks.document_dataset(config, "validation").as_numpy_iterator()]
   train = [d["text"] for d in tasks.document_dataset(config, "train").as_numpy_iterator()]
   assert len(validation) == 2 and len(train) == 198 and not set(validation) & set(train)
-  # pylint: disable-next=protected-access
-  source = tasks._tfds_source("ssl_jax_test_train_only:1.0.0", str(tmp_path))
-  no_text = source.get_dataset("train", shuffle=False).map(lambda ex: {"content": ex["content"]})
-  with pytest.raises(ValueError, match=r"without a 'text' feature \(its features: content\)"):
-    tasks._as_documents(no_text)   # pylint: disable=protected-access
+  SslJaxTestNoText(data_dir=str(tmp_path)).download_and_prepare()
+  with pytest.raises(ValueError, match=r"config.data.tfds_name='ssl_jax_test_no_text:1.0.0' names "
+                     r"a dataset without a 'text' feature \(its features: content\)"):
+    tasks.get_task(tiny_config("causal_lm", source="tfds", tfds_name="ssl_jax_test_no_text:1.0.0",
+                               tfds_data_dir=str(tmp_path)))
+  # A mixture's TFDS entry: the errors blamed config.data.tfds_name, which the user never set.
+  mixture = "default_corpus:0.5,ssl_jax_test_no_text:1.0.0:0.5"
+  with pytest.raises(ValueError, match=re.escape(
+      f"config.data.mixture={mixture!r} (its entry 'ssl_jax_test_no_text:1.0.0') names a dataset "
+      "without a 'text' feature")):
+    tasks.get_mixture_or_task(tiny_config("causal_lm", mixture=mixture,
+                                          tfds_data_dir=str(tmp_path)))
   # A dataset not prepared in tfds_data_dir: seqio had TFDS download and build it there (C4 on
   # every host of a pod), and it failed inside the build here.
   unprepared = tiny_config("causal_lm", source="tfds", tfds_name="ssl_jax_test_documents:1.0.0",
@@ -227,6 +252,11 @@ def test_tfds_corpus_without_validation_split_holds_out_train_and_errors_name_th
   with pytest.raises(ValueError, match=r"config.data.tfds_name='ssl_jax_test_documents:1.0.0' is "
                      r"not prepared in config.data.tfds_data_dir="):
     tasks.document_dataset(unprepared, "train")
+  unprepared.data.mixture = "default_corpus:0.5,ssl_jax_test_documents:1.0.0:0.5"
+  with pytest.raises(ValueError, match=re.escape(
+      f"config.data.mixture={unprepared.data.mixture!r} (its entry 'ssl_jax_test_documents:1.0.0') "
+      "is not prepared in config.data.tfds_data_dir=")):
+    tasks.document_dataset(unprepared, "train", source="ssl_jax_test_documents:1.0.0")
   assert not (tmp_path / "empty").exists()
   # A misspelt name, config or version: TFDS's error listed its whole catalog, not the setting.
   for name, reason in (("ssl_jax_test_train_onyl:1.0.0", "Dataset ssl_jax_test_train_onyl not found"),

@@ -200,12 +200,7 @@ def _text_files_dataset(split, shuffle_files, seed=None, *, paths, endless=True)
 
 
 def _tfds_documents(ds):
-  if "text" not in ds.element_spec:
-    raise ValueError(
-        f"config.data.tfds_name names a dataset without a 'text' feature (its features: "
-        f"{', '.join(sorted(ds.element_spec))}); ssl_jax pretrains on the 'text' of TFDS text "
-        "corpora such as c4/en or wikipedia.")
-
+  """TFDS examples (their 'text', checked by `_tfds_source`) -> documents."""
   def make_document(ex):
     doc_index = tf.strings.to_hash_bucket_fast(ex["text"], 2 ** 62)
     if "epoch" in ex:  # the train split's later epochs corrupt the document anew
@@ -220,10 +215,10 @@ class _TfdsEpochs(seqio.TfdsDataSource):
   masks or corrupts a document differently. seqio repeats a source only after the preprocessors,
   which would repeat epoch 1's corruption."""
 
-  def __init__(self, tfds_name: str, data_dir: str, splits):
+  def __init__(self, tfds_name: str, data_dir: str, splits, setting: str):
     # read_only: seqio would have TFDS download and build a missing dataset (on every host).
     super().__init__(tfds_name, tfds_data_dir=data_dir or None, splits=splits, read_only=True)
-    self.settings = (tfds_name, data_dir)
+    self.settings = (setting, data_dir)
 
   def get_dataset(self, split=None, shuffle=True, seed=None, shard_info=None, **kwargs):
     ds = self.one_pass(split, shuffle, seed, shard_info, **kwargs)
@@ -241,25 +236,45 @@ class _TfdsEpochs(seqio.TfdsDataSource):
     try:
       return super().get_dataset(split, shuffle, seed, shard_info, **kwargs)
     except AssertionError as e:   # TFDS: "could not find data in <dir>"
-      name, data_dir = self.settings
+      setting, data_dir = self.settings
       raise ValueError(
-          f"config.data.tfds_name={name!r} is not prepared in config.data.tfds_data_dir="
+          f"{setting} is not prepared in config.data.tfds_data_dir="
           f"{data_dir!r} ({e}); prepare it first (`tfds build` with --data_dir, or copy a "
           "prepared one there), or set tfds_data_dir to where it is.") from e
 
 
-def _tfds_source(tfds_name, data_dir=""):
+def _tfds_source(tfds_name, data_dir="", setting=""):
+  """The TFDS source of `tfds_name`; errors name `setting`, the config value that named it
+  (default: config.data.tfds_name; a mixture's entry: `_tfds_setting`)."""
+  setting = setting or f"config.data.tfds_name={tfds_name!r}"
   if not tfds_name or ":" not in tfds_name:
     raise ValueError(
-        f"config.data.tfds_name={tfds_name!r} must name a TFDS dataset with its version, e.g. "
-        "'c4/en:3.1.0' or 'wikipedia/20230601.en:1.0.0'.")
-  builder = _tfds_builder(tfds_name, data_dir)
+        f"{setting} must name a TFDS dataset with its version, e.g. 'c4/en:3.1.0' or "
+        "'wikipedia/20230601.en:1.0.0'.")
+  builder = _tfds_builder(tfds_name, data_dir, setting)
+  features = builder.info.features
+  if features is not None and "text" not in features:
+    raise ValueError(
+        f"{setting} names a dataset without a 'text' feature (its features: "
+        f"{', '.join(sorted(features))}); ssl_jax pretrains on the 'text' of TFDS text corpora "
+        "such as c4/en or wikipedia.")
   base = tfds_name.split("/")[0].split(":")[0]
   return _TfdsEpochs(tfds_name, data_dir,
-                     splits=_TFDS_SPLITS.get(base) or _tfds_splits(tfds_name, builder))
+                     splits=_TFDS_SPLITS.get(base) or _tfds_splits(tfds_name, builder),
+                     setting=setting)
 
 
-def _tfds_builder(tfds_name, data_dir):
+def _tfds_setting(config, tfds_name) -> str:
+  """The config value that names `tfds_name`: data.tfds_name (data.source or a mixture's 'tfds'
+  entry), or an entry of data.mixture."""
+  mixture = _get(config.data, "mixture", "") or ""
+  if tfds_name == _get(config.data, "tfds_name") and (
+      not mixture or any(source == "tfds" for source, _ in _mixture_entries(config))):
+    return f"config.data.tfds_name={tfds_name!r}"
+  return f"config.data.mixture={mixture!r} (its entry {tfds_name!r})"
+
+
+def _tfds_builder(tfds_name, data_dir, setting):
   """TFDS's builder of `tfds_name`: a dataset of its catalog, or one prepared in `data_dir`."""
   try:
     return tfds.builder(tfds_name, data_dir=data_dir or None)
@@ -268,7 +283,7 @@ def _tfds_builder(tfds_name, data_dir):
   except (ValueError, AssertionError) as e:
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise ValueError(
-        f"config.data.tfds_name={tfds_name!r} is neither a TFDS catalog dataset nor one prepared in "
+        f"{setting} is neither a TFDS catalog dataset nor one prepared in "
         f"config.data.tfds_data_dir={data_dir!r} ({reason}); check the name, its config and its "
         "version (a prepared dataset is the directory name/config/version under tfds_data_dir), "
         "or set tfds_data_dir to where it is prepared.") from e
@@ -296,7 +311,8 @@ def _source(config, source, tfds_name):
         functools.partial(_text_files_dataset, paths=_text_file_paths(_get(data, "text_files"))),
         splits=SPLITS)
   if source == "tfds":
-    return _tfds_source(tfds_name, _get(data, "tfds_data_dir", ""))
+    return _tfds_source(tfds_name, _get(data, "tfds_data_dir", ""),
+                        _tfds_setting(config, tfds_name))
   raise ValueError(f"config.data.source={source!r} is not a source; use one of {', '.join(SOURCES)}.")
 
 
