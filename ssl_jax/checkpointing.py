@@ -191,6 +191,17 @@ def run_config(workdir: str, flag: str = "--workdir") -> ml_collections.ConfigDi
   return config
 
 
+def refuse_fine_tuning_run(workdir: str, command: str, instead: str) -> None:
+  """Raises if `workdir` holds a fine-tuning run (its config.json has a finetune section), which
+  `ssl-jax {command}` does not read; `instead` says what to do."""
+  saved = workdir_config(workdir)
+  if saved is not None and "finetune" in saved:
+    raise ValueError(
+        f"--workdir={workdir!r} holds a fine-tuning run (objective {saved.get('objective')!r}, "
+        f"--init {saved['finetune'].get('init')!r}); `ssl-jax {command}` reads pretraining runs: "
+        f"{instead}")
+
+
 def check_workdir(workdir: str) -> None:
   """Raises before any compile if `workdir` cannot be created or written, or holds a config.json
   that is not a training run's (a Hugging Face model directory's, an in-context evaluation's):
@@ -227,6 +238,13 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout, 
   (`ssl-jax eval` appends its row to the run's metrics.jsonl), also if the objective differs, and
   it warns if the eval set differs from the run's."""
   saved = restore_config(manager, step)
+  family, saved_family = config.model.get("family"), saved["model"].get("family")
+  if family != saved_family:   # before the parameters: every one of them would differ
+    raise ValueError(
+        f"config.model.family={family!r} (the checkpoint's: {saved_family!r}): the checkpoint at "
+        f"step {step} in {manager.directory} holds a {saved_family} model, trained with "
+        f"objective {saved['objective']!r}; use a config of that family (configs/"
+        f"{saved_family}.py), or a fresh --workdir for this one.")
   saved_vocab = dict(saved["data"]["vocab"])
   vocab = json.loads(config.data.vocab.to_json_best_effort())
   recorded = saved_vocab.pop("fingerprint", None)   # recorded since 2026-12-01

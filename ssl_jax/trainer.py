@@ -424,12 +424,17 @@ def _loop(exp, state, start, train_step, evaluate_fn, first_batch, train_iter, m
 def evaluate_workdir(config: ml_collections.ConfigDict | None, workdir: str) -> dict:
   """`ssl-jax eval`: evaluates the latest checkpoint in `workdir` and appends an eval row. With
   `config` None, the run's own config (its config.json: its eval set and mesh)."""
+  # A text-to-text fine-tuning trains a pretraining objective, span corruption: its config, not
+  # its objective, says what it is. Its scores are eval_results.json and its last eval row.
+  checkpointing.refuse_fine_tuning_run(
+      workdir, "eval", "its scores are its eval_results.json (re-run its `ssl-jax finetune` "
+      "command to score it again).")
   if config is None:
     config = checkpointing.run_config(workdir)
-    if config.objective not in objectives.PRETRAINING:
-      raise ValueError(
-          f"--workdir={workdir!r} is a {config.objective!r} fine-tuning run; `ssl-jax eval` "
-          "scores pretraining runs (fine-tuning runs write their scores to eval_results.json).")
+  if "finetune" in config:
+    raise ValueError(f"--config is a fine-tuning config (objective {config.objective!r}); "
+                     "`ssl-jax eval` scores pretraining runs: give a pretraining config, or none "
+                     "to use the run's config.json (`ssl-jax finetune` scores fine-tuning).")
   if config.train.eval_steps < 1:
     raise ValueError(f"config.train.eval_steps={config.train.eval_steps}: `ssl-jax eval` scores "
                      "that many validation batches; set it to 1 or more.")

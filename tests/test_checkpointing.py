@@ -435,13 +435,29 @@ def test_eval_without_eval_steps_is_refused(bert_checkpoint, tmp_path):
   config.train.eval_steps = 0  # it appended an empty eval row
   with pytest.raises(ValueError, match="config.train.eval_steps=0: `ssl-jax eval` scores"):
     trainer.evaluate_workdir(config, bert_checkpoint.workdir)
-  # Without a config, `ssl-jax eval` reads the workdir's config.json: a fine-tuning run's is
-  # refused by name.
-  finetune = config_lib.load_config_file(os.path.join(REPO, "configs/finetune/sst2.py"))
-  (tmp_path / "config.json").write_text(finetune.to_json_best_effort())
-  with pytest.raises(ValueError, match="is a 'classification' fine-tuning run; `ssl-jax eval` "
-                     "scores pretraining runs"):
-    trainer.evaluate_workdir(None, str(tmp_path))
+  # A fine-tuning run is refused by name, with or without --config. A text-to-text one trains
+  # span corruption: given a T5 --config, eval appended a pretraining row to its metrics.jsonl,
+  # whose last eval row is the fine-tuning's score.
+  t2t = config_lib.load_config_file(os.path.join(REPO, "configs/finetune/text_to_text.py"), "tiny")
+  for finetune, objective in (("sst2.py", "classification"), ("text_to_text.py:tiny",
+                                                                "span_corruption")):
+    path, _, variant = finetune.partition(":")
+    saved = config_lib.load_config_file(os.path.join(REPO, "configs/finetune", path), variant)
+    (tmp_path / "config.json").write_text(saved.to_json_best_effort())
+    for given in (None, config_lib.load_config_file(os.path.join(REPO, "configs/t5.py"), "tiny")):
+      with pytest.raises(ValueError, match=rf"holds a fine-tuning run \(objective '{objective}', "
+                         r"--init 'none'\); `ssl-jax eval` reads pretraining runs"):
+        trainer.evaluate_workdir(given, str(tmp_path))
+  with pytest.raises(ValueError, match="--config is a fine-tuning config"):
+    trainer.evaluate_workdir(t2t, bert_checkpoint.workdir)
+  # Another family's config: the error listed a missing parameter and a dozen model fields, and
+  # asked to match config.model to the checkpoint's.
+  gpt = config_lib.load_config_file(os.path.join(REPO, "configs/gpt.py"), "tiny")
+  gpt.data.vocab = bert_checkpoint.config.data.vocab
+  with pytest.raises(ValueError, match=r"config.model.family='gpt' \(the checkpoint's: 'bert'\): "
+                     r".* holds a bert model, trained with objective 'mlm'; use a config of that "
+                     r"family \(configs/bert.py\)"):
+    trainer.evaluate_workdir(gpt, bert_checkpoint.workdir)
 
 
 def test_console_script_help_lists_the_commands_and_flags():

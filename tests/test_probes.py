@@ -105,6 +105,12 @@ def test_probe_errors_name_the_probe_and_the_fix(bert_workdir, tmp_path):
   (tmp_path / "config.json").write_text('{"model_type": "gpt2", "n_layer": 2}')
   with pytest.raises(ValueError, match="not an `ssl-jax train` run's"):
     runner.probe_workdir(str(tmp_path))
+  # A text-to-text fine-tuning trains span corruption: it was probed without a word.
+  t2t = config_lib.load_config_file(os.path.join(REPO, "configs/finetune/text_to_text.py"), "tiny")
+  (tmp_path / "config.json").write_text(t2t.to_json_best_effort())
+  with pytest.raises(ValueError, match=r"holds a fine-tuning run \(objective 'span_corruption', "
+                                       r"--init 'none'\); `ssl-jax probe` reads pretraining runs"):
+    runner.probe_workdir(str(tmp_path))
 
 
 def test_probes_of_one_checkpoint_share_its_word_representations(bert_workdir):

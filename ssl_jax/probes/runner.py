@@ -17,6 +17,7 @@ from absl import logging
 import jax
 import tensorflow as tf
 
+from ssl_jax import checkpointing
 from ssl_jax import metrics
 from ssl_jax.probes import attention
 from ssl_jax.probes import cka
@@ -93,6 +94,9 @@ def probe_workdir(workdir: str, names: Sequence[str] | None = None, *,
     raise ValueError(f"--out={out!r} is a directory; name the file to write, e.g. "
                      f"--out={os.path.join(out, OUTPUT_FILE)}.")
   _check_replaceable(out)
+  checkpointing.refuse_fine_tuning_run(
+      workdir, "probe", "its checkpoints trace a task's training from a trained model, not "
+      "learning from scratch; probe the run it started from.")
   subject = Subject.from_workdir(workdir)
   try:
     if names is not None:
