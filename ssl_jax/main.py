@@ -79,24 +79,36 @@ _FLAGS_OF = {
 }
 
 
-def _check_flags_belong(command: str) -> None:
+# The flags each command cannot run without.
+_REQUIRED = {
+    "train": ("config", "workdir"), "eval": ("workdir",), "convert": ("to_hf", "out"),
+    "vocab": ("config", "out"), "finetune": ("config", "workdir", "init"),
+    "eval-suite": ("config", "workdir", "init"), "probe": ("workdir",),
+}
+
+
+def _check_flags(command: str) -> None:
+  """Exits, in one line, for a flag `command` does not read or one it needs and lacks: before
+  TensorFlow and JAX start (seconds), and without absl's page of usage above the reason."""
+  problem = None
   for name in sorted({n for names in _FLAGS_OF.values() for n in names} - set(_FLAGS_OF[command])):
     if flags.FLAGS[name].present:
       users = ", ".join(c for c, names in _FLAGS_OF.items() if name in names)
-      raise app.UsageError(f"--{name} is not a flag of `ssl-jax {command}` (it is for: {users}); "
-                           "remove it.")
-
-
-def _require(flag, command: str):
-  if not flag.value:
-    raise app.UsageError(f"`ssl-jax {command}` needs --{flag.name}.")
-  return flag.value
+      problem = f"--{name} is not a flag of `ssl-jax {command}` (it is for: {users}); remove it."
+      break
+  missing = [name for name in _REQUIRED[command] if not flags.FLAGS[name].value]
+  if problem is None and missing:
+    problem = (f"`ssl-jax {'vocab train' if command == 'vocab' else command}` needs "
+               f"{' and '.join('--' + name for name in missing)}; see `ssl-jax --help`.")
+  if problem:
+    sys.exit(f"FATAL Flags parsing error: {problem}")
 
 
 def main(argv):
   if len(argv) < 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f"usage: ssl-jax {{{'|'.join(COMMANDS)}}} [flags]; see --help.")
   command = argv[1]
+  _check_flags(command)
   logging.set_verbosity(logging.INFO)
   # Orbax narrates every save at INFO; keep its warnings and errors only. (Records carry the
   # standard library's levels; absl's logging.WARNING is its own scale, 1.)
@@ -151,40 +163,37 @@ def _steps():
 
 
 def _command(command: str, argv) -> Callable[[], object]:
-  """Imports what `command` needs and checks its flags; returns the work to do."""
-  _check_flags_belong(command)
+  """Imports what `command` needs; returns the work to do (main checked its flags)."""
   if command in ("train", "eval"):
     from ssl_jax import trainer  # pylint: disable=g-import-not-at-top
     if command == "train":
-      return functools.partial(trainer.train_and_evaluate, _require(_CONFIG, command),
-                               _require(_WORKDIR, command))
-    return functools.partial(trainer.evaluate_workdir, _CONFIG.value, _require(_WORKDIR, command))
+      return functools.partial(trainer.train_and_evaluate, _CONFIG.value, _WORKDIR.value)
+    return functools.partial(trainer.evaluate_workdir, _CONFIG.value, _WORKDIR.value)
   if command == "convert":
     from ssl_jax.interop import convert  # pylint: disable=g-import-not-at-top
     steps = _steps()
     if steps is not None and len(steps) != 1:
       raise app.UsageError(f"--steps={','.join(_STEPS.value)}: `ssl-jax convert` writes one "
                            "checkpoint; give one step (default: the latest).")
-    return functools.partial(convert.to_hf, _require(_TO_HF, command), _require(_OUT, command),
+    return functools.partial(convert.to_hf, _TO_HF.value, _OUT.value,
                              None if steps is None else steps[0])
   if command in ("finetune", "eval-suite"):
     from ssl_jax.finetune import run as finetune_run  # pylint: disable=g-import-not-at-top
     from ssl_jax.finetune import suite  # pylint: disable=g-import-not-at-top
     run = finetune_run.finetune if command == "finetune" else suite.run
-    return functools.partial(run, _require(_CONFIG, command), _require(_WORKDIR, command),
-                             _require(_INIT, command))
+    return functools.partial(run, _CONFIG.value, _WORKDIR.value, _INIT.value)
   if command == "probe":
     from ssl_jax.probes import runner  # pylint: disable=g-import-not-at-top
     return functools.partial(
-        runner.probe_workdir, _require(_WORKDIR, command), _PROBES.value, conllu=_CONLLU.value,
+        runner.probe_workdir, _WORKDIR.value, _PROBES.value, conllu=_CONLLU.value,
         num_sentences=_PROBE_SENTENCES.value,
         steps=_steps(), out=_OUT.value)
   assert command == "vocab", command  # main() accepts only COMMANDS
   from ssl_jax.data import vocabularies  # pylint: disable=g-import-not-at-top
   if argv[2:] != ["train"]:
     raise app.UsageError("usage: ssl-jax vocab train --config C --vocab_size N --out F.model")
-  return functools.partial(vocabularies.train_vocab_for_task, _require(_CONFIG, "vocab train"),
-                           _VOCAB_SIZE.value, _require(_OUT, "vocab train"))
+  return functools.partial(vocabularies.train_vocab_for_task, _CONFIG.value, _VOCAB_SIZE.value,
+                           _OUT.value)
 
 
 def _parse_flags(argv):

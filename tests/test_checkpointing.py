@@ -511,10 +511,18 @@ def test_cli_refuses_another_commands_flags(tmp_path):
       [sys.executable, "-m", "ssl_jax.main", "train", "--config=configs/bert.py:tiny",
        f"--workdir={tmp_path}", f"--init={tmp_path}/pretrained"],
       cwd=REPO, capture_output=True, text=True, timeout=300)
+  # The one line came under absl's 60-line usage page, after TensorFlow and JAX had started.
   assert result.returncode != 0
-  assert ("--init is not a flag of `ssl-jax train` (it is for: finetune, eval-suite)"
-          in result.stderr), result.stderr
+  assert result.stderr.strip().splitlines() == [
+      "FATAL Flags parsing error: --init is not a flag of `ssl-jax train` (it is for: finetune, "
+      "eval-suite); remove it."], result.stderr
   assert not os.listdir(tmp_path)
+  result = subprocess.run([sys.executable, "-m", "ssl_jax.main", "finetune",
+                           "--config=configs/finetune/sst2.py"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.stderr.strip().splitlines() == [
+      "FATAL Flags parsing error: `ssl-jax finetune` needs --workdir and --init; see "
+      "`ssl-jax --help`."], result.stderr
 
 
 # ---------------------------------------------------------------------------------------------
