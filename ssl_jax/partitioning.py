@@ -148,6 +148,11 @@ def _mesh_spec(box: Any, rules: LogicalRules) -> PartitionSpec:
   return PartitionSpec()
 
 
+# The config.model field that sizes each logical axis (for the hint of a split that cannot be).
+_MODEL_FIELD = {"heads": "config.model.num_heads", "mlp": "config.model.mlp_dim",
+                "embed": "config.model.hidden_size"}
+
+
 def _check_leaf(path: str, box: Any, spec: PartitionSpec, mesh: Mesh, rules: LogicalRules):
   if isinstance(box, nn.LogicallyPartitioned):
     known = {name for name, _ in rules}
@@ -163,7 +168,9 @@ def _check_leaf(path: str, box: Any, spec: PartitionSpec, mesh: Mesh, rules: Log
     if dim % ways:
       pad = (f", or pad config.model.vocab_size={dim} up to a multiple of {ways} (e.g. "
              f"{-(-dim // 128) * 128}: the extra ids are never targets, as in nanoGPT's 50257 -> "
-             "50304)") if name == "vocab" else ""
+             "50304)") if name == "vocab" else (
+                 f", or set {_MODEL_FIELD[name]} to a multiple of {ways}"
+                 if name in _MODEL_FIELD else "")
       raise ValueError(f"{path} has shape {tuple(shape)}: its axis {name!r} of size {dim} cannot "
                        f"be split {ways} ways over mesh axes {axes} (config.mesh "
                        f"{dict(mesh.shape)}). Change config.mesh, or map {name!r} to None in "

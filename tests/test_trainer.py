@@ -170,6 +170,31 @@ def test_microbatches_give_the_full_batch_update():
   chex.assert_trees_all_close(params_4, params_1, atol=1e-5, rtol=1e-4)
 
 
+def test_microbatches_on_a_three_axis_mesh_give_the_one_device_update():
+  # BERT's MLM head and pooler labelled their hidden -> hidden outputs 'mlp' (split over tensor,
+  # then read as 'embed', split over fsdp): on data = fsdp = tensor = 2 with 2 microbatches XLA
+  # computed wrong gradients (type_embed's off by up to 28% of the largest), the loss right.
+  config = tiny_config("bert")
+  # Adam's first update is about lr * sign(gradient), whatever its size: with eps 1 the update is
+  # nearly linear in the gradient, so a wrong gradient shows.
+  config.optim.update(eps=1.0, warmup_steps=0, schedule="constant", weight_decay=0.0)
+
+  def update(config, devices=None):
+    exp = trainer.Experiment.build(config, devices=devices)
+    batch = jax.device_put(host_batches(config, 1)[0], exp.batch_sharding)
+    start = exp.init_state()
+    before = jax.device_get(start.params)
+    state, _ = trainer.compile_train_step(exp)(start, batch)
+    return jax.tree.map(lambda new, old: new - old, jax.device_get(state.params), before)
+
+  expected = update(config, jax.devices()[:1])
+  config.mesh.update(data=2, fsdp=2, tensor=2)
+  config.train.microbatches = 2
+  got = update(config)
+  scale = max(float(np.max(np.abs(u))) for u in jax.tree.leaves(expected))
+  chex.assert_trees_all_close(got, expected, atol=1e-4 * scale, rtol=0)
+
+
 @pytest.mark.parametrize("name, setting, value, message", [
     # BART's decoder has learned positions too, and denoising targets are the whole sequence:
     # beyond them every logit was NaN. (targets_length is span corruption's: tests/test_tasks.py)

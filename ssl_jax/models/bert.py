@@ -57,7 +57,7 @@ class BertModel(nn.Module):
              attention_dropout_rate=cfg.attention_dropout_rate, kernel_init=init,
              dtype=dtype, param_dtype=param_dtype),
         cfg.num_layers, cfg.scan_layers, cfg.remat_policy)
-    self.pooler = _dense(cfg.hidden_size, ('embed', 'mlp'), cfg, 'pooler')
+    self.pooler = _dense(cfg.hidden_size, ('mlp', 'embed'), cfg, 'pooler')
 
   def __call__(self, input_tokens, token_type_ids=None, segment_ids=None, positions=None,
                sentence_positions=None, *, deterministic: bool = True) -> dict:
@@ -103,7 +103,7 @@ class BertForPreTraining(nn.Module):
   def setup(self):
     cfg = self.config
     self.bert = BertModel(cfg)
-    self.mlm_transform = _dense(cfg.hidden_size, ('embed', 'mlp'), cfg, 'mlm_transform')
+    self.mlm_transform = _dense(cfg.hidden_size, ('mlp', 'embed'), cfg, 'mlm_transform')
     self.mlm_norm = layers.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=jnp.dtype(cfg.dtype),
                                      param_dtype=jnp.dtype(cfg.param_dtype))
     self.mlm_bias = self.param(
