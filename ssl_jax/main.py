@@ -110,10 +110,7 @@ def main(argv):
   command = argv[1]
   _check_flags(command)
   logging.set_verbosity(logging.INFO)
-  # Orbax narrates every save at INFO; keep its warnings and errors only. (Records carry the
-  # standard library's levels; absl's logging.WARNING is its own scale, 1.)
-  logging.get_absl_handler().addFilter(
-      lambda record: record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname)
+  logging.get_absl_handler().addFilter(_quieter_orbax)
   # Only a training loop asks the runtime about preemptions; in-context scoring (a causal_lm
   # fine-tuning config) trains nothing, and the runtime would swallow its SIGTERM.
   in_context = command == "finetune" and getattr(_CONFIG.value, "objective", None) == "causal_lm"
@@ -124,6 +121,16 @@ def main(argv):
   with distributed.fail_fast():
     distributed.check_same_everywhere(_settings(command))
     _dispatch(command, argv)
+
+
+def _quieter_orbax(record) -> bool:
+  """Orbax narrates every save at INFO, and warns that the checkpoints eval, probe and convert
+  open read-only are read-only; keep its other warnings and its errors. (Records carry the
+  standard library's levels; absl's logging.WARNING is its own scale, 1.)"""
+  if "/orbax/" not in record.pathname:
+    return True
+  return (record.levelno >= std_logging.WARNING
+          and not str(record.msg).startswith("Given directory is read only"))
 
 
 def _settings(command: str) -> dict:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 
+from absl import logging
 import jax
 import tensorflow as tf
 
@@ -77,6 +78,10 @@ def to_hf(workdir: str, out: str, step: int | None = None) -> str:
     tokenizer = _write_vocabulary(subject.config.data.vocab, out)
     if subject.name == "causal_lm":
       _start_prompts_with_bos(out, special.eos, tokenizer)
+    with tf.io.gfile.GFile(os.path.join(out, "config.json")) as f:
+      architecture = ", ".join(json.load(f).get("architectures") or ["a model"])
+    logging.info("Wrote step %d of %s to %s: %s (%s).", step, workdir, out, architecture,
+                 ", ".join(sorted(tf.io.gfile.listdir(out))))
   return out
 
 
