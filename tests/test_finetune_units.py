@@ -252,6 +252,15 @@ def test_suite_names_its_sequence_length_override_when_squad_questions_do_not_fi
   assert suite.task_config(suite_config, "squad").data.sequence_length == 68
 
 
+def test_a_heads_init_of_another_family_names_the_configs_that_evaluate_it(tmp_path):
+  for family, fix in (("gpt", "configs/finetune/in_context/"),
+                      ("t5", "configs/finetune/text_to_text.py")):
+    saved = config_lib.load_config_file(os.path.join(REPO, "configs", f"{family}.py"), "tiny")
+    (tmp_path / "config.json").write_text(saved.to_json_best_effort())
+    with pytest.raises(ValueError, match=rf"the fine-tuning heads need a BERT encoder .*{fix}"):
+      run.prepare(tiny_config(), str(tmp_path))
+
+
 @pytest.mark.parametrize("config_file, variant, setting, value, message", [
     ("upos.py", "tiny", "data.source", "text_files", "fine-tuning reads the task's examples"),
     ("sst2.py", "tiny", "data.pack", False, "one per row, not a pretraining stream"),

@@ -80,8 +80,11 @@ def _from_workdir(config, init: str):
   saved.train.update(global_batch_size=config.train.global_batch_size,
                      microbatches=config.train.microbatches)
   if saved.objective != "mlm":
+    other = {"causal_lm": "configs/finetune/in_context/ (a GPT, scored in context)"}.get(
+        saved.objective, "configs/finetune/text_to_text.py (a T5 or BART, by decoding)")
     raise ValueError(f"--init={init!r} was trained with objective {saved.objective!r}; the "
-                     "fine-tuning heads need a BERT encoder (objective 'mlm').")
+                     "fine-tuning heads need a BERT encoder (objective 'mlm'). Give a BERT run's "
+                     f"--workdir, or evaluate this model with {other}.")
   exp = trainer.Experiment.build(saved)
   step = lm_init.init_step(init, run_dir, step, saved.train)
   manager = checkpointing.make_manager(run_dir, saved.train, read_only=True)
