@@ -3,9 +3,10 @@
 GLUE: `accuracy`, `f1` (binary, positive class 1: MRPC/QQP), `matthews_corr` (CoLA),
 `pearson` / `spearman` (STS-B). SQuAD: `squad_scores` follows the official v2.0 evaluation
 script (on a v1.1 file it differs from the v1.1 script only where a gold answer normalises to
-nothing, e.g. "the": v2.0 drops it, and a question left with none counts as unanswerable): answers normalised by lower-casing and removing
-punctuation, the articles a/an/the and extra whitespace; exact match and token F1 take the
-best over the gold answers; an unanswerable question's only gold answer is "". All scores here
+nothing, e.g. "the": v2.0 drops it, and a question left with none counts as unanswerable):
+answers normalised by lower-casing and removing punctuation, the articles a/an/the and extra
+whitespace; exact match and token F1 take the best over the gold answers; an unanswerable
+question's only gold answer is "". All scores here
 are fractions in [0, 1] (or [-1, 1] for correlations), except SQuAD's, which are percentages
 as the official script prints them.
 """

@@ -104,8 +104,8 @@ def generate(model, params, prompt_tokens, max_new_tokens: int, rng=None,
   prompt_tokens [B, P] int; prompt_lengths [B] (default: all P) for right-padded prompts
   of different lengths (prompts padded on the left, as for `transformers`' generate, would be
   read as prompts that start with pad tokens: a GPT has no pad id to mask). Returns
-  [B, P + max_new_tokens]: row b is its prompt followed by
-  generated tokens (P + max_new_tokens - prompt_lengths[b] of them). temperature 0 is greedy.
+  [B, P + max_new_tokens]: row b is its prompt followed by generated tokens
+  (P + max_new_tokens - prompt_lengths[b] of them). temperature 0 is greedy.
   """
   prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
   batch, prompt_length = prompt_tokens.shape
