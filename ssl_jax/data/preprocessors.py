@@ -261,9 +261,17 @@ def _empty_document_state():
 
 
 def _attach_previous_document(previous, doc):
-  """scan step: adds the previous document's tokens (the pool of random next sentences) to `doc`."""
+  """scan step: adds the previous document's tokens (the pool of random next sentences) to `doc`.
+
+  The pool is empty (no random next) when the previous document is this one again: a split of
+  one document read epoch after epoch (a text file of two), or a document repeated in the corpus.
+  """
   tokens, word_starts, lengths = previous
-  out = dict(doc, other_tokens=tokens, other_word_starts=word_starts, other_lengths=lengths)
+  same = tf.cond(tf.size(tokens) == tf.size(doc["tokens"]),
+                 lambda: tf.reduce_all(tf.equal(tokens, doc["tokens"])), lambda: tf.constant(False))
+  keep = tf.where(same, 0, tf.size(tokens))
+  out = dict(doc, other_tokens=tokens[:keep], other_word_starts=word_starts[:keep],
+             other_lengths=lengths[:tf.where(same, 0, tf.size(lengths))])
   return (doc["tokens"], doc["word_starts"], doc["lengths"]), out
 
 
@@ -317,13 +325,7 @@ def _sentence_pair(doc, tokens, starts, lengths, task, budget, seeds):
     b = tf.concat([b, doc["tokens"][end:]], 0)[:room]
     b_starts = tf.concat([b_starts, doc["word_starts"][end:]], 0)[:room]
     other, other_lengths = doc["other_tokens"], doc["other_lengths"]
-    # The previous document is no random next sentence when it is this one again: a split of one
-    # document read epoch after epoch (a text file of two), or a document repeated in the corpus.
-    same_document = tf.cond(tf.size(other) == tf.size(doc["tokens"]),
-                            lambda: tf.reduce_all(tf.equal(other, doc["tokens"])),
-                            lambda: tf.constant(False))
-    is_random = tf.logical_and(tf.random.stateless_uniform([], seeds[1]) < 0.5,
-                               tf.logical_and(tf.size(other) > 0, tf.logical_not(same_document)))
+    is_random = tf.logical_and(tf.random.stateless_uniform([], seeds[1]) < 0.5, tf.size(other) > 0)
     sentence = tf.random.stateless_uniform(
         [], seeds[2], 0, tf.maximum(tf.size(other_lengths), 1), tf.int32)
     other_begin = tf.gather(tf.concat([tf.cumsum(other_lengths, exclusive=True), [0]], 0), sentence)
