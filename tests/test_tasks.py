@@ -315,7 +315,8 @@ def test_mixture_of_sources(tmp_path):
   for spec, message in (
       ("default_corpus:1,text_files:1,default_corpus:1", "names 'default_corpus' twice"),
       ("default_corpus:inf,text_files:1", "must be 'source:rate' with a finite rate > 0"),
-      ("default_corpus:1,text_file:1", "'text_file' is neither a source .*nor a TFDS name")):
+      ("default_corpus:1,text_file:1", "'text_file' is neither a source .*nor a TFDS name"),
+      ("default_corpus:1,,text_files:1", "has an empty entry"), (",", "has an empty entry")):
     with pytest.raises(ValueError, match=rf"config.data.mixture='{spec}'.*{message}"):
       tasks.get_mixture_or_task(tiny_config("causal_lm", text_files=str(path), mixture=spec))
   with pytest.raises(ValueError, match="names 'c4/en:3.1.0' twice"):   # 'tfds' is tfds_name's

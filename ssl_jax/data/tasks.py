@@ -535,8 +535,13 @@ def _mixture_entries(config):
   spec = config.data.mixture
   tfds_name = _get(config.data, "tfds_name")
   task_of = lambda name: tfds_name if name == "tfds" else name  # noqa: E731  (seqio's task)
+  items = [s.strip() for s in spec.split(",")]
+  if not all(items):   # ',' or 'a:1,,b:1': a dropped source, or a mixture of nothing
+    raise ValueError(
+        f"config.data.mixture={spec!r} has an empty entry; give 'source:rate' entries separated "
+        "by single commas (e.g. 'default_corpus:0.7,c4/en:3.1.0:0.3'), or '' for no mixture.")
   entries = []
-  for item in (s.strip() for s in spec.split(",") if s.strip()):
+  for item in items:
     source, _, rate = item.rpartition(":")
     source = source.strip()
     try:
