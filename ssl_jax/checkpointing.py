@@ -303,10 +303,13 @@ def _warn_stretched_schedule(saved: dict, config, step: int) -> None:
   """Warns when a resumed run's num_steps moves the end of a decaying learning rate: the run
   then differs from one trained with those steps from the start (allowed: extending a run)."""
   saved_steps = saved.get("train", {}).get("num_steps", config.train.num_steps)
-  if saved_steps == config.train.num_steps or config.optim.schedule not in ("linear", "cosine"):
+  if (saved_steps == config.train.num_steps or step >= config.train.num_steps  # nothing to train
+      or config.optim.schedule not in ("linear", "cosine")):
     return
-  now, before = (float(optim.make_schedule(config.optim, n)(step))
-                 for n in (config.train.num_steps, saved_steps))
+  # The checkpoint's schedule is its own optim settings' (a resumed run may change warmup_steps).
+  saved_optim = ml_collections.ConfigDict({**config.optim.to_dict(), **saved.get("optim", {})})
+  now = float(optim.make_schedule(config.optim, config.train.num_steps)(step))
+  before = float(optim.make_schedule(saved_optim, saved_steps)(step))
   logging.warning(
       "config.train.num_steps=%d (the checkpoint's: %d): the %s learning-rate decay now ends at "
       "step %d, so the step after %d trains at %.3g where the checkpoint's schedule gave %.3g; "

@@ -406,10 +406,22 @@ def test_resume_without_log_spaced_checkpoints_would_delete_them_and_is_refused(
   config.train.log_spaced_checkpoints = True
   with caplog.at_level(logging.WARNING):
     checkpointing.check_compatible(manager, 3, config, exp.layout, resume=True)
-  manager.close()
   # Extending the run stretched its decaying learning rate without a word.
   assert ("config.train.num_steps=12 (the checkpoint's: 8): the linear learning-rate decay now "
           "ends at step 12") in caplog.text, caplog.text
+  # A longer warmup than the checkpoint's num_steps is a valid extension; the warning built the
+  # checkpoint's schedule from the new warmup, and refused the resume for a num_steps not given.
+  caplog.clear()
+  config.optim.warmup_steps = 10
+  with caplog.at_level(logging.WARNING):
+    checkpointing.check_compatible(manager, 3, config, exp.layout, resume=True)
+  assert "trains at 0.0006 where the checkpoint's schedule gave" in caplog.text, caplog.text
+  caplog.clear()
+  config.train.num_steps = 2   # below the checkpoint: nothing to train, no schedule to warn of
+  with caplog.at_level(logging.WARNING):
+    checkpointing.check_compatible(manager, 3, config, exp.layout, resume=True)
+  assert "learning-rate decay" not in caplog.text, caplog.text
+  manager.close()
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
