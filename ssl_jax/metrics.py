@@ -33,6 +33,8 @@ from ssl_jax import optim
 
 MetricSums = Mapping[str, tuple[Any, Any]]  # name -> (sum, count), scalars (device or host)
 RESULTS_FILE = "eval_results.json"   # a fine-tuning run's final scores (`write_results`)
+# A train step's (schedule step, 0): the optimizer update it applied, for the logged learning rate.
+SCHEDULE_STEP = "schedule_step"
 
 
 def merge(sums_list: Sequence[MetricSums]) -> dict[str, tuple[float, float]]:
@@ -62,7 +64,9 @@ class MetricsLogger:
   Only process 0 writes files; other processes only log to the console. A row holds `step`,
   `split`, the normalized metrics (objectives name their loss 'loss'), and for train rows
   `learning_rate` (the rate the row's step applied: step s is optax's update s - 1, which reads
-  the schedule at s - 1; a skipped non-finite step holds the schedule back by one), `tokens_per_sec`
+  the schedule at s - 1; each non-finite step skipped before it holds the schedule back by one,
+  which the step's `SCHEDULE_STEP` entry reports), `grad_norm` (the global norm of the gradient
+  before clipping, if the step reports it), `tokens_per_sec`
   and `step_time_s` (wall time per step over the window, less the time spent in `paused`: evals
   and checkpoint saves), and `nonfinite_steps`, the share of the window's steps skipped for a
   non-finite loss or gradient (each such window also logs a warning with their count). A window
@@ -190,7 +194,10 @@ class MetricsLogger:
     step_time_s = (now - self._last_time) / max(step - self._last_step, 1)
     self._last_step, self._last_time = step, now
     if self._learning_rate_fn is not None:
-      row["learning_rate"] = optim.learning_rate_at(self._learning_rate_fn, step - 1)
+      # The last step's schedule step: step - 1, less the non-finite steps skipped so far.
+      last = window[-1].get(SCHEDULE_STEP)
+      at = step - 1 if last is None else int(jax.device_get(last[0]))
+      row["learning_rate"] = optim.learning_rate_at(self._learning_rate_fn, at)
     row["step_time_s"] = step_time_s
     if self._tokens_per_step:
       row["tokens_per_sec"] = self._tokens_per_step / step_time_s

@@ -3,8 +3,10 @@ global-norm clipping.
 
     tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
 
-One optimizer update per train step: gradient accumulation over `config.train.microbatches`
-happens inside the jitted step, so the schedule's step count equals the train step.
+One optimizer update per applied train step: gradient accumulation over
+`config.train.microbatches` happens inside the jitted step, and a step skipped for a non-finite
+loss or gradient leaves the optimizer as it was, so the schedule's step is the train step less
+the steps skipped (`update_count`).
 """
 from __future__ import annotations
 
@@ -203,6 +205,14 @@ def make_optimizer(optim_cfg: Mapping[str, Any],
   # one tree whatever grad_clip_norm is: a resumed run may turn clipping on or off.
   clip = optax.clip_by_global_norm(clip_norm) if clip_norm > 0 else optax.identity()
   return optax.chain(clip, update), schedule
+
+
+def update_count(opt_state: Any) -> jax.Array:
+  """The updates `opt_state`'s optimizer has applied: the step its schedule reads next."""
+  counts = optax.tree_utils.tree_get_all_with_path(opt_state, "count")
+  if not counts:
+    raise ValueError("the optimizer state has no update count; build it with make_optimizer.")
+  return counts[0][1]
 
 
 def learning_rate_at(schedule: Callable[[int], Any], step: int) -> float:

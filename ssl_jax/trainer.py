@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from ssl_jax import checkpointing
 from ssl_jax import config as config_lib
@@ -154,6 +155,7 @@ def make_train_step(exp: Experiment):
                               rng, dens)
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
       (loss, sums, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(k), microbatches))
+    grad_norm = optax.global_norm(grads)   # before clipping
     finite = jnp.isfinite(loss) & jnp.all(jnp.array(
         [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
     # Skip the update on a bad step: the whole state (params, optimizer, step) stays as it was,
@@ -163,10 +165,15 @@ def make_train_step(exp: Experiment):
     new_state = new_state.replace(step=state.step + 1)
     sums = dict(sums)
     sums["loss"] = (loss, jnp.ones(()))
+    sums["grad_norm"] = (grad_norm, jnp.ones(()))
     # A skipped step's metrics (NaN) stay out of the logged means of the steps that were applied.
     sums = {name: (jnp.where(finite, total, 0.0), jnp.where(finite, count, 0.0))
             for name, (total, count) in sums.items()}
     sums["nonfinite_steps"] = (1.0 - finite.astype(jnp.float32), jnp.ones(()))
+    # The schedule step this update read (behind state.step by the steps skipped so far), for the
+    # logged learning rate; not a metric to average (count 0).
+    sums[metrics_lib.SCHEDULE_STEP] = (optim.update_count(state.opt_state).astype(jnp.float32),
+                                       jnp.zeros(()))
     return new_state, sums
 
   return train_step

@@ -174,6 +174,16 @@ def test_nonfinite_step_is_skipped_with_params_and_optimizer_state_unchanged(tmp
   assert bitwise_equal(after_2.opt_state, before_2.opt_state)
   assert int(after_2.step) == int(before_2.step) + 1 == 2  # next step draws new randomness
   assert steps[2][2] == 1 and bitwise_equal(steps[2][1].params, before_2.params)
+  # The logged rate is the one each step's update read: the skipped step 2 held the schedule back,
+  # so step 3 (skipped as well) still reads its step 1, not 2.
+  assert [s[metrics.SCHEDULE_STEP][0] for *_, s in steps] == [0, 1, 1]
+  with metrics.MetricsLogger(tmp_path / "lr", num_steps=3, log_every=1,
+                             learning_rate_fn=lambda count: 1e-3 * count) as logger:
+    for step, (*_, sums) in enumerate(steps, 1):
+      logger.train_step(step, sums)
+  rows = metrics.read_metrics(tmp_path / "lr", "train")
+  assert [r["learning_rate"] for r in rows] == pytest.approx([0.0, 1e-3, 1e-3])
+  assert np.isfinite(rows[0]["grad_norm"]) and "grad_norm" not in rows[1]
 
 
 def test_resume_between_log_rows_writes_the_uninterrupted_rows_and_eval_keeps_them(tmp_path,

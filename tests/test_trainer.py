@@ -10,8 +10,10 @@ import sys
 import chex
 import jax
 import numpy as np
+import optax
 import pytest
 
+from ssl_jax import objectives
 from ssl_jax import partitioning
 from ssl_jax import trainer
 from ssl_jax.data import corpora
@@ -164,9 +166,17 @@ def test_microbatches_give_the_full_batch_update():
     config.train.microbatches = k
     exp = trainer.Experiment.build(config, devices=devices)
     state, sums = trainer.compile_train_step(exp)(exp.init_state(), batch)
-    results.append((jax.device_get(state.params), float(sums["loss"][0])))
-  (params_1, loss_1), (params_4, loss_4) = results
+    results.append((jax.device_get(state.params), float(sums["loss"][0]),
+                    float(sums["grad_norm"][0])))
+  (params_1, loss_1, norm_1), (params_4, loss_4, norm_4) = results
   np.testing.assert_allclose(loss_4, loss_1, rtol=1e-5)
+  # The logged grad_norm is the whole batch's gradient's, before clipping.
+  rng = jax.random.fold_in(jax.random.key(config.train.seed), 0)
+  grads = jax.grad(lambda p: objectives.loss_fn(exp.objective, exp.model, p, batch, rng,
+                                                exp.objective.denominators(batch))[0])(
+                                                    exp.init_state().params)
+  np.testing.assert_allclose([norm_1, norm_4], float(optax.global_norm(grads)), rtol=1e-4)
+  assert norm_1 > config.optim.grad_clip_norm   # clipped: the norm logged is the one before
   chex.assert_trees_all_close(params_4, params_1, atol=1e-5, rtol=1e-4)
 
 
