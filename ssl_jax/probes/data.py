@@ -3,6 +3,7 @@
     sentences = data.corpus_sentences(num_sentences=256)         # corpus grammar, fixed seed
     sentences = data.conllu_sentences(["en_ewt-ud-dev.conllu"])   # or real text with UPOS tags
     text = data.tokenize(sentences, vocab)                        # -> ProbeText
+    text = data.fit(text, subject.sentence_tokens)                # whole words within the model
 
 Probe sentences are fixed by a seed, never by the training data stream: the default corpus's
 grammar drawn with `seed` (documents the training corpus, seeded with config.data.corpus.seed,
@@ -23,6 +24,7 @@ import os
 from typing import Sequence
 
 import numpy as np
+from absl import logging
 
 from ssl_jax.data import corpora
 from ssl_jax.data import vocabularies
@@ -195,6 +197,41 @@ def tokenize(sentences: Sequence[Sentence], vocab, edges: Sequence[int] = FREQUE
                      "(config.data.vocab) and the sentences.")
   return ProbeText(**{k: tuple(v) for k, v in columns.items()}, types=tuple(types),
                    frequency_names=frequency_bucket_names(edges))
+
+
+def fit(text: ProbeText, max_tokens: int) -> ProbeText:
+  """`text` with each sentence cut after its last whole word within `max_tokens` tokens (a model's
+  positions, less its framing tokens), with a warning that says what was cut. A word cut in two
+  would keep its part of speech and word type on its first pieces alone. The last result is kept
+  (each probe fits the shared text, and word representations are shared by text identity)."""
+  if _last_fit and _last_fit[0] is text and _last_fit[1] == max_tokens:
+    return _last_fit[2]
+  keep = []
+  for index in text.word_index:
+    if len(index) <= max_tokens:
+      keep.append(len(index))
+    else:   # the first token of the word the limit cuts (or the limit, between two words)
+      keep.append(int(np.flatnonzero(index[:max_tokens + 1] == index[max_tokens])[0]))
+  cut = [s for s, k in enumerate(keep) if k < len(text.tokens[s])]
+  fitted = text if not cut else _cut(text, keep, cut, max_tokens)
+  _last_fit[:] = [text, max_tokens, fitted]
+  return fitted
+
+
+_last_fit: list = []   # (text, max_tokens, fitted), held so the ids cannot be reused
+
+
+def _cut(text: ProbeText, keep: list[int], cut: list[int], max_tokens: int) -> ProbeText:
+  words = lambda s, stop=None: len(np.unique(text.word_index[s][:stop]))  # noqa: E731
+  dropped = sum(words(s) - words(s, keep[s]) for s in cut)
+  logging.warning(
+      "%d of %d probe sentences are longer than the model's %d token positions (the run's "
+      "config.data.sequence_length, less the framing tokens): their last %d of %d words are left "
+      "out of every probe. Pass shorter sentences, or probe a run trained on longer sequences.",
+      len(cut), len(text), max_tokens, dropped, sum(words(s) for s in range(len(text))))
+  columns = ("tokens", "word_index", "word_type", "pos", "frequency")
+  return dataclasses.replace(text, **{c: tuple(row[:k] for row, k in zip(getattr(text, c), keep))
+                                      for c in columns})
 
 
 def words_of(text: ProbeText, sentence: int) -> np.ndarray:

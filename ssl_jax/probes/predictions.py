@@ -98,13 +98,11 @@ def build(subject: Subject, text: data.ProbeText, seed: int = 0,
   builders = {"mlm": _mlm, "causal_lm": _causal_lm, "span_corruption": _span_corruption,
               "denoising": _denoising}
   rows = []  # per row: dict of lists
-  budget = subject.max_length - 1   # room for [CLS]/[SEP] (mlm: 2) or BOS / EOS
+  text = data.fit(text, subject.sentence_tokens)   # room for [CLS]/[SEP] (mlm) or BOS / EOS
   for s, tokens in enumerate(text.tokens):
     rng = np.random.default_rng([seed, s])
     labels = {"pos": text.pos[s], "frequency": text.frequency[s], "word": text.word_index[s]}
-    keep = budget - (1 if subject.name == "mlm" else 0)
-    rows += builders[subject.name](subject, rng, tokens[:keep],
-                                   {k: v[:keep] for k, v in labels.items()}, kind_ratios)
+    rows += builders[subject.name](subject, rng, tokens, labels, kind_ratios)
   return _assemble(subject, rows)
 
 

@@ -51,12 +51,13 @@ def frame(subject: Subject) -> tuple[list[int], list[int]]:
 
 
 def clean_rows(subject: Subject, text: data.ProbeText) -> Rows:
-  """One row per sentence (truncated to the model's positions), framed as in the module doc."""
+  """One row per sentence (its whole words within the model's positions: `data.fit`), framed as in
+  the module doc."""
   prefix, suffix = frame(subject)
-  budget = subject.max_length - len(prefix) - len(suffix)
+  text = data.fit(text, subject.sentence_tokens)
   rows, index = [], []
   for tokens in text.tokens:
-    tokens = list(tokens[:budget])
+    tokens = list(tokens)
     rows.append(prefix + tokens + suffix)
     index.append([-1] * len(prefix) + list(range(len(tokens))) + [-1] * len(suffix))
   length = padded_length(max(map(len, rows)), subject.max_length)

@@ -114,7 +114,8 @@ def probe_workdir(workdir: str, names: Sequence[str] | None = None, *,
           "Pass --conllu with text of the run's domain (e.g. UD English EWT for English).",
           workdir, f"mixture {data_cfg.mixture!r}" if data_cfg.get("mixture") else
           f"data.source={data_cfg.source!r}")
-    text = data.tokenize(probe_sentences(conllu, num_sentences), subject.vocab)
+    text = data.fit(data.tokenize(probe_sentences(conllu, num_sentences), subject.vocab),
+                    subject.sentence_tokens)   # warns once of what the model's positions cut
     if jax.process_index() == 0 and os.path.dirname(out):
       tf.io.gfile.makedirs(os.path.dirname(out))   # now, not after hours of probing
     reference = None

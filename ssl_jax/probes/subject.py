@@ -105,6 +105,12 @@ class Subject:
     never learned anything), within the model's positions."""
     return min(int(self.config.data.sequence_length), int(self.model_config.max_length))
 
+  @property
+  def sentence_tokens(self) -> int:
+    """Most tokens of one probe sentence a row holds: `max_length` less the framing tokens
+    ([CLS] and [SEP]; a start token, or T5's and BART's EOS) or the probe batch's one."""
+    return self.max_length - (2 if self.name == "mlm" else 1)
+
   # ------------------------------------------------------------------------------ checkpoints
   @classmethod
   def from_workdir(cls, workdir: str, flag: str = "--workdir") -> "Subject":
