@@ -70,6 +70,10 @@ def test_probe_workdir_runs_every_bert_probe(bert_workdir):
   assert ("linear_probe", "accuracy/layer_2") in last
   assert ("linear_probe", "accuracy_unseen_words/token_embedding") in last
   assert 0.0 < last["linear_probe", "majority_baseline_unseen_words"] < 1.0
+  # In the default corpus each spelling has one tag: a lookup table of the training words' tags
+  # is all but perfect on the seen test words, far above the one-tag baseline.
+  assert last["linear_probe", "word_type_baseline"] > max(
+      0.9, last["linear_probe", "majority_baseline"])
   assert last["contextual_similarity", "same_word/token_embedding"] == pytest.approx(1.0)
   assert last["cka", "vs_reference/layer_1"] == pytest.approx(1.0)   # the reference is step 4
   assert last["attention_entropy", "layer_2/head_4"] <= last["attention_entropy",
@@ -392,6 +396,15 @@ def test_linear_probe_tests_seen_words_only_on_types_it_trained_on():
   assert not set(word_type[split["unseen"]]) & set(word_type[split["train"]])
   assert (sentence[split["test"]] % linear_probe.TEST_EVERY == 0).all()
   assert split["test"].sum() > 100 and split["unseen"].sum() > 100
+
+
+def test_word_type_baseline_predicts_each_types_training_tag():
+  pos = np.array([5, 5, 7, 7, 1, 5, 7, 1])
+  word_type = np.array([0, 0, 0, 1, 1, 0, 1, 1])
+  train = np.arange(8) < 5
+  split = {"train": train, "test": ~train}
+  # type 0 trained as 5, 5, 7 -> 5 (hit); type 1 as 7, 1 -> a tie, the lower tag 1 (miss, hit)
+  assert linear_probe.word_type_baseline(pos, word_type, split) == pytest.approx(2 / 3)
 
 
 def test_linear_probe_refuses_too_few_sentences_up_front(text):

@@ -14,7 +14,9 @@ speech in a way that generalises to new words (from context and shared structure
 memorising each word's tag -- in the default corpus every spelling has one tag, so
 `accuracy/<depth>`, on test-sentence words whose type the probe trained on, can be reached by
 memorising. Each split has its own baseline, the training words' most frequent tag predicted
-everywhere: `majority_baseline` (test) and `majority_baseline_unseen_words`. The held-out types
+everywhere: `majority_baseline` (test) and `majority_baseline_unseen_words`. `word_type_baseline`
+is the memorising one, each test word's type's most frequent training tag: a representation whose
+`accuracy/<depth>` stays below it does not even tell its words apart. The held-out types
 are mostly open-class words, so the second is the higher (0.26 vs 0.14 on 128 default-corpus
 sentences), and it swings with `seed`: one frequent held-out type can be a third of the split.
 """
@@ -71,10 +73,20 @@ def word_splits(word_type: np.ndarray, sentence: np.ndarray, seed: int) -> dict[
   return {"train": train, "test": test & seen, "unseen": ~seen}
 
 
+def word_type_baseline(pos: np.ndarray, word_type: np.ndarray, split: dict[str, np.ndarray]) -> float:
+  """Accuracy on the 'test' words of predicting each word's type's most frequent 'train' tag
+  (ties: the lower tag index); a lookup table, the accuracy a probe reaches by memorising."""
+  counts = np.zeros((int(word_type.max()) + 1, len(data.UPOS_TAGS)), np.int64)
+  np.add.at(counts, (word_type[split["train"]], pos[split["train"]]), 1)
+  test = split["test"]   # every test word's type trained ('test' is 'seen')
+  return float(np.mean(counts[word_type[test]].argmax(1) == pos[test]))
+
+
 class LinearProbe:
   """Part of speech from each depth's word vectors (see the module doc). Names:
   `accuracy/<depth>`, `accuracy_unseen_words/<depth>` with depth `token_embedding`,
-  `layer_1`, ..., and `majority_baseline`, `majority_baseline_unseen_words`."""
+  `layer_1`, ..., and `majority_baseline`, `majority_baseline_unseen_words`,
+  `word_type_baseline`."""
   name = "linear_probe"
   objectives = PRETRAINING_OBJECTIVES
   needs = ""
@@ -92,6 +104,7 @@ class LinearProbe:
           "word types never train); probe more sentences (--probe_sentences, or a longer "
           "--conllu file).")
     self.l2 = l2
+    self.word_type_baseline = word_type_baseline(labels["pos"], labels["word_type"], self.split)
 
   def run(self, state) -> Iterator[tuple[str, float]]:
     """(name, value) pairs for the params of `state` (a TrainState or a params tree)."""
@@ -101,6 +114,7 @@ class LinearProbe:
     num_classes = len(data.UPOS_TAGS)
     majority = np.bincount(labels[split["train"]], minlength=num_classes).argmax()
     yield "majority_baseline", float(np.mean(labels[split["test"]] == majority))
+    yield "word_type_baseline", self.word_type_baseline
     if split["unseen"].any():
       yield "majority_baseline_unseen_words", float(np.mean(labels[split["unseen"]] == majority))
     for depth, vectors in zip(words.layer_names, words.layers):
