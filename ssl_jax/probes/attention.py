@@ -6,7 +6,8 @@
 Entropy in nats of each query's attention distribution over the keys it may see, averaged over
 the real tokens of clean probe rows (BERT, T5 and BART encoders; GPT's causal decoder).
 `uniform_baseline` is the entropy of attending uniformly (log of the number of visible keys,
-averaged the same way): heads start near it and fall as they learn to focus.
+averaged the same way): with learned positions heads start at it and fall as they learn to
+focus; ALiBi's distance penalty (the tiny BERT's) starts them below it, looking nearby.
 """
 from __future__ import annotations
 
