@@ -198,6 +198,22 @@ def test_config_errors_name_the_setting(tmp_path):
       ic.check(config)
   config.in_context.max_new_tokens, config.in_context.shots = 16, 2
   assert len(ic.check(config)) == 3
+  # The eval file as train_file: a query's own answer was among its shots (2 of 6 prompts in a
+  # 3-shot run). The pool is the other eval examples, as without a train file.
+  config.data.train_file = str(sst2)
+  ic.run(config, str(tmp_path / 'same'), 'none')
+  with open(tmp_path / 'same' / 'eval_predictions.jsonl') as f:
+    prompts = [json.loads(line)['prompt'] for line in f]
+  for prompt, text in zip(prompts, ('fine .', 'bad .', 'good .')):
+    assert prompt.count(text) == 1, prompt
+  config.in_context.shots = 3
+  with pytest.raises(ValueError, match=r"shots=3 is invalid: the shot pool \(the other eval "):
+    ic.check(config)
+  # Zero-shot reads no train file: the eval-suite's default train.tsv, absent, failed the task
+  # after its model was loaded.
+  config.data.train_file, config.in_context.shots = str(tmp_path / 'absent.tsv'), 0
+  ic.run(config, str(tmp_path / 'zero'), 'none')
+  assert os.path.exists(tmp_path / 'zero' / 'eval_results.json')
 
 
 def test_greedy_answers_equal_generate_run_on_each_prompt(tiny_gpt, vocab):

@@ -384,6 +384,15 @@ def _options(config) -> tuple[str, ...] | None:
   return options
 
 
+def _reads_train_file(config) -> bool:
+  """Whether the shots come from config.data.train_file: set, and not the eval file (whose
+  queries would find their own answers among their shots; the pool is then the other eval
+  examples, as without a train file)."""
+  d = config.data
+  return bool(d.train_file) and not (
+      d.eval_file and os.path.normpath(d.train_file) == os.path.normpath(d.eval_file))
+
+
 def read_examples(config, split: str) -> list[Example]:
   """The examples of `split` that config.data names, as prompt text and answers."""
   template, options = config.in_context.text_template, _options(config)
@@ -434,9 +443,9 @@ def check(config) -> list[Example]:
                      'positive number of tokens to generate.')
   examples = read_examples(config, 'validation')
   if ic.shots:   # the pool read now, not after the model was loaded (or other tasks trained)
-    pool = len(read_examples(config, 'train')) if config.data.train_file else len(examples) - 1
+    pool = len(read_examples(config, 'train')) if _reads_train_file(config) else len(examples) - 1
     if ic.shots > pool:
-      source = (f'config.data.train_file={config.data.train_file!r}' if config.data.train_file
+      source = (f'config.data.train_file={config.data.train_file!r}' if _reads_train_file(config)
                 else 'the other eval examples: config.data.train_file is empty')
       raise ValueError(f'config.in_context.shots={ic.shots} is invalid: the shot pool ({source}) '
                        f'holds only {pool} examples; use fewer shots or a larger train_file.')
@@ -475,7 +484,11 @@ def run(config, workdir: str, init: str = 'none') -> dict:
   ic = config.in_context
   spec = formats.GLUE.get(config.data.task)
   metric_names = spec.metrics if spec and spec.label_names else ('accuracy',)   # CoLA: MCC
-  pool = read_examples(config, 'train') if config.data.train_file else None
+  if config.data.train_file and ic.shots and not _reads_train_file(config):
+    logging.warning('config.data.train_file is config.data.eval_file (%r): the shots are drawn '
+                    'from the other eval examples, as a query\'s own answer would be among its '
+                    'shots.', config.data.eval_file)
+  pool = read_examples(config, 'train') if ic.shots and _reads_train_file(config) else None
   result = evaluate_in_context(
       exp.model, params, vocabularies.get_vocabulary(config.data.vocab), eval_examples,
       ic.shots, shot_pool=pool, options=_options(config), prompt_format=prompt_format(config),
@@ -498,9 +511,8 @@ def run(config, workdir: str, init: str = 'none') -> dict:
                                         'init': init, 'shots': ic.shots,
                                         'truncated_prompts': result['truncated_prompts'],
                                         'scores': scores})
-    with tf.io.gfile.GFile(os.path.join(workdir, 'eval_predictions.jsonl'), 'w') as f:
-      for ex, prompt, prediction in zip(eval_examples, result['prompts'],
-                                        result['predictions']):
-        f.write(json.dumps({'prompt': prompt, 'answers': list(ex.answers),
-                            'prediction': prediction}) + '\n')
+    metrics_lib.write_atomically(os.path.join(workdir, 'eval_predictions.jsonl'), ''.join(
+        json.dumps({'prompt': prompt, 'answers': list(ex.answers), 'prediction': prediction})
+        + '\n' for ex, prompt, prediction in zip(eval_examples, result['prompts'],
+                                                 result['predictions'])))
   return scores

@@ -17,7 +17,6 @@ import copy
 import os
 
 import jax
-import tensorflow as tf
 
 from ssl_jax import config as config_lib
 from ssl_jax import metrics as metrics_lib
@@ -120,6 +119,5 @@ def run(suite, workdir: str, init: str = "none") -> dict:
   result = {"init": init, "tasks": rows, "average": average}
   if jax.process_index() == 0:
     metrics_lib.write_json(os.path.join(workdir, "scores.json"), result)   # a NaN score: null
-    with tf.io.gfile.GFile(os.path.join(workdir, "scores.md"), "w") as f:
-      f.write(markdown(rows, average, init))
+    metrics_lib.write_atomically(os.path.join(workdir, "scores.md"), markdown(rows, average, init))
   return result
