@@ -311,6 +311,13 @@ def test_finetune_reads_the_eval_file_before_training(tmp_path):
   config.data.update(eval_file=config.data.train_file, metrics="accuracy,acc")
   with pytest.raises(ValueError, match=r"config.data.metrics='accuracy,acc' is invalid: \['acc'\]"):
     run.prepare(config, "none")
+  # F1 is binary (label 1's): on MNLI's 3 labels it reported label 1's F1 as the task's.
+  config.data.update(metrics="f1,accuracy", labels="entailment,neutral,contradiction")
+  with pytest.raises(ValueError, match=r"config.data.metrics='f1,accuracy' is invalid: 'f1' is the "
+                     r"binary F1 of label 1, and task 'sst2' has 3 labels"):
+    finetune_config.validate(config)
+  config.data.labels = "negative,positive"
+  finetune_config.validate(config)
   tagging_config = tiny_config("tagging", "conllu", "upos")
   tagging_config.data.metrics = "f1"
   with pytest.raises(ValueError, match="objective 'tagging' scores its own metrics"):

@@ -147,6 +147,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f"{sorted(metrics.CLASSIFICATION)}.")
     check(config.objective in ("classification", "regression"), "data.metrics", d.metrics,
           f"objective {config.objective!r} scores its own metrics; leave data.metrics ''.")
+    if "f1" in d.metrics.split(",") and config.objective == "classification":
+      num_labels = len(formats.label_names(d.task, d.labels))
+      check(num_labels == 2, "data.metrics", d.metrics,
+            f"'f1' is the binary F1 of label 1, and task {d.task!r} has {num_labels} labels; "
+            "use accuracy or matthews_corr.")
   check(d.tag_column in formats.TAG_COLUMNS, "data.tag_column", d.tag_column,
         f"use one of {', '.join(formats.TAG_COLUMNS)}.")
   check(d.max_eval_examples >= 0, "data.max_eval_examples", d.max_eval_examples,
