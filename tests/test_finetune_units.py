@@ -132,6 +132,23 @@ def test_conllu_reader_skips_multiword_tokens_and_empty_nodes(tmp_path):
   assert formats.read_conllu(other) == [formats.TaggedSentence(("Hi",), ("INTJ",), "0", "Hi")]
 
 
+def test_squad_v1_train_file_with_allow_no_answer_is_warned_of(tmp_path, caplog):
+  # v1.1 with the default allow_no_answer=True could answer "" where every gold is a span.
+  context = "Anna sails to the island."
+  v1 = {"data": [{"paragraphs": [{"context": context, "qas": [
+      {"id": "q1", "question": "Who?", "answers": [{"text": "Anna", "answer_start": 0}]}]}]}]}
+  config = tiny_config("extractive_qa", "squad_json", task="squad")
+  config.data.train_file = write(tmp_path / "train-v1.1.json", json.dumps(v1))
+  with caplog.at_level("WARNING"):
+    finetune_data.read_examples(config, "train")
+  assert "holds no unanswerable question (SQuAD v1.1)" in caplog.text
+  caplog.clear()
+  config.data.qa.allow_no_answer = False
+  with caplog.at_level("WARNING"):
+    finetune_data.read_examples(config, "train")
+  assert "unanswerable" not in caplog.text
+
+
 def test_squad_reader_v1_and_v2(tmp_path):
   data = {"version": "v2.0", "data": [{"title": "t", "paragraphs": [{
       "context": "Anna sails to the island.",
@@ -146,6 +163,25 @@ def test_squad_reader_v1_and_v2(tmp_path):
   assert q1.answers == (formats.Answer("Anna", 0),) and not q1.is_impossible
   assert q2.is_impossible and q2.answers == ()
   assert q3.context[14:24] == "the island" and not q3.is_impossible
+  # A misread file raised a bare KeyError or JSONDecodeError; a repeated id replaced one question's
+  # gold with another's in the scores; an answer_start off its text trained another span.
+  qas = data["data"][0]["paragraphs"][0]["qas"]
+  flat = {"id": "q1", "context": "Anna sails.", "question": "Who?", "answers": {"text": ["Anna"]}}
+  for content, message in (
+      ("\n".join([json.dumps(flat)] * 2), r"is not one JSON document \(Extra data"),
+      (json.dumps({"data": [flat]}), r"question 1 lacks the field 'paragraphs'; pass a SQuAD v1.1"),
+      (json.dumps({"data": [{"paragraphs": [{"context": "x", "qas": [
+          {"id": "a", "question": "?", "answers": [{"text": "x"}]}]}]}]}),
+       "question 1 lacks the field 'answer_start'"),
+      (json.dumps({"data": [{"paragraphs": [{"context": "Anna sails to the island.",
+                                             "qas": [qas[0], qas[0]]}]}]}),
+       "question id 'q1' occurs twice"),
+      (json.dumps({"data": [{"paragraphs": [{"context": "Anna sails to the island.", "qas": [
+          {**qas[2], "answers": [{"text": "the island", "answer_start": 13}]}]}]}]}),
+       r"question 'q3' has answer 'the island' at answer_start 13, where the context reads "
+       r"' the islan'")):
+    with pytest.raises(ValueError, match=message):
+      formats.read_squad(write(tmp_path / "bad.json", content))
 
 
 # ------------------------------------------------------------------------------ metrics

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 import seqio
 import tensorflow as tf
+from absl import logging
 
 from ssl_jax.data import pipeline
 from ssl_jax.data import vocabularies
@@ -80,6 +81,12 @@ def read_examples(config, split: str) -> list:
       examples = formats.read_conllu(path, d.tag_column)
     else:
       examples = formats.read_squad(path)
+      if (split == "train" and d.qa.allow_no_answer and examples
+          and not any(e.is_impossible for e in examples)):
+        logging.warning(
+            "config.data.train_file=%r holds no unanswerable question (SQuAD v1.1), yet "
+            "config.data.qa.allow_no_answer=True lets a prediction be no answer, which every "
+            "question's gold rules out; set --config.data.qa.allow_no_answer=False for v1.1.", path)
   limit = d.max_train_examples if split == "train" else d.max_eval_examples
   examples = examples[:limit] if limit > 0 else examples
   if not examples:

@@ -304,16 +304,44 @@ def read_conllu(path: str, column: str = "upos") -> list[TaggedSentence]:
 def read_squad(path: str) -> list[QAExample]:
   """Questions of a SQuAD v1.1 or v2.0 JSON file, in file order."""
   _require_file(path, "SQuAD JSON")
+  layout = ("pass a SQuAD v1.1/v2.0 JSON file: {'data': [{'paragraphs': [{'context': ..., 'qas': "
+            "[{'id', 'question', 'answers': [{'text', 'answer_start'}], 'is_impossible' (v2.0)}]}]}"
+            "]} (a Hugging Face `datasets` export, one flat record per question, is not one)")
   with open_text(path, "SQuAD JSON") as f:
-    data = json.load(f)
-  if "data" not in data:
-    raise ValueError(f"{path} has no 'data' list; pass a SQuAD v1.1/v2.0 JSON file.")
-  examples = []
-  for article in data["data"]:
-    for paragraph in article["paragraphs"]:
-      context = paragraph["context"]
-      for qa in paragraph["qas"]:
-        answers = () if qa.get("is_impossible", False) else tuple(
-            Answer(a["text"], int(a["answer_start"])) for a in qa["answers"])
-        examples.append(QAExample(qa["id"], qa["question"], context, answers))
+    try:
+      data = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path} is not one JSON document ({e}); {layout}.") from None
+  if not isinstance(data, dict) or "data" not in data:
+    raise ValueError(f"{path} has no 'data' list; {layout}.")
+  examples, seen = [], set()
+  try:
+    for article in data["data"]:
+      for paragraph in article["paragraphs"]:
+        context = paragraph["context"]
+        for qa in paragraph["qas"]:
+          answers = () if qa.get("is_impossible", False) else tuple(
+              Answer(a["text"], int(a["answer_start"])) for a in qa["answers"])
+          example = QAExample(qa["id"], qa["question"], context, answers)
+          _check_question(path, example, seen)
+          examples.append(example)
+  except (KeyError, TypeError) as e:
+    raise ValueError(f"{path}: question {len(examples) + 1} lacks the field {e}; {layout}.") from None
   return examples
+
+
+def _check_question(path: str, example: QAExample, seen: set) -> None:
+  """Raises for a repeated question id (scores are keyed by id: one question's gold replaced
+  another's) or an answer whose answer_start does not point at its text in the context (its
+  span would be another, or none)."""
+  if example.id in seen:
+    raise ValueError(f"{path}: question id {example.id!r} occurs twice; give each question its "
+                     "own id (the scores are keyed by it).")
+  seen.add(example.id)
+  for answer in example.answers:
+    found = example.context[answer.start:answer.start + len(answer.text)]
+    if found != answer.text:
+      raise ValueError(
+          f"{path}: question {example.id!r} has answer {answer.text!r} at answer_start "
+          f"{answer.start}, where the context reads {found!r}; answer_start is the answer's "
+          "character offset in the context (as in the official SQuAD files).")
