@@ -235,7 +235,8 @@ def test_check_refuses_unknown_tags_and_unlabelled_rows_before_training(tmp_path
   bad = tmp_path / "dev.conllu"
   bad.write_text("1\tdogs\tdog\tXX\t_\t_\t0\troot\t_\t_\n\n")
   config = tiny("upos", write_upos(tmp_path / "train.conllu", 2, 100_000), str(bad))
-  with pytest.raises(ValueError, match=r"tags \['XX'\] are not in config.data.labels"):
+  with pytest.raises(ValueError, match=r"tags \['XX'\] of config.data.eval_file='.*dev.conllu' "
+                                       r"are not in config.data.labels"):
     run.check(config, "none")
   # An eval file without a label column: refused as its rows were featurized, naming no file.
   unlabelled = tmp_path / "test.tsv"

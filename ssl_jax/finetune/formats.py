@@ -326,7 +326,8 @@ def read_squad(path: str) -> list[QAExample]:
           _check_question(path, example, seen)
           examples.append(example)
   except (KeyError, TypeError) as e:
-    raise ValueError(f"{path}: question {len(examples) + 1} lacks the field {e}; {layout}.") from None
+    raise ValueError(f"{path}: question {len(examples) + 1} lacks the field {e}; {layout}.") \
+        from None
   return examples
 
 

@@ -48,7 +48,7 @@ def check(config, init: str) -> None:
     for split in ("train", "validation"):
       examples = data.read_examples(config, split)
       if config.objective == "tagging":   # featurizing refused them only once the task trained
-        tagging.check_tags(config, examples)
+        tagging.check_tags(config, examples, split)
 
 
 def method(config) -> str:

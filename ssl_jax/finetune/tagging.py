@@ -39,13 +39,15 @@ def _file_tags(path: str, column: str) -> tuple[str, ...]:
   return tuple(sorted({t for s in formats.read_conllu(path, column) for t in s.tags}))
 
 
-def check_tags(config, sentences) -> None:
-  """Raises for a tag of `sentences` outside `tag_names(config)` (needs no vocabulary: the eval
-  suite checks every task's files before the first one trains)."""
+def check_tags(config, sentences, split: str | None = None) -> None:
+  """Raises for a tag of `sentences` (of `split`'s file, if given) outside `tag_names(config)`
+  (needs no vocabulary: the eval suite checks every task's files before the first one trains)."""
   unknown = sorted({t for s in sentences for t in s.tags} - set(tag_names(config)))
   if unknown:
-    raise ValueError(f"tags {unknown[:5]} are not in config.data.labels (when it is '': UPOS, or "
-                     "for XPOS the train file's tags); list every tag of the files in "
+    setting = "train_file" if split == "train" else "eval_file"
+    where = f" of config.data.{setting}={config.data[setting]!r}" if split else ""
+    raise ValueError(f"tags {unknown[:5]}{where} are not in config.data.labels (when it is '': "
+                     "UPOS, or for XPOS the train file's tags); list every tag of the files in "
                      "--config.data.labels=TAG,TAG,...")
 
 

@@ -73,7 +73,8 @@ def word_splits(word_type: np.ndarray, sentence: np.ndarray, seed: int) -> dict[
   return {"train": train, "test": test & seen, "unseen": ~seen}
 
 
-def word_type_baseline(pos: np.ndarray, word_type: np.ndarray, split: dict[str, np.ndarray]) -> float:
+def word_type_baseline(pos: np.ndarray, word_type: np.ndarray,
+                       split: dict[str, np.ndarray]) -> float:
   """Accuracy on the 'test' words of predicting each word's type's most frequent 'train' tag
   (ties: the lower tag index); a lookup table, the accuracy a probe reaches by memorising."""
   counts = np.zeros((int(word_type.max()) + 1, len(data.UPOS_TAGS)), np.int64)
