@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import threading
+import uuid
 from typing import Any
 
 import jax
@@ -29,6 +30,7 @@ from etils import epath
 from flax import traverse_util
 from orbax.checkpoint import type_handlers
 
+from ssl_jax import distributed
 from ssl_jax import optim
 from ssl_jax.data import tasks
 from ssl_jax.data import vocabularies
@@ -224,6 +226,38 @@ def check_workdir(workdir: str) -> None:
     raise ValueError(
         f"--workdir={workdir!r} is not writable ({reason}); pass a directory you can write "
         "to (checkpoints, metrics.jsonl and config.json go there).") from e
+  _check_shared(workdir)
+
+
+def _check_shared(workdir: str) -> None:
+  """Raises in every process of a multi-process job whose processes do not all see one `workdir`
+  (a host-local path on each host): each writes its checkpoint shards and data position there,
+  so process 0 would commit checkpoints that hold its own parts alone, found only on resume."""
+  if jax.process_count() == 1:
+    return
+  path = os.path.join(workdir, ".shared_check")
+  token = ""
+  if jax.process_index() == 0:
+    token = uuid.uuid4().hex
+    with tf.io.gfile.GFile(path, "w") as f:
+      f.write(token)
+  token = distributed.all_gather_text("workdir_token", token)[0]
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      seen = f.read() == token
+  except (OSError, tf.errors.OpError):
+    seen = False
+  blind = [i for i, ok in enumerate(distributed.all_gather_text("workdir_seen", str(int(seen))))
+           if ok != "1"]
+  if jax.process_index() == 0:
+    tf.io.gfile.remove(path)
+  if blind:
+    raise ValueError(
+        f"--workdir={workdir!r} is not one directory shared by the job's processes: process(es) "
+        f"{blind} do not see the file process 0 wrote there (a path on each host's local disk?). "
+        "Every process writes its part of each checkpoint into the workdir, so process 0 would "
+        "commit checkpoints that hold its part alone; pass a directory on storage every host "
+        "mounts (gs://bucket/run, NFS).")
 
 
 def check_compatible(manager: ocp.CheckpointManager, step: int, config, layout, *,

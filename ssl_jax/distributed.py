@@ -174,15 +174,8 @@ def check_same_everywhere(settings: Mapping[str, Any], timeout_s: int = BARRIER_
   The values go through the coordination service, as `barrier`'s wait."""
   if not jax.distributed.is_initialized() or jax.process_count() == 1:
     return
-  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
-  client = jax_distributed.global_state.client
-  key = f"ssl_jax/settings/{next(_barrier_ids)}"
-  client.key_value_set(f"{key}/{jax.process_index()}", json.dumps(settings, sort_keys=True))
-  values = [_flat(json.loads(client.blocking_key_value_get(f"{key}/{i}", timeout_s * 1000)))
-            for i in range(jax.process_count())]
-  # Every process has read every value before any raises: a coordinator that exits first would
-  # leave the others a lost connection instead of the message.
-  client.wait_at_barrier(f"{key}/read", timeout_in_ms=timeout_s * 1000)
+  values = [_flat(json.loads(v))
+            for v in all_gather_text("settings", json.dumps(settings, sort_keys=True), timeout_s)]
   for i, other in enumerate(values[1:], 1):
     differ = sorted(k for k in values[0].keys() | other.keys() if values[0].get(k) != other.get(k))
     if differ:
@@ -191,6 +184,23 @@ def check_same_everywhere(settings: Mapping[str, Any], timeout_s: int = BARRIER_
           + "; ".join(f"{k}={other.get(k)!r} (process 0: {values[0].get(k)!r})" for k in differ[:5])
           + ". Every process of a job runs the same command with the same config (a config file "
           "edited on one host? a flag given to some processes only?); make them equal and restart.")
+
+
+def all_gather_text(name: str, text: str, timeout_s: int = BARRIER_TIMEOUT_S) -> list[str]:
+  """Every process's `text`, in process order (each process calls it, as its n-th call); [text]
+  in a single-process run. Through the coordination service, as `barrier`'s wait; every process
+  has read every value when it returns, so one that raises on them next cannot leave another a
+  lost connection (a coordinator exiting first) instead of the message."""
+  if not jax.distributed.is_initialized() or jax.process_count() == 1:
+    return [text]
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  client = jax_distributed.global_state.client
+  key = f"ssl_jax/{next(_barrier_ids)}/{name}"
+  client.key_value_set(f"{key}/{jax.process_index()}", text)
+  values = [client.blocking_key_value_get(f"{key}/{i}", timeout_s * 1000)
+            for i in range(jax.process_count())]
+  client.wait_at_barrier(f"{key}/read", timeout_in_ms=timeout_s * 1000)
+  return values
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -336,6 +336,34 @@ def test_a_process_told_another_num_processes_is_refused():
           "process the same --num_processes.") in out[1], out[1][-2000:]
 
 
+def test_a_workdir_the_processes_do_not_share_is_refused(tmp_path):
+  # A workdir on each host's local disk: process 0 committed checkpoints that held its own shards
+  # and data position alone, the job exited 0, and only the resume found them incomplete.
+  if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+    pytest.skip("needs `unshare -m` (a private mount namespace) to give one process its own disk")
+  workdir = tmp_path / "run"
+  code = ("import sys; from ssl_jax import checkpointing, distributed; "
+          "distributed.initialize(sys.argv[1], 2, int(sys.argv[2])); "
+          "checkpointing.check_workdir(sys.argv[3]); print('one workdir')")
+  for private in (False, True):
+    address = f"127.0.0.1:{_launcher().free_port()}"
+    commands = [[sys.executable, "-c", code, address, str(i), str(workdir)] for i in (0, 1)]
+    if private:   # process 1 sees a fresh, empty file system at the workdir's path
+      commands[1] = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs "$0" && exec "$@"',
+                     str(workdir), *commands[1]]
+    procs = [subprocess.Popen(c, env=_clean_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for c in commands]
+    out = [p.communicate(timeout=300)[0] for p in procs]
+    if not private:
+      assert all(p.returncode == 0 and "one workdir" in o for p, o in zip(procs, out)), out
+      assert os.listdir(workdir) == []   # the check leaves nothing behind
+      continue
+    for p, o in zip(procs, out):
+      assert p.returncode != 0
+      assert (f"ValueError: --workdir={str(workdir)!r} is not one directory shared by the job's "
+              "processes: process(es) [1] do not see the file process 0 wrote there") in o, o[-2000:]
+
+
 def test_local_launcher_names_a_command_it_cannot_find():
   result = subprocess.run([sys.executable, os.path.join(LAUNCH, "local.py"), "--", "ssl-jx",
                            "train"], capture_output=True, text=True, timeout=60)
