@@ -46,9 +46,26 @@ def _log_file(args) -> str:
   return f"{LOG_DIR}/{args.name}.log"
 
 
+# The TPU VM software version for JAX, by accelerator generation
+# (cloud.google.com/tpu/docs/runtimes): gcloud refuses a v5e or v6e slice with the v4 image.
+RUNTIMES = {"v2": "tpu-ubuntu2204-base", "v3": "tpu-ubuntu2204-base", "v4": "tpu-ubuntu2204-base",
+            "v5litepod": "v2-alpha-tpuv5-lite", "v5p": "v2-alpha-tpuv5", "v6e": "v2-alpha-tpuv6e"}
+
+
+def runtime_version(accelerator_type: str) -> str:
+  """The software version for `accelerator_type` ('v5litepod-16' -> 'v2-alpha-tpuv5-lite')."""
+  generation = accelerator_type.rpartition("-")[0]
+  if generation not in RUNTIMES:
+    raise ValueError(f"--accelerator_type={accelerator_type!r}: no default --version for "
+                     f"{generation or accelerator_type!r} (known: {', '.join(RUNTIMES)}); pass "
+                     "--version=<TPU software version> (cloud.google.com/tpu/docs/runtimes).")
+  return RUNTIMES[generation]
+
+
 def create_commands(args) -> list:
+  version = args.version or runtime_version(args.accelerator_type)
   command = _base(args, "create") + [f"--accelerator-type={args.accelerator_type}",
-                                     f"--version={args.version}"]
+                                     f"--version={version}"]
   if args.spot:
     command.append("--spot")
   return [command]
@@ -71,7 +88,10 @@ def run_commands(args) -> list:
   # `env`: a leading VAR=value (how XLA_FLAGS and the like reach the hosts, as ssh passes no
   # environment) stays an assignment after nohup and when quoted for its spaces; env execs the
   # command, so nohup's pid stays the job's.
-  user_command = "env " + " ".join(shlex.quote(c) for c in args.command)
+  # pip installs `ssl-jax` into ~/.local/bin for a user without root, which a non-login ssh
+  # command's PATH lacks.
+  user_command = ('env "PATH=$HOME/.local/bin:$PATH" '
+                  + " ".join(shlex.quote(c) for c in args.command))
   if args.attach:
     return [_ssh(args, f"cd {args.remote_dir} && {user_command}")]
   # nohup + a pid file: the job outlives the SSH session, and `stop` can signal exactly it. The
@@ -121,7 +141,9 @@ def parse_args(argv):
                    help="print the gcloud commands instead of running them")
     if action == "create":
       p.add_argument("--accelerator_type", default="v4-32", help="e.g. v4-32, v5litepod-64")
-      p.add_argument("--version", default="tpu-ubuntu2204-base", help="TPU VM runtime image")
+      p.add_argument("--version", default=None,
+                     help="TPU software version (default: the one for the accelerator, e.g. "
+                     "tpu-ubuntu2204-base for v4, v2-alpha-tpuv5-lite for v5litepod)")
       p.add_argument("--spot", action="store_true", help="a Spot (preemptible) slice")
     if action in ("setup", "run"):
       p.add_argument("--remote_dir", default="~/ssl_jax", help="the repository on each host")
@@ -138,6 +160,11 @@ def parse_args(argv):
       p.add_argument("--no_follow", dest="follow", action="store_false",
                      help="print and exit instead of following the log")
   args = parser.parse_args(argv)
+  if args.action == "create" and not args.version:
+    try:
+      runtime_version(args.accelerator_type)
+    except ValueError as e:
+      parser.error(str(e))
   if args.action == "run":
     args.command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not args.command:

@@ -129,6 +129,13 @@ def test_tpu_pod_dry_run_prints_the_exact_gcloud_commands():
   where = "--zone=us-central2-b --project=proj"
   assert dry_run("create") == [
       f"{tpu} create bert {where} --accelerator-type=v4-32 --version=tpu-ubuntu2204-base"]
+  # The v4 image was the default for every slice: gcloud refuses it for v5e (v5litepod).
+  assert dry_run("create", "--accelerator_type=v5litepod-16") == [
+      f"{tpu} create bert {where} --accelerator-type=v5litepod-16 --version=v2-alpha-tpuv5-lite"]
+  unknown = subprocess.run(
+      [sys.executable, os.path.join(LAUNCH, "tpu_pod.py"), "create", "--accelerator_type=v9x-8",
+       "--name=b", "--zone=z", "--dry_run"], capture_output=True, text=True)
+  assert unknown.returncode == 2 and "no default --version for 'v9x'" in unknown.stderr
   assert dry_run("delete") == [f"{tpu} delete bert {where} --quiet"]
   assert dry_run("logs") == [
       f"{tpu} ssh bert {where} --worker=0 '--command=tail -n 100 -F ~/ssl_jax_logs/bert.log'"]
@@ -142,7 +149,8 @@ def test_tpu_pod_dry_run_prints_the_exact_gcloud_commands():
       capture_output=True, text=True, check=True).stdout.splitlines()
   assert run == [
       f"{tpu} ssh bert --zone=us-central2-b --worker=all '--command=mkdir -p ~/ssl_jax_logs && "
-      "cd ~/ssl_jax && { nohup env ssl-jax train --config=configs/bert.py:base --workdir=gs://b/run "
+      'cd ~/ssl_jax && { nohup env "PATH=$HOME/.local/bin:$PATH" ssl-jax train '
+      "--config=configs/bert.py:base --workdir=gs://b/run "
       ">> ~/ssl_jax_logs/bert.log 2>&1 < /dev/null & echo $! > ~/ssl_jax_logs/bert.pid; }'"]
 
 
