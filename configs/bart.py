@@ -11,7 +11,10 @@ infill_ratio, poisson_lambda, permute_sentence_ratio, rotate_ratio); they compos
 makes that share of the [MASK]s random tokens (fairseq's --mask-random). base and large take the
 fairseq command its authors gave for BART's pretraining (fairseq issue 1899): 30% of tokens in
 infilled spans of Poisson(3.5) lengths (the paper says 3), a tenth of the [MASK]s random, every
-sentence permuted, no rotation. tiny keeps the defaults: Poisson(3), no random [MASK]s.
+sentence permuted, no rotation; its learning rate, warmup and step count too. The optimizer's
+other settings are ssl_jax's AdamW defaults (b2 0.999, eps 1e-6, clipping at norm 1.0), not that
+command's; RoBERTa's recipe, whose batch size and step count the BART paper follows, has b2 0.98
+(--config.optim.b2=0.98). tiny keeps the defaults: Poisson(3), no random [MASK]s.
 """
 from ssl_jax import config as config_lib
 
