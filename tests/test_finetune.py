@@ -227,6 +227,13 @@ def test_epochs_and_warmup_ratio_set_the_schedule_unless_warmup_steps_are_set(tm
   assert run.prepare(config, "none")[0].optim.warmup_steps == 7
   config.optim.warmup_steps = 50   # was replaced by the ratio's, silently
   assert run.prepare(config, "none")[0].optim.warmup_steps == 50
+  config.train.num_steps = 12   # was replaced by the epochs' 60, silently
+  with pytest.raises(ValueError, match=r"config.train.num_steps=12 is not read: "
+                     r"config.finetune.num_epochs=3.0 sets the step count. Pass "
+                     r"--config.finetune.num_epochs=0"):
+    run.prepare(config, "none")
+  config.finetune.num_epochs = 0
+  assert run.prepare(config, "none")[0].train.num_steps == 12
 
 
 def test_check_refuses_unknown_tags_and_unlabelled_rows_before_training(tmp_path):

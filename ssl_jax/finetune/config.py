@@ -19,7 +19,8 @@ Files in `configs/finetune/` start from `base_config(...)`. Added keys:
                               max_answer_length (tokens), allow_no_answer (SQuAD 2.0),
                               null_score_threshold
   config.finetune.init        'none' | 'hf:DIR' | an ssl_jax workdir (the CLI's --init sets it)
-  config.finetune.num_epochs  > 0: train.num_steps = ceil(epochs * train rows / batch)
+  config.finetune.num_epochs  > 0: train.num_steps = ceil(epochs * train rows / batch) (a
+                              num_steps given as well is refused: set num_epochs=0 for it)
   config.finetune.warmup_ratio  > 0: optim.warmup_steps = ceil(ratio * num_steps) (HF's), unless
                               optim.warmup_steps > 0 (steps win, as in HF TrainingArguments)
 """
@@ -93,10 +94,18 @@ def set_variant(config, arg: str) -> None:
     raise ValueError(f"config variant {arg!r} is unknown; use 'pretrained' or 'tiny'.")
 
 
-def set_schedule(config: ml_collections.ConfigDict, train_rows: Callable[[], int]) -> None:
+def set_schedule(config: ml_collections.ConfigDict, train_rows: Callable[[], int],
+                 default_steps: int) -> None:
   """train.num_steps from finetune.num_epochs (> 0) and `train_rows()`, and optim.warmup_steps
-  from finetune.warmup_ratio (> 0) when optim.warmup_steps is 0."""
+  from finetune.warmup_ratio (> 0) when optim.warmup_steps is 0. Raises for a train.num_steps
+  other than `default_steps` (the config's own) that the epochs would replace."""
   f = config.finetune
+  if f.num_epochs > 0 and config.train.num_steps != default_steps:
+    raise ValueError(
+        f"config.train.num_steps={config.train.num_steps} is not read: "
+        f"config.finetune.num_epochs={f.num_epochs} sets the step count. Pass "
+        "--config.finetune.num_epochs=0 to train that many steps, or leave num_steps at "
+        f"{default_steps}.")
   if f.num_epochs > 0:
     config.train.num_steps = max(
         1, math.ceil(f.num_epochs * train_rows() / config.train.global_batch_size))

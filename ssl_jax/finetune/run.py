@@ -26,7 +26,10 @@ def prepare(config, init: str):
   vocabulary, and the step count and warmup from config.finetune (`set_schedule`)."""
   finetune_config.validate(config)
   config, encoder = pretrained.load(config, init)
-  finetune_config.set_schedule(config, lambda: data.num_rows(config, "train"))
+  d = config.data
+  finetune_config.set_schedule(
+      config, lambda: data.num_rows(config, "train"),
+      finetune_config.base_config(config.objective, d.task, d.format).train.num_steps)
   data.featurized(config, "validation")  # cached: a bad eval file fails now, not after training
   return config, encoder
 

@@ -345,7 +345,8 @@ def prepare(config, init: str = 'none'):
       'text-to-text fine-tuning trains on the (input, target) pairs of data.format, '
       'train_file and eval_file, not a pretraining stream, and corrupts none')
   config = lm_init.config_from_init(config, init, families=('t5', 'bart'))
-  finetune_config.set_schedule(config, lambda: len(read_pairs(config, 'train')))
+  finetune_config.set_schedule(config, lambda: len(read_pairs(config, 'train')),
+                               base_config().train.num_steps)
   return config
 
 
