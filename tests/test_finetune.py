@@ -210,7 +210,8 @@ def test_init_from_an_ssl_jax_pretraining_run_loads_its_encoder(tmp_path):
   assert earlier.finetune.init_step == 1
   np.testing.assert_array_equal(np.asarray(encoder["encoder"]["layers_0"]["mlp"]["wi"]["kernel"]),
                                 np.asarray(saved["encoder"]["layers_0"]["mlp"]["wi"]["kernel"]))
-  with pytest.raises(FileNotFoundError, match="no complete checkpoint at step 7"):
+  with pytest.raises(FileNotFoundError, match=r"no complete checkpoint at step 7; its checkpoints "
+                                              r"are at steps \[1, 2\]"):
     pretrained.load(config, f"{workdir}/checkpoints/7")
 
 

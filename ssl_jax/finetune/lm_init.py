@@ -137,9 +137,13 @@ def init_step(init: str, run_dir: str, step, train_cfg: ml_collections.ConfigDic
   manager = checkpointing.make_manager(run_dir, train_cfg, read_only=True)
   try:
     step = manager.latest_step() if step is None else step
-    if step is None or step not in manager.all_steps():
-      raise FileNotFoundError(f'--init={init!r} holds no complete checkpoint'
-                              f'{"" if step is None else f" at step {step}"}; train it first.')
+    steps = manager.all_steps()
+    if step is None or step not in steps:
+      raise FileNotFoundError(
+          f'--init={init!r} holds no complete checkpoint'
+          + ('; train it first.' if not steps else
+             f' at step {step}; its checkpoints are at steps {sorted(steps)} (name one as '
+             f'{os.path.join(run_dir, "checkpoints", "<step>")}, or the run for its latest).'))
     return step
   finally:
     manager.close()
