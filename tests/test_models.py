@@ -228,6 +228,13 @@ def test_sampling_respects_top_k_and_seed():
   np.testing.assert_array_equal(sampled[0], sampled[1])
   with pytest.raises(ValueError, match='max_length=32'):
     decoding.generate(model, params, prompt, 31)
+  # A top_k past the vocabulary is every token, as in transformers (it raised XLA's own error).
+  whole = dict(rng=jax.random.key(1), temperature=2.0)
+  np.testing.assert_array_equal(
+      decoding.generate(model, params, prompt, 5, top_k=model.config.vocab_size + 1, **whole),
+      sampled[0])
+  with pytest.raises(ValueError, match=r'top_k=-1 must be >= 0 \(0 = every token\)'):
+    decoding.generate(model, params, prompt, 5, top_k=-1, **whole)
 
 
 @pytest.mark.parametrize('scan_layers', [False, True])

@@ -32,14 +32,22 @@ def init_cache(model, *args, **kwargs) -> dict:
 def sample_logits(rng: jax.Array, logits: jax.Array, temperature: float = 0.0,
                   top_k: int = 0) -> jax.Array:
   """logits [B, V] -> token ids [B]: argmax when temperature == 0, else a sample from
-  softmax(logits / temperature) restricted to the top_k largest logits (top_k 0 = all)."""
+  softmax(logits / temperature) restricted to the top_k largest logits (top_k 0 = all; one past
+  the vocabulary = all, as in `transformers`)."""
   if temperature == 0.0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   logits = logits.astype(jnp.float32) / temperature
   if top_k:
-    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][..., -1:]
     logits = jnp.where(logits < kth, -jnp.inf, logits)
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def _check_sampling(temperature: float, top_k: int) -> None:
+  if temperature < 0:
+    raise ValueError(f'temperature={temperature} must be >= 0 (0 = greedy)')
+  if top_k < 0:
+    raise ValueError(f'top_k={top_k} must be >= 0 (0 = every token)')
 
 
 def decode_loop(step_fn: StepFn, cache, tokens: jax.Array, prompt_lengths: jax.Array,
@@ -119,8 +127,7 @@ def generate(model, params, prompt_tokens, max_new_tokens: int, rng=None,
   prompt_lengths = np.asarray(prompt_lengths, np.int32)
   if prompt_lengths.min() < 1 or prompt_lengths.max() > prompt_length:
     raise ValueError(f'prompt_lengths={prompt_lengths.tolist()} must be in [1, {prompt_length}]')
-  if temperature < 0:
-    raise ValueError(f'temperature={temperature} must be >= 0 (0 = greedy)')
+  _check_sampling(temperature, top_k)
   tokens = jnp.pad(prompt_tokens, ((0, 0), (0, max_new_tokens)))
   rng = jax.random.key(0) if rng is None else rng
   return continue_rows(model, params, tokens, jnp.asarray(prompt_lengths), rng,
@@ -191,8 +198,7 @@ def seq2seq_generate(model, params, encoder_input_tokens, max_decode_len: int,
   after a row emits eos_id its remaining positions hold pad_token_id.
   """
   check_decode_len(model, max_decode_len)
-  if temperature < 0:
-    raise ValueError(f'temperature={temperature} must be >= 0 (0 = greedy)')
+  _check_sampling(temperature, top_k)
   rng = jax.random.key(0) if rng is None else rng
   return _seq2seq_generate(model, params, jnp.asarray(encoder_input_tokens, jnp.int32),
                            None if encoder_segment_ids is None else
