@@ -264,6 +264,10 @@ def test_cli_converts_a_run_into_a_directory_transformers_loads(tmp_path, name):
     assert tokenizer.decode(tokenizer(text)['input_ids'], skip_special_tokens=True) == (
         tokenizer.decode(ids))
     assert lm_init.hf_lower_case(out)
+  else:   # an encoder input ends with EOS alone, as ssl_jax feeds it (BertTokenizer added [CLS])
+    assert tokenizer(text)['input_ids'] == [*ids, special.eos]
+    assert tokenizer([text, 'dog'], padding=True)['input_ids'][1][-1] == special.pad
+  if name == 'gpt':
     # Into an earlier conversion: replaced. Into a directory with other files (a model's stale
     # tokenizer.json was loaded in place of the run's vocab.txt) or into the run itself (its
     # config.json was overwritten): refused before anything is written.
@@ -295,13 +299,14 @@ def test_cli_converts_a_run_into_a_directory_transformers_loads(tmp_path, name):
     assert os.listdir(vocab_dir) == ['vocab.txt']
 
 
-def test_a_byte_vocabulary_converts_to_a_tokenizer_of_its_ids(tmp_path):
+@pytest.mark.parametrize('name', ['gpt', 't5'])
+def test_a_byte_vocabulary_converts_to_a_tokenizer_of_its_ids(tmp_path, name):
   # A byte-vocabulary GPT's directory had no tokenizer files: AutoTokenizer took GPT-2's BPE,
   # found no files and encoded every text to [] (generate then crashed inside GPT-2).
   import helpers
   from ssl_jax.data import vocabularies
   from ssl_jax.interop import convert
-  config = helpers.cli_config('gpt', '--config.data.vocab.kind=byte',
+  config = helpers.cli_config(name, '--config.data.vocab.kind=byte',
                               '--config.data.vocab.extra_ids=2')
   run, out = str(tmp_path / 'run'), str(tmp_path / 'hf')
   helpers.save_untrained_run(run, config, jax.devices()[:1])
@@ -309,7 +314,9 @@ def test_a_byte_vocabulary_converts_to_a_tokenizer_of_its_ids(tmp_path):
   vocab = vocabularies.get_vocabulary(config.data.vocab)
   tokenizer = transformers.AutoTokenizer.from_pretrained(out)
   text = 'Héllo  wörld!\n ok'
-  assert tokenizer(text)['input_ids'] == [0, *vocab.encode(text)]   # id 0 first, as a GPT row
+  # Framed as the run's rows: id 0 first (a GPT row), or EOS last (a T5 encoder input; it had none)
+  assert tokenizer(text)['input_ids'] == (
+      [0, *vocab.encode(text)] if name == 'gpt' else [*vocab.encode(text), vocab.eos_id])
   assert tokenizer.decode(tokenizer(text)['input_ids'], skip_special_tokens=True) == text
   assert tokenizer.convert_tokens_to_ids(['<extra_id_0>', '<extra_id_1>']) == [
       vocab.vocab_size - 1, vocab.vocab_size - 2]

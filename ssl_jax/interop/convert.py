@@ -10,8 +10,9 @@ transformers class (`BertTokenizer` with `do_lower_case`, or `T5Tokenizer`), so 
 `AutoTokenizer.from_pretrained(out)` gives the run's token ids (a 'byte' vocabulary: a
 `tokenizer.json` of seqio's ids, byte b at b + 3). A GPT's directory adds a `tokenizer.json` of
 the same tokenizer that starts each text with id 0 and adds no EOS, as a GPT row starts
-(`generate(**tokenizer(prompt))` continues the prompt). seqio's extra ids (T5 sentinels) sit above
-the file's tokens.
+(`generate(**tokenizer(prompt))` continues the prompt); a T5's or BART's one that ends each text
+with EOS alone, as their encoder inputs end. seqio's extra ids (T5 sentinels) sit above the
+file's tokens.
 The other direction needs no conversion: `--init hf:DIR` (finetune, eval-suite) and
 `interop.hf.from_pretrained(DIR)` read a Hugging Face directory directly.
 """
@@ -76,8 +77,12 @@ def to_hf(workdir: str, out: str, step: int | None = None) -> str:
         tf.io.gfile.remove(os.path.join(out, name))
     hf.save_pretrained(subject.model, params, out, token_ids=token_ids)
     tokenizer = _write_vocabulary(subject.config.data.vocab, out)
-    if subject.name == "causal_lm":
-      _start_prompts_with_bos(out, special.eos, tokenizer)
+    if subject.name == "causal_lm":   # a row starts with id 0, no EOS
+      _frame_texts(out, tokenizer, start=0, eos=special.eos, end_with_eos=False)
+    elif subject.name != "mlm" and tokenizer["tokenizer_class"] != "T5Tokenizer":
+      # An encoder input ends with EOS alone (T5Tokenizer's framing already).
+      _frame_texts(out, tokenizer, start=None, eos=special.eos, end_with_eos=True,
+                   pad=special.pad)
     with tf.io.gfile.GFile(os.path.join(out, "config.json")) as f:
       architecture = ", ".join(json.load(f).get("architectures") or ["a model"])
     logging.info("Wrote step %d of %s to %s: %s (%s).", step, workdir, out, architecture,
@@ -90,22 +95,35 @@ def _write_tokenizer_config(out: str, tokenizer: dict) -> None:
     json.dump(tokenizer, f)
 
 
-def _start_prompts_with_bos(out: str, eos: int, tokenizer_config: dict) -> None:
-  """Makes the tokenizer in `out` encode text as a GPT row starts: id 0 first, no EOS (BERT's and
-  T5's tokenizers add [CLS]/[SEP] or EOS, and `generate` stopped at once): a tokenizer.json with
-  that post-processor. vocab.txt / spiece.model stay for `--init hf:` (do_lower_case too)."""
+def _frame_texts(out: str, tokenizer_config: dict, *, start: int | None, eos: int,
+                 end_with_eos: bool, pad: int | None = None) -> None:
+  """Makes the tokenizer in `out` frame a text as the run's rows do: a tokenizer.json whose
+  post-processor puts id `start` first (a GPT row's id 0) and, with `end_with_eos`, EOS last (a
+  T5/BART encoder input's only special token). BertTokenizer adds [CLS] and [SEP] (a GPT's
+  `generate` stopped at once; T5's relative positions all moved) and the byte tokenizer nothing
+  (the encoder lost the EOS it always saw). vocab.txt / spiece.model stay for `--init hf:`
+  (do_lower_case too)."""
   import transformers  # pylint: disable=g-import-not-at-top  (the interop extra, as safetensors)
   from tokenizers import processors  # pylint: disable=g-import-not-at-top
   tokenizer = transformers.AutoTokenizer.from_pretrained(out)
   backend = tokenizer.backend_tokenizer
-  bos, eos_token = tokenizer.convert_ids_to_tokens([0, eos])
+  first = [] if start is None else [(tokenizer.convert_ids_to_tokens(start), start)]
+  last = [(tokenizer.convert_ids_to_tokens(eos), eos)] if end_with_eos else []
+  names = [name for name, _ in first]
   backend.post_processor = processors.TemplateProcessing(
-      single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, 0)])
+      single=" ".join([*names, "$A", *(n for n, _ in last)]),
+      pair=" ".join([*names, "$A", "$B", *(n for n, _ in last)]),
+      special_tokens=sorted(set(first + last), key=lambda t: t[1]))
   backend.save(os.path.join(out, "tokenizer.json"))
   # No token_type_ids: GPT-2 would add their (token) embeddings to every position.
-  _write_tokenizer_config(out, {**tokenizer_config, "tokenizer_class": "PreTrainedTokenizerFast",
-                                "bos_token": bos, "eos_token": eos_token,
-                                "model_input_names": ["input_ids", "attention_mask"]})
+  config = {**tokenizer_config, "tokenizer_class": "PreTrainedTokenizerFast",
+            "eos_token": tokenizer.convert_ids_to_tokens(eos),
+            "model_input_names": ["input_ids", "attention_mask"]}
+  if names:
+    config["bos_token"] = names[0]
+  if pad is not None:   # padded batches of encoder inputs (a GPT, as GPT-2, has no pad id)
+    config["pad_token"] = tokenizer.convert_ids_to_tokens(pad)
+  _write_tokenizer_config(out, {k: v for k, v in config.items() if v is not None})
 
 
 def _write_vocabulary(vocab_cfg, out: str) -> dict:
