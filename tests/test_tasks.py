@@ -146,6 +146,15 @@ def test_text_files_source(tmp_path):
   for objective in ("causal_lm", "mlm"):
     examples = _examples(tiny_config(objective, source="text_files", text_files=str(path)), "train", 4)
     assert len(examples) == 4
+  # A document's text keeps its line breaks (it was its sentences re-joined by spaces): a GPT or
+  # T5 on a byte vocabulary never saw a newline of verse or code.
+  assert train[1]["text"] == b"Line one of document two\nline two of document two"
+  for objective in ("causal_lm", "span_corruption"):
+    config = tiny_config(objective, source="text_files", text_files=str(path))
+    config.data.vocab.kind = "byte"
+    newline = vocabularies.get_vocabulary(config.data.vocab).encode("\n")
+    assert any(newline[0] in e["targets"].tolist() + e.get("inputs", np.zeros(0)).tolist()
+               for e in _examples(config, "train", 8)), objective
 
 
 def test_text_files_errors(tmp_path):

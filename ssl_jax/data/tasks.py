@@ -21,7 +21,7 @@ Sources (`config.data.source`):
   epoch corrupts a document differently (dynamic masking, as RoBERTa). Validation is one fixed pass.
 - 'text_files': `config.data.text_files` (comma-separated; read into memory when the dataset is built):
   documents are separated by blank lines; sentences are lines, further split after . ! or ? followed by
-  a space. Validation = every 20th document (19, 39, ...), or the last one for files with < 20.
+  a space. A document's `text` (what GPT and T5 read) is its own, line breaks kept. Validation = every 20th document (19, 39, ...), or the last one for files with < 20.
   Train is an endless stream as for the corpus.
 - 'tfds': `seqio.TfdsDataSource(config.data.tfds_name)` (e.g. 'c4/en:3.1.0', 'wikipedia/20230601.en:1.0.0');
   documents are the `text` field, sentences split as above, `doc_index` a fingerprint of the text. The
@@ -74,9 +74,12 @@ def split_sentences(text):
   return tf.boolean_mask(sentences, tf.strings.length(sentences) > 0)
 
 
-def _document(doc_index, sentences):
-  return {"doc_index": tf.cast(doc_index, tf.int64), "text": tf.strings.reduce_join(sentences, separator=" "),
-          "sentences": sentences}
+def _document(doc_index, sentences, text=None):
+  """A document: `text` (default: the sentences joined by spaces) and its `sentences`. The text of
+  a file or TFDS document is its own, line breaks and indentation kept (GPT and T5 read it; a byte
+  vocabulary sees them), not the sentences' re-join."""
+  text = tf.strings.reduce_join(sentences, separator=" ") if text is None else text
+  return {"doc_index": tf.cast(doc_index, tf.int64), "text": text, "sentences": sentences}
 
 
 def _endless_epochs(num_documents, shuffle, seed):
@@ -195,7 +198,7 @@ def _text_files_dataset(split, shuffle_files, seed=None, *, paths, endless=True)
   def make_document(doc_index, i):
     # doc_index: the file-order index, offset by whole epochs for train (see the module docstring).
     index = indices[i] + (doc_index - i)
-    return _document(index, split_sentences(texts[i]))
+    return _document(index, split_sentences(texts[i]), texts[i])   # stripped when read
   return _in_memory_documents(make_document, n, split, shuffle_files, seed, endless)
 
 
@@ -205,7 +208,7 @@ def _tfds_documents(ds):
     doc_index = tf.strings.to_hash_bucket_fast(ex["text"], 2 ** 62)
     if "epoch" in ex:  # the train split's later epochs corrupt the document anew
       doc_index = (doc_index + ex["epoch"] * _EPOCH_STRIDE) % 2 ** 62
-    return _document(doc_index, split_sentences(ex["text"]))
+    return _document(doc_index, split_sentences(ex["text"]), tf.strings.strip(ex["text"]))
   return ds.map(make_document, num_parallel_calls=AUTOTUNE)
 
 
