@@ -150,6 +150,14 @@ def test_nsp_label_is_not_given_away_by_the_length_or_where_b_stops(vocab, docs)
   best_by_length = max(np.mean((lengths >= t) == labels) for t in range(5, 130))
   assert best_by_length < 0.62, best_by_length
   assert abs(labels[ends_sentence].mean() - labels[~ends_sentence].mean()) < 0.2
+  # One-sentence documents: the chunk splits in half, so the real B was about A's length and a
+  # random B that filled the row twice that (a guess by B's length right 88% of the time).
+  single = [[sentence] for doc in docs[:300] for sentence in doc][:600]
+  examples = _bert(vocab, single, sequence_length=128, sentence_task="nsp")
+  labels = np.array([e["sentence_label"] for e in examples])
+  b_lengths = np.array([int(e["token_type_ids"].sum()) for e in examples])
+  by_b_length = [np.mean((b_lengths >= t) == labels) for t in range(1, 64)]
+  assert abs(labels.mean() - 0.5) < 0.06 and max(max(by_b_length), 1 - min(by_b_length)) < 0.6
 
 
 def test_sop_swaps_half_of_the_pairs(vocab, docs, ids):

@@ -313,17 +313,17 @@ def _sentence_pair(doc, tokens, starts, lengths, task, budget, seeds):
   a, a_starts, b, b_starts = tokens[:split], starts[:split], tokens[split:], starts[split:]
   label = tf.constant(0, tf.int32)
   if task == "nsp":
-    # Either B fills the row from a sentence start: the real one runs on past the chunk into the
-    # rest of the document, the random one through the previous document, as BERT's
-    # target_b_length. So where B stops (the end of a sentence, or the middle of one) does not
-    # tell the two apart; each stops early only where its document ends. The random B starts at
-    # a random sentence, so on long documents it runs out more often than the real one (as in
-    # BERT's create_pretraining_data.py): a full row hints at a real B (0.45 vs 0.28 of rows full,
-    # a length-only guess right 58% of the time, on documents of 1-60 sentences).
+    # The real B runs on from A past the chunk into the rest of the document, up to the row's
+    # room; the random B, from a random sentence of the previous document, is cut to the real
+    # one's length. So B's length tells the two apart only where the previous document runs out
+    # first (BERT's random B always fills the row: where a document's chunk is one sentence,
+    # split in half, its real B is A's length and the random one twice that, a length-only guess
+    # right 88% of the time on one-sentence documents).
     room = tf.cast(budget - split, tf.int64)
     end = _chunk_span(doc)[2]
     b = tf.concat([b, doc["tokens"][end:]], 0)[:room]
     b_starts = tf.concat([b_starts, doc["word_starts"][end:]], 0)[:room]
+    room = tf.cast(tf.size(b), tf.int64)
     other, other_lengths = doc["other_tokens"], doc["other_lengths"]
     is_random = tf.logical_and(tf.random.stateless_uniform([], seeds[1]) < 0.5, tf.size(other) > 0)
     sentence = tf.random.stateless_uniform(
