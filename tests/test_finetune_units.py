@@ -252,7 +252,9 @@ def test_suite_checks_every_task_before_the_first_trains(tmp_path):
   suite_config.files.sst2.update(train_file=sst2, eval_file=sst2)
   suite_config.files.upos.update(train_file=str(tmp_path / "train.conllu"),
                                  eval_file=str(tmp_path / "dev.conllu"))
-  with pytest.raises(FileNotFoundError, match="train.conllu"):
+  # Its message named config.data.train_file, a key the suite config does not have.
+  with pytest.raises(FileNotFoundError, match=r"task 'upos' of config.tasks='sst2,upos': .*"
+                     r"train.conllu.* In a suite, a task's files are config.files.upos.train_file"):
     suite.run(suite_config, str(tmp_path / "suite"), "none")
   # A task named twice ran once; files of a task not in config.tasks were ignored; 'suite'
   # (not a task config) died on an AttributeError.

@@ -108,8 +108,17 @@ def run(suite, workdir: str, init: str = "none") -> dict:
     raise ValueError(f"config.files.{unused[0]} is set, but config.tasks={suite.tasks!r} does not "
                      f"name {unused[0]!r}; add it to config.tasks, or drop its files.")
   configs = {t: task_config(suite, t) for t in tasks}
-  for config in configs.values():   # every config, file and data error before any training
-    run_lib.check(config, init)
+  for task, config in configs.items():   # every config, file and data error before any training
+    try:
+      run_lib.check(config, init)
+    except FileNotFoundError as e:   # named for a task's config.data, which the suite sets
+      files = [config.data.get(k) for k in ("train_file", "eval_file")]
+      if not any(path and path in str(e) for path in files):
+        raise
+      raise FileNotFoundError(
+          f"task {task!r} of config.tasks={suite.tasks!r}: {e} In a suite, a task's files are "
+          f"config.files.{task}.train_file / eval_file, else <config.data_dir>/{task}/train and "
+          f"dev files; or leave {task!r} out of config.tasks.") from None
   rows = []
   for task, config in configs.items():
     scores = run_lib.finetune(copy.deepcopy(config), os.path.join(workdir, task), init)
