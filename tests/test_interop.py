@@ -176,6 +176,18 @@ def test_unsupported_architecture_raises():
     hf.config_from_hf(cfg)
 
 
+def test_a_bart_without_its_lm_head_is_named(tmp_path):
+  # A saved BartModel was refused as "missing ['model.shared.weight', ...]; check that the config
+  # came from config_from_hf", pointing at the config.
+  cfg = transformers.BartConfig(vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1,
+                                encoder_attention_heads=2, decoder_attention_heads=2,
+                                encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32)
+  transformers.BartModel(cfg).save_pretrained(tmp_path)
+  with pytest.raises(ValueError, match=r"a bart model without its language-model head .*only "
+                     r"BartForConditionalGeneration"):
+    hf.from_pretrained(str(tmp_path))
+
+
 def test_relative_position_bucket_matches_transformers():
   from transformers.models.t5.modeling_t5 import T5Attention
   rel = np.arange(-600, 600)[None, :]

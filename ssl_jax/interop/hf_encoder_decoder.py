@@ -376,6 +376,12 @@ def params_from_hf(cfg: EncoderDecoderConfig, state_dict: dict) -> dict:
   entries = _entries(cfg)
   missing = [hf for _, hf, _ in entries if hf not in state_dict]
   unexpected = sorted(set(state_dict) - {hf for _, hf, _ in entries} - _ignorable_keys(cfg))
+  if any(k.startswith('model.') and k[len('model.'):] in state_dict for k in missing):
+    raise ValueError(
+        f'the HF state dict is a {cfg.family} model without its language-model head (its keys '
+        'lack the \'model.\' prefix: a BartModel, not a BartForConditionalGeneration); only '
+        'BartForConditionalGeneration / MBartForConditionalGeneration / '
+        'T5ForConditionalGeneration checkpoints convert: save the model with its LM head.')
   if missing or unexpected:
     raise ValueError(f'HF state dict does not match the {cfg.family} config: missing '
                      f'{missing[:8]}{"..." if len(missing) > 8 else ""}, unexpected '
