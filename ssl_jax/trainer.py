@@ -345,10 +345,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, init_par
   evaluation (text-to-text fine-tuning) pass `exp`, `train_iter` (a checkpointable iterator of
   global batches) and `evaluate_fn(params, step, logger)`, called every `train.eval_every` steps
   and at the last; by default the config's input pipeline and `train.eval_steps` eval batches.
-  A SIGTERM (preemption) saves a checkpoint and raises `checkpointing.Preempted`.
+  A SIGTERM (preemption) saves a checkpoint and raises `checkpointing.Preempted`. The workdir is
+  locked meanwhile (`checkpointing.workdir_lock`): a second run there is refused.
   """
   exp = exp or Experiment.build(config)
   checkpointing.check_workdir(workdir)
+  with checkpointing.workdir_lock(workdir):
+    return _resume_and_train(config, workdir, init_params, exp, train_iter, evaluate_fn)
+
+
+def _resume_and_train(config, workdir, init_params, exp, train_iter, evaluate_fn):
   train_cfg = config.train
   manager = checkpointing.make_manager(workdir, train_cfg)
   latest = manager.latest_step()

@@ -14,6 +14,7 @@ import random
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -184,6 +185,36 @@ def test_nonfinite_step_is_skipped_with_params_and_optimizer_state_unchanged(tmp
   rows = metrics.read_metrics(tmp_path / "lr", "train")
   assert [r["learning_rate"] for r in rows] == pytest.approx([0.0, 1e-3, 1e-3])
   assert np.isfinite(rows[0]["grad_norm"]) and "grad_norm" not in rows[1]
+
+
+def test_a_second_run_in_a_workdir_is_refused_and_a_gone_runs_lock_taken_over(tmp_path, caplog):
+  # Two trainers on one workdir (a job submitted twice): the second's Orbax manager deleted the
+  # first's save in progress, and its logger cut the first's metrics.jsonl.
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  lock = workdir / checkpointing.LOCK_FILE
+  other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+  try:
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid}))
+    config = tiny_config("gpt")
+    with pytest.raises(ValueError, match=rf"--workdir='{workdir}' is in use by another `ssl-jax "
+                       rf"train` \(host .*, process {other.pid}; its lock .* was written [0-9]+ s ago\)"):
+      trainer.train_and_evaluate(config, str(workdir))
+    assert sorted(os.listdir(workdir)) == [checkpointing.LOCK_FILE]   # nothing opened
+  finally:
+    other.kill()
+    other.wait()
+  # Its process gone (a SIGKILL): taken over at once; held while the run trains, then removed.
+  with caplog.at_level(logging.WARNING):
+    with checkpointing.workdir_lock(str(workdir)):
+      assert json.loads(lock.read_text())["pid"] == os.getpid()
+  assert "taking over the lock of a run that is gone" in caplog.text and not lock.exists()
+  # Another host's: taken over once it has not been rewritten for stale_s (a requeue elsewhere).
+  lock.write_text(json.dumps({"host": "another-host", "pid": 1}))
+  start = time.monotonic()
+  with checkpointing.workdir_lock(str(workdir), stale_s=2):
+    assert json.loads(lock.read_text())["host"] == socket.gethostname()
+  assert 2 <= time.monotonic() - start < 60
 
 
 def test_resume_between_log_rows_writes_the_uninterrupted_rows_and_eval_keeps_them(tmp_path,
