@@ -28,6 +28,7 @@ from ssl_jax import objectives
 from ssl_jax import optim
 from ssl_jax import partitioning
 from ssl_jax import train_state as train_state_lib
+from ssl_jax import workdir as workdir_lib
 from ssl_jax.data import pipeline
 from ssl_jax.data import shards
 from ssl_jax.data import vocabularies
@@ -346,11 +347,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, init_par
   global batches) and `evaluate_fn(params, step, logger)`, called every `train.eval_every` steps
   and at the last; by default the config's input pipeline and `train.eval_steps` eval batches.
   A SIGTERM (preemption) saves a checkpoint and raises `checkpointing.Preempted`. The workdir is
-  locked meanwhile (`checkpointing.workdir_lock`): a second run there is refused.
+  locked meanwhile (`workdir.lock`): a second run there is refused.
   """
   exp = exp or Experiment.build(config)
-  checkpointing.check_workdir(workdir)
-  with checkpointing.workdir_lock(workdir):
+  workdir_lib.check(workdir)
+  with workdir_lib.lock(workdir):
     return _resume_and_train(config, workdir, init_params, exp, train_iter, evaluate_fn)
 
 

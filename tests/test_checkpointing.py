@@ -33,6 +33,7 @@ from ssl_jax import checkpointing
 from ssl_jax import config as config_lib
 from ssl_jax import metrics
 from ssl_jax import trainer
+from ssl_jax import workdir as workdir_lib
 from ssl_jax.data import pipeline
 
 import helpers
@@ -192,7 +193,7 @@ def test_a_second_run_in_a_workdir_is_refused_and_a_gone_runs_lock_taken_over(tm
   # first's save in progress, and its logger cut the first's metrics.jsonl.
   workdir = tmp_path / "run"
   workdir.mkdir()
-  lock = workdir / checkpointing.LOCK_FILE
+  lock = workdir / workdir_lib.LOCK_FILE
   other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
   try:
     lock.write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid}))
@@ -200,21 +201,21 @@ def test_a_second_run_in_a_workdir_is_refused_and_a_gone_runs_lock_taken_over(tm
     with pytest.raises(ValueError, match=rf"--workdir='{workdir}' is in use by another `ssl-jax "
                        rf"train` \(host .*, process {other.pid}; its lock .* was written [0-9]+ s ago\)"):
       trainer.train_and_evaluate(config, str(workdir))
-    assert sorted(os.listdir(workdir)) == [checkpointing.LOCK_FILE]   # nothing opened
+    assert sorted(os.listdir(workdir)) == [workdir_lib.LOCK_FILE]   # nothing opened
   finally:
     other.kill()
     other.wait()
   # Its process gone (a SIGKILL): taken over at once; held while the run trains, then removed.
   with caplog.at_level(logging.WARNING):
-    with checkpointing.workdir_lock(str(workdir)):
+    with workdir_lib.lock(str(workdir)):
       assert json.loads(lock.read_text())["pid"] == os.getpid()
   assert "taking over the lock of a run that is gone" in caplog.text and not lock.exists()
   # Another host's: taken over once it has not been rewritten for stale_s (a requeue elsewhere).
-  lock.write_text(json.dumps({"host": "another-host", "pid": 1}))
   start = time.monotonic()
-  with checkpointing.workdir_lock(str(workdir), stale_s=2):
+  lock.write_text(json.dumps({"host": "another-host", "pid": 1}))
+  with workdir_lib.lock(str(workdir), stale_s=2):
     assert json.loads(lock.read_text())["host"] == socket.gethostname()
-  assert 2 <= time.monotonic() - start < 60
+  assert 1 <= time.monotonic() - start < 60   # (the file's time is in whole seconds)
 
 
 def test_resume_between_log_rows_writes_the_uninterrupted_rows_and_eval_keeps_them(tmp_path,

@@ -137,13 +137,13 @@ def test_workdir_files_of_a_remote_workdir_stay_there(tmp_path, monkeypatch):
   # gs:// (clu's TensorBoard writer goes through etils, which knows gs:// but not ram://).
   import ml_collections  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from ssl_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from ssl_jax import trainer  # pylint: disable=g-import-not-at-top
+  from ssl_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from ssl_jax.finetune import lm_init  # pylint: disable=g-import-not-at-top
   from ssl_jax.probes import runner  # pylint: disable=g-import-not-at-top
   monkeypatch.chdir(tmp_path)
   workdir = f"ram://bucket-{os.getpid()}/run"
-  checkpointing.check_workdir(workdir)
+  workdir_lib.check(workdir)
   trainer.write_config(ml_collections.ConfigDict({"objective": "causal_lm"}), workdir)
   assert tf.io.gfile.exists(f"{workdir}/config.json")
   rows = [{"step": s, "split": "train", "loss": 1.0 / s} for s in (1, 2, 3)]

@@ -350,9 +350,9 @@ def test_a_workdir_the_processes_do_not_share_is_refused(tmp_path):
   if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
     pytest.skip("needs `unshare -m` (a private mount namespace) to give one process its own disk")
   workdir = tmp_path / "run"
-  code = ("import sys; from ssl_jax import checkpointing, distributed; "
+  code = ("import sys; from ssl_jax import distributed, workdir; "
           "distributed.initialize(sys.argv[1], 2, int(sys.argv[2])); "
-          "checkpointing.check_workdir(sys.argv[3]); print('one workdir')")
+          "workdir.check(sys.argv[3]); print('one workdir')")
   for private in (False, True):
     address = f"127.0.0.1:{_launcher().free_port()}"
     commands = [[sys.executable, "-c", code, address, str(i), str(workdir)] for i in (0, 1)]
