@@ -199,7 +199,8 @@ def test_a_second_run_in_a_workdir_is_refused_and_a_gone_runs_lock_taken_over(tm
     lock.write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid}))
     config = tiny_config("gpt")
     with pytest.raises(ValueError, match=rf"--workdir='{workdir}' is in use by another `ssl-jax "
-                       rf"train` \(host .*, process {other.pid}; its lock .* was written [0-9]+ s ago\)"):
+                       rf"train` \(host .*, process {other.pid}; its lock .* was written "
+                       rf"[0-9]+ s ago\)"):
       trainer.train_and_evaluate(config, str(workdir))
     assert sorted(os.listdir(workdir)) == [workdir_lib.LOCK_FILE]   # nothing opened
   finally:

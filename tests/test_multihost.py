@@ -369,7 +369,8 @@ def test_a_workdir_the_processes_do_not_share_is_refused(tmp_path):
     for p, o in zip(procs, out):
       assert p.returncode != 0
       assert (f"ValueError: --workdir={str(workdir)!r} is not one directory shared by the job's "
-              "processes: process(es) [1] do not see the file process 0 wrote there") in o, o[-2000:]
+              "processes: process(es) [1] do not see the file process 0 wrote there") in o, \
+          o[-2000:]
 
 
 def test_local_launcher_names_a_command_it_cannot_find():

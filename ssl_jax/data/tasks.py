@@ -21,8 +21,9 @@ Sources (`config.data.source`):
   epoch corrupts a document differently (dynamic masking, as RoBERTa). Validation is one fixed pass.
 - 'text_files': `config.data.text_files` (comma-separated; read into memory when the dataset is built):
   documents are separated by blank lines; sentences are lines, further split after . ! or ? followed by
-  a space. A document's `text` (what GPT and T5 read) is its own, line breaks kept. Validation = every 20th document (19, 39, ...), or the last one for files with < 20.
-  Train is an endless stream as for the corpus.
+  a space; a document's `text` (what GPT and T5 read) is its own, line breaks kept. Validation =
+  every 20th document (19, 39, ...), or the last one for files with < 20. Train is an endless
+  stream as for the corpus.
 - 'tfds': `seqio.TfdsDataSource(config.data.tfds_name)` (e.g. 'c4/en:3.1.0', 'wikipedia/20230601.en:1.0.0');
   documents are the `text` field, sentences split as above, `doc_index` a fingerprint of the text. The
   train split is an endless stream of epochs too, the fingerprint offset by the epoch (dynamic masking).
