@@ -181,7 +181,8 @@ def test_a_bart_without_its_lm_head_is_named(tmp_path):
   # came from config_from_hf", pointing at the config.
   cfg = transformers.BartConfig(vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1,
                                 encoder_attention_heads=2, decoder_attention_heads=2,
-                                encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32)
+                                encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32,
+                                dropout=0.0)
   transformers.BartModel(cfg).save_pretrained(tmp_path)
   with pytest.raises(ValueError, match=r"a bart model without its language-model head .*only "
                      r"BartForConditionalGeneration"):
