@@ -93,7 +93,7 @@ def lock(workdir: str, stale_s: float = LOCK_STALE_S):
   rewrites it every LOCK_REFRESH_S; a lock whose process has ended (on this host) is taken over at
   once, one of another host once it has not been rewritten for `stale_s` (waiting that long)."""
   path = os.path.join(workdir, LOCK_FILE)
-  problem = _take_lock(path, workdir, stale_s) if jax.process_index() == 0 else ""
+  problem = _take_lock(workdir, stale_s) if jax.process_index() == 0 else ""
   problem = distributed.all_gather_text("workdir_lock", problem)[0]
   if problem:
     raise ValueError(problem)
@@ -128,8 +128,9 @@ def _lock_holder(path: str) -> tuple[dict, float] | None:
   return holder, age
 
 
-def _take_lock(path: str, workdir: str, stale_s: float) -> str:
+def _take_lock(workdir: str, stale_s: float) -> str:
   """Writes the lock; returns '' or, when another live run holds it, the error to raise."""
+  path = os.path.join(workdir, LOCK_FILE)
   host = socket.gethostname()
   deadline = time.monotonic() + stale_s + LOCK_REFRESH_S
   waited = False
@@ -158,8 +159,7 @@ def _take_lock(path: str, workdir: str, stale_s: float) -> str:
 
 def _write_lock(path: str) -> None:
   with tf.io.gfile.GFile(path, "w") as f:
-    f.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                        "written": time.time()}))
+    f.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
 
 
 def _refresh_lock(path: str, stop: threading.Event) -> None:

@@ -123,7 +123,7 @@ def _frame_texts(out: str, tokenizer_config: dict, *, start: int | None, eos: in
     config["bos_token"] = names[0]
   if pad is not None:   # padded batches of encoder inputs (a GPT, as GPT-2, has no pad id)
     config["pad_token"] = tokenizer.convert_ids_to_tokens(pad)
-  _write_tokenizer_config(out, {k: v for k, v in config.items() if v is not None})
+  _write_tokenizer_config(out, config)
 
 
 def _write_vocabulary(vocab_cfg, out: str) -> dict:
