@@ -183,9 +183,10 @@ def bert_pretraining(ds, *, vocab, sequence_length, mlm_cfg, seed):
   module docstring) becomes one example; with a sentence task the chunk is split at a random sentence
   boundary (mid-chunk when it holds one sentence) into A and B:
     'nsp': B fills the row: the real B runs on past the chunk into the rest of the document; with
-           probability 1/2 it is replaced by as many tokens of the previous document of the stream,
-           starting at a random sentence (so length and B's last token do not give the label
-           away); `sentence_label` 1 = random, 0 = real next.
+           probability 1/2 it is replaced by tokens of the previous document of the stream, starting
+           at a random sentence; both candidates are first cut to the shorter one's length (so
+           length and B's last token do not give the label away); `sentence_label` 1 = random,
+           0 = real next.
     'sop': with probability 1/2, A and B swap; `sentence_label` 1 = swapped, 0 = original order.
     'none': one segment; `sentence_label` = NO_SENTENCE_LABEL (-1).
   Pairs longer than `sequence_length` lose tokens from the longer segment (A from its front, B from its
@@ -314,26 +315,30 @@ def _sentence_pair(doc, tokens, starts, lengths, task, budget, seeds):
   label = tf.constant(0, tf.int32)
   if task == "nsp":
     # The real B runs on from A past the chunk into the rest of the document, up to the row's
-    # room; the random B, from a random sentence of the previous document, is cut to the real
-    # one's length. So B's length tells the two apart only where the previous document runs out
-    # first (BERT's random B always fills the row: where a document's chunk is one sentence,
-    # split in half, its real B is A's length and the random one twice that, a length-only guess
-    # right 88% of the time on one-sentence documents).
+    # room; the random B starts at a random sentence of the previous document. Both candidates are
+    # cut to the shorter of the two before the label is drawn, so B's length never tells them
+    # apart (BERT's random B fills the row: where a document's chunk is one sentence, split in half,
+    # its real B is A's length and the random one twice that, a length-only guess right 88% of the
+    # time on one-sentence documents; a random B cut short where the previous document runs out is
+    # right 56% of the time on the default corpus).
     room = tf.cast(budget - split, tf.int64)
     end = _chunk_span(doc)[2]
     b = tf.concat([b, doc["tokens"][end:]], 0)[:room]
     b_starts = tf.concat([b_starts, doc["word_starts"][end:]], 0)[:room]
-    room = tf.cast(tf.size(b), tf.int64)
     other, other_lengths = doc["other_tokens"], doc["other_lengths"]
-    is_random = tf.logical_and(tf.random.stateless_uniform([], seeds[1]) < 0.5, tf.size(other) > 0)
+    has_other = tf.size(other) > 0
+    is_random = tf.logical_and(tf.random.stateless_uniform([], seeds[1]) < 0.5, has_other)
     sentence = tf.random.stateless_uniform(
         [], seeds[2], 0, tf.maximum(tf.size(other_lengths), 1), tf.int32)
     other_begin = tf.gather(tf.concat([tf.cumsum(other_lengths, exclusive=True), [0]], 0), sentence)
+    available = tf.size(other, out_type=tf.int64) - other_begin
+    length = tf.where(has_other, tf.minimum(tf.size(b, out_type=tf.int64), available),
+                      tf.size(b, out_type=tf.int64))
     b, b_starts = tf.cond(
         is_random,
-        lambda: (other[other_begin:other_begin + room],
-                 doc["other_word_starts"][other_begin:other_begin + room]),
-        lambda: (b, b_starts))
+        lambda: (other[other_begin:other_begin + length],
+                 doc["other_word_starts"][other_begin:other_begin + length]),
+        lambda: (b[:length], b_starts[:length]))
     label = tf.cast(is_random, tf.int32)
   # Cut the longer segment first (BERT's truncate_seq_pair), A from its front, B from its end.
   len_a, len_b = tf.size(a), tf.size(b)
