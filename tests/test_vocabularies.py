@@ -7,7 +7,9 @@ import pytest
 import seqio
 import tensorflow as tf
 
+import helpers
 from ssl_jax.data import corpora
+from ssl_jax.data import tasks
 from ssl_jax.data import vocabularies
 
 _HANDWRITTEN = [
@@ -195,13 +197,21 @@ def test_sentencepiece_trained_on_the_corpus_serves_every_objective(tmp_path):
   tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
   text = f"{texts[1]} <extra_id_0> {texts[2]} <extra_id_9>"
   assert tokenizer(text, add_special_tokens=False)["input_ids"] == vocab.encode(text)
-  # A run's recorded fingerprint refuses another model at its path (retrained in place; seqio
-  # caches a model by path within a process, so the other model is at another path here).
+  # Retrained in place (the old file removed, as `ssl-jax vocab train` asks), in the same process:
+  # the new pieces are read, and a run's recorded fingerprint refuses them. The vocabulary, seqio's
+  # model loader and the task were cached by path alone, so the old model stayed in use.
   recorded = dict(kind="sentencepiece", path=path, extra_ids=10,
                   fingerprint=vocabularies.fingerprint(vocab))
   assert vocabularies.get_vocabulary(recorded) is vocab
-  recorded["path"] = vocabularies.train_sentencepiece(texts, vocab_size=280,
-                                                      out_path=str(tmp_path / "sp2.model"))
+  config = helpers.cli_config("t5")
+  config.data.vocab.update(kind="sentencepiece", path=path, extra_ids=10)
+  task = tasks.get_task(config)
+  os.remove(path)
+  vocabularies.train_sentencepiece(texts, vocab_size=280, out_path=path)
+  retrained = vocabularies.get_vocabulary(dict(kind="sentencepiece", path=path, extra_ids=10))
+  assert retrained.vocab_size == 280 + 10 and vocab.vocab_size == 300 + 10
+  assert tasks.get_task(config) is not task
+  assert tasks.get_task(config).output_features["targets"].vocabulary is retrained
   with pytest.raises(ValueError, match="has other pieces than the vocabulary the run recorded"):
     vocabularies.get_vocabulary(recorded)
 

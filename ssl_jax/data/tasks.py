@@ -145,8 +145,7 @@ def _text_file_paths(text_files):
 
 def _text_file_documents(paths):
   """Documents (texts) of the files, split at blank lines; raises if there are none."""
-  stamps = tuple((s.length, s.mtime_nsec) for s in map(tf.io.gfile.stat, paths))
-  return _read_text_file_documents(paths, stamps)
+  return _read_text_file_documents(paths, tuple(map(vocabularies.file_stamp, paths)))
 
 
 @functools.lru_cache(maxsize=8)
@@ -496,9 +495,11 @@ def text_files_read(config) -> tuple:
 
 
 def _settings_key(config, source, tfds_name):
-  """A short hash of every setting the task's examples depend on (so equal settings share one task)."""
+  """A short hash of every setting the task's examples depend on (so equal settings share one task),
+  the vocabulary's pieces included (a file retrained at the same path makes another task)."""
+  vocab = vocabularies.get_vocabulary(config.data.vocab)
   settings = {**_task_settings(config, source, tfds_name), "objective": config.objective,
-              "vocab": _plain(config.data.vocab),
+              "vocab": _plain(config.data.vocab), "vocab_pieces": vocabularies.fingerprint(vocab),
               "tfds_data_dir": _get(config.data, "tfds_data_dir", "")}
   blob = json.dumps(settings, sort_keys=True, default=str)
   return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]

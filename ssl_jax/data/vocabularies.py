@@ -262,8 +262,27 @@ def _wrong_kind(path, kind, error) -> ValueError:
       f"--config.data.vocab.kind={other}.")
 
 
+def file_stamp(path: str) -> tuple:
+  """(size, modification time in ns) of a file: a cache keyed on it re-reads a file rewritten in
+  place (a vocabulary retrained at the same path, an edited text file)."""
+  stat = tf.io.gfile.stat(path)
+  return stat.length, stat.mtime_nsec
+
+
+_SENTENCEPIECE_STAMPS = {}   # path -> the stamp of the model seqio's loader last read there
+
+
+def _load_sentencepiece(path, extra_ids, stamp):
+  # seqio caches a loaded model by file name for the life of the process; a model rewritten at
+  # the same path (retrained after removing the old one) would keep its old pieces.
+  if _SENTENCEPIECE_STAMPS.setdefault(path, stamp) != stamp:
+    seqio.vocabularies._load_model_internal.cache_clear()   # pylint: disable=protected-access
+    _SENTENCEPIECE_STAMPS[path] = stamp
+  return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+
+
 @functools.lru_cache(maxsize=None)
-def _vocabulary(kind, path, extra_ids, lower_case):
+def _vocabulary(kind, path, extra_ids, lower_case, stamp):
   if kind == "default":
     return WordPieceVocabulary(default_vocabulary_path(), lower_case=True, extra_ids=extra_ids)
   if kind == "wordpiece":
@@ -276,7 +295,7 @@ def _vocabulary(kind, path, extra_ids, lower_case):
   if kind == "sentencepiece":
     _require_file(path, kind, "train one with `ssl-jax vocab train --config=... --vocab_size=N "
                   "--out=F.model` and set config.data.vocab.path=F.model.")
-    vocab = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+    vocab = _load_sentencepiece(path, extra_ids, stamp)
     try:
       vocab.tokenizer  # pylint: disable=pointless-statement  (loads the model)
     except (protobuf_message.Error, RuntimeError) as e:
@@ -297,12 +316,15 @@ def _vocabulary(kind, path, extra_ids, lower_case):
 def get_vocabulary(vocab_cfg) -> seqio.Vocabulary:
   """The vocabulary `config.data.vocab` describes (kind, path, extra_ids, optional lower_case=True).
 
-  Returns the same object for equal settings (seqio mixtures compare vocabularies).
+  Returns the same object for equal settings and an unchanged file (seqio mixtures compare
+  vocabularies); a file rewritten since is read again.
   Raises ValueError for an unknown kind, FileNotFoundError for a missing file (naming the setting and fix).
   """
   get = vocab_cfg.get if hasattr(vocab_cfg, "get") else lambda k, d=None: getattr(vocab_cfg, k, d)
-  vocab = _vocabulary(get("kind", "default"), get("path", "") or "", int(get("extra_ids", 0) or 0),
-                      bool(get("lower_case", True)))
+  kind, path = get("kind", "default"), get("path", "") or ""
+  stamp = file_stamp(path) if kind in ("wordpiece", "sentencepiece") and path and tf.io.gfile.exists(
+      path) else None
+  vocab = _vocabulary(kind, path, int(get("extra_ids", 0) or 0), bool(get("lower_case", True)), stamp)
   recorded = get("fingerprint")
   if recorded and recorded != (now := fingerprint(vocab)):   # hashed only for a recorded run
     raise ValueError(
