@@ -245,6 +245,20 @@ def test_sentencepiece_with_too_few_pieces_is_refused_and_leaves_out_path_as_it_
   assert out.read_bytes() == b"an earlier model"
 
 
+def test_sentencepiece_trains_on_lines_longer_than_its_sentence_limit(tmp_path):
+  # A text-file line without '. ' is one sentence; SentencePiece skipped each one over 4192 bytes
+  # without a word (100 lines of 1,600 CJK characters, 4,800 bytes each: no sentence left to
+  # train on; beside shorter lines, a model without those lines' characters).
+  rng = random.Random(0)
+  chars = [chr(0x4E00 + i) for i in range(200)]
+  words = ["".join(rng.choices(chars, k=rng.randint(1, 3))) for _ in range(400)]
+  lines = ["".join(rng.choices(words, k=800))[:1600] for _ in range(100)]
+  path = vocabularies.train_sentencepiece(lines, vocab_size=260, out_path=str(tmp_path / "sp.model"))
+  vocab = vocabularies.get_vocabulary(dict(kind="sentencepiece", path=path, extra_ids=0))
+  assert vocab.vocab_size == 260
+  assert vocab.unk_id not in vocab.encode(lines[0][:200])
+
+
 def test_vocab_train_command_trains_on_the_configured_source(tmp_path, caplog):
   import importlib  # pylint: disable=g-import-not-at-top
   config = importlib.import_module("configs.gpt").get_config("tiny")

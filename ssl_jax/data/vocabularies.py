@@ -417,6 +417,18 @@ _RESERVED_PIECES = 6
 _VOCAB_SIZE_FIX = "Set --vocab_size to a few thousand (8000 for a tiny run, 32000 as T5)."
 
 
+# SentencePiece skips, silently, every input longer than its max_sentence_length (4192 bytes by
+# default): a line of CJK text, code or unpunctuated prose is one "sentence" of a text file.
+_SENTENCEPIECE_CHUNK_CHARS = 4096   # at most 4 UTF-8 bytes each
+
+
+def _sentencepiece_inputs(texts):
+  """`texts`, each longer one cut into pieces of _SENTENCEPIECE_CHUNK_CHARS characters."""
+  for text in texts:
+    for start in range(0, max(len(text), 1), _SENTENCEPIECE_CHUNK_CHARS):
+      yield text[start:start + _SENTENCEPIECE_CHUNK_CHARS]
+
+
 def train_sentencepiece(texts, vocab_size: int, out_path: str, *, character_coverage: float = 0.9995,
                         max_sentences: int = 2_000_000) -> str:
   """Trains a SentencePiece unigram model on an iterable of strings; writes it to `out_path`.
@@ -434,7 +446,8 @@ def train_sentencepiece(texts, vocab_size: int, out_path: str, *, character_cove
   model = io.BytesIO()
   try:
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
+        sentence_iterator=_sentencepiece_inputs(texts), model_writer=model, vocab_size=vocab_size,
+        max_sentence_length=4 * _SENTENCEPIECE_CHUNK_CHARS,
         model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
         user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"], character_coverage=character_coverage,
         input_sentence_size=max_sentences, shuffle_input_sentence=True, hard_vocab_limit=False,
@@ -453,8 +466,9 @@ def train_sentencepiece(texts, vocab_size: int, out_path: str, *, character_cove
   with tf.io.gfile.GFile(out_path, "wb") as f:
     f.write(model.getvalue())
   if size < vocab_size:   # hard_vocab_limit=False: a small corpus yields fewer pieces
-    logging.warning("%s has %d pieces, not the --vocab_size=%d asked for: the text has no more. "
-                    "Train on more text for a larger vocabulary.", out_path, size, vocab_size)
+    logging.warning("%s has %d pieces, not the --vocab_size=%d asked for: SentencePiece found no "
+                    "more in the text. Train on more text for a larger vocabulary.", out_path, size,
+                    vocab_size)
   else:
     logging.info("%s: %d pieces.", out_path, size)
   return out_path
