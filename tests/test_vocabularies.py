@@ -154,6 +154,17 @@ def test_require_names_what_is_missing_and_the_fix():
 
 
 def test_get_vocabulary_errors(tmp_path):
+  # A cased vocab.txt (bert-base-cased's) under the default lower_case=True: 'The Café is in
+  # Paris' encoded to 'the [UNK] is in [UNK]'.
+  cased = tmp_path / "cased.txt"
+  cased.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "is", "in", "The",
+                               "Café", "Paris", "France", ","]) + "\n")
+  with pytest.raises(ValueError, match=r"cased.txt' is a cased vocabulary \(4 of 13 pieces.*"
+                                       r"--config.data.vocab.lower_case=False"):
+    vocabularies.get_vocabulary(dict(kind="wordpiece", path=str(cased), extra_ids=0))
+  vocab = vocabularies.get_vocabulary(dict(kind="wordpiece", path=str(cased), extra_ids=0,
+                                           lower_case=False))
+  assert vocab.decode(vocab.encode("The Café is in Paris")) == "The Café is in Paris"
   missing = str(tmp_path / "vocab.txt")
   with pytest.raises(FileNotFoundError, match="config.data.vocab.path"):
     vocabularies.get_vocabulary(ml_collections.ConfigDict(dict(kind="wordpiece", path=missing, extra_ids=0)))

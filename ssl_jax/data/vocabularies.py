@@ -289,9 +289,18 @@ def _vocabulary(kind, path, extra_ids, lower_case, stamp):
     _require_file(path, kind, "point it at a BERT vocab.txt (one token per line) or a BERT "
                   "tokenizer.json.")
     try:
-      return WordPieceVocabulary(path, lower_case=lower_case, extra_ids=extra_ids)
+      vocab = WordPieceVocabulary(path, lower_case=lower_case, extra_ids=extra_ids)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
       raise _wrong_kind(path, kind, e) from e
+    cased = [t for t in vocab.tokens if t != t.lower() and not (t[:1] == "[" and t[-1:] == "]")]
+    if lower_case and len(cased) > 0.05 * len(vocab.tokens):
+      raise ValueError(
+          f"config.data.vocab.path={path!r} is a cased vocabulary ({len(cased)} of "
+          f"{len(vocab.tokens)} pieces have capitals, e.g. {', '.join(map(repr, cased[:3]))}), and "
+          "config.data.vocab.lower_case=True lower-cases the text and strips its accents first: "
+          "those pieces would never occur and words such as 'Paris' or 'café' would become [UNK]. "
+          "Set --config.data.vocab.lower_case=False (as bert-base-cased's tokenizer does).")
+    return vocab
   if kind == "sentencepiece":
     _require_file(path, kind, "train one with `ssl-jax vocab train --config=... --vocab_size=N "
                   "--out=F.model` and set config.data.vocab.path=F.model.")
