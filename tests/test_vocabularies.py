@@ -295,3 +295,13 @@ def test_vocab_train_command_trains_on_the_configured_source(tmp_path, caplog):
   mixed_vocab = vocabularies.get_vocabulary(dict(kind="sentencepiece", path=mixed, extra_ids=0))
   assert len(mixed_vocab.encode("zyxomancy quibblewort")) == 2
   assert len(vocab.encode("zyxomancy quibblewort")) > 6   # the default corpus's vocabulary
+  # The sources at their rates: a small source repeats while a larger one is read (each was read
+  # once, so 20 text-file documents against 200 corpus documents made 2% of a 50:50 mixture).
+  words.write_text("".join(" ".join(random.Random(i).choices(made_up, k=8)) + ".\n\n"
+                           for i in range(20)))
+  config.data.update(mixture="default_corpus:1,text_files:1")
+  sentences = list(tasks.train_sentences(config))
+  from_file = sum(s.split()[0] in made_up for s in sentences)
+  corpus_documents = [d["sentences"] for d in tasks.document_dataset(config, "train").as_numpy_iterator()]
+  assert {s.decode() for d in corpus_documents for s in d} <= set(sentences)
+  assert 0.7 * len(corpus_documents) < from_file < 1.5 * len(corpus_documents)

@@ -37,6 +37,7 @@ import json
 import math
 import re
 
+import numpy as np
 import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -345,18 +346,27 @@ def document_dataset(config, split, source=None):
   return _as_documents(ds)
 
 
-def train_documents(config):
-  """The train documents of `config`'s source, one pass in order; with `data.mixture`, of its
-  sources drawn at their rates (seeded with data.seed) until all have run out."""
+def train_sentences(config):
+  """The sentences (str) of the train documents of `config`'s source, one pass in order. With
+  `data.mixture`, documents are drawn from its sources at their rates (seeded with data.seed), a
+  source that runs out starting again, until every source has been read once: the text a
+  vocabulary trains on is mixed as the training stream is."""
   spec = _get(config.data, "mixture", "") or ""
-  if not spec:
-    return document_dataset(config, "train")
-  entries = _mixture_entries(config)
-  total = sum(rate for _, rate in entries)
-  return tf.data.Dataset.sample_from_datasets(
-      [document_dataset(config, "train", source) for source, _ in entries],
-      weights=[rate / total for _, rate in entries], seed=config.data.seed,
-      stop_on_empty_dataset=False)
+  sources = [source for source, _ in _mixture_entries(config)] if spec else [config.data.source]
+  rates = np.array([rate for _, rate in _mixture_entries(config)] if spec else [1.0])
+  passes = [document_dataset(config, "train", source if spec else None) for source in sources]
+  documents = [iter(p.as_numpy_iterator()) for p in passes]
+  read_once = [False] * len(sources)
+  rng = np.random.default_rng(_get(config.data, "seed", 0))
+  while not all(read_once):
+    i = rng.choice(len(sources), p=rates / rates.sum())
+    doc = next(documents[i], None)
+    if doc is None:   # this source has run out: read it again while the others have not
+      read_once[i] = True
+      documents[i] = iter(passes[i].as_numpy_iterator())
+      continue
+    for sentence in doc["sentences"]:
+      yield sentence.decode("utf-8")
 
 
 # ----------------------------------------------------------------------------- objectives

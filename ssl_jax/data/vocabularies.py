@@ -16,6 +16,7 @@ Conventions (the same for every kind, so objectives never branch on the vocabula
 import functools
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -485,7 +486,8 @@ def train_sentencepiece(texts, vocab_size: int, out_path: str, *, character_cove
 
 def train_vocab_for_task(config, vocab_size: int, out: str, max_sentences: int = 2_000_000) -> str:
   """`ssl-jax vocab train`: a SentencePiece model over the sentences of the run's train split
-  (config.data.source's, or those of its mixture's sources at their rates). An existing `out` is
+  (config.data.source's, or those of its mixture's sources at their rates: `tasks.train_sentences`,
+  up to `max_sentences`). An existing `out` is
   refused: a run naming it in config.data.vocab.path would read other ids under its checkpoints."""
   if tf.io.gfile.exists(out):
     raise ValueError(
@@ -493,7 +495,5 @@ def train_vocab_for_task(config, vocab_size: int, out: str, max_sentences: int =
         "token ids under its checkpoints. Pass a new --out (or remove the file, if no run uses "
         "it).")
   from ssl_jax.data import tasks  # pylint: disable=g-import-not-at-top  (tasks imports this module)
-  sentences = tasks.train_documents(config).flat_map(
-      lambda doc: tf.data.Dataset.from_tensor_slices(doc["sentences"]))
-  texts = (s.decode("utf-8") for s in sentences.take(max_sentences).as_numpy_iterator())
+  texts = itertools.islice(tasks.train_sentences(config), max_sentences)
   return train_sentencepiece(texts, vocab_size, out, max_sentences=max_sentences)
