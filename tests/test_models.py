@@ -175,6 +175,18 @@ def test_alibi_bert_has_no_position_table_and_attends_nearby_from_init():
   assert (near[..., 0] > 10 * far[..., 0]).all()
 
 
+def test_bf16_attention_scores_are_float32_on_every_path():
+  # Training with attention dropout and probe runs spell attention out; in bfloat16 they took
+  # the q.k scores in bfloat16 while the fused path (eval) takes them in float32: the same layer
+  # gave outputs 0.48 apart.
+  attention = layers.MultiHeadAttention(num_heads=4, head_dim=16, dtype=jnp.bfloat16)
+  x = jax.random.normal(jax.random.key(0), (2, 64, 64)) * 60
+  params = attention.init(jax.random.key(1), x)
+  fused = attention.apply(params, x)
+  spelled_out, _ = attention.apply(params, x, mutable=[layers.ATTENTION_WEIGHTS])
+  np.testing.assert_allclose(np.float32(spelled_out), np.float32(fused), atol=0.02)
+
+
 def test_bert_gathers_masked_positions():
   model = bert.BertForPreTraining(tiny('bert'))
   tokens = np.arange(1, 13)[None] % 97

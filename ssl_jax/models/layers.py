@@ -335,12 +335,13 @@ class MultiHeadAttention(nn.Module):
     else:
       # jax.nn.dot_product_attention has no dropout on the probabilities and does not return
       # them; spell it out.
-      logits = jnp.einsum('bqnh,bknh->bnqk', q, k) * scale
+      # Scores in float32 whatever the compute dtype, as the fused path computes them.
+      logits = jnp.einsum('bqnh,bknh->bnqk', q, k, preferred_element_type=jnp.float32) * scale
       if bias is not None:
         logits = logits + bias
       if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-      probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+      probs = jax.nn.softmax(logits, axis=-1)
       if keep_probs:
         self.sow(ATTENTION_WEIGHTS, 'probs', probs)   # [B, N, Lq, Lk] float32
       probs = nn.Dropout(self.dropout_rate)(probs.astype(self.dtype), deterministic=deterministic)
