@@ -279,6 +279,13 @@ def test_tfds_corpus_without_validation_split_holds_out_train_and_errors_name_th
   with pytest.raises(ValueError, match=r"latin1.txt is not UTF-8 text"):
     tasks.document_dataset(tiny_config("causal_lm", source="text_files", text_files=str(latin1)),
                            "train")
+  # A byte-order mark (Notepad's UTF-8) is not text: it began the first document, and a byte
+  # vocabulary fed its three bytes to the model.
+  bom = tmp_path / "bom.txt"
+  bom.write_bytes("\ufeffCafé au lait.\n\nTea.\n".encode("utf-8"))
+  texts = [d["text"] for d in tasks.document_dataset(
+      tiny_config("causal_lm", source="text_files", text_files=str(bom)), "train").as_numpy_iterator()]
+  assert texts[0] == "Café au lait.".encode("utf-8")
 
 
 def test_tfds_train_split_corrupts_each_epoch_anew_and_resumes(tmp_path):

@@ -29,7 +29,8 @@ Sources (`config.data.source`):
   train split is an endless stream of epochs too, the fingerprint offset by the epoch (dynamic masking).
   `config.data.tfds_data_dir` is where the prepared datasets are ('' = TFDS's default: $TFDS_DATA_DIR or
   ~/tensorflow_datasets; e.g. gs://bucket/tensorflow_datasets on a TPU pod).
-`config.data.mixture = 'src:rate,...'` (src a source name or a TFDS name) makes a `seqio.Mixture`.
+`config.data.mixture = 'src:rate,...'` (src a source name or a TFDS name) makes a `seqio.Mixture`;
+its rates count examples (document pieces when packed), not tokens.
 """
 import functools
 import hashlib
@@ -157,7 +158,7 @@ def _read_text_file_documents(paths, stamps):  # `stamps` (size, mtime) re-read 
     with tf.io.gfile.GFile(path, "rb") as f:
       raw = f.read()
     try:
-      text = raw.decode("utf-8")
+      text = raw.decode("utf-8-sig")   # a byte-order mark (Windows editors) is not text
     except UnicodeDecodeError as e:
       raise ValueError(f"config.data.text_files: {path} is not UTF-8 text ({e}); convert it, "
                        f"e.g. iconv -f latin1 -t utf-8.") from e
