@@ -77,7 +77,7 @@ def base_config(objective: str, family: str, preset: str) -> ml_collections.Conf
       noise_density=0.15, mean_span_length=3.0))
   c.data.denoising = ml_collections.ConfigDict(dict(
       mask_ratio=0.0, random_ratio=0.0, delete_ratio=0.0, infill_ratio=0.3, poisson_lambda=3.0,
-      permute_sentence_ratio=1.0, rotate_ratio=0.0))
+      whole_word=False, permute_sentence_ratio=1.0, rotate_ratio=0.0))
 
   c.train = ml_collections.ConfigDict(dict(
       global_batch_size=32, num_steps=1000, microbatches=1, log_every=50, eval_every=250,

@@ -38,7 +38,7 @@ def _mlm_cfg(**overrides):
 
 def _denoising_cfg(**overrides):
   cfg = dict(mask_ratio=0.0, random_ratio=0.0, delete_ratio=0.0, infill_ratio=0.0, poisson_lambda=3.0,
-             permute_sentence_ratio=0.0, rotate_ratio=0.0)
+             whole_word=False, permute_sentence_ratio=0.0, rotate_ratio=0.0)
   cfg.update(overrides)
   return ml_collections.ConfigDict(cfg)
 
@@ -308,6 +308,30 @@ def test_bart_infilling_spans_have_poisson_mean(vocab, ids, docs):
   assert total >= 10_000
   assert abs(removed / total - 0.3) < 0.01
   assert abs(removed / masks - 3.0) < 0.2  # zero-length spans count: each inserts a mask
+
+
+def test_bart_whole_word_infilling_spans_words(tmp_path, docs, ids):
+  # fairseq's BART masks spans of whole words; spans of tokens left a word's '##' rest after its
+  # [MASK] (4% of the masks on a BERT vocabulary) and counted 30% of the tokens, not the words.
+  base = vocabularies.default_vocabulary_tokens()
+  path = tmp_path / "vocab.txt"
+  path.write_text("\n".join(t for t in base if t not in ("the", "a", "is")) + "\n")
+  vocab = vocabularies.WordPieceVocabulary(str(path))
+  continues = np.array([t.startswith("##") for t in vocab.tokens] + [False] * vocab.extra_ids)
+  for whole_word in (False, True):
+    examples = _bart(vocab, docs[:200], sequence_length=256, infill_ratio=0.3, whole_word=whole_word)
+    split = words_right = 0
+    for e in examples:
+      inputs, targets = e["inputs"][:-1], e["targets"][:-1]
+      after_mask = inputs[1:][inputs[:-1] == ids.mask]
+      split += int(continues[after_mask].sum())
+      num_words = int((~continues[targets]).sum())
+      kept_words = int((~continues[inputs] & (inputs != ids.mask)).sum())
+      words_right += kept_words == num_words - round(0.3 * num_words)
+    if whole_word:
+      assert split == 0 and words_right == len(examples)
+    else:
+      assert split > 20 and words_right < 0.5 * len(examples)
 
 
 def test_bart_infilling_literal_keeps_order(vocab, ids):

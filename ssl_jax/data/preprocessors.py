@@ -56,7 +56,7 @@ def _encode_rows(vocab, strings):
   return tf.cast(vocab.encode_tf(strings), tf.int32)
 
 
-def _continues_word(vocab):
+def _continues_word(vocab, setting="data.mlm.whole_word"):
   """Bool [vocab_size] constant: True for ids that continue the previous token's word.
 
   WordPiece: pieces starting with '##'; SentencePiece: pieces not starting with '▁' (a word start).
@@ -70,7 +70,7 @@ def _continues_word(vocab):
              for i in range(model.get_piece_size())]
   else:
     raise ValueError(
-        f"config.data.mlm.whole_word=True needs a WordPiece or SentencePiece vocabulary to find word "
+        f"config.{setting}=True needs a WordPiece or SentencePiece vocabulary to find word "
         f"boundaries, but config.data.vocab gives {vocab!r}; set whole_word=False or change the vocabulary.")
   table += [False] * (vocab.vocab_size - len(table))  # extra ids
   return tf.constant(table, tf.bool)
@@ -413,6 +413,8 @@ def bart_denoising(ds, *, vocab, sequence_length, denoising_cfg, seed):
     delete_ratio: round(ratio * tokens) tokens are removed.
     infill_ratio: spans covering round(ratio * tokens) tokens, with lengths ~ Poisson(poisson_lambda),
       are each replaced by one [MASK]; a zero-length span inserts a [MASK]. Spans do not overlap.
+      With `whole_word` the spans count and cover words, never part of one (a WordPiece '##' piece
+      or a SentencePiece piece without '▁' stays with the piece before it), as fairseq's BART.
     random_ratio: each [MASK] of masking and infilling is a random token instead with this
       probability (fairseq's --mask-random; configs/bart.py's base and large take BART's 0.1).
     rotate_ratio: with this probability the sequence is rotated to start at a random token.
@@ -449,10 +451,12 @@ def bart_denoising(ds, *, vocab, sequence_length, denoising_cfg, seed):
 
   def noise(doc):
     seeds = _example_seeds(seed, doc["doc_index"], doc["chunk_index"], 12)
-    original, _, lengths = _chunk(doc)
+    original, starts, lengths = _chunk(doc)
     tokens = original
     if cfg.permute_sentence_ratio > 0:
-      tokens = _permute_sentences(tokens, lengths, cfg.permute_sentence_ratio, seeds[0:2])
+      both = _permute_sentences(tf.stack([tokens, tf.cast(starts, tf.int32)], 1), lengths,
+                                cfg.permute_sentence_ratio, seeds[0:2])
+      tokens, starts = both[:, 0], tf.cast(both[:, 1], tf.bool)
     if cfg.mask_ratio > 0:
       masked = _random_subset(tf.size(tokens), _count(tokens, cfg.mask_ratio), seeds[2])
       use_random = tf.random.stateless_uniform(tf.shape(tokens), seeds[3]) < cfg.random_ratio
@@ -462,15 +466,18 @@ def bart_denoising(ds, *, vocab, sequence_length, denoising_cfg, seed):
     if cfg.delete_ratio > 0:
       deleted = _random_subset(tf.size(tokens), _count(tokens, cfg.delete_ratio), seeds[5])
       tokens = tf.boolean_mask(tokens, tf.logical_not(deleted))
+      starts = tf.boolean_mask(starts, tf.logical_not(deleted))
     if cfg.infill_ratio > 0:
-      tokens = _infill(tokens, cfg.infill_ratio, cfg.poisson_lambda, special.mask,
+      tokens = _infill(tokens, starts, cfg.infill_ratio, cfg.poisson_lambda, special.mask,
                        [seeds[i] for i in (6, 7, 8, 11)], cfg.random_ratio, regular_ids)
     if cfg.rotate_ratio > 0:
       tokens = _rotate(tokens, cfg.rotate_ratio, seeds[9:11])
     return {"doc_index": doc["doc_index"], "inputs": _with_eos(tokens[:budget], special.eos),
             "targets": _with_eos(original, special.eos)}
 
-  ds = ds.map(_as_written(functools.partial(_tokenize_into_chunks, vocab=vocab, budget=budget)),
+  continues_word = _continues_word(vocab, "data.denoising.whole_word") if cfg.whole_word else None
+  ds = ds.map(_as_written(functools.partial(_tokenize_into_chunks, vocab=vocab, budget=budget,
+                                            continues_word=continues_word)),
               num_parallel_calls=AUTOTUNE)
   ds = ds.flat_map(functools.partial(_one_element_per_chunk, min_tokens=1))
   return ds.map(_as_written(noise), num_parallel_calls=AUTOTUNE)
@@ -481,7 +488,8 @@ def _count(tokens, ratio):
 
 
 def _permute_sentences(tokens, lengths, ratio, seeds):
-  """Moves ceil(ratio * sentences) randomly chosen sentences among their own places."""
+  """Moves ceil(ratio * sentences) randomly chosen sentences of `tokens` ([n] or [n, k]: rows
+  that move together) among their own places."""
   num_sentences = tf.size(lengths)
   num_moved = tf.cast(tf.math.ceil(tf.cast(num_sentences, tf.float32) * ratio), tf.int32)
   moved = tf.argsort(tf.random.stateless_uniform([num_sentences], seeds[0]))[:num_moved]
@@ -490,12 +498,17 @@ def _permute_sentences(tokens, lengths, ratio, seeds):
   return tf.gather(tf.RaggedTensor.from_row_lengths(tokens, lengths), order).flat_values
 
 
-def _infill(tokens, ratio, poisson_lambda, mask_id, seeds, random_ratio, regular_ids):
-  """Text infilling: non-overlapping spans (lengths ~ Poisson) covering round(ratio * n) tokens each
-  become one `mask_id`; zero-length spans insert one. Each mask is a random token of
-  `regular_ids` instead with probability `random_ratio`."""
-  n = tf.size(tokens)
-  num_noise = _count(tokens, ratio)
+def _infill(tokens, word_starts, ratio, poisson_lambda, mask_id, seeds, random_ratio, regular_ids):
+  """Text infilling: non-overlapping spans (lengths ~ Poisson) covering round(ratio * n) units each
+  become one `mask_id`; zero-length spans insert one. A unit is a word (a token where
+  `word_starts`, and the tokens after it up to the next start; fairseq's whole-word spans) or, with
+  every token a start, a token. Each mask is a random token of `regular_ids` instead with
+  probability `random_ratio`."""
+  word_starts = tf.concat([[True], word_starts[1:]], 0)[:tf.size(tokens)]   # the first starts a unit
+  unit = tf.cumsum(tf.cast(word_starts, tf.int32)) - 1     # unit index of each token
+  unit_sizes = tf.math.segment_sum(tf.ones_like(unit), unit)
+  n = tf.size(unit_sizes)
+  num_noise = _count(unit_sizes, ratio)
   # Enough draws that their sum almost surely reaches num_noise; if not, all drawn spans are used.
   num_draws = num_noise * max(1, math.ceil(2.0 / poisson_lambda)) + 16
   draws = tf.random.stateless_poisson([num_draws], seeds[0], poisson_lambda, dtype=tf.int32)
@@ -510,12 +523,19 @@ def _infill(tokens, ratio, poisson_lambda, mask_id, seeds, random_ratio, regular
   # Stars and bars: the masks take num_spans of the num_kept + num_spans output slots, uniformly.
   mask_slots = tf.sort(tf.argsort(tf.random.stateless_uniform([num_kept + num_spans], seeds[1]))[:num_spans])
   cuts = tf.concat([[0], mask_slots - tf.range(num_spans), [num_kept]], 0)
-  gaps = cuts[1:] - cuts[:-1]  # non-noise tokens before each span, and after the last
+  gaps = cuts[1:] - cuts[:-1]  # non-noise units before each span, and after the last
   pieces = tf.reshape(tf.stack([gaps[:-1], span_lengths], axis=1), [-1])
   is_noise = tf.repeat(tf.tile([False, True], [num_spans]), pieces)
   is_noise = tf.concat([is_noise, tf.zeros([gaps[-1]], tf.bool)], 0)
-  kept = tf.boolean_mask(tokens, tf.logical_not(is_noise))
-  is_mask = tf.scatter_nd(mask_slots[:, None], tf.ones([num_spans], tf.bool), [num_kept + num_spans])
+  kept = tf.boolean_mask(tokens, tf.logical_not(tf.gather(is_noise, unit)))
+  # Output slots (a mask, or a kept unit) -> output tokens: a mask is one token, a unit its own.
+  is_mask_slot = tf.scatter_nd(mask_slots[:, None], tf.ones([num_spans], tf.bool),
+                               [num_kept + num_spans])
+  slot_sizes = tf.tensor_scatter_nd_update(
+      tf.ones([num_kept + num_spans], tf.int32),
+      tf.where(tf.logical_not(is_mask_slot)), tf.boolean_mask(unit_sizes, tf.logical_not(is_noise)))
+  is_mask = tf.scatter_nd(tf.boolean_mask(tf.cumsum(slot_sizes, exclusive=True), is_mask_slot)[:, None],
+                          tf.ones([num_spans], tf.bool), [tf.reduce_sum(slot_sizes)])
   kept_index = tf.maximum(tf.cumsum(tf.cast(tf.logical_not(is_mask), tf.int32)) - 1, 0)
   mask = tf.fill(tf.shape(is_mask), mask_id)
   if random_ratio > 0:
