@@ -497,6 +497,40 @@ def test_qa_windows_cover_the_passage_even_with_a_stride_longer_than_a_window(vo
   assert len(covered) == 30
 
 
+def test_answerable_questions_that_no_window_holds_whole_are_warned_of(vocab, caplog):
+  # Each window of such a question was labelled 'no answer' ([CLS]) without a word: SQuAD v1.1
+  # trained 'no answer' for a question that has one.
+  config = tiny_config("extractive_qa", "squad_json", "squad", length=24)
+  config.data.qa.update(max_query_length=4, doc_stride=6)
+  config.data.train_file = "squad/train.json"
+  sentence = "the boat sails near the island . "  # 7 tokens
+  context = (sentence * 6).strip()
+  third = formats.Answer(sentence.strip(), 2 * len(sentence))  # tokens 14-20
+  long_answer = formats.Answer((sentence * 3).strip(), 0)  # 21 tokens; a window holds 17
+  examples = [formats.QAExample("short", "who ?", context, (third,)),
+              formats.QAExample("long", "who ?", context, (long_answer,)),
+              formats.QAExample("none", "who ?", context, ())]
+  with caplog.at_level("WARNING"):
+    rows = extractive_qa.featurize(config, vocab, examples)
+  long_windows = rows.meta.example == 1
+  assert not rows.arrays["start_positions"][long_windows].any()
+  assert "1 of 2 answerable questions of the examples have no window" in caplog.text
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    extractive_qa.featurize(config, vocab, examples, "train")
+  assert ("1 of 2 answerable questions of config.data.train_file='squad/train.json' have no "
+          "window that holds the whole answer, so they are labelled 'no answer' ([CLS]); make "
+          "windows longer or overlap more: raise config.data.sequence_length=24, lower "
+          "config.data.qa.max_query_length=4 or config.data.qa.doc_stride=6.") in caplog.text
+  # Windows that do not overlap (a stride of a window or more) miss an answer across their
+  # boundary: tokens 14-20 across windows 0-16 and 17-33.
+  config.data.qa.doc_stride = 100
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    extractive_qa.featurize(config, vocab, examples[:1])
+  assert "1 of 1 answerable questions" in caplog.text
+
+
 def test_qa_piece_spans_with_a_sentencepiece_vocabulary(tmp_path):
   # Pieces of SentencePiece vocabularies (`ssl-jax vocab train`) have no `tokens`: featurize
   # raised AttributeError.

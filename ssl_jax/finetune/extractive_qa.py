@@ -2,21 +2,24 @@
 
 Rows (windows): `[CLS] question [SEP] passage window [SEP]`. A passage longer than the row is
 cut into overlapping windows whose starts are `data.qa.doc_stride` tokens apart (at most a
-window's length, as BERT's run_squad); every window is a row. Training labels `start_positions`/`end_positions` are the
-answer's first and last token in the window, or 0 ([CLS]) when the window does not hold the
-whole answer or the question has none (SQuAD 2.0). Loss: mean of the start and end
-cross-entropies.
+window's length, as BERT's run_squad); every window is a row. Training labels
+`start_positions`/`end_positions` are the answer's first and last token in the window, or 0
+([CLS]) when the window does not hold the whole answer or the question has none (SQuAD 2.0);
+featurize warns of answerable questions that no window holds whole (they train only 'no
+answer'). Loss: mean of the start and end cross-entropies.
 
 Prediction (per question, over all its windows): the best span (i, j), i <= j < i +
 `max_answer_length`, both inside the passage, by start[i] + end[j]; the answer is the passage
 text between the first character of token i and the last of token j. With
-`data.qa.allow_no_answer` the question gets "" when the best [CLS] score start[0] + end[0]
-(over its windows) exceeds the best span's by more than `null_score_threshold`.
+`data.qa.allow_no_answer` the question gets "" when the lowest [CLS] score start[0] + end[0]
+over its windows (as transformers' run_qa) exceeds the best span's by more than
+`null_score_threshold`.
 Scores: official SQuAD exact match and F1 (`ssl_jax.finetune.metrics.squad_scores`).
 """
 import unicodedata
 from typing import NamedTuple
 
+from absl import logging
 import jax.numpy as jnp
 import numpy as np
 
@@ -91,16 +94,20 @@ def passage_tokens(vocab, contexts):
   return out
 
 
-def featurize(config, vocab, examples) -> data.Rows:
+def featurize(config, vocab, examples, split=None) -> data.Rows:
+  """The windows of SQuAD examples (see the module docstring); meta = `Windows`. Warns of
+  answerable questions that no window holds whole, naming `split`'s file."""
   qa, length = config.data.qa, config.data.sequence_length
   special = encoding.specials(vocab)
   questions = [q[:qa.max_query_length]
                for q in vocabularies.encode_batch(vocab, [e.question for e in examples])]
   rows, owners, offsets = [], [], []
+  answerable = unlabelled = 0
   for k, (example, question, (ids, spans)) in enumerate(
       zip(examples, questions, passage_tokens(vocab, [e.context for e in examples]))):
     budget = length - len(question) - 3
     answer = example.answers[0] if example.answers else None
+    labelled = False
     window = 0
     while True:
       window_ids = ids[window:window + budget]
@@ -112,6 +119,7 @@ def featurize(config, vocab, examples) -> data.Rows:
       if window_ids:  # an empty passage still gives one (unanswerable) row
         row_offsets[first:first + len(window_ids)] = spans[window:window + budget]
       row["start_positions"], row["end_positions"] = _label(answer, row_offsets)
+      labelled |= bool(row["start_positions"])
       row["weights"] = np.float32(1.0)
       rows.append(row)
       owners.append(k)
@@ -119,6 +127,19 @@ def featurize(config, vocab, examples) -> data.Rows:
       if window + budget >= len(ids):
         break
       window += min(qa.doc_stride, budget)  # never skip passage tokens (BERT's run_squad)
+    if answer is not None and answer.text.strip():
+      answerable += 1
+      unlabelled += not labelled
+  if unlabelled:
+    # Every window of such a question trains 'no answer' (SQuAD v1.1 has none), and none can
+    # predict the answer whole.
+    logging.warning(
+        "%d of %d answerable questions of %s have no window that holds the whole answer, so "
+        "they are labelled 'no answer' ([CLS]); make windows longer or overlap more: raise "
+        "config.data.sequence_length=%d, lower config.data.qa.max_query_length=%d or "
+        "config.data.qa.doc_stride=%d.", unlabelled, answerable,
+        data.source(config, split) if split else "the examples", length, qa.max_query_length,
+        qa.doc_stride)
   arrays = encoding.stack(rows)
   return data.Rows(arrays, Windows(np.asarray(owners), np.stack(offsets)))
 
