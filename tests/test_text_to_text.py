@@ -204,6 +204,23 @@ def test_eval_settings_are_refused_before_training(tmp_path, setting, value, mes
   assert not (tmp_path / 'run').exists()
 
 
+def test_packing_with_epochs_is_refused_before_training(tmp_path):
+  # The epochs' step count is ceil(epochs * pairs / batch), but a packed row holds several pairs:
+  # a run of num_epochs=1 was measured to train 2.0 epochs.
+  config = tiny_config(format='tsv', pack=True,
+                       train_file=write(tmp_path / 'p.tsv', 'a dog\tb\n' * 64),
+                       eval_file=write(tmp_path / 'e.tsv', 'a\tb\n'))
+  config.finetune.num_epochs = 1.0
+  with pytest.raises(ValueError, match=r'config.data.pack=True and '
+                     r'config.finetune.num_epochs=1.0: .* Set --config.finetune.num_epochs=0 and --config.train.num_steps=N, or '
+                     r'--config.data.pack=False.'):
+    t2t.prepare(config)
+  config.finetune.num_epochs = 0.0   # train.num_steps decides: packing is fine
+  assert t2t.prepare(config).train.num_steps == 1000
+  config.update_from_flattened_dict({'data.pack': False, 'finetune.num_epochs': 1.0})
+  assert t2t.prepare(config).train.num_steps == 4   # 64 pairs of 16 per batch
+
+
 # ------------------------------------------------------------------------------ --init
 def test_init_takes_model_vocabulary_and_params_from_a_run(tmp_path, monkeypatch):
   devices = jax.devices()[:1]

@@ -320,7 +320,8 @@ def evaluate(model, params, vocab, pairs: Sequence[TextPair], task: str, *,
 def base_config(family: str = 't5', preset: str = 'tiny') -> ml_collections.ConfigDict:
   """A text-to-text config: the pretraining schema, the fine-tuning data keys of
   `ssl_jax.finetune.config` (task, format, files, example limits), `finetune.init/num_epochs/
-  warmup_ratio`, and `eval` (decoding='greedy'|'beam', beam_size, length_penalty (HF's:
+  warmup_ratio` (num_epochs > 0 needs data.pack=False: its steps count pairs, not rows), and
+  `eval` (decoding='greedy'|'beam', beam_size, length_penalty (HF's:
   log-probability / length ** alpha, not T5's GNMT penalty), max_decode_len (0:
   data.targets_length), batch_size)."""
   c = config_lib.base_config('span_corruption', family, preset)
@@ -344,6 +345,15 @@ def prepare(config, init: str = 'none'):
       config, base_config(), finetune_config.STREAM_SETTINGS,
       'text-to-text fine-tuning trains on the (input, target) pairs of data.format, '
       'train_file and eval_file, not a pretraining stream, and corrupts none')
+  if config.data.pack and config.finetune.num_epochs > 0:
+    # The epochs' steps count pairs; a packed row holds several, how many depending on each
+    # epoch's order (a run of num_epochs=1 was measured to train 2.0 epochs).
+    raise ValueError(
+        f'config.data.pack=True and config.finetune.num_epochs={config.finetune.num_epochs}: '
+        'the epochs set train.num_steps from the number of pairs, but a packed row holds '
+        'several pairs, so the run would train several times the epochs asked. Set '
+        '--config.finetune.num_epochs=0 and --config.train.num_steps=N, or '
+        '--config.data.pack=False.')
   config = lm_init.config_from_init(config, init, families=('t5', 'bart'))
   finetune_config.set_schedule(config, lambda: len(read_pairs(config, 'train')),
                                base_config().train.num_steps)
