@@ -19,7 +19,7 @@ benchmark machine may allow no installs at all). `export` builds the experiment 
 - `batches.npz`: `--batches` global batches of the config's input pipeline, used in turn.
 - `meta.json`: the model and optimizer settings, batch shapes, tokens per step, and
   `flops_per_step` (`trainer.flops_per_step`: XLA's cost analysis of the step as exported, its
-  layers unrolled).
+  layers unrolled, without the remat policy's recomputation).
 - with `--compare-transformers`: `transformers/config.json` (the same model's transformers config,
   `interop.hf.hf_config_from`) and `transformers_batches.npz` (the same batches as its inputs).
 The data are the offline corpus and vocabulary (`data.source=default_corpus`,

@@ -32,7 +32,8 @@ Prints one JSON line per objective (and per model with --compile-scaling). How i
   `*_tokens_per_sec` count positions (batch × sequence length, padding included).
 - `flops_per_step` is XLA's cost analysis of the step, all devices together, lowered with its layers
   unrolled and one microbatch (`trainer.flops_per_step`: a scanned layer stack or microbatch loop
-  would be counted once); `mfu` = flops_per_step / devices / median step time / median matmul rate
+  would be counted once) and no remat (a `remat_policy`'s recomputation is not the model's work);
+  `mfu` = flops_per_step / devices / median step time / median matmul rate
   (the measured dense matmul rate of one device of this machine in the step's compute dtype, not
   a datasheet).
 - `host_fraction` = mean time of one `next(iterator)` (read before the steps run, so the

@@ -265,13 +265,16 @@ def flops_per_step(config: ml_collections.ConfigDict) -> float:
   lowered with its layers unrolled (`model.scan_layers=False`) and one microbatch, as the step
   does the same arithmetic either way. Cost analysis counts a loop's body once, so the scanned
   layer stack or the microbatch loop would count 1/num_layers or 1/microbatches of the work.
+  Lowered without rematerialisation (`model.remat_policy='none'`): the model's FLOPs, as MFU counts
+  them; a policy's recomputed forward pass is extra work for the same step (+19% for tiny GPT with
+  'full'), which would overstate the MFU.
   Traced with autodiff's dense backward (`layers.autodiff_dense`), the model's arithmetic on every
   backend: XLA:CPU's own computes bias gradients as dots with a block of ones, which cost analysis
   would count as ~1% more matmul work. Lowers only (nothing is compiled); 0 when the backend
   reports no cost analysis."""
   unrolled = copy.deepcopy(config)
   with unrolled.unlocked():
-    unrolled.model.scan_layers = False
+    unrolled.model.update(scan_layers=False, remat_policy="none")
     unrolled.train.microbatches = 1
   with layers.autodiff_dense():
     cost = lower_train_step(Experiment.build(unrolled)).cost_analysis()

@@ -272,6 +272,17 @@ def test_flops_per_step_counts_every_scanned_layer_and_microbatch():
   np.testing.assert_allclose(flops[4] - flops[2], 2 * per_layer, rtol=0.05)
 
 
+def test_flops_per_step_leaves_out_remat_recomputation():
+  # MFU counts the model's FLOPs: a remat policy recomputes activations in the backward pass, more
+  # arithmetic for the same step, and must not raise flops_per_step (and so the MFU) with it.
+  config = tiny_config("gpt")
+  flops = {}
+  for policy in ("none", "full"):
+    config.model.remat_policy = policy
+    flops[policy] = trainer.flops_per_step(config)
+  assert flops["full"] == flops["none"] > 0
+
+
 def test_fsdp_shards_params_and_optimizer_state():
   config = tiny_config("bert")
   config.mesh.update(data=1, fsdp=8, tensor=1)
