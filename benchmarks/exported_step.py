@@ -110,7 +110,8 @@ def export_step(args) -> dict:
   config.mesh.update(data=1, fsdp=1, tensor=1)
   for setting in args.set:
     _override(config, setting)
-  exp = trainer.Experiment.build(config, jax.devices()[:1])
+  devices = jax.devices()[:1]
+  exp = trainer.Experiment.build(config, devices)
   if args.compare_transformers:  # raises before anything is written where HF has no such model
     from ssl_jax.interop import hf  # pylint: disable=g-import-not-at-top
     hf_config = hf.hf_config_from(exp.model_config)
@@ -134,7 +135,7 @@ def export_step(args) -> dict:
     with partitioning.with_logical_rules(exp.layout.rules, exp.mesh):
       step_exported = export.export(jax.jit(step), platforms=[args.platform])(
           state_abstract, batch_abstract)
-    flops = trainer.flops_per_step(config)
+    flops = trainer.flops_per_step(config, devices)
   with partitioning.with_logical_rules(exp.layout.rules):
     init_exported = export.export(jax.jit(init), platforms=[args.platform])()
   assert [(a.shape, a.dtype) for a in init_exported.out_avals] == [

@@ -260,8 +260,9 @@ def compile_eval_step(exp: Experiment):
         compiler_options=compiler_options(exp.mesh))
 
 
-def flops_per_step(config: ml_collections.ConfigDict) -> float:
-  """FLOPs of one train step of `config`, all devices together: XLA's cost analysis of the step
+def flops_per_step(config: ml_collections.ConfigDict, devices=None) -> float:
+  """FLOPs of one train step of `config` on `devices` (default all, as `Experiment.build`), all of
+  them together: XLA's cost analysis of the step
   lowered with its layers unrolled (`model.scan_layers=False`) and one microbatch, as the step
   does the same arithmetic either way. Cost analysis counts a loop's body once, so the scanned
   layer stack or the microbatch loop would count 1/num_layers or 1/microbatches of the work.
@@ -277,7 +278,7 @@ def flops_per_step(config: ml_collections.ConfigDict) -> float:
     unrolled.model.update(scan_layers=False, remat_policy="none")
     unrolled.train.microbatches = 1
   with layers.autodiff_dense():
-    cost = lower_train_step(Experiment.build(unrolled)).cost_analysis()
+    cost = lower_train_step(Experiment.build(unrolled, devices)).cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
   return float((cost or {}).get("flops", 0.0))

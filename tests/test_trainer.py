@@ -283,6 +283,16 @@ def test_flops_per_step_leaves_out_remat_recomputation():
   assert flops["full"] == flops["none"] > 0
 
 
+def test_flops_per_step_on_the_devices_the_experiment_uses():
+  # exported_step.py builds on one device of a host with more, its mesh fixed at 1x1x1: the FLOPs
+  # must be lowered on that device too (on all 8 the mesh does not fit) and count the same step.
+  config = tiny_config("gpt")
+  config.mesh.update(data=1, fsdp=1, tensor=1)
+  one_device = trainer.flops_per_step(config, jax.devices()[:1])
+  config.mesh.data = -1
+  assert one_device == trainer.flops_per_step(config) > 0
+
+
 def test_fsdp_shards_params_and_optimizer_state():
   config = tiny_config("bert")
   config.mesh.update(data=1, fsdp=8, tensor=1)
