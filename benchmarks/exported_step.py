@@ -28,7 +28,8 @@ vocabulary size (GPT-2's 50257, where nanoGPT pads to 50304: `--set model.vocab_
 `--set KEY=VALUE ...` then overrides any config value.
 
 `run DIR...` imports JAX, numpy and `benchmarks/timing.py` only. Per directory it initialises the
-state on the default device, compiles the step with the state donated (`compile_s`), and runs
+state on the default device, compiles the step with the state donated (`compile_s`; the persistent
+compilation cache is turned off, even where `JAX_COMPILATION_CACHE_DIR` is set), and runs
 `--warmup` + `--steps` rounds; each round times one step (to `block_until_ready`), the transformers
 step when the directory has one, and a square matmul in the step's compute dtype (`--matmul_size`,
 50 chained on an accelerator), in turn. One JSON line per directory, medians over the timed rounds:
@@ -305,6 +306,7 @@ def main(argv=None):
   if args.steps < 1 or args.warmup < 0:
     parser.error(f"--steps={args.steps} --warmup={args.warmup}: time at least one step after "
                  "zero or more warm-up rounds.")
+  jax.config.update("jax_enable_compilation_cache", False)  # compile_s is a real compile
   for directory in args.directories:
     print(json.dumps(run_step(directory, args)), flush=True)
 
