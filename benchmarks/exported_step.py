@@ -22,6 +22,8 @@ benchmark machine may allow no installs at all). `export` builds the experiment 
   layers unrolled, without the remat policy's recomputation).
 - with `--compare-transformers`: `transformers/config.json` (the same model's transformers config,
   `interop.hf.hf_config_from`) and `transformers_batches.npz` (the same batches as its inputs).
+  The transformers step trains with AdamW alone, so a config of another optimizer (T5's presets:
+  Adafactor) is refused before anything is exported; `--set optim.name=adamw` compares AdamW.
 The data are the offline corpus and vocabulary (`data.source=default_corpus`,
 `data.vocab.kind=default`), as token ids do not change a step's time; the model keeps the preset's
 vocabulary size (GPT-2's 50257, where nanoGPT pads to 50304: `--set model.vocab_size=50304`).
@@ -36,10 +38,11 @@ step when the directory has one, and a square matmul in the step's compute dtype
 `mfu` = flops_per_step / step time / the measured matmul rate; with `--peak_tflops` (the datasheet's
 dense rate for that dtype, e.g. 989 for bfloat16 on an H100 or H200 SXM) also `mfu_vs_peak`, the
 way nanoGPT and most papers count. The transformers step is `benchmarks/train_step.py`'s (AdamW,
-clipping), under `torch.autocast` in the step's compute dtype; float32 matmuls run in TF32 on both
-sides (XLA's default on a GPU). `speedup` = its median / ssl_jax's. `loss_first`, `loss_last`: the
-first and last round's loss, to show the exported step trains. JAX takes at most
-`XLA_PYTHON_CLIENT_MEM_FRACTION` (0.45 unless set) of the device memory, so torch fits beside it.
+clipping; `transformers_optimizer` in the row, ssl_jax's in `optimizer`), under `torch.autocast`
+in the step's compute dtype; float32 matmuls run in TF32 on both sides (XLA's default on a GPU).
+`speedup` = its median / ssl_jax's. `loss_first`, `loss_last`: the first and last round's loss, to
+show the exported step trains. JAX takes at most `XLA_PYTHON_CLIENT_MEM_FRACTION` (0.45 unless
+set) of the device memory, so torch fits beside it.
 """
 import argparse
 import ast
@@ -57,7 +60,8 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 from jax import export  # pylint: disable=g-import-not-at-top
 
-from timing import MatmulRate, TransformersStep, hf_inputs, timed  # benchmarks/timing.py
+# benchmarks/timing.py
+from timing import MatmulRate, TransformersStep, check_adamw, hf_inputs, timed
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -111,6 +115,8 @@ def export_step(args) -> dict:
   config.mesh.update(data=1, fsdp=1, tensor=1)
   for setting in args.set:
     _override(config, setting)
+  if args.compare_transformers:
+    check_adamw(config.optim.to_dict())
   devices = jax.devices()[:1]
   exp = trainer.Experiment.build(config, devices)
   if args.compare_transformers:  # raises before anything is written where HF has no such model
@@ -250,7 +256,8 @@ def run_step(directory: str, args) -> dict:
       "model": {k: meta["model"][k] for k in ("vocab_size", "hidden_size", "num_layers",
                                                "num_heads", "mlp_dim", "dtype", "scan_layers",
                                                "remat_policy")},
-      "param_count": meta["param_count"], "global_batch_size": meta["global_batch_size"],
+      "param_count": meta["param_count"], "optimizer": meta["optim"].get("name", "adamw"),
+      "global_batch_size": meta["global_batch_size"],
       "batch_shapes": meta["batch_shapes"], "tokens_per_step": meta["tokens_per_step"],
       "steps": args.steps, "ssl_jax_step_s": round(step_s, 5),
       "ssl_jax_tokens_per_sec": round(meta["tokens_per_step"] / step_s, 1),
@@ -265,6 +272,7 @@ def run_step(directory: str, args) -> dict:
   if theirs is not None:
     hf_s = statistics.median(theirs_s)
     row.update({"transformers_model": type(theirs.model).__name__,
+                "transformers_optimizer": type(theirs.optimizer).__name__,
                 "transformers_step_s": round(hf_s, 5),
                 "transformers_tokens_per_sec": round(meta["tokens_per_step"] / hf_s, 1),
                 "speedup": round(hf_s / step_s, 2),

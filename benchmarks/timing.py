@@ -59,15 +59,30 @@ def hf_inputs(objective: str, batch, device: str) -> dict:
               decoder_attention_mask=decoder_mask, labels=labels)
 
 
+def check_adamw(optim) -> None:
+  """Raises unless `optim` (ssl_jax's config.optim as a dict) trains with AdamW, the one optimizer
+  `TransformersStep` builds: against another (T5's presets train with Adafactor) the comparison
+  would time two different updates."""
+  name = optim.get("name", "adamw")
+  if name != "adamw":
+    raise ValueError(
+        f"config.optim.name={name!r}: the transformers step trains with torch's AdamW alone, so "
+        f"comparing with transformers would time ssl_jax's {name} update against AdamW's. Compare "
+        "an AdamW config (exported_step.py: --set optim.name=adamw) or drop "
+        "--compare-transformers.")
+
+
 class TransformersStep:
   """`transformers` training step (AdamW, clipping as our config) of `hf_config`'s model.
 
-  `optim`: learning_rate, b1, b2, eps, weight_decay and grad_clip_norm, as ssl_jax's config.optim.
+  `optim`: learning_rate, b1, b2, eps, weight_decay and grad_clip_norm, as ssl_jax's config.optim
+  (whose name must be 'adamw': `check_adamw`).
   `autocast`: a torch dtype (e.g. torch.bfloat16) to run the forward pass under `torch.autocast`
   with float32 weights, as ssl_jax's `model.dtype='bfloat16'` computes; None: float32.
   """
 
   def __init__(self, objective: str, hf_config, optim, device: str, autocast=None):
+    check_adamw(optim)
     import torch  # pylint: disable=g-import-not-at-top
     import transformers  # pylint: disable=g-import-not-at-top
     self.torch, self.device, self.objective, self.autocast = torch, device, objective, autocast

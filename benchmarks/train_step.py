@@ -229,6 +229,7 @@ def measure(objective: str, args) -> dict:
   if theirs is not None:
     hf_s = statistics.median(theirs_s)
     row.update({"transformers_model": type(theirs.model).__name__,
+                "transformers_optimizer": type(theirs.optimizer).__name__,
                 "transformers_device": args.torch_device,
                 "transformers_step_s": round(hf_s, 4),
                 "transformers_tokens_per_sec": round(ours.tokens / hf_s, 1),
