@@ -342,8 +342,9 @@ def compile_scaling(args) -> list[dict]:
     _, seconds = timed(lambda: trainer.compile_train_step(exp))  # pylint: disable=cell-var-from-loop
     rows.append({"benchmark": "compile_time", "objective": "mlm", "size": args.size,
                  "num_layers": num_layers, "scan_layers": True, "compile_s": round(seconds, 2)})
+  fewest = min(rows, key=lambda row: row["num_layers"])
   for row in rows:
-    row["vs_fewest_layers"] = round(row["compile_s"] / rows[0]["compile_s"], 2)
+    row["vs_fewest_layers"] = round(row["compile_s"] / fewest["compile_s"], 2)
   return rows
 
 
