@@ -13,6 +13,9 @@ batch size, epochs, batches (ssl_jax's shuffled order), AdamW (lr, betas, eps, w
 0.01 off biases and LayerNorm gains), linear warmup (10%) and decay, gradient clipping 1.0 and
 dropout 0.1; they differ in random numbers (head init, dropout masks). `--parity_steps N` turns
 dropout off and gives both the same head init: then every step's loss should agree.
+
+`--workdir` (default: a temporary directory) must be new or empty: ssl_jax would resume a run it
+found there, train no steps and report that run's results under the new settings.
 """
 import argparse
 import json
@@ -212,7 +215,7 @@ def pretraining(args):
           "train_sentences": sentences, **{f"{k}_accuracy": v for k, v in results.items()}})
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="benchmark", required=True)
   m = sub.add_parser("minilm", help="ssl_jax vs transformers on SST-2")
@@ -224,7 +227,8 @@ def main():
   m.add_argument("--batch_size", type=int, default=32)
   m.add_argument("--max_length", type=int, default=64)
   m.add_argument("--seed", type=int, default=0)
-  m.add_argument("--workdir", default="")
+  m.add_argument("--workdir", default="",
+                 help="a new or empty directory (default: a temporary one)")
   m.add_argument("--parity_steps", type=int, default=0,
                  help="> 0: dropout off, the same head init, this many steps; compares every "
                       "step's loss")
@@ -233,8 +237,13 @@ def main():
   p.add_argument("--pretrain_length", type=int, default=128, help="pretraining sequence length")
   p.add_argument("--tagging_documents", type=int, default=5)
   p.add_argument("--tagging_epochs", type=float, default=30.0)
-  p.add_argument("--workdir", default="")
-  args = parser.parse_args()
+  p.add_argument("--workdir", default="",
+                 help="a new or empty directory (default: a temporary one)")
+  args = parser.parse_args(argv)
+  if args.workdir and os.path.isdir(args.workdir) and os.listdir(args.workdir):
+    parser.error(f"--workdir={args.workdir!r} is not empty (an earlier run?): its run would be "
+                 "resumed, train no steps, and its old results be reported under these settings. "
+                 "Pass a new or empty directory, or omit --workdir for a temporary one.")
   {"minilm": minilm, "pretraining": pretraining}[args.benchmark](args)
 
 
