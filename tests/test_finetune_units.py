@@ -412,10 +412,36 @@ def test_tagging_labels_sit_on_each_words_first_piece(vocab):
   assert rows.arrays["label_weights"][0, :6].tolist() == [0, 1, 1, 0, 1, 0]
   assert rows.arrays["labels"][0, [1, 2, 4]].tolist() == [index["DET"], index["NOUN"], index["VERB"]]
   # A cut sentence still scores every word: the cut one counts as wrong.
-  short = tagging.featurize(tiny_config("tagging", "conllu", "upos", length=5), vocab, [sentence])
-  predictions = short.arrays["labels"]  # perfect on what fits: [CLS] the x ##q [SEP]
-  assert tagging.score(tiny_config("tagging", "conllu", "upos", length=5), [sentence], short,
+  short = tagging.featurize(tiny_config("tagging", "conllu", "upos", length=4), vocab, [sentence])
+  predictions = short.arrays["labels"]  # perfect on what fits: [CLS] the x [SEP]
+  assert tagging.score(tiny_config("tagging", "conllu", "upos", length=4), [sentence], short,
                        predictions) == {"accuracy": pytest.approx(2 / 3)}
+
+
+def test_a_word_longer_than_the_row_leaves_later_words_their_labels(vocab, caplog):
+  # One long word (a URL in EWT's web text) left itself and every later word out of the row, and
+  # the score counted them all wrong without a word: 1 of these 12 words was tagged.
+  url = "http://boats.example/" + "q" * 60
+  assert len(vocabularies.encode_batch(vocab, [url])[0]) > 64
+  words = ("see", url) + tuple("for the boats and the ships near the island .".split())
+  tags = ("VERB", "X", "ADP", "DET", "NOUN", "CCONJ", "DET", "NOUN", "ADP", "DET", "NOUN", "PUNCT")
+  sentence = formats.TaggedSentence(words, tags, "s")
+  config = tiny_config("tagging", "conllu", "upos", length=64)
+  config.data.eval_file = "ewt/dev.conllu"
+  with caplog.at_level("WARNING"):
+    rows = tagging.featurize(config, vocab, [sentence])
+  assert len(rows.meta[0]) == 12 and "do not fit" not in caplog.text
+  assert rows.arrays["input_tokens"][0, -1] == encoding.specials(vocab).sep  # the URL is cut
+  assert tagging.score(config, [sentence], rows, rows.arrays["labels"]) == {"accuracy": 1.0}
+  # Words beyond the row's room are left out, warned of once per file, and scored as wrong.
+  many = formats.TaggedSentence(("boat",) * 70, ("NOUN",) * 70, "m")
+  with caplog.at_level("WARNING"):
+    rows = tagging.featurize(config, vocab, [sentence, many], "validation")
+  assert [len(first) for first in rows.meta] == [12, 62]
+  assert caplog.text.count("do not fit") == 1
+  assert ("8 of 82 words of config.data.eval_file='ewt/dev.conllu' do not fit "
+          "config.data.sequence_length=64 (their tags are scored as wrong); raise "
+          "config.data.sequence_length") in caplog.text
 
 
 def test_xpos_tagging_takes_the_train_files_tags(tmp_path, vocab):

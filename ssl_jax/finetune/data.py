@@ -6,8 +6,9 @@
 A fine-tuning objective lives in a task module (`TASK_MODULES`) that defines:
   `OBJECTIVE` and `for_config(config)` (the objectives.Objective, head sized for the task),
   `FEATURES` {name: (per_token, numpy dtype)}: the batch features beside the token rows,
-  `featurize(config, vocab, examples) -> Rows`, `predict(outputs)` (what evaluation fetches
-  per row, traced under jit) and `score(config, examples, rows, predictions) -> {metric: value}`.
+  `featurize(config, vocab, examples, split=None) -> Rows` (`split` names the file in its
+  warnings), `predict(outputs)` (what evaluation fetches per row, traced under jit) and
+  `score(config, examples, rows, predictions) -> {metric: value}`.
 
 The whole split is tokenized once into memory. The train stream is endless: epoch e visits every
 row once in the order of a permutation seeded by (config.data.seed, e) (`index_shuffle`, so a
@@ -96,12 +97,20 @@ def read_examples(config, split: str) -> list:
   # run featurized them, naming neither the file nor the setting.
   unlabelled = [e.id for e in examples if d.format in ("glue_tsv", "tfds") and e.label is None]
   if unlabelled:
-    where = (f"the TFDS {d.task} {split} split" if d.format == "tfds" else
-             f"config.data.{setting}={path!r}")
-    raise ValueError(f"{len(unlabelled)} examples of {where} have no label (first: row "
-                     f"{unlabelled[0]}); fine-tuning and scoring need labelled rows (a GLUE test "
-                     "split has none): name a labelled file or split.")
+    raise ValueError(f"{len(unlabelled)} examples of {source(config, split)} have no label "
+                     f"(first: row {unlabelled[0]}); fine-tuning and scoring need labelled rows "
+                     "(a GLUE test split has none): name a labelled file or split.")
   return examples
+
+
+def source(config, split: str) -> str:
+  """How messages name the examples of `split` ('train' | 'validation'): the file setting and
+  its value, or the TFDS split."""
+  d = config.data
+  if d.format == "tfds":
+    return f"the TFDS {d.task} {d.train_split if split == 'train' else d.eval_split} split"
+  setting = "train_file" if split == "train" else "eval_file"
+  return f"config.data.{setting}={d[setting]!r}"
 
 
 @functools.lru_cache(maxsize=16)
@@ -109,7 +118,7 @@ def _featurized(objective: str, data_json: str, split: str):
   config = ml_collections.ConfigDict({"objective": objective, "data": json.loads(data_json)})
   examples = read_examples(config, split)
   vocab = vocabularies.get_vocabulary(config.data.vocab)
-  return examples, task_module(config).featurize(config, vocab, examples)
+  return examples, task_module(config).featurize(config, vocab, examples, split)
 
 
 def featurized(config, split: str) -> tuple[list, Rows]:

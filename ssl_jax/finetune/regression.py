@@ -16,7 +16,8 @@ from ssl_jax.models import heads
 FEATURES = {"targets": (False, np.float32), "weights": (False, np.float32)}
 
 
-def featurize(config, vocab, examples) -> data.Rows:
+def featurize(config, vocab, examples, split=None) -> data.Rows:
+  del split  # nothing to warn of: a pair longer than the row is cut as BERT cuts it
   arrays = classification.token_rows(config, vocab, examples)
   arrays["targets"] = np.asarray(classification.labels_of(examples), np.float32)
   arrays["weights"] = np.ones(len(examples), np.float32)

@@ -2,12 +2,15 @@
 
 Rows: `[CLS] word pieces [SEP]`; `labels` [L] hold each word's tag at its first piece, with
 `label_weights` 1 there and 0 elsewhere (continuation pieces, [CLS], [SEP], padding), as BERT
-tags. Sentences longer than the row are cut; their cut words count as wrong when scored, so
-accuracy is over every word of the eval file. Scores: `accuracy` (per word).
+tags. A sentence longer than the row keeps every word's first piece (its label) while the row
+has room: from the word that would crowd later words out on, words lose continuation pieces.
+Words left out even so are warned of and count as wrong when scored, so accuracy is over every
+word of the eval file. Scores: `accuracy` (per word).
 """
 import dataclasses
 import functools
 
+from absl import logging
 import jax.numpy as jnp
 import numpy as np
 
@@ -51,24 +54,31 @@ def check_tags(config, sentences, split: str | None = None) -> None:
                      "--config.data.labels=TAG,TAG,...")
 
 
-def featurize(config, vocab, sentences) -> data.Rows:
-  """Rows of TaggedSentences; meta = per sentence (first-piece positions, number of words)."""
+def featurize(config, vocab, sentences, split=None) -> data.Rows:
+  """Rows of TaggedSentences; meta = per sentence, the row positions of its words' first pieces
+  (of the words that fit). Warns of words that do not fit, naming `split`'s file."""
   special = encoding.specials(vocab)
   check_tags(config, sentences)
   index = {t: i for i, t in enumerate(tag_names(config))}
   pieces = vocabularies.encode_batch(vocab, [w for s in sentences for w in s.tokens])
   length = config.data.sequence_length
-  rows, firsts, k = [], [], 0
+  rows, firsts, k, left_out = [], [], 0, 0
   for s in sentences:
     tokens, labels, first = [special.cls], [0], []
-    for tag, word_pieces in zip(s.tags, pieces[k:k + len(s.tokens)]):
+    words = pieces[k:k + len(s.tokens)]
+    for n, (tag, word_pieces) in enumerate(zip(s.tags, words)):
       word_pieces = word_pieces or [vocab.unk_id]  # a word of only dropped characters
-      if len(tokens) + len(word_pieces) > length - 1:
+      free = length - 1 - len(tokens)  # room before [SEP]
+      if free < 1:
         break
+      # A word gives up continuation pieces rather than push later words' first pieces (their
+      # labels) out of the row: one long URL would otherwise take the rest of its sentence along.
+      word_pieces = word_pieces[:max(1, free - (len(words) - n - 1))]
       first.append(len(tokens))
       labels += [index[tag]] + [0] * (len(word_pieces) - 1)
       tokens += word_pieces
     k += len(s.tokens)
+    left_out += len(s.tokens) - len(first)
     tokens.append(special.sep)
     row = encoding.pad_row(tokens, [0] * len(tokens), length, special.pad)
     row["labels"] = np.zeros(length, np.int32)
@@ -77,6 +87,10 @@ def featurize(config, vocab, sentences) -> data.Rows:
     row["label_weights"][first] = 1.0
     rows.append(row)
     firsts.append(first)
+  if left_out:
+    logging.warning("%d of %d words of %s do not fit config.data.sequence_length=%d (their "
+                    "tags are scored as wrong); raise config.data.sequence_length.", left_out, k,
+                    data.source(config, split) if split else "the sentences", length)
   return data.Rows(encoding.stack(rows), firsts)
 
 
