@@ -19,6 +19,7 @@ import functools
 import gc
 import json
 import logging as std_logging
+import os
 import sys
 from typing import Callable
 
@@ -87,12 +88,20 @@ _REQUIRED = {
 }
 
 
-def _check_flags(command: str) -> None:
-  """Exits, in one line, for a flag `command` does not read or one it needs and lacks: before
-  TensorFlow and JAX start (seconds), and without absl's page of usage above the reason."""
+def _check_flags(command: str, arguments) -> None:
+  """Exits, in one line, for a flag `command` does not read or one it needs and lacks, or an
+  argument it takes none of (an override typed without its dashes was dropped, and the run
+  trained with the default): before TensorFlow and JAX start (seconds), and without absl's page
+  of usage above the reason."""
   problem = None
+  if arguments and command != "vocab":   # `ssl-jax vocab train`: its own check
+    dashes = [a for a in arguments if a.startswith("config.") and "=" in a]
+    problem = (f"`ssl-jax {command}` takes no arguments besides its flags, but got "
+               f"{' '.join(arguments)!r}"
+               + (f"; a config override needs its dashes: --{dashes[0]}" if dashes else
+                  "; remove them"))
   for name in sorted({n for names in _FLAGS_OF.values() for n in names} - set(_FLAGS_OF[command])):
-    if flags.FLAGS[name].present:
+    if problem is None and flags.FLAGS[name].present:
       users = ", ".join(c for c, names in _FLAGS_OF.items() if name in names)
       problem = f"--{name} is not a flag of `ssl-jax {command}` (it is for: {users}); remove it."
       break
@@ -108,7 +117,7 @@ def main(argv):
   if len(argv) < 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f"usage: ssl-jax {{{'|'.join(COMMANDS)}}} [flags]; see --help.")
   command = argv[1]
-  _check_flags(command)
+  _check_flags(command, argv[2:])
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_quieter_orbax)
   # Only a training loop asks the runtime about preemptions; in-context scoring (a causal_lm
@@ -209,7 +218,12 @@ def _parse_flags(argv):
   for i, arg in enumerate(argv):   # ml_collections would run a JSON file as Python: a NameError
     value = arg[len("--config="):] if arg.startswith("--config=") else (
         argv[i + 1] if arg == "--config" and i + 1 < len(argv) else "")
-    if value.split(":", 1)[0].endswith(".json"):
+    path = value.split(":", 1)[0]
+    if path and not path.endswith(".json") and not os.path.exists(path):
+      sys.exit(f"FATAL Flags parsing error: --config={value} names {path}, which does not exist "
+               "(the working directory is " + os.getcwd() + "); pass a config file, e.g. "
+               "--config=configs/bert.py:tiny.")
+    if path.endswith(".json"):
       sys.exit(f"FATAL Flags parsing error: --config={value} is a JSON file; --config takes a "
                "Python config file and variant, e.g. configs/bert.py:tiny. To repeat a run, pass "
                "the file it started with and its --config.* overrides (its config.json lists "

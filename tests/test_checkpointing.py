@@ -578,6 +578,24 @@ def test_cli_refuses_another_commands_flags(tmp_path):
   assert result.stderr.strip().splitlines() == [
       "FATAL Flags parsing error: `ssl-jax finetune` needs --workdir and --init; see "
       "`ssl-jax --help`."], result.stderr
+  # An override without its dashes was an argument nobody read: the run trained with the default.
+  result = subprocess.run(
+      [sys.executable, "-m", "ssl_jax.main", "train", "--config=configs/bert.py:tiny",
+       f"--workdir={tmp_path}", "config.train.num_steps=1"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.stderr.strip().splitlines() == [
+      "FATAL Flags parsing error: `ssl-jax train` takes no arguments besides its flags, but got "
+      "'config.train.num_steps=1'; a config override needs its dashes: "
+      "--config.train.num_steps=1"], result.stderr
+  # A config file that does not exist: two chained tracebacks, 38 lines.
+  result = subprocess.run(
+      [sys.executable, "-m", "ssl_jax.main", "train", "--config=configs/nope.py:tiny",
+       f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.stderr.strip().splitlines() == [
+      f"FATAL Flags parsing error: --config=configs/nope.py:tiny names configs/nope.py, which does "
+      f"not exist (the working directory is {REPO}); pass a config file, e.g. "
+      "--config=configs/bert.py:tiny."], result.stderr
+  assert not os.listdir(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------
