@@ -120,6 +120,22 @@ def _add(a, b):
   return jax.tree.map(jnp.add, a, b)
 
 
+def _summed_over_microbatches(fn, batch, k: int):
+  """`fn(microbatch, i)` summed over the k microbatches of `batch` (`lax.scan`: one microbatch's
+  activations live at a time); `fn(batch, None)` when k == 1."""
+  if k == 1:
+    return fn(batch, None)
+  microbatches = _microbatched(batch, k)
+  shapes = jax.eval_shape(fn, jax.tree.map(lambda x: x[0], microbatches), 0)
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+  def accumulate(total, xs):
+    i, microbatch = xs
+    return _add(total, fn(microbatch, i)), None
+
+  return jax.lax.scan(accumulate, zeros, (jnp.arange(k), microbatches))[0]
+
+
 def make_train_step(exp: Experiment):
   """The train step `(state, batch) -> (state, metric_sums)`, to be jitted with donated state.
 
@@ -134,28 +150,18 @@ def make_train_step(exp: Experiment):
   k = exp.config.train.microbatches
   base_rng = jax.random.key(exp.config.train.seed)
 
-  def grads_of(params, batch, rng, dens):
-    grad_fn = jax.value_and_grad(
-        functools.partial(objectives.loss_fn, objective, model), has_aux=True)
-    (loss, sums), grads = grad_fn(params, batch, rng, dens)
-    return loss, sums, grads
-
   def train_step(state, batch):
     rng = jax.random.fold_in(base_rng, state.step)
     dens = objective.denominators(batch)
-    if k == 1:
-      loss, sums, grads = grads_of(state.params, batch, rng, dens)
-    else:
-      microbatches = _microbatched(batch, k)
 
-      def accumulate(acc, xs):
-        i, microbatch = xs
-        return _add(acc, grads_of(state.params, microbatch, jax.random.fold_in(rng, i), dens)), None
+    def grads_of(microbatch, i):
+      grad_fn = jax.value_and_grad(
+          functools.partial(objectives.loss_fn, objective, model), has_aux=True)
+      (loss, sums), grads = grad_fn(state.params, microbatch,
+                                    rng if i is None else jax.random.fold_in(rng, i), dens)
+      return loss, sums, grads
 
-      shapes = jax.eval_shape(grads_of, state.params, jax.tree.map(lambda x: x[0], microbatches),
-                              rng, dens)
-      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-      (loss, sums, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(k), microbatches))
+    loss, sums, grads = _summed_over_microbatches(grads_of, batch, k)
     # Logged, before clipping; finite exactly when every gradient is (or its square sum overflows
     # float32, a norm past 1e19, which clipping could not have used either).
     grad_norm = optax.global_norm(grads)
@@ -182,12 +188,18 @@ def make_train_step(exp: Experiment):
 
 
 def make_eval_step(exp: Experiment):
-  """`(params, batch) -> metric_sums` with dropout off."""
+  """`(params, batch) -> metric_sums` with dropout off, in `train.microbatches` microbatches as
+  the train step (a run that needs them to fit in memory needs them in eval too: the whole batch's
+  logits at once took k times the train step's)."""
   objective, model = exp.objective, exp.model
+  k = exp.config.train.microbatches
 
   def eval_step(params, batch):
-    loss, sums = objectives.loss_fn(objective, model, params, batch, jax.random.key(0),
-                                    objective.denominators(batch), deterministic=True)
+    dens = objective.denominators(batch)
+    loss, sums = _summed_over_microbatches(
+        lambda microbatch, _: objectives.loss_fn(objective, model, params, microbatch,
+                                                 jax.random.key(0), dens, deterministic=True),
+        batch, k)
     sums = dict(sums)
     sums["loss"] = (loss, jnp.ones(()))
     return sums

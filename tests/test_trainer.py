@@ -166,10 +166,14 @@ def test_microbatches_give_the_full_batch_update():
     config.train.microbatches = k
     exp = trainer.Experiment.build(config, devices=devices)
     state, sums = trainer.compile_train_step(exp)(exp.init_state(), batch)
+    # Eval goes in microbatches too (the whole batch's logits at once took k times the train
+    # step's memory, at the first eval of a run that needed microbatches to fit).
+    eval_sums = jax.device_get(trainer.compile_eval_step(exp)(state.params, batch))
     results.append((jax.device_get(state.params), float(sums["loss"][0]),
-                    float(sums["grad_norm"][0])))
-  (params_1, loss_1, norm_1), (params_4, loss_4, norm_4) = results
+                    float(sums["grad_norm"][0]), eval_sums))
+  (params_1, loss_1, norm_1, eval_1), (params_4, loss_4, norm_4, eval_4) = results
   np.testing.assert_allclose(loss_4, loss_1, rtol=1e-5)
+  chex.assert_trees_all_close(eval_4, eval_1, rtol=1e-4)
   # The logged grad_norm is the whole batch's gradient's, before clipping.
   rng = jax.random.fold_in(jax.random.key(config.train.seed), 0)
   grads = jax.grad(lambda p: objectives.loss_fn(exp.objective, exp.model, p, batch, rng,
