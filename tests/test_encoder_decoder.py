@@ -15,6 +15,7 @@ from ssl_jax.interop import hf as hf_interop
 from ssl_jax.interop import hf_encoder_decoder
 from ssl_jax.models import config as config_lib
 from ssl_jax.models import decoding
+from ssl_jax.models import layers
 from ssl_jax.models.encoder_decoder import EncoderDecoder
 
 torch = pytest.importorskip('torch')
@@ -254,6 +255,34 @@ def test_kv_cache_greedy_and_beam_search(family, scan_layers):
       total = log_probs[row, np.arange(length), seq[1:length + 1]].sum()
       assert (seq[length + 1:] == cfg.pad_token_id).all()
       np.testing.assert_allclose(scores[row, beam], total / length ** alpha, atol=1e-4)
+
+
+@pytest.mark.parametrize('family, scan_layers, remat_policy', [
+    ('t5', False, 'none'), ('t5', True, 'full'), ('bart', False, 'full'), ('bart', True, 'none')])
+def test_decoding_projects_the_encoder_output_once(family, scan_layers, remat_policy):
+  # Every decode step projected the whole encoder output into each layer's cross-attention
+  # keys and values again. The first step now adds them to the cache and later steps read
+  # them: fed a zero encoder output from the second step on, the steps still give the full
+  # decoder's logits.
+  model, params = _converted(family, scan_layers=scan_layers, remat_policy=remat_policy)
+  enc, dec, enc_mask, _ = _inputs(seed=3)
+  full = np.asarray(_logits(model, params, enc, dec, enc_mask))
+  encoded = model.apply({'params': params}, enc, enc_mask, method='encode')
+  cache = decoding.init_cache(model, jax.ShapeDtypeStruct(enc.shape, jnp.int32),
+                              jax.ShapeDtypeStruct(dec.shape, jnp.int32))
+  step = jax.jit(lambda cache, encoded, token: model.apply(
+      {'params': params, 'cache': cache}, encoded, token, enc_mask, decode=True,
+      mutable=['cache'], method='decode'))
+  for i in range(dec.shape[1]):
+    step_logits, variables = step(cache, encoded if i == 0 else jnp.zeros_like(encoded),
+                                  dec[:, i:i + 1])
+    cache = variables['cache']
+    np.testing.assert_allclose(step_logits[:, 0], full[:, i], atol=1e-4, rtol=0)
+  last = f'layers_{model.config.num_decoder_layers - 1}'
+  key = layers.unstack_layer_params(params)['decoder']['stack'][last]['cross_attention']['key']
+  cached = layers.unstack_layer_params(cache)['decoder']['stack'][last]['cross_attention']
+  np.testing.assert_allclose(cached['cross_key'],
+                             layers.dense(encoded, key['kernel'], key.get('bias')), atol=1e-6)
 
 
 @pytest.mark.parametrize('length_penalty', [0.0, 1.0])

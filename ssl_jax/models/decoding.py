@@ -6,8 +6,9 @@ The loop is model-agnostic. A model plugs in through a *step function*
 
 that runs T new tokens through the decoder against the cache (T > 1 once, to prefill the
 prompt; then T = 1). GPT's step is `model.apply(..., decode=True, mutable=['cache'])`; an
-encoder-decoder closes its step over the encoder output. Beam search can reuse the same
-step functions (reordering the cache pytree along the batch axis between steps).
+encoder-decoder closes its step over the encoder output, and its first step adds the
+cross-attention keys and values to the cache (so it runs outside any loop). Beam search can
+reuse the same step functions (reordering the cache pytree along the batch axis between steps).
 """
 from __future__ import annotations
 
@@ -57,9 +58,10 @@ def decode_loop(step_fn: StepFn, cache, tokens: jax.Array, prompt_lengths: jax.A
 
   Row b keeps its first prompt_lengths[b] tokens; every later position gets the token
   sampled from the model's prediction at the previous position. The first prefill_length
-  tokens (<= every prompt length, static) run through step_fn in one chunk. After a row
-  samples eos_id, its remaining positions get pad_id. The last position is filled but never
-  fed back, so step_fn sees at most T - 1 tokens (as HF's generate).
+  tokens (<= every prompt length, static) run through step_fn in one chunk, before the loop
+  (so that call may add to the cache). After a row samples eos_id, its remaining positions
+  get pad_id. The last position is filled but never fed back, so step_fn sees at most T - 1
+  tokens (as HF's generate).
   """
   batch, total = tokens.shape
   logits, cache = step_fn(cache, tokens[:, :prefill_length])
@@ -148,7 +150,9 @@ def _seq2seq_step_fn(model, params, encoded, encoder_segment_ids) -> StepFn:
 
 def _seq2seq_setup(model, params, encoder_input_tokens, encoder_segment_ids, batch_repeat,
                    max_decode_len):
-  """Encodes once; returns (step_fn, empty cache) for batch_repeat copies of each row."""
+  """Encodes once; returns (step_fn, empty cache) for batch_repeat copies of each row. The
+  first step adds every layer's cross-attention keys and values of the encoder output to the
+  cache; later steps read them."""
   if encoder_segment_ids is None:
     encoder_segment_ids = jnp.ones_like(encoder_input_tokens)
   encoded = model.apply({'params': params}, encoder_input_tokens, encoder_segment_ids,
@@ -210,8 +214,10 @@ _NEG_INF = -1.0e7   # finite, so that scores stay comparable and never turn into
 
 
 def _reorder_cache(cache, rows: jax.Array):
-  """Gathers the KV cache along its batch axis ([..., B, L, N, H]; scanned stacks add a
-  leading layer axis). Counters and cached positions are the same for every row."""
+  """Gathers the self-attention KV cache along its batch axis ([..., B, L, N, H]; scanned
+  stacks add a leading layer axis). Counters and cached positions are the same for every row;
+  so are the cross-attention keys and values ('cross_key', 'cross_value') for the rows of one
+  example, and `rows` only moves rows within an example, so those stay where they are."""
   def gather(path, x):
     if getattr(path[-1], 'key', None) in ('cached_key', 'cached_value'):
       return jnp.take(x, rows, axis=x.ndim - 4)
@@ -278,7 +284,9 @@ def _beam_search(model, params, encoder_input_tokens, encoder_segment_ids, beam_
     return dict(i=i + 1, cache=cache, alive=alive, alive_lp=alive_lp, finished=finished,
                 finished_score=finished_score)
 
-  state = jax.lax.while_loop(cond, body, state)
+  # The first step runs outside the loop: it adds the cross-attention keys and values to the
+  # cache, and a loop carries one structure (`cond` holds at i=0).
+  state = jax.lax.while_loop(cond, body, body(state))
   # Beams still alive at the end compete with the finished ones at their current length.
   scores = jnp.concatenate(
       [state['finished_score'], normalise(state['alive_lp'], jnp.maximum(state['i'], 1))], 1)

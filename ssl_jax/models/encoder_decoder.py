@@ -182,7 +182,9 @@ class EncoderDecoder(nn.Module):
     encoder_segment_ids masks encoder padding (and, with decoder_segment_ids, other packed
     examples) out of cross-attention. decode=True appends decoder_input_tokens to the KV
     cache (positions default to the number of tokens already cached); decoder_segment_ids
-    are ignored then.
+    are ignored then, and so is `encoded` after the first call, which adds its cross-attention
+    keys and values to the cache (so a cache from `decoding.init_cache` changes structure once,
+    and a new encoder output needs a new cache).
     """
     cfg = self.config
     x = self.decoder(decoder_input_tokens, decoder_segment_ids, decoder_positions, encoded,

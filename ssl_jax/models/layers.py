@@ -281,10 +281,12 @@ def combine_masks(*masks: Optional[Array]) -> Optional[Array]:
 class MultiHeadAttention(nn.Module):
   """Multi-head attention with q/k/v/o projections, masks, additive bias and a KV cache.
 
-  Self-attention when `inputs_kv` is None. With decode=True (self-attention only) keys and
-  values are written to the 'cache' collection at `cache_index`; the first call (under
-  `init`) sizes the cache from the input length, later calls append their chunk (one token,
-  or a whole prompt) and attend causally to everything cached so far.
+  Self-attention when `inputs_kv` is None. With decode=True self-attention writes keys and
+  values to the 'cache' collection at `cache_index`; the first call (under `init`) sizes the
+  cache from the input length, later calls append their chunk (one token, or a whole prompt)
+  and attend causally to everything cached so far. Cross-attention with decode=True projects
+  `inputs_kv` (the encoder output, the same at every step) once: the first call after `init`
+  adds its keys and values to the cache ('cross_key', 'cross_value'), later calls read them.
   scale=False skips the 1/sqrt(head_dim) factor (T5 folds it into the initialisation).
   query_kernel_init (default kernel_init) initialises the query projection alone, which is
   where T5 puts that folded 1/sqrt(head_dim).
@@ -317,11 +319,12 @@ class MultiHeadAttention(nn.Module):
     self_attention = inputs_kv is None
     inputs_kv = inputs_q if self_attention else inputs_kv
     q = self._qkv(inputs_q, 'query')   # (B, Lq, N, H)
-    k = self._qkv(inputs_kv, 'key')    # (B, Lk, N, H)
-    v = self._qkv(inputs_kv, 'value')
-    if decode:
-      if not self_attention:
-        raise ValueError('decode=True caches self-attention only; pass inputs_kv=None')
+    if decode and not self_attention:
+      k, v = self._cached_cross_kv(inputs_kv)
+    else:
+      k = self._qkv(inputs_kv, 'key')    # (B, Lk, N, H)
+      v = self._qkv(inputs_kv, 'value')
+    if decode and self_attention:
       k, v, cache_mask = self._update_cache(k, v)
       mask = combine_masks(mask, cache_mask)
     scale = 1.0 / math.sqrt(self.head_dim) if self.scale else 1.0
@@ -350,6 +353,18 @@ class MultiHeadAttention(nn.Module):
                      kernel_init=self.out_kernel_init or self.kernel_init, dtype=self.dtype,
                      param_dtype=self.param_dtype, name='out')(out)
     return constrain(out)
+
+  def _cached_cross_kv(self, inputs_kv):
+    """k, v [B, Lk, N, H] of inputs_kv (the encoder output, the same at every decode step):
+    projected by the first call after `init`, which adds them to the cache; read by later
+    calls."""
+    if self.has_variable('cache', 'cross_key'):
+      return self.get_variable('cache', 'cross_key'), self.get_variable('cache', 'cross_value')
+    k, v = self._qkv(inputs_kv, 'key'), self._qkv(inputs_kv, 'value')
+    if not self.is_initializing():
+      self.put_variable('cache', 'cross_key', k)
+      self.put_variable('cache', 'cross_value', v)
+    return k, v
 
   def _update_cache(self, k, v):
     """Appends k, v [B, T, N, H] to the cache; returns full k, v and the [1,1,T,S] mask."""
@@ -494,7 +509,7 @@ class TransformerLayer(nn.Module):
         h, mask=mask, bias=bias, deterministic=deterministic, decode=decode), deterministic)
     if self.cross_attention:
       x = self._sublayer(x, 'cross_attention', lambda h: self._attention('cross_attention')(
-          h, encoded, mask=cross_mask, deterministic=deterministic), deterministic)
+          h, encoded, mask=cross_mask, deterministic=deterministic, decode=decode), deterministic)
     mlp = MLP(self.mlp_dim, self.activation, self.use_bias, self.intermediate_dropout_rate,
               self.kernel_init, self.out_kernel_init, self.dtype, self.param_dtype, name='mlp')
     return self._sublayer(x, 'mlp', lambda h: mlp(h, deterministic), deterministic)
