@@ -162,7 +162,11 @@ class Embed(nn.Module):
 
   def __call__(self, ids: Array) -> Array:
     """[...] int ids -> [..., features] embeddings."""
-    return jnp.take(jnp.asarray(self.embedding, self.dtype), ids, axis=0)
+    # The lookup reads whole rows: gather the table's 'embed' shards first (as FSDP gathers every
+    # kernel). Sharded on 'embed' (fsdp), the rows could not stay split over the batch's fsdp
+    # shards, and XLA replicated the whole [B, L, E] output and its gradient on every device.
+    table = nn.with_logical_constraint(jnp.asarray(self.embedding, self.dtype), (self.axes[0], None))
+    return jnp.take(table, ids, axis=0)
 
   def attend(self, x: Array, bias: Optional[Array] = None) -> Array:
     """[..., features] -> [..., num_embeddings] logits against the table (weight tying), plus
