@@ -14,7 +14,7 @@ benchmark machine may allow no installs at all). `export` builds the experiment 
 - `init.jax`, `step.jax`: the initialisation and the train step, serialized by `jax.export` for
   `--platform`. The step is the trainer's (`trainer.make_train_step`: loss, gradients, clipping, the
   optimizer's update, the non-finite check), traced with autodiff's backward pass for the dense
-  layers, which `layers.dense` takes on every backend but the CPU. The state is passed as the list
+  layers, which `dense.dense` takes on every backend but the CPU. The state is passed as the list
   of its leaves.
 - `batches.npz`: `--batches` global batches of the config's input pipeline, used in turn.
 - `meta.json`: the model and optimizer settings, batch shapes, tokens per step, and
@@ -105,7 +105,7 @@ def export_step(args) -> dict:
   from ssl_jax import train_state
   from ssl_jax import trainer
   from ssl_jax.data import pipeline
-  from ssl_jax.models import layers
+  from ssl_jax.models import dense
   # pylint: enable=g-import-not-at-top
   path, _, variant = args.config.partition(":")
   config = config_lib.load_config_file(path, variant)
@@ -132,7 +132,7 @@ def export_step(args) -> dict:
     return jax.tree.leaves(train_state.create_train_state(
         jax.random.key(config.train.seed), exp.model_init_fn, exp.tx))
 
-  with layers.autodiff_dense():  # traced here, on the CPU, for another backend
+  with dense.autodiff_dense():  # traced here, on the CPU, for another backend
     train_step = trainer.make_train_step(exp)
 
     def step(leaves, batch):

@@ -62,8 +62,8 @@ Prints one JSON line per objective (and per model with --compile-scaling). How i
   the step compiled with ssl_jax's options for the platform and once per set, the programs run in
   turn on the same batches round after round; one JSON line per set with its median step time
   and `vs_ssl_jax` = that / the median under ssl_jax's options (same run, so noise mostly cancels).
-- `--compare-autodiff-dense`: the same, for the step traced under `layers.autodiff_dense()`
-  (autodiff's backward pass for the dense layers instead of `layers.dense`'s own); combines with
+- `--compare-autodiff-dense`: the same, for the step traced under `dense.autodiff_dense()`
+  (autodiff's backward pass for the dense layers instead of `dense.dense`'s own); combines with
   `--compare-compiler-options`.
 Threads: torch gets `--threads` intra-op threads (default: the cores this process may run on);
 XLA uses its own pool of one thread per core. On a GPU host, transformers runs on the GPU too
@@ -89,7 +89,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
 from ssl_jax import trainer
-from ssl_jax.models import layers
+from ssl_jax.models import dense
 from ssl_jax.data import pipeline
 
 from timing import MatmulRate, TransformersStep, hf_inputs, timed  # benchmarks/timing.py
@@ -300,7 +300,7 @@ def compare_steps(objective: str, args) -> list[dict]:
   ssl_jax_options = trainer.compiler_options(ours.exp.mesh)
 
   def compile_with_autodiff_dense():
-    with layers.autodiff_dense():
+    with dense.autodiff_dense():
       return trainer.compile_train_step(ours.exp)
 
   variants = [(dict(options=options, dense_backward="ssl_jax"),
@@ -373,7 +373,7 @@ def main(argv=None):
   parser.add_argument("--compare-autodiff-dense", "--compare_autodiff_dense", action="store_true",
                       dest="compare_autodiff_dense",
                       help="time the step with autodiff's backward pass for dense layers "
-                           "(layers.autodiff_dense) against ssl_jax's")
+                           "(dense.autodiff_dense) against ssl_jax's")
   args = parser.parse_args(argv)
   if args.steps < 1 or args.warmup < 0:
     parser.error(f"--steps={args.steps} --warmup={args.warmup}: time at least one step after 0 or "

@@ -32,7 +32,7 @@ from ssl_jax import workdir as workdir_lib
 from ssl_jax.data import pipeline
 from ssl_jax.data import shards
 from ssl_jax.data import vocabularies
-from ssl_jax.models import layers
+from ssl_jax.models import dense
 
 
 class NonFiniteLossError(RuntimeError):
@@ -281,7 +281,7 @@ def flops_per_step(config: ml_collections.ConfigDict, devices=None) -> float:
   Lowered without rematerialisation (`model.remat_policy='none'`): the model's FLOPs, as MFU counts
   them; a policy's recomputed forward pass is extra work for the same step (+19% for tiny GPT with
   'full'), which would overstate the MFU.
-  Traced with autodiff's dense backward (`layers.autodiff_dense`), the model's arithmetic on every
+  Traced with autodiff's dense backward (`dense.autodiff_dense`), the model's arithmetic on every
   backend: XLA:CPU's own computes bias gradients as dots with a block of ones, which cost analysis
   would count as ~1% more matmul work. Lowers only (nothing is compiled); 0 when the backend
   reports no cost analysis."""
@@ -289,7 +289,7 @@ def flops_per_step(config: ml_collections.ConfigDict, devices=None) -> float:
   with unrolled.unlocked():
     unrolled.model.update(scan_layers=False, remat_policy="none")
     unrolled.train.microbatches = 1
-  with layers.autodiff_dense():
+  with dense.autodiff_dense():
     cost = lower_train_step(Experiment.build(unrolled, devices)).cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}

@@ -15,6 +15,7 @@ from ssl_jax.interop import hf as hf_interop
 from ssl_jax.interop import hf_encoder_decoder
 from ssl_jax.models import config as config_lib
 from ssl_jax.models import decoding
+from ssl_jax.models import dense
 from ssl_jax.models import layers
 from ssl_jax.models.encoder_decoder import EncoderDecoder
 
@@ -282,7 +283,7 @@ def test_decoding_projects_the_encoder_output_once(family, scan_layers, remat_po
   key = layers.unstack_layer_params(params)['decoder']['stack'][last]['cross_attention']['key']
   cached = layers.unstack_layer_params(cache)['decoder']['stack'][last]['cross_attention']
   np.testing.assert_allclose(cached['cross_key'],
-                             layers.dense(encoded, key['kernel'], key.get('bias')), atol=1e-6)
+                             dense.dense(encoded, key['kernel'], key.get('bias')), atol=1e-6)
 
 
 @pytest.mark.parametrize('length_penalty', [0.0, 1.0])

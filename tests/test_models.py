@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from ssl_jax import objectives
-from ssl_jax.models import bert, config, decoding, gpt, layers
+from ssl_jax.models import bert, config, decoding, dense, gpt, layers
 
 ALLOWED_AXES = {'embed', 'mlp', 'heads', 'kv', 'vocab', 'layers', None}
 
@@ -299,7 +299,7 @@ def test_dense_backward_pass_equals_autodiff(x_shape, kernel_shape, in_ndim, use
     y = jax.lax.dot_general(x, kernel, (contract, ((), ())))
     return jnp.sum((y if bias is None else y + bias) * probe)
 
-  ours = lambda x, kernel, bias: jnp.sum(layers.dense(x, kernel, bias, in_ndim) * probe)  # noqa: E731
+  ours = lambda x, kernel, bias: jnp.sum(dense.dense(x, kernel, bias, in_ndim) * probe)  # noqa: E731
   both = jax.jit(lambda *args: [jax.value_and_grad(f, argnums=(0, 1, 2))(*args)
                                 for f in (ours, autodiff)])
   got, want = both(x, kernel, bias)
@@ -389,9 +389,9 @@ def test_z_loss_is_added_to_every_pretraining_loss_and_logged_apart():
 def test_autodiff_dense_traces_autodiffs_backward_pass_inside_the_context_only():
   x, kernel = jnp.ones((4, 3)), jnp.ones((3, 2))
   # a new function each time: JAX caches traces by function, and the context is not in the key
-  jaxpr = lambda: str(jax.make_jaxpr(lambda *a: layers.dense(*a))(x, kernel))  # noqa: E731
+  jaxpr = lambda: str(jax.make_jaxpr(lambda *a: dense.dense(*a))(x, kernel))  # noqa: E731
   assert 'custom_vjp_call' in jaxpr()
-  with layers.autodiff_dense():
+  with dense.autodiff_dense():
     assert 'custom_vjp_call' not in jaxpr()
   assert 'custom_vjp_call' in jaxpr()
 
