@@ -221,7 +221,7 @@ def _parse_flags(argv):
     path = value.split(":", 1)[0]
     if path and not path.endswith(".json") and not os.path.exists(path):
       sys.exit(f"FATAL Flags parsing error: --config={value} names {path}, which does not exist "
-               "(the working directory is " + os.getcwd() + "); pass a config file, e.g. "
+               f"(the working directory is {os.getcwd()}); pass a config file, e.g. "
                "--config=configs/bert.py:tiny.")
     if path.endswith(".json"):
       sys.exit(f"FATAL Flags parsing error: --config={value} is a JSON file; --config takes a "

@@ -353,14 +353,14 @@ def train_sentences(config):
   source that runs out starting again, until every source has been read once: the text a
   vocabulary trains on is mixed as the training stream is."""
   spec = _get(config.data, "mixture", "") or ""
-  sources = [source for source, _ in _mixture_entries(config)] if spec else [config.data.source]
-  rates = np.array([rate for _, rate in _mixture_entries(config)] if spec else [1.0])
-  passes = [document_dataset(config, "train", source if spec else None) for source in sources]
+  entries = _mixture_entries(config) if spec else [(config.data.source, 1.0)]
+  rates = np.array([rate for _, rate in entries])
+  passes = [document_dataset(config, "train", source) for source, _ in entries]
   documents = [iter(p.as_numpy_iterator()) for p in passes]
-  read_once = [False] * len(sources)
+  read_once = [False] * len(entries)
   rng = np.random.default_rng(_get(config.data, "seed", 0))
   while not all(read_once):
-    i = rng.choice(len(sources), p=rates / rates.sum())
+    i = rng.choice(len(entries), p=rates / rates.sum())
     doc = next(documents[i], None)
     if doc is None:   # this source has run out: read it again while the others have not
       read_once[i] = True

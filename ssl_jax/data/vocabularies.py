@@ -332,8 +332,12 @@ def get_vocabulary(vocab_cfg) -> seqio.Vocabulary:
   """
   get = vocab_cfg.get if hasattr(vocab_cfg, "get") else lambda k, d=None: getattr(vocab_cfg, k, d)
   kind, path = get("kind", "default"), get("path", "") or ""
-  stamp = file_stamp(path) if kind in ("wordpiece", "sentencepiece") and path and tf.io.gfile.exists(
-      path) else None
+  stamp = None   # a missing file: _vocabulary names the setting
+  if kind in ("wordpiece", "sentencepiece") and path:
+    try:
+      stamp = file_stamp(path)
+    except tf.errors.NotFoundError:
+      pass
   vocab = _vocabulary(kind, path, int(get("extra_ids", 0) or 0), bool(get("lower_case", True)), stamp)
   recorded = get("fingerprint")
   if recorded and recorded != (now := fingerprint(vocab)):   # hashed only for a recorded run
