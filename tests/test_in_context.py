@@ -128,10 +128,11 @@ def test_squad_config_stops_an_answer_where_a_next_example_starts():
 
 
 # ------------------------------------------------------------------------------ scoring
-def reference_log_prob(model, params, vocab, prompt, completion, bos=0):
-  """log p(completion | prompt) from one unbatched, unpadded forward pass."""
+def reference_log_prob(model, params, vocab, prompt, completion, longest, bos=0):
+  """log p(completion | prompt) from one unbatched, unpadded forward pass, the prompt's oldest
+  tokens cut by hand to leave room for its longest option (`longest` tokens)."""
   context, comp = list(vocab.encode(prompt)), list(vocab.encode(completion))
-  context = context[max(0, len(context) + len(comp) + 1 - model.config.max_length - 1):]
+  context = context[max(0, len(context) + longest - model.config.max_length):]
   tokens = np.array([[bos] + context + comp])
   logits = model.apply({'params': params}, tokens[:, :-1])
   log_probs = np.asarray(jax.nn.log_softmax(logits[0]))
@@ -150,9 +151,11 @@ def test_scores_equal_one_forward_pass_per_candidate(tiny_gpt, vocab, length_nor
   # Two shots of ~20 tokens each overflow max_length=48: the oldest prompt tokens go.
   assert result['truncated_prompts'] == 5
   expected = np.zeros((5, 3))
+  longest = max(len(vocab.encode(FMT.completion(option))) for option in options)
   for i, prompt in enumerate(result['prompts']):
     for j, option in enumerate(options):
-      total, count = reference_log_prob(model, params, vocab, prompt, FMT.completion(option))
+      total, count = reference_log_prob(model, params, vocab, prompt, FMT.completion(option),
+                                        longest)
       expected[i, j] = total / count if length_normalize else total
   np.testing.assert_allclose(result['option_scores'], expected, atol=1e-4, rtol=1e-5)
   assert result['predictions'] == [options[j] for j in expected.argmax(1)]
@@ -167,6 +170,20 @@ def test_scores_equal_one_forward_pass_per_candidate(tiny_gpt, vocab, length_nor
     index = lambda answers: [options.index(a) for a in answers]   # noqa: E731
     assert mcc['matthews_corr'] == task_metrics.matthews_corr(index(result['predictions']),
                                                               index(gold))
+
+
+def test_a_truncated_prompts_options_see_the_same_context(tiny_gpt, vocab):
+  # Each option was given the room its own length left: the 1-token option saw 4 more context
+  # tokens than the 5-token one, so the options were compared given different prompts.
+  model, params = tiny_gpt
+  prompt = 'Review: ' + ' '.join(['dog cat tree'] * 12) + '\nSentiment:'   # 53 tokens > 48
+  completions = [' good', ' so so so so so']
+  scores, counts, truncated = ic.score_completions(model, params, vocab, [prompt] * 2,
+                                                   completions, batch_size=4)
+  assert counts.tolist() == [1, 5] and truncated.all()
+  for score, completion in zip(scores, completions):
+    expected, _ = reference_log_prob(model, params, vocab, prompt, completion, longest=5)
+    np.testing.assert_allclose(score, expected, atol=1e-4, rtol=1e-5)
 
 
 def test_config_errors_name_the_setting(tmp_path):

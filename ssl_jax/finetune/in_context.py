@@ -31,7 +31,8 @@ Token sequences start with `bos_id` (default 0: seqio's LM feature converter sta
 example with id 0, which is how ssl_jax GPTs are trained; a converted GPT-2 wants 50256).
 Context and completion are tokenized separately and concatenated, so the completion's tokens
 are those the vocabulary gives the completion alone. Prompts longer than the model's
-`max_length` lose their oldest tokens (after BOS); the result counts them.
+`max_length` lose their oldest tokens (after BOS; all of a prompt's options see the same
+context tokens); the result counts them.
 """
 from __future__ import annotations
 
@@ -171,8 +172,11 @@ def score_completions(model, params, vocab, contexts: Sequence[str],
                       batch_size: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """log p(completion | context) for each pair, in batched forward passes.
 
+  Pairs with the same context see the same context tokens: a context too long for the model's
+  max_length loses the oldest tokens its longest completion needs, for all its completions, so
+  a prompt's options are compared given one context.
   Returns summed log-probs [N], completion token counts [N] and whether each context lost
-  its oldest tokens to fit the model's max_length [N].
+  its oldest tokens [N].
   Raises ValueError for an empty completion, or one that leaves no room for context.
   """
   max_length = model.config.max_length
@@ -180,7 +184,7 @@ def score_completions(model, params, vocab, contexts: Sequence[str],
     raise ValueError(f'{len(contexts)} contexts but {len(completions)} completions')
   unique = sorted(set(contexts) | set(completions))   # tokenized once, in one call
   ids = dict(zip(unique, vocabularies.encode_batch(vocab, unique)))
-  rows, truncated = [], []
+  longest = {}   # context -> its longest completion's token count, which sets its truncation
   for context, completion in zip(contexts, completions):
     comp = ids[completion]
     if not comp:
@@ -188,7 +192,11 @@ def score_completions(model, params, vocab, contexts: Sequence[str],
     if len(comp) > max_length:
       raise ValueError(f'completion {completion!r} has {len(comp)} tokens, too many for the '
                        f"model's max_length={max_length}")
-    ctx, cut = _context_ids(ids[context], bos_id, max_length + 1 - len(comp))
+    longest[context] = max(longest.get(context, 0), len(comp))
+  rows, truncated = [], []
+  for context, completion in zip(contexts, completions):
+    comp = ids[completion]
+    ctx, cut = _context_ids(ids[context], bos_id, max_length + 1 - longest[context])
     if not ctx:
       raise ValueError('with bos_id=None every context needs at least one token; '
                        f'{context!r} has none')
