@@ -207,12 +207,20 @@ def test_config_errors_name_the_setting(tmp_path):
       ('text_template', '{a} {c}', r"text_template='\{a\} \{c\}' is invalid"),
       ('shots', 3, r"shots=3 is invalid: the shot pool \(the other eval examples: "
        r"config.data.train_file is empty\) holds only 2 examples"),
+      ('seed', -1, 'seed=-1 is invalid'),   # failed in numpy's default_rng after the model
       ('max_new_tokens', 0, 'max_new_tokens=0 is invalid')):
     config = ic.base_config('sst2')
     config.data.eval_file = str(sst2)
     config.in_context[setting] = value
     with pytest.raises(ValueError, match=f'config.in_context.{message}'):
       ic.check(config)
+  # A pair task's template without {b} left its second text (SQuAD's question) out of prompts.
+  for pair, message in ((ic.base_config('rte'), "the second text of task 'rte'"),
+                        (ic.base_config('squad', 'squad_json', text_template='Context: {a}'),
+                         "the question of task 'squad'")):
+    with pytest.raises(ValueError, match='config.in_context.text_template=.* leaves out '
+                       + message):
+      ic.check(pair)
   config.in_context.max_new_tokens, config.in_context.shots = 16, 2
   assert len(ic.check(config)) == 3
   # The eval file as train_file: a query's own answer was among its shots (2 of 6 prompts in a

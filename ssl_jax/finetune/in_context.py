@@ -342,9 +342,10 @@ def base_config(task: str, data_format: str = 'glue_tsv', *, text_template: str 
 
   Beside the fine-tuning data keys of `ssl_jax.finetune.config` (train_file = the shot pool,
   '' = the other eval examples), `in_context` holds: shots, seed, text_template ('{a}' and
-  '{b}': text_a / text_b, for SQuAD the context / question), the PromptFormat fields,
-  options (comma-separated answers for label 0, 1, ...; '' = the task's label names; 'none' =
-  generation), length_normalize, max_new_tokens, batch_size and bos_id (-1: none).
+  '{b}': text_a / text_b, for SQuAD the context / question; a pair task's needs both), the
+  PromptFormat fields, options (comma-separated answers for label 0, 1, ...; '' = the task's
+  label names; 'none' = generation), length_normalize, max_new_tokens, batch_size and bos_id
+  (-1: none).
   `variant` (the config file's): 'pretrained' or 'tiny' are the same, the model comes from --init.
   """
   if variant not in ('pretrained', 'tiny'):
@@ -444,8 +445,19 @@ def check(config) -> list[Example]:
     raise ValueError(f'config.in_context.text_template={ic.text_template!r} is invalid: it must '
                      "place the example's text as {a} (a pair's second text as {b}) and name no "
                      'other field.')
+  # A pair's second text (SQuAD's question) was silently left out of every prompt.
+  squad = config.data.format == 'squad_json'
+  pair = squad or (config.data.format in ('glue_tsv', 'tfds')
+                   and len(formats.glue_spec(config.data.task).tfds_fields) > 1)
+  if pair and 'b' not in fields:
+    raise ValueError(f'config.in_context.text_template={ic.text_template!r} leaves out the '
+                     f'{"question" if squad else "second text"} of task {config.data.task!r}: '
+                     'place it as {b}, as configs/finetune/in_context/{rte,squad}.py do.')
   if ic.shots < 0:
     raise ValueError(f'config.in_context.shots={ic.shots} is invalid: use 0 or more.')
+  if ic.seed < 0:
+    raise ValueError(f'config.in_context.seed={ic.seed} is invalid: shots are drawn by '
+                     'numpy.random.default_rng([seed, query index]), which takes 0 or more.')
   if ic.max_new_tokens < 1:
     raise ValueError(f'config.in_context.max_new_tokens={ic.max_new_tokens} is invalid: use a '
                      'positive number of tokens to generate.')
