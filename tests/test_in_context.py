@@ -241,6 +241,31 @@ def test_config_errors_name_the_setting(tmp_path):
   assert os.path.exists(tmp_path / 'zero' / 'eval_results.json')
 
 
+def test_tfds_shots_come_from_the_train_split():
+  # With data.format='tfds' the shots came from the eval split, whatever data.train_split said.
+  tfds = pytest.importorskip('tensorflow_datasets')
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  texts = {'train': [b'a dog', b'a cat', b'a tree'], 'validation': [b'a song', b'a boat']}
+
+  def as_dataset(builder, split, **unused):
+    del builder, unused
+    return tf.data.Dataset.from_tensor_slices({'sentence': texts[split], 'label': [1, 0, 1][
+        :len(texts[split])], 'idx': list(range(len(texts[split])))})
+
+  config = ic.base_config('sst2', 'tfds')
+  config.in_context.shots = 3
+  with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+    assert len(ic.check(config)) == 2
+    config.in_context.shots = 4
+    with pytest.raises(ValueError, match=r'shots=4 is invalid: the shot pool \(the TFDS sst2 '
+                                         r'train split\) holds only 3 examples'):
+      ic.check(config)
+    config.data.train_split, config.in_context.shots = 'validation', 2
+    with pytest.raises(ValueError, match=r'the shot pool \(the other eval examples: '
+                                         r'config.data.train_split is the eval split\) holds only 1'):
+      ic.check(config)
+
+
 def test_greedy_answers_equal_generate_run_on_each_prompt(tiny_gpt, vocab):
   model, params = tiny_gpt
   prompts = ['Review: dog\nSentiment:', 'Review: a cat and a tree by the boat\nSentiment:',

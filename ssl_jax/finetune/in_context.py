@@ -340,12 +340,12 @@ def base_config(task: str, data_format: str = 'glue_tsv', *, text_template: str 
                 options: str = '', variant: str = 'pretrained') -> ml_collections.ConfigDict:
   """An in-context config (`ssl-jax finetune` / eval-suite with a GPT --init).
 
-  Beside the fine-tuning data keys of `ssl_jax.finetune.config` (train_file = the shot pool,
-  '' = the other eval examples), `in_context` holds: shots, seed, text_template ('{a}' and
-  '{b}': text_a / text_b, for SQuAD the context / question; a pair task's needs both), the
-  PromptFormat fields, options (comma-separated answers for label 0, 1, ...; '' = the task's
-  label names; 'none' = generation), length_normalize, max_new_tokens, batch_size and bos_id
-  (-1: none).
+  Beside the fine-tuning data keys of `ssl_jax.finetune.config` (train_file, or TFDS
+  train_split = the shot pool; '' = the other eval examples), `in_context` holds: shots, seed,
+  text_template ('{a}' and '{b}': text_a / text_b, for SQuAD the context / question; a pair
+  task's needs both), the PromptFormat fields, options (comma-separated answers for label 0,
+  1, ...; '' = the task's label names; 'none' = generation), length_normalize, max_new_tokens,
+  batch_size and bos_id (-1: none).
   `variant` (the config file's): 'pretrained' or 'tiny' are the same, the model comes from --init.
   """
   if variant not in ('pretrained', 'tiny'):
@@ -393,11 +393,13 @@ def _options(config) -> tuple[str, ...] | None:
   return options
 
 
-def _reads_train_file(config) -> bool:
-  """Whether the shots come from config.data.train_file: set, and not the eval file (whose
-  queries would find their own answers among their shots; the pool is then the other eval
-  examples, as without a train file)."""
+def _reads_train_split(config) -> bool:
+  """Whether the shots come from the train split config.data names (train_file, or TFDS
+  train_split): named, and not the eval split (whose queries would find their own answers among
+  their shots; the pool is then the other eval examples, as without a train file)."""
   d = config.data
+  if d.format == 'tfds':
+    return d.train_split != d.eval_split
   return bool(d.train_file) and not (
       d.eval_file and os.path.normpath(d.train_file) == os.path.normpath(d.eval_file))
 
@@ -463,12 +465,17 @@ def check(config) -> list[Example]:
                      'positive number of tokens to generate.')
   examples = read_examples(config, 'validation')
   if ic.shots:   # the pool read now, not after the model was loaded (or other tasks trained)
-    pool = len(read_examples(config, 'train')) if _reads_train_file(config) else len(examples) - 1
+    reads = _reads_train_split(config)
+    pool = len(read_examples(config, 'train')) if reads else len(examples) - 1
     if ic.shots > pool:
-      source = (f'config.data.train_file={config.data.train_file!r}' if _reads_train_file(config)
-                else 'the other eval examples: config.data.train_file is empty')
+      from ssl_jax.finetune import data as data_lib  # pylint: disable=g-import-not-at-top
+      tfds = config.data.format == 'tfds'
+      setting = 'config.data.train_split' if tfds else 'config.data.train_file'
+      source = data_lib.source(config, 'train') if reads else (
+          f'the other eval examples: {setting} is '
+          f'{"the eval split" if tfds or config.data.train_file else "empty"}')
       raise ValueError(f'config.in_context.shots={ic.shots} is invalid: the shot pool ({source}) '
-                       f'holds only {pool} examples; use fewer shots or a larger train_file.')
+                       f'holds only {pool} examples; use fewer shots or a larger {setting}.')
   return examples
 
 
@@ -490,6 +497,7 @@ def run(config, workdir: str, init: str = 'none') -> dict:
   split; writes the scores to workdir/eval_results.json (and an eval row to metrics.jsonl) and
   the prompts and predictions to workdir/eval_predictions.jsonl. Runs on one device."""
   from ssl_jax import trainer  # pylint: disable=g-import-not-at-top
+  from ssl_jax.finetune import data as data_lib  # pylint: disable=g-import-not-at-top
   from ssl_jax.finetune import lm_init  # pylint: disable=g-import-not-at-top
   _check_workdir(workdir)
   eval_examples = check(config)
@@ -504,11 +512,12 @@ def run(config, workdir: str, init: str = 'none') -> dict:
   ic = config.in_context
   spec = formats.GLUE.get(config.data.task)
   metric_names = spec.metrics if spec and spec.label_names else ('accuracy',)   # CoLA: MCC
-  if config.data.train_file and ic.shots and not _reads_train_file(config):
-    logging.warning('config.data.train_file is config.data.eval_file (%r): the shots are drawn '
-                    'from the other eval examples, as a query\'s own answer would be among its '
-                    'shots.', config.data.eval_file)
-  pool = read_examples(config, 'train') if ic.shots and _reads_train_file(config) else None
+  if (ic.shots and not _reads_train_split(config)
+      and (config.data.train_file or config.data.format == 'tfds')):
+    logging.warning('%s is the eval split: the shots are drawn from the other eval examples, as a '
+                    'query\'s own answer would be among its shots.',
+                    data_lib.source(config, 'train'))
+  pool = read_examples(config, 'train') if ic.shots and _reads_train_split(config) else None
   result = evaluate_in_context(
       exp.model, params, vocabularies.get_vocabulary(config.data.vocab), eval_examples,
       ic.shots, shot_pool=pool, options=_options(config), prompt_format=prompt_format(config),
