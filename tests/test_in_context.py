@@ -111,10 +111,32 @@ def test_task_files_become_examples_with_the_configs_answers(tmp_path):
   config = ic.base_config('squad', 'squad_json', text_template='Context: {a}\nQuestion: {b}')
   config.data.eval_file = str(squad)
   assert ic.read_examples(config, 'validation') == [
-      ic.Example('Context: Ann ran.\nQuestion: Who?', ('Ann',)),
-      ic.Example('Context: Ann ran.\nQuestion: Why?', ())]
+      ic.Example('Context: Ann ran.\nQuestion: Who?', ('Ann',), 'Ann ran.'),
+      ic.Example('Context: Ann ran.\nQuestion: Why?', (), 'Ann ran.')]
   with pytest.raises(ValueError, match='config.data.train_file is empty'):
     ic.read_examples(config, 'train')
+
+
+def test_squad_shots_from_the_eval_file_are_on_other_passages(tmp_path):
+  # Shots were drawn from all other questions: a sibling question on the query's passage showed
+  # it the passage (and that question's answer), though a query never demonstrates itself.
+  passages = {'Ann ran home.': ['Who ran?', 'Where?'], 'Bob sat.': ['Who sat?', 'Did Bob sit?'],
+              'Cy hid.': ['Who hid?']}
+  squad = tmp_path / 'squad.json'
+  squad.write_text(json.dumps({'data': [{'paragraphs': [
+      {'context': context, 'qas': [{'id': q, 'question': q, 'answers': [], 'is_impossible': True}
+                                   for q in questions]}
+      for context, questions in passages.items()]}]}))
+  config = ic.base_config('squad', 'squad_json', text_template='{a} Question: {b}')
+  config.data.eval_file, config.in_context.shots = str(squad), 3
+  evaluated = ic.check(config)
+  for seed in range(4):
+    for query, prompt in zip(evaluated, ic.build_prompts(evaluated, 3, seed=seed)):
+      assert prompt.count(query.text.split(' Question:')[0]) == 1, prompt
+  config.in_context.shots = 4   # a query on a two-question passage has 3 others
+  with pytest.raises(ValueError, match=r'shots=4 is invalid: the shot pool \(the other eval '
+                                       r'examples on other passages: .*\) holds only 3'):
+    ic.check(config)
 
 
 def test_squad_config_stops_an_answer_where_a_next_example_starts():
@@ -279,12 +301,16 @@ def test_greedy_answers_equal_generate_run_on_each_prompt(tiny_gpt, vocab):
     out = out[:out.index(vocab.eos_id)] if vocab.eos_id in out else out
     assert answer == vocab.decode(out).strip()
   # Generation mode scores the greedy answers with the official SQuAD exact match and F1.
-  evaluated = [ic.Example('dog', ('a dog',)), ic.Example('cat', ('cat', ''))]
+  # SQuAD v2.0's answerable (HasAns_*) and unanswerable (NoAns_*) scores were dropped.
+  evaluated = [ic.Example('dog', ('a dog',)), ic.Example('cat', ('cat', '')),
+               ic.Example('tree', ())]
   result = ic.evaluate_in_context(model, params, vocab, evaluated, 1, prompt_format=FMT,
                                   max_new_tokens=5, return_predictions=True)
-  expected = task_metrics.squad_scores({'0': ['a dog'], '1': ['cat', '']},
-                                       dict(zip('01', result['predictions'])))
-  assert (result['exact'], result['f1']) == (expected['exact'], expected['f1'])
+  expected = task_metrics.squad_scores({'0': ['a dog'], '1': ['cat', ''], '2': []},
+                                       dict(zip('012', result['predictions'])))
+  del expected['total']   # result['num_examples']
+  assert {'HasAns_f1', 'NoAns_exact'} <= set(expected)
+  assert {k: result[k] for k in expected} == expected
 
 
 def test_user_errors_name_the_setting(tiny_gpt, vocab):

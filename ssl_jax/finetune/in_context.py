@@ -13,9 +13,10 @@
 Every prompt is `instruction`, then `shots` demonstrations, then the query, joined by
 `example_separator`; an example renders as
 `{input_prefix}{text}{output_prefix}{answer_prefix}{answer}` (the query stops before
-`answer_prefix`). Demonstrations are drawn from `shot_pool` (default: the other evaluated
-examples) without replacement by `numpy.random.default_rng([seed, query index])`, so a
-query's shots depend only on the seed, its index and the pool.
+`answer_prefix`). Demonstrations are drawn from `shot_pool` (default: the evaluated examples
+other than the query and those on its `passage`) without replacement by
+`numpy.random.default_rng([seed, query index])`, so a query's shots depend only on the seed,
+its index and the pool.
 
 Two ways to answer:
 - classification (`options` given): each option's completion `{answer_prefix}{option}` is
@@ -25,7 +26,8 @@ Two ways to answer:
 - generation (`options=None`): greedy decoding with the KV cache, cut at EOS and at the start
   of a next example (`stop` strings); metrics `exact` and `f1` of the official SQuAD script
   (`ssl_jax.finetune.metrics.squad_scores`: normalised answers, best over the example's
-  answers, no answers = '', percentages).
+  answers, no answers = '', percentages), also over the answerable (`HasAns_*`) and
+  unanswerable (`NoAns_*`) questions.
 
 Token sequences start with `bos_id` (default 0: seqio's LM feature converter starts every
 example with id 0, which is how ssl_jax GPTs are trained; a converted GPT-2 wants 50256).
@@ -64,9 +66,12 @@ from ssl_jax.models import decoding
 @dataclasses.dataclass(frozen=True)
 class Example:
   """An input text and its acceptable answers: the first is shown in demonstrations; none
-  means the answer is '' (an unanswerable SQuAD question)."""
+  means the answer is '' (an unanswerable SQuAD question). `passage` (SQuAD's context) is what
+  the question is about: shots drawn from the evaluated examples skip the query's passage, whose
+  other questions would show it its own passage, perhaps with its answer."""
   text: str
   answers: tuple[str, ...]
+  passage: str = ''
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,28 +107,45 @@ def build_prompt(query: str, demonstrations: Sequence[Example],
   return prompt_format.example_separator.join(parts)
 
 
-def select_shots(num_examples: int, shots: int, seed: int, pool_size: Optional[int] = None
-                 ) -> list[list[int]]:
+def _query_groups(groups: Sequence) -> tuple[np.ndarray, int]:
+  """Group ids of the queries (`groups[i]`: any hashable, equal within a group) and the fewest
+  queries outside its own group that any query has to draw shots from."""
+  ids = {}
+  group_ids = np.array([ids.setdefault(g, len(ids)) for g in groups], int)
+  return group_ids, len(groups) - (np.bincount(group_ids).max() if len(groups) else 1)
+
+
+def _passage_groups(examples: Sequence[Example]) -> list:
+  """Each example's group for `select_shots`: its passage, or itself when it has none."""
+  return [ex.passage or i for i, ex in enumerate(examples)]
+
+
+def select_shots(num_examples: int, shots: int, seed: int, pool_size: Optional[int] = None,
+                 groups: Optional[Sequence] = None) -> list[list[int]]:
   """For each of `num_examples` queries, the indices of its `shots` demonstrations.
 
   Drawn without replacement from range(pool_size) by default_rng([seed, query index]);
   with pool_size None the pool is the queries themselves and a query never demonstrates
-  itself. Raises ValueError when the pool is too small.
+  itself, nor a query of its group (`groups[i]`, e.g. its passage; default: each query its
+  own). Raises ValueError when the pool is too small.
   """
   own = pool_size is None
-  available = (num_examples - 1) if own else pool_size
+  if own:
+    group_ids, available = _query_groups(range(num_examples) if groups is None else groups)
+  else:
+    available = pool_size
   if shots < 0:
     raise ValueError(f'shots={shots} must be >= 0')
   if shots > available:
     raise ValueError(f'shots={shots} but the shot pool has only {available} examples '
-                     f'{"(the evaluated examples minus the query)" if own else ""}; use fewer '
-                     'shots or a larger shot_pool')
+                     f'{"(the evaluated examples minus the query and its group)" if own else ""}'
+                     '; use fewer shots or a larger shot_pool')
   chosen = []
   for i in range(num_examples):
     rng = np.random.default_rng([seed, i])
     if own:
-      picks = rng.choice(num_examples - 1, shots, replace=False)
-      chosen.append([int(p) + (p >= i) for p in picks])   # skip the query itself
+      others = np.flatnonzero(group_ids != group_ids[i])   # not the query, nor its group
+      chosen.append([int(others[p]) for p in rng.choice(len(others), shots, replace=False)])
     else:
       chosen.append([int(p) for p in rng.choice(pool_size, shots, replace=False)])
   return chosen
@@ -131,9 +153,11 @@ def select_shots(num_examples: int, shots: int, seed: int, pool_size: Optional[i
 
 def build_prompts(examples: Sequence[Example], shots: int, shot_pool=None,
                   prompt_format: PromptFormat = PromptFormat(), seed: int = 0) -> list[str]:
-  """The prompt of every example: `shots` demonstrations (see `select_shots`), then it."""
+  """The prompt of every example: `shots` demonstrations (see `select_shots`; without a
+  `shot_pool`, none on the example's passage), then it."""
   pool = examples if shot_pool is None else shot_pool
-  indices = select_shots(len(examples), shots, seed, None if shot_pool is None else len(pool))
+  indices = select_shots(len(examples), shots, seed, None if shot_pool is None else len(pool),
+                         _passage_groups(examples))
   return [build_prompt(ex.text, [pool[j] for j in picks], prompt_format)
           for ex, picks in zip(examples, indices)]
 
@@ -291,7 +315,8 @@ def evaluate_in_context(model, params, vocab, examples: Sequence[Example], shots
     metrics: with `options`, the metric names (`ssl_jax.finetune.metrics.CLASSIFICATION`) over
       label indices, e.g. ('matthews_corr',) for CoLA.
   Returns:
-    {metric: value} or {'exact', 'f1'} (SQuAD percentages), plus 'num_examples', 'shots',
+    {metric: value} or {'exact', 'f1'} (SQuAD percentages, with the 'HasAns_*' / 'NoAns_*'
+    scores and counts of the answerable / unanswerable questions), plus 'num_examples', 'shots',
     'truncated_prompts', and with `return_predictions` the 'prompts', 'predictions' and (for
     options) 'option_scores' [N, num_options].
   """
@@ -328,7 +353,8 @@ def evaluate_in_context(model, params, vocab, examples: Sequence[Example], shots
     scores = task_metrics.squad_scores(
         {str(i): text_to_text.canonical(vocab, ex.answers) for i, ex in enumerate(examples)},
         {str(i): p for i, p in enumerate(predictions)})
-    result.update(exact=scores['exact'], f1=scores['f1'], truncated_prompts=truncated)
+    # exact and f1, and the answerable (HasAns_*) and unanswerable (NoAns_*) questions' own.
+    result.update({k: v for k, v in scores.items() if k != 'total'}, truncated_prompts=truncated)
   if return_predictions:
     result['prompts'], result['predictions'] = prompts, predictions
   return result
@@ -414,7 +440,8 @@ def read_examples(config, split: str) -> list[Example]:
                      f'{d.format} file.')
   if d.format == 'squad_json':
     examples = [Example(template.format(a=q.context, b=q.question),
-                        tuple(a.text for a in q.answers)) for q in formats.read_squad(d[setting])]
+                        tuple(a.text for a in q.answers), q.context)
+                for q in formats.read_squad(d[setting])]
   elif d.format == 'tsv':
     examples = [Example(template.format(a=p.inputs, b=''), p.references)
                 for p in text_to_text.read_tsv_pairs(d[setting])]
@@ -466,13 +493,15 @@ def check(config) -> list[Example]:
   examples = read_examples(config, 'validation')
   if ic.shots:   # the pool read now, not after the model was loaded (or other tasks trained)
     reads = _reads_train_split(config)
-    pool = len(read_examples(config, 'train')) if reads else len(examples) - 1
+    pool = (len(read_examples(config, 'train')) if reads
+            else _query_groups(_passage_groups(examples))[1])
     if ic.shots > pool:
       from ssl_jax.finetune import data as data_lib  # pylint: disable=g-import-not-at-top
       tfds = config.data.format == 'tfds'
       setting = 'config.data.train_split' if tfds else 'config.data.train_file'
+      others = ' on other passages' if config.data.format == 'squad_json' else ''
       source = data_lib.source(config, 'train') if reads else (
-          f'the other eval examples: {setting} is '
+          f'the other eval examples{others}: {setting} is '
           f'{"the eval split" if tfds or config.data.train_file else "empty"}')
       raise ValueError(f'config.in_context.shots={ic.shots} is invalid: the shot pool ({source}) '
                        f'holds only {pool} examples; use fewer shots or a larger {setting}.')
@@ -524,7 +553,8 @@ def run(config, workdir: str, init: str = 'none') -> dict:
       seed=ic.seed, length_normalize=ic.length_normalize, max_new_tokens=ic.max_new_tokens,
       bos_id=None if ic.bos_id < 0 else ic.bos_id, batch_size=ic.batch_size,
       return_predictions=True, metrics=metric_names)
-  scores = {k: result[k] for k in (*metric_names, 'exact', 'f1') if k in result}
+  scores = {k: v for k, v in result.items()
+            if k in (*metric_names, 'exact', 'f1') or k.startswith(('HasAns_', 'NoAns_'))}
   if result['truncated_prompts']:
     logging.warning('%d of %d prompts are longer than the model\'s %d positions and lost their '
                     'oldest tokens (part of the shots or of the question); use fewer '
