@@ -35,9 +35,11 @@ class TrainState:
   params: Any
   opt_state: optax.OptState
 
-  def apply_gradients(self, grads: Any, tx: optax.GradientTransformation) -> TrainState:
-    """One optimizer update; `grads` has the structure of `params`."""
-    updates, opt_state = tx.update(grads, self.opt_state, self.params)
+  def apply_gradients(self, grads: Any, tx: optax.GradientTransformation,
+                      **extra_args) -> TrainState:
+    """One optimizer update; `grads` has the structure of `params`. `extra_args` reach the
+    transformations that take them (`optim.clip_by_global_norm`'s `grad_norm`)."""
+    updates, opt_state = tx.update(grads, self.opt_state, self.params, **extra_args)
     return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
                         opt_state=opt_state)
 

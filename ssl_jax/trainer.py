@@ -162,14 +162,16 @@ def make_train_step(exp: Experiment):
       return loss, sums, grads
 
     loss, sums, grads = _summed_over_microbatches(grads_of, batch, k)
-    # Logged, before clipping; finite exactly when every gradient is (or its square sum overflows
-    # float32, a norm past 1e19, which clipping could not have used either).
+    # Logged, before clipping, and clipped with (one pass over the gradients, not two); finite
+    # exactly when every gradient is (or its square sum overflows float32, a norm past 1e19,
+    # which clipping could not have used either).
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     # Skip the update on a bad step: the whole state (params, optimizer, step) stays as it was,
     # except the step counter, so the next step draws new randomness. A cond, not a select of new
     # and old: a select keeps the donated old state alive, so XLA copies all of it every step.
-    new_state = jax.lax.cond(finite, lambda: state.apply_gradients(grads, tx), lambda: state)
+    new_state = jax.lax.cond(finite, lambda: state.apply_gradients(grads, tx, grad_norm=grad_norm),
+                             lambda: state)
     new_state = new_state.replace(step=state.step + 1)
     sums = dict(sums)
     sums["loss"] = (loss, jnp.ones(()))

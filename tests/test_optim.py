@@ -159,6 +159,28 @@ def test_global_norm_clipping():
                                rtol=1e-5)
 
 
+def test_clipping_takes_the_callers_norm_and_otherwise_is_optaxs():
+  """The train step hands clipping the norm it computed: the same updates and state as optax's
+  clip_by_global_norm (a checkpoint's optimizer state keeps its tree), without a second pass."""
+  params = {"w": jnp.zeros((4, 4)), "b": jnp.zeros((4,))}
+  grads = {"w": jnp.arange(16.0).reshape(4, 4), "b": -jnp.ones((4,))}
+  ours, theirs = optim.clip_by_global_norm(2.0), optax.clip_by_global_norm(2.0)
+  assert jax.tree.structure(ours.init(params)) == jax.tree.structure(theirs.init(params))
+  expected, _ = theirs.update(grads, theirs.init(params), params)
+  norm = optax.global_norm(grads)
+  for extra in ({}, {"grad_norm": norm}):
+    clipped, _ = ours.update(grads, ours.init(params), params, **extra)
+    jax.tree.map(np.testing.assert_array_equal, clipped, expected)
+  # The norm given is the one used: twice the true norm halves the clipped gradients.
+  halved, _ = ours.update(grads, ours.init(params), params, grad_norm=2 * norm)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b / 2, rtol=1e-6), halved, expected)
+  # Through make_optimizer's chain, as the train step calls it.
+  tx, _ = optim.make_optimizer(_cfg(grad_clip_norm=2.0), num_steps=10)
+  jax.tree.map(np.testing.assert_array_equal,
+               tx.update(grads, tx.init(params), params, grad_norm=norm),
+               tx.update(grads, tx.init(params), params))
+
+
 @pytest.mark.parametrize("overrides, num_steps, match", [
     (dict(learning_rate=0.0), 10, r"config.optim.learning_rate=0.0 must be > 0"),
     (dict(schedule="step"), 10, r"config.optim.schedule='step' is unknown.*'cosine'"),
