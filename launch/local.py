@@ -10,12 +10,13 @@ It is a real multi-process JAX job on one machine, for tests and laptops: every 
 command. A shell wrapper must pass them on: `-- bash -c 'source venv/bin/activate; exec ssl-jax
 train ... "$@"' ssl-jax` (without `"$@"` they are bash's own arguments, and every process runs
 alone as process 0 of 1). Each process's output is streamed with a `[p<i>]` prefix (and, with
---log_dir, appended to `<log_dir>/process_<i>.log`). If any process exits non-zero the others are
-stopped (SIGTERM, then SIGKILL after --kill_after_s) and the launcher exits non-zero, naming the
-process that failed. Ctrl-C (SIGINT/SIGTERM/SIGHUP to the launcher) is passed on as SIGTERM (and a
-launcher killed outright has the kernel send it: Linux's parent-death signal), which the JAX
-runtime treats as a preemption: the trainer saves a checkpoint at a step all processes agree on and
-stops (the launcher then exits with 128 + the signal number; a second Ctrl-C kills the processes).
+--log_dir, appended to `<log_dir>/process_<i>.log`, which go on when the console goes away, as
+after `local.py ... | head`). If any process exits non-zero the others are stopped (SIGTERM, then
+SIGKILL after --kill_after_s) and the launcher exits non-zero, naming the process that failed.
+Ctrl-C (SIGINT/SIGTERM/SIGHUP to the launcher) is passed on as SIGTERM (and a launcher killed
+outright has the kernel send it: Linux's parent-death signal), which the JAX runtime treats as a
+preemption: the trainer saves a checkpoint at a step all processes agree on and stops (the
+launcher then exits with 128 + the signal number; a second Ctrl-C kills the processes).
 """
 import argparse
 import os
@@ -85,7 +86,7 @@ class Job:
     self.num_processes = num_processes
     self.kill_after_s = kill_after_s
     self._out = out or sys.stdout
-    self._lock = threading.Lock()
+    self._lock = threading.RLock()   # the signal handler's `say` may interrupt the main one's
     self._threads = []
     address = f"127.0.0.1:{port or free_port()}"
     env = process_env(devices_per_process)
@@ -114,14 +115,24 @@ class Job:
       self._threads.append(thread)
 
   def say(self, message: str) -> None:
+    self._print(f"{_PREFIX} {message}")
+
+  def _print(self, line: str) -> None:
+    """Writes `line` to the console until that fails (its reader went: `local.py ... | head`);
+    from then on the output goes only to the log files, as the pipes must still be drained or
+    the processes block on their next write."""
     with self._lock:
-      print(f"{_PREFIX} {message}", file=self._out, flush=True)
+      if self._out is None:
+        return
+      try:
+        print(line, file=self._out, flush=True)
+      except OSError:
+        self._out = None
 
   def _stream(self, i: int, proc, log) -> None:
     for raw in iter(proc.stdout.readline, b""):
       line = raw.decode("utf-8", "replace").rstrip("\n")
-      with self._lock:
-        print(f"[p{i}] {line}", file=self._out, flush=True)
+      self._print(f"[p{i}] {line}")
       if log:
         log.write(line + "\n")
         log.flush()
@@ -212,9 +223,9 @@ def main(argv=None) -> int:
   def forward(signum, _):
     if interrupted:  # a second Ctrl-C: no more waiting
       job.signal_all(signal.SIGKILL)
-    else:
-      job.say(f"got {signal.Signals(signum).name}; passing SIGTERM on (checkpoint and stop)")
+    else:   # the signal first: nothing the message's write does can keep it from them
       job.signal_all(signal.SIGTERM)
+      job.say(f"got {signal.Signals(signum).name}; passed SIGTERM on (checkpoint and stop)")
     interrupted.append(signum)
 
   signal.signal(signal.SIGINT, forward)

@@ -242,6 +242,42 @@ def test_local_launcher_workers_stop_when_the_launcher_goes(tmp_path, death):
   assert code == (-signal.SIGKILL if death == "SIGKILL" else 128 + signal.SIGHUP)
 
 
+def test_local_launcher_goes_on_when_its_console_goes_away(tmp_path):
+  # `local.py ... | head -3`: the threads streaming the output died of BrokenPipeError, nothing
+  # read the pipes any more, and the processes blocked on their next write; the log files stopped
+  # too, and Ctrl-C then died in the message before the SIGTERM was passed on.
+  lines = 20000   # 1.4 MB a process: far more than a pipe holds
+  job = ("import pathlib, signal, sys, time; "
+         "me = pathlib.Path(sys.argv[1], sys.argv[-1].split('=')[1]); "
+         "signal.signal(signal.SIGTERM, lambda *_: (me.with_suffix('.stopped').touch(), "
+         "sys.exit(0))); "
+         f"[print(f'line {{i}} ' + 'x' * 60) for i in range({lines})]; "
+         "me.with_suffix('.printed').touch(); time.sleep(120)")
+  with open(tmp_path / "stderr", "w") as stderr:
+    launcher = subprocess.Popen(
+        [sys.executable, os.path.join(LAUNCH, "local.py"), "--num_processes=2",
+         f"--log_dir={tmp_path / 'logs'}", "--", sys.executable, "-c", job, str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=stderr)
+  try:
+    for _ in range(3):
+      launcher.stdout.readline()
+    launcher.stdout.close()   # the reader goes
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("*.printed"))) < 2:
+      assert time.monotonic() < deadline, "the processes blocked on their output"
+      assert launcher.poll() is None, (tmp_path / "stderr").read_text()
+      time.sleep(0.05)
+    launcher.send_signal(signal.SIGINT)
+    assert launcher.wait(timeout=20) == 128 + signal.SIGINT, (tmp_path / "stderr").read_text()
+  finally:
+    if launcher.poll() is None:
+      launcher.kill()
+  assert len(list(tmp_path.glob("*.stopped"))) == 2   # the SIGTERM was passed on
+  for i in range(2):
+    log = (tmp_path / "logs" / f"process_{i}.log").read_text().splitlines()
+    assert log[1:] == [f"line {n} " + "x" * 60 for n in range(lines)]
+
+
 def test_slurm_script_sets_the_coordinator_from_slurm_variables(tmp_path):
   # Stand-ins for SLURM's tools: scontrol expands the node list, srun runs every task in turn.
   (tmp_path / "scontrol").write_text("#!/bin/bash\necho gpu-node-07\necho gpu-node-08\n")
