@@ -65,6 +65,27 @@ def _slurm_step_tasks() -> int:
   return int(os.environ.get("SLURM_STEP_NUM_TASKS", os.environ.get("SLURM_NTASKS", "1")))
 
 
+def slurm_local_device_ids() -> list[int] | None:
+  """The GPUs this `srun` task uses: all of the node's when it is the step's only task there
+  (`srun --ntasks-per-node=1`), else None, JAX's default: GPU $SLURM_LOCALID alone, one task per
+  GPU. JAX's default for a single task would leave it training on one GPU of the node's eight.
+  $JAX_LOCAL_DEVICE_IDS, when set, wins (None here: JAX reads it)."""
+  gpus = os.environ.get("SLURM_GPUS_ON_NODE")
+  if "JAX_LOCAL_DEVICE_IDS" in os.environ or not gpus:
+    return None
+  # srun's tasks per node, in node order: "2(x3),1" is 2 on each of the first 3 nodes, then 1.
+  tasks = []
+  spec = os.environ.get("SLURM_STEP_TASKS_PER_NODE", os.environ.get("SLURM_TASKS_PER_NODE", ""))
+  for part in spec.split(","):
+    count, _, repeat = part.partition("(x")
+    if count.isdigit():
+      tasks += [int(count)] * int(repeat.rstrip(")") or 1)
+  node = int(os.environ.get("SLURM_NODEID", "0"))
+  if node >= len(tasks) or tasks[node] != 1:
+    return None
+  return list(range(int(gpus)))
+
+
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, *,
                heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S,
@@ -86,8 +107,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
       pass False: the runtime would swallow the SIGTERM and they would never stop.
 
   With none of the three set, a TPU VM, an `srun` step or an `mpirun` job is detected
-  (`detect_cluster`) and JAX reads the coordinator, process count and id from it; anything else
-  is a single process.
+  (`detect_cluster`) and JAX reads the coordinator, process count and id from it (under `srun`,
+  a task alone on its node uses all the node's GPUs: `slurm_local_device_ids`); anything else is
+  a single process.
 
   Raises:
     ValueError: only some of the three were given, or their values are inconsistent.
@@ -138,6 +160,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     return False
   if cluster == "slurm":
     kwargs["num_processes"] = _slurm_step_tasks()
+    kwargs["local_device_ids"] = slurm_local_device_ids()
   _use_gloo_on_cpu()
   logging.info("multi-process environment detected (%s); initializing jax.distributed", cluster)
   jax.distributed.initialize(**kwargs)

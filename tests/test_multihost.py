@@ -438,6 +438,32 @@ def test_cluster_detection(monkeypatch):
       distributed.initialize()
 
 
+def test_an_srun_task_alone_on_its_node_uses_all_its_gpus(monkeypatch):
+  # Under plain `srun --ntasks-per-node=1`, JAX's SLURM detection gave each task GPU
+  # $SLURM_LOCALID (0) alone: a node of 8 GPUs trained on 1.
+  for var in list(os.environ):
+    if var.startswith(("SLURM_", "JAX_LOCAL_DEVICE_IDS")):
+      monkeypatch.delenv(var)
+  for var, value in dict(SLURM_GPUS_ON_NODE="8", SLURM_STEP_TASKS_PER_NODE="1(x2)",
+                         SLURM_TASKS_PER_NODE="8(x2)", SLURM_NODEID="1").items():
+    monkeypatch.setenv(var, value)
+  assert distributed.slurm_local_device_ids() == list(range(8))
+  # One task per GPU (srun's default under slurm_gpu.sbatch): JAX's choice, GPU $SLURM_LOCALID.
+  monkeypatch.setenv("SLURM_STEP_TASKS_PER_NODE", "8(x2)")
+  assert distributed.slurm_local_device_ids() is None
+  # Uneven: 2 tasks on each of the first 2 nodes, 1 on the third (this one is the second).
+  monkeypatch.setenv("SLURM_STEP_TASKS_PER_NODE", "2(x2),1")
+  assert distributed.slurm_local_device_ids() is None
+  monkeypatch.setenv("SLURM_NODEID", "2")
+  assert distributed.slurm_local_device_ids() == list(range(8))
+  # The user's own choice wins; and without GPUs (a CPU cluster) there is nothing to choose.
+  monkeypatch.setenv("JAX_LOCAL_DEVICE_IDS", "0,1")
+  assert distributed.slurm_local_device_ids() is None
+  monkeypatch.delenv("JAX_LOCAL_DEVICE_IDS")
+  monkeypatch.delenv("SLURM_GPUS_ON_NODE")
+  assert distributed.slurm_local_device_ids() is None
+
+
 def test_shards_for_rows():
   # Process rows -> (shard, rows within the shard's batch); global batch 16.
   assert shards.shards_for_rows(0, 16, 2, 16) == [(0, 0, 8), (1, 0, 8)]  # 1 process, 2 shards
