@@ -6,9 +6,9 @@ setuptools.setup(
     version="0.1.0",
     description=__doc__,
     packages=setuptools.find_packages(include=["ssl_jax", "ssl_jax.*"]),
-    python_requires=">=3.10",
+    python_requires=">=3.11",   # as JAX >= 0.7
     install_requires=[
-        "jax>=0.6",
+        "jax>=0.7.1",   # jax.set_mesh
         "flax>=0.10",
         "optax",
         "orbax-checkpoint",

@@ -16,7 +16,9 @@ Every host runs the same command (`--worker=all`); `ssl-jax` finds the other hos
 (a gs:// bucket). `run` starts the job detached (nohup), writing each host's output to
 ~/ssl_jax_logs/<name>.log, so a dropped SSH connection does not stop training; `--attach` runs
 it in the foreground instead. Re-running `run` after a preemption resumes from the last
-checkpoint. Every command accepts --dry_run, which prints the exact gcloud commands instead.
+checkpoint; while the job still runs on a host, `run` refuses to start a second one there (`stop`
+it first). `setup` needs Python 3.11+ on the hosts: an image's python3, or a virtualenv's
+(--python). Every command accepts --dry_run, which prints the exact gcloud commands instead.
 """
 import argparse
 import os
@@ -71,17 +73,34 @@ def create_commands(args) -> list:
   return [command]
 
 
+MIN_PYTHON = (3, 11)   # setup.py's python_requires (JAX >= 0.7 needs it)
+
+
 def setup_commands(args) -> list:
-  # remote_dir stays unquoted so that the remote shell expands its `~`.
-  install = (f"pip install -U {shlex.quote(args.jax_spec)} -f "
+  # remote_dir and python stay unquoted so that the remote shell expands their `~`.
+  python = args.python
+  need = ".".join(map(str, MIN_PYTHON))
+  # An image's python3 may be older (Ubuntu 22.04's is 3.10); pip would refuse the package only
+  # after the copy and JAX's install, in a message that names no fix.
+  check_python = (
+      f"{python} -c 'import sys; sys.exit(sys.version_info < {MIN_PYTHON})' || {{ echo "
+      f"\"tpu_pod.py setup: $(hostname): --python={python} is $({python} -V 2>&1); ssl_jax needs "
+      f"Python >= {need}. Create the slice with a --version whose python3 is {need}+, or make a "
+      f"Python {need}+ virtualenv on every host (e.g. ~/venv) and pass its python: setup "
+      f"--python=~/venv/bin/python, then run -- $HOME/venv/bin/ssl-jax train ...\" >&2; exit 1; }}")
+  install = (f"{python} -m pip install -U {shlex.quote(args.jax_spec)} -f "
              "https://storage.googleapis.com/jax-releases/libtpu_releases.html && "
-             f"pip install -e {args.remote_dir}")
+             f"{python} -m pip install -e {args.remote_dir}")
   return [
-      _ssh(args, f"mkdir -p {args.remote_dir}"),
+      _ssh(args, f"{check_python} && mkdir -p {args.remote_dir}"),
       _base(args, "scp", os.path.join(args.repo_dir, "."), f"{args.name}:{args.remote_dir}")
       + ["--worker=all", "--recurse"],
       _ssh(args, install),
   ]
+
+
+def _pid_file(args) -> str:
+  return f"{LOG_DIR}/{args.name}.pid"
 
 
 def run_commands(args) -> list:
@@ -92,14 +111,23 @@ def run_commands(args) -> list:
   # command's PATH lacks.
   user_command = ('env "PATH=$HOME/.local/bin:$PATH" '
                   + " ".join(shlex.quote(c) for c in args.command))
+  # A second job in the same workdir would train alongside the first, and its pid would replace
+  # the first's in the pid file, out of `stop`'s reach.
+  pid_file = _pid_file(args)
+  stop = f"launch/tpu_pod.py stop --name={args.name} --zone={args.zone}" + (
+      f" --project={args.project}" if args.project else "")
+  refuse_twice = (
+      f"if [ -f {pid_file} ] && kill -0 \"$(cat {pid_file})\" 2>/dev/null; then echo "
+      f"\"tpu_pod.py run: $(hostname): job {args.name} is still running (pid $(cat {pid_file}), "
+      f"from {pid_file}); stop it first: {stop}\" >&2; exit 1; fi")
   if args.attach:
-    return [_ssh(args, f"cd {args.remote_dir} && {user_command}")]
+    return [_ssh(args, f"{refuse_twice}; cd {args.remote_dir} && {user_command}")]
   # nohup + a pid file: the job outlives the SSH session, and `stop` can signal exactly it. The
   # braces put only nohup in the background (`a && b & c` would background all of `a && b`), so
   # `$!` is nohup's pid, which becomes the job's when nohup execs it.
-  remote = (f"mkdir -p {LOG_DIR} && cd {args.remote_dir} && "
+  remote = (f"{refuse_twice}; mkdir -p {LOG_DIR} && cd {args.remote_dir} && "
             f"{{ nohup {user_command} >> {_log_file(args)} 2>&1 < /dev/null & "
-            f"echo $! > {LOG_DIR}/{args.name}.pid; }}")
+            f"echo $! > {pid_file}; }}")
   return [_ssh(args, remote)]
 
 
@@ -110,7 +138,7 @@ def logs_commands(args) -> list:
 
 def stop_commands(args) -> list:
   # SIGTERM reaches JAX's preemption handler: every host saves at the same step and exits.
-  return [_ssh(args, f"kill -TERM $(cat {LOG_DIR}/{args.name}.pid)")]
+  return [_ssh(args, f"kill -TERM $(cat {_pid_file(args)})")]
 
 
 def delete_commands(args) -> list:
@@ -149,6 +177,9 @@ def parse_args(argv):
       p.add_argument("--remote_dir", default="~/ssl_jax", help="the repository on each host")
     if action == "setup":
       p.add_argument("--repo_dir", default=REPO, help="local repository to copy")
+      p.add_argument("--python", default="python3",
+                     help="the Python on each host to install into (default python3; ssl_jax "
+                     "needs 3.11+), e.g. ~/venv/bin/python of a virtualenv")
       p.add_argument("--jax_spec", default="jax[tpu]", help="the JAX requirement to install")
     if action == "run":
       p.add_argument("--attach", action="store_true",

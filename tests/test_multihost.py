@@ -141,14 +141,18 @@ def test_tpu_pod_dry_run_prints_the_exact_gcloud_commands():
       f"{tpu} ssh bert {where} --worker=0 '--command=tail -n 100 -F ~/ssl_jax_logs/bert.log'"]
   setup = dry_run("setup")
   assert setup[1] == f"{tpu} scp {REPO}/. 'bert:~/ssl_jax' {where} --worker=all --recurse"
-  assert "--worker=all" in setup[2] and "pip install -e ~/ssl_jax" in setup[2]
+  assert "--worker=all" in setup[2] and "python3 -m pip install -e ~/ssl_jax" in setup[2]
   run = subprocess.run(
       [sys.executable, os.path.join(LAUNCH, "tpu_pod.py"), "run", "--name=bert",
        "--zone=us-central2-b", "--dry_run", "--", "ssl-jax", "train",
        "--config=configs/bert.py:base", "--workdir=gs://b/run"],
       capture_output=True, text=True, check=True).stdout.splitlines()
+  pid = "~/ssl_jax_logs/bert.pid"
   assert run == [
-      f"{tpu} ssh bert --zone=us-central2-b --worker=all '--command=mkdir -p ~/ssl_jax_logs && "
+      f"{tpu} ssh bert --zone=us-central2-b --worker=all '--command=if [ -f {pid} ] && kill -0 "
+      f'"$(cat {pid})" 2>/dev/null; then echo "tpu_pod.py run: $(hostname): job bert is still '
+      f"running (pid $(cat {pid}), from {pid}); stop it first: launch/tpu_pod.py stop "
+      '--name=bert --zone=us-central2-b" >&2; exit 1; fi; mkdir -p ~/ssl_jax_logs && '
       'cd ~/ssl_jax && { nohup env "PATH=$HOME/.local/bin:$PATH" ssl-jax train '
       "--config=configs/bert.py:base --workdir=gs://b/run "
       ">> ~/ssl_jax_logs/bert.log 2>&1 < /dev/null & echo $! > ~/ssl_jax_logs/bert.pid; }'"]
@@ -167,16 +171,44 @@ def _running(marker: str) -> list:
   return pids
 
 
+def _remote(*args, line: int = 0) -> str:
+  """The shell command `tpu_pod.py ARGS --dry_run`'s `line`-th gcloud command runs on each host."""
+  out = subprocess.run(
+      [sys.executable, os.path.join(LAUNCH, "tpu_pod.py"), *args[:1], "--name=bert", "--zone=z",
+       "--dry_run", *args[1:]], capture_output=True, text=True, check=True).stdout.splitlines()
+  return next(a for a in shlex.split(out[line]) if a.startswith("--command="))[len("--command="):]
+
+
+def test_tpu_pod_setup_checks_the_hosts_python(tmp_path):
+  # JAX >= 0.7.1 (jax.set_mesh) needs Python 3.11; the TPU VM images' python3 is 3.10, and pip
+  # refused ssl_jax only after copying the repository and installing JAX.
+  old_python = tmp_path / "python3.10"   # Ubuntu 22.04's, running the real check
+  old_python.write_text(
+      '#!/bin/bash\nif [[ $1 == -V ]]; then echo "Python 3.10.12"; exit; fi\n'
+      f'exec {sys.executable} -c "import sys; sys.version_info = (3, 10, 12); exec(sys.argv[1])" '
+      '"$2"\n')
+  os.chmod(old_python, 0o755)
+  env = {**os.environ, "HOME": str(tmp_path)}
+  refused = subprocess.run(["bash", "-c", _remote("setup", f"--python={old_python}")], env=env,
+                           capture_output=True, text=True, timeout=60)
+  assert refused.returncode == 1
+  assert (f"--python={old_python} is Python 3.10.12; ssl_jax needs Python >= 3.11. Create the "
+          "slice with a --version whose python3 is 3.11+, or make a Python 3.11+ virtualenv on "
+          "every host") in refused.stderr, refused.stderr
+  assert f"run -- {tmp_path}/venv/bin/ssl-jax train" in refused.stderr
+  assert not (tmp_path / "ssl_jax").exists()   # nothing copied
+  subprocess.run(["bash", "-c", _remote("setup", f"--python={sys.executable}")], env=env,
+                 check=True, timeout=60)
+  assert (tmp_path / "ssl_jax").is_dir()
+  assert f"{sys.executable} -m pip install -e ~/ssl_jax" in _remote(
+      "setup", f"--python={sys.executable}", line=2)
+
+
 def test_tpu_pod_run_and_stop_reach_the_job_itself(tmp_path):
   # The remote commands of `run` and `stop`, run here by bash in a fresh home (what ssh runs on
-  # each host): the pid file names the job, and `stop` delivers its SIGTERM to the job.
-  def remote(*args):
-    line = subprocess.run(
-        [sys.executable, os.path.join(LAUNCH, "tpu_pod.py"), *args[:1], "--name=bert",
-         "--zone=z", "--dry_run", *args[1:]], capture_output=True, text=True,
-        check=True).stdout.splitlines()[0]
-    return next(a for a in shlex.split(line) if a.startswith("--command="))[len("--command="):]
-
+  # each host): the pid file names the job, and `stop` delivers its SIGTERM to the job. A second
+  # `run` while it runs is refused: it started a second job, whose pid replaced the first's.
+  remote = _remote
   (tmp_path / "ssl_jax").mkdir()
   env = {**os.environ, "HOME": str(tmp_path)}
   # A leading VAR=value (how XLA_FLAGS reaches the hosts) was run by nohup as the command.
@@ -195,10 +227,24 @@ def test_tpu_pod_run_and_stop_reach_the_job_itself(tmp_path):
   pid = int((tmp_path / "ssl_jax_logs" / "bert.pid").read_text())
   with open(f"/proc/{pid}/cmdline", "rb") as f:
     assert b"signal.SIGTERM" in f.read()  # the job, not a shell around it
+  again = subprocess.run(["bash", "-c", remote("run", "--", sys.executable, "-c", "pass")],
+                         env=env, capture_output=True, text=True, timeout=60)
+  assert again.returncode == 1
+  assert (f"job bert is still running (pid {pid}, from ~/ssl_jax_logs/bert.pid); stop it first: "
+          "launch/tpu_pod.py stop --name=bert --zone=z") in again.stderr, again.stderr
+  assert int((tmp_path / "ssl_jax_logs" / "bert.pid").read_text()) == pid
   subprocess.run(["bash", "-c", remote("stop")], env=env, check=True, timeout=60)
   while not (tmp_path / "ssl_jax" / "stopped").exists():
     assert time.monotonic() < deadline, "stop did not reach the job"
     time.sleep(0.05)
+  # Once the job is gone (here a pid that exited and was reaped; the job itself stays a zombie
+  # in a container without init), the next `run` (a resume) starts.
+  gone = subprocess.Popen(["true"])
+  gone.wait()
+  (tmp_path / "ssl_jax_logs" / "bert.pid").write_text(f"{gone.pid}\n")
+  subprocess.run(["bash", "-c", remote("run", "--", sys.executable, "-c", "pass")], env=env,
+                 check=True, timeout=60)
+  assert int((tmp_path / "ssl_jax_logs" / "bert.pid").read_text()) != gone.pid
 
 
 def test_local_launcher_stops_a_worker_under_a_wrapper(tmp_path):
