@@ -345,6 +345,21 @@ def test_slurm_script_sets_the_coordinator_from_slurm_variables(tmp_path):
       for i in range(2)]
   # Slurm 22.05-23.02's srun would give each task 1 CPU without it.
   assert "--cpus-per-task=8" in (tmp_path / "srun_options").read_text().split()
+  # --dry_run on a login node (no allocation) exited 2; it prints the srun line, with
+  # placeholders for what the allocation decides. A real run there still stops.
+  login = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
+  command = ["bash", os.path.join(LAUNCH, "slurm_gpu.sbatch"), "ssl-jax", "train"]
+  dry = subprocess.run([*command[:2], "--dry_run", *command[2:]], env=login, capture_output=True,
+                       text=True, check=True).stdout.splitlines()
+  assert dry[0] == ("slurm_gpu.sbatch: NTASKS processes (TASKS_PER_NODE per node), coordinator "
+                    "FIRST_NODE:PORT")
+  assert shlex.split(dry[1]) == [
+      "srun", "--kill-on-bad-exit=1", "--label", "bash", "-c",
+      'eval "${SSL_JAX_SETUP:-true}"; exec "$@" --coordinator_address=FIRST_NODE:PORT '
+      "--num_processes=$SLURM_NTASKS --process_id=$SLURM_PROCID", "ssl_jax_task", "ssl-jax",
+      "train"]
+  real = subprocess.run(command, env=login, capture_output=True, text=True)
+  assert real.returncode == 2 and "$SLURM_JOB_ID is not set" in real.stderr
 
 
 def test_local_launcher_prefixes_output_and_stops_the_others_when_one_fails(tmp_path):
