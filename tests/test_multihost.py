@@ -3,7 +3,8 @@
 The slow tests run `ssl-jax train` through `launch/local.py` as 2 processes x 4 CPU devices, and
 the same config as 1 process x 8 (the test process itself), and compare `metrics.jsonl`:
 per-step losses, eval losses, and resuming across a change of process count. Others kill (or
-break) one process of a running job and time how long the rest take to exit. The fast ones check
+break) one process of a running job and time how long the rest take to exit, or Ctrl-C the
+launcher and resume. The fast ones check
 the launchers and the flag handling without starting a job. Each 2-process run takes 1-2 minutes
 on 2 CPU cores (imports and compilation dominate).
 """
@@ -609,6 +610,54 @@ def test_restoring_with_another_shard_count_is_an_error(bert_runs):
   with pytest.raises(ValueError, match=r"config.data.num_shards=4, but the checkpoint's data "
                      r"stream has 2 shards; set config.data.num_shards=2"):
     it.restore(root / "2x4" / "checkpoints" / "3" / "data_iter")
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_launcher_saves_and_the_same_command_resumes(tmp_path):
+  # Ctrl-C on local.py is a preemption of every process: they save at a step they agree on and
+  # the launcher exits 130; the same command then continues from the step after it.
+  flags = [f for f in TRAIN_FLAGS if not f.startswith(("--config.train.num_steps=",
+                                                       "--config.train.save_every="))]
+  command = [sys.executable, os.path.join(LAUNCH, "local.py"), "--num_processes=2",
+             "--devices_per_process=2", "--", sys.executable, "-m", "ssl_jax.main", "train",
+             "--config=configs/bert.py:tiny", f"--workdir={tmp_path / 'run'}", *flags,
+             "--config.train.num_steps=1000", "--config.train.save_every=1000"]
+
+  def interrupted_run(name: str, after_step: int) -> str:
+    """The command's output; Ctrl-C once metrics.jsonl has a row past `after_step`."""
+    output = tmp_path / f"{name}.out"
+    with open(output, "w") as out:
+      launcher = subprocess.Popen(command, cwd=REPO, env=_clean_env(), stdout=out,
+                                  stderr=subprocess.STDOUT)
+    try:
+      deadline = time.monotonic() + 600
+      while not (tmp_path / "run" / "metrics.jsonl").exists() or \
+          max(losses(tmp_path / "run"), default=0) <= after_step:
+        assert time.monotonic() < deadline and launcher.poll() is None, \
+            failure_report(output.read_text(), 2)
+        time.sleep(0.2)
+      launcher.send_signal(signal.SIGINT)
+      assert launcher.wait(timeout=300) == 128 + signal.SIGINT, \
+          failure_report(output.read_text(), 2)
+    finally:
+      if launcher.poll() is None:
+        launcher.kill()
+    return output.read_text()
+
+  first = interrupted_run("first", after_step=2)
+  saved = [int(step) for step in os.listdir(tmp_path / "run" / "checkpoints")]
+  assert len(saved) == 1, saved
+  stopped = saved[0]
+  assert sorted(losses(tmp_path / "run")) == list(range(1, stopped + 1))
+  for i in range(2):   # every process saved its part at the same step
+    assert re.search(rf"^\[p{i}\] .*saving a checkpoint at step {stopped} and stopping", first,
+                     re.M), failure_report(first, 2)
+  assert "[local] stopped before the end; run the same command again to resume" in first
+  second = interrupted_run("second", after_step=stopped)
+  assert f"resumed from step {stopped} " in second, failure_report(second, 2)
+  with open(tmp_path / "run" / "metrics.jsonl", encoding="utf-8") as f:
+    steps = [json.loads(line)["step"] for line in f if line.strip()]
+  assert steps[:stopped + 1] == list(range(1, stopped + 2))   # on from the next step, none again
 
 
 @contextlib.contextmanager
