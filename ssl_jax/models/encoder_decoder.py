@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssl_jax.models import dense
 from ssl_jax.models import layers
 from ssl_jax.models.config import EncoderDecoderConfig
 
@@ -198,7 +199,7 @@ class EncoderDecoder(nn.Module):
     logits = nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
     logits = logits.astype(jnp.float32)
     if cfg.family == 'bart':
-      logits = logits + jnp.asarray(self.final_logits_bias, jnp.float32)
+      logits = dense.bias_add(logits, jnp.asarray(self.final_logits_bias, jnp.float32))
     return logits
 
   def __call__(self, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids=None,
