@@ -82,6 +82,7 @@ def _check_shared(workdir: str) -> None:
 LOCK_FILE = "train.lock"
 LOCK_REFRESH_S = 30   # how often the holder rewrites its lock
 LOCK_STALE_S = 120    # a lock not rewritten for this long has lost its holder
+LOCK_SETTLE_S = 1.0   # off a local disk, how long a new lock is left before it is read back
 
 
 @contextlib.contextmanager
@@ -89,18 +90,19 @@ def lock(workdir: str, stale_s: float = LOCK_STALE_S):
   """Holds `<workdir>/train.lock` while a run trains there. A second `ssl-jax train` on the workdir
   (a job submitted twice, a requeue while the old job still runs) deleted the first's checkpoint in
   progress (Orbax clears unfinished saves as it opens a workdir) and cut its metrics.jsonl; it is
-  refused, in every process, before anything is opened. Process 0 writes the lock (host, pid) and
-  rewrites it every LOCK_REFRESH_S; a lock whose process has ended (on this host) is taken over at
+  refused, in every process, before anything is opened. Process 0 creates the lock (host, pid;
+  of two runs started at once, one gets it: `_create_lock`) and rewrites it every LOCK_REFRESH_S; a lock whose process has ended (on this host) is taken over at
   once, one of another host once it has not been rewritten for `stale_s` (waiting that long)."""
   path = os.path.join(workdir, LOCK_FILE)
-  problem = _take_lock(workdir, stale_s) if jax.process_index() == 0 else ""
+  content = _lock_content()
+  problem = _take_lock(workdir, stale_s, content) if jax.process_index() == 0 else ""
   problem = distributed.all_gather_text("workdir_lock", problem)[0]
   if problem:
     raise ValueError(problem)
   stop = threading.Event()
   refresher = None
   if jax.process_index() == 0:
-    refresher = threading.Thread(target=_refresh_lock, args=(path, stop), daemon=True,
+    refresher = threading.Thread(target=_refresh_lock, args=(path, content, stop), daemon=True,
                                  name="ssl_jax-workdir-lock")
     refresher.start()
   try:
@@ -128,19 +130,29 @@ def _lock_holder(path: str) -> tuple[dict, float] | None:
   return holder, age
 
 
-def _take_lock(workdir: str, stale_s: float) -> str:
-  """Writes the lock; returns '' or, when another live run holds it, the error to raise."""
+def _take_lock(workdir: str, stale_s: float, content: str) -> str:
+  """Creates the lock (`content`); returns '' or, when another live run holds it, the error to
+  raise."""
   path = os.path.join(workdir, LOCK_FILE)
   host = socket.gethostname()
   deadline = time.monotonic() + stale_s + LOCK_REFRESH_S
   waited = False
-  while (found := _lock_holder(path)) is not None:
+  while True:
+    found = _lock_holder(path)
+    if found is None:
+      if _create_lock(path, content):
+        return ""
+      continue   # another run created it between the look and the create: look again
     holder, age = found
     ours = holder.get("host") == host
     if age > stale_s or (ours and not _process_alive(holder.get("pid"))):
       logging.warning("%s: taking over the lock of a run that is gone (host %s, process %s, last "
                       "written %.0f s ago).", path, holder.get("host"), holder.get("pid"), age)
-      break
+      try:
+        tf.io.gfile.remove(path)   # then created as above: of two runs taking it over, one wins
+      except tf.errors.NotFoundError:
+        pass
+      continue
     if ours or time.monotonic() > deadline:
       return (f"--workdir={workdir!r} is in use by another `ssl-jax train` (host "
               f"{holder.get('host')}, process {holder.get('pid')}; its lock {path} was written "
@@ -153,19 +165,45 @@ def _take_lock(workdir: str, stale_s: float) -> str:
                       "ends).", path, holder.get("host"), holder.get("pid"), age, stale_s)
     waited = True
     time.sleep(min(5.0, stale_s / 4))
-  _write_lock(path)
-  return ""
 
 
-def _write_lock(path: str) -> None:
+def _lock_content() -> str:
+  """This run's lock: host, pid and a token that tells it from another run's."""
+  return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex})
+
+
+def _create_lock(path: str, content: str) -> bool:
+  """Creates the lock unless the file exists; False when another run's create came first.
+
+  A local file is created with O_EXCL, atomically. Other filesystems (gs://...) have no exclusive
+  create through tf.io.gfile: the lock is written, then read back LOCK_SETTLE_S later, and of two
+  runs that both found no lock, the one whose write came last holds it."""
+  if "://" not in path:
+    try:
+      fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+      return False
+    with os.fdopen(fd, "w") as f:
+      f.write(content)
+    return True
+  _write_lock(path, content)
+  time.sleep(LOCK_SETTLE_S)
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      return f.read() == content
+  except tf.errors.NotFoundError:
+    return False
+
+
+def _write_lock(path: str, content: str) -> None:
   with tf.io.gfile.GFile(path, "w") as f:
-    f.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    f.write(content)
 
 
-def _refresh_lock(path: str, stop: threading.Event) -> None:
+def _refresh_lock(path: str, content: str, stop: threading.Event) -> None:
   while not stop.wait(LOCK_REFRESH_S):
     try:
-      _write_lock(path)
+      _write_lock(path, content)
     except (OSError, tf.errors.OpError) as e:   # a storage hiccup: the next rewrite may succeed
       logging.warning("could not rewrite %s: %s", path, e)
 

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import types
@@ -217,6 +218,28 @@ def test_a_second_run_in_a_workdir_is_refused_and_a_gone_runs_lock_taken_over(tm
   with workdir_lib.lock(str(workdir), stale_s=2):
     assert json.loads(lock.read_text())["host"] == socket.gethostname()
   assert 1 <= time.monotonic() - start < 60   # (the file's time is in whole seconds)
+
+
+@pytest.mark.parametrize("scheme", ["", "file://"])
+def test_of_two_runs_locking_a_workdir_at_once_one_gets_it(tmp_path, scheme):
+  # Both looked, found no lock and wrote one: both trained in the workdir. Here two threads (one
+  # host, one live pid: whoever loses is refused) race to lock a fresh workdir, round after round.
+  # A file:// URL takes the path of filesystems without exclusive create (gs://): written, then
+  # read back.
+  for round_ in range(10 if not scheme else 2):
+    workdir = scheme + str(tmp_path / str(round_))
+    tf.io.gfile.makedirs(workdir)
+    barrier, results = threading.Barrier(2), []
+    def take(workdir=workdir, barrier=barrier, results=results):
+      barrier.wait()
+      results.append(workdir_lib._take_lock(workdir, 60, workdir_lib._lock_content()))  # pylint: disable=protected-access
+    threads = [threading.Thread(target=take) for _ in range(2)]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join()
+    assert sorted(bool(r) for r in results) == [False, True], results
+    assert "is in use by another `ssl-jax train`" in max(results)
 
 
 def test_resume_between_log_rows_writes_the_uninterrupted_rows_and_eval_keeps_them(tmp_path,
