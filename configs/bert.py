@@ -3,7 +3,8 @@
   ssl-jax train --config configs/bert.py:tiny --workdir /tmp/bert_tiny      # 2 CPU cores, ~5 min
   ssl-jax train --config configs/bert.py:base --workdir $WORKDIR            # BERT-base, 110M params
 
-Variants: tiny (default corpus, WordPiece over its lexicon), base, large (a BERT `vocab.txt`:
+Variants: tiny (default corpus, WordPiece over its lexicon), small (4 layers x 512, Google's
+BERT-Small), base, large (a BERT `vocab.txt`:
 `--config.data.vocab.path=.../vocab.txt`; real text: `--config.data.source=tfds` or `text_files`).
 """
 from ssl_jax import config as config_lib

@@ -82,6 +82,11 @@ def test_tsv_errors_name_the_file_line_and_fix(tmp_path):
   no_column = write(tmp_path / "cols.tsv", "text\tlabel\nx\t1\n")
   with pytest.raises(ValueError, match="no text column; expected one named sentence"):
     formats.read_glue_tsv("sst2", no_column)
+  # An RTE file read as the default task, sst2: the task is named, not the (good) file blamed.
+  rte = write(tmp_path / "rte.tsv", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n")
+  with pytest.raises(ValueError, match=r"config.data.task='sst2' reads GLUE sst2's columns: if the "
+                     r"file is another task's, set --config.data.task to it \(.*rte"):
+    formats.read_glue_tsv("sst2", rte)
   with pytest.raises(FileNotFoundError, match="config.data.train_file"):
     formats.read_glue_tsv("sst2", str(tmp_path / "missing.tsv"))
   with pytest.raises(ValueError, match="GLUE task 'sst3' is unknown"):

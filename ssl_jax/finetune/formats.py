@@ -153,7 +153,7 @@ def parse_label(value: str, label_names: Sequence[str], where: str) -> Union[int
 
 def read_tsv(path: str, columns: Sequence[Sequence[Union[str, int]]],
              label_names: Sequence[str], *, header: bool = True,
-             glue: bool = False) -> list[TextExample]:
+             glue: bool = False, task: Optional[str] = None) -> list[TextExample]:
   """Reads a tab-separated file of sentences (pairs) and labels.
 
   Args:
@@ -167,6 +167,7 @@ def read_tsv(path: str, columns: Sequence[Sequence[Union[str, int]]],
     glue: a GLUE file, whose negative label cells are hidden labels (a Hugging Face `datasets`
       export of a test split: -1, STS-B's -1.0; gold scores are >= 0), read as None, as
       `read_glue_tfds` reads them.
+    task: the GLUE task whose columns these are (config.data.task), named when one is missing.
   Returns:
     One TextExample per row, id = the 0-based data row number.
   """
@@ -190,8 +191,11 @@ def read_tsv(path: str, columns: Sequence[Sequence[Union[str, int]]],
       elif c in names:
         return names.index(c)
     if required:
+      fix = ("Use a GLUE-format file for this task." if task is None else
+             f"config.data.task={task!r} reads GLUE {task}'s columns: if the file is another "
+             f"task's, set --config.data.task to it ({', '.join(GLUE)}).")
       raise ValueError(f"{path}: no {what} column; expected one named {' or '.join(map(str, candidates))} "
-                       f"(the header has {names}). Use a GLUE-format file for this task.")
+                       f"(the header has {names}). {fix}")
     return None
 
   text_a = find(columns[0], "text", True)
@@ -228,7 +232,7 @@ def read_glue_tsv(task: str, path: str,
   are the task's, or `label_names` (config.data.labels)."""
   spec = glue_spec(task)
   return read_tsv(path, spec.tsv_columns, spec.label_names if label_names is None else label_names,
-                  header=spec.header, glue=True)
+                  header=spec.header, glue=True, task=task)
 
 
 def read_glue_tfds(task: str, split: str, data_dir: Optional[str] = None) -> list[TextExample]:
