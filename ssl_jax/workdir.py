@@ -91,8 +91,9 @@ def lock(workdir: str, stale_s: float = LOCK_STALE_S):
   (a job submitted twice, a requeue while the old job still runs) deleted the first's checkpoint in
   progress (Orbax clears unfinished saves as it opens a workdir) and cut its metrics.jsonl; it is
   refused, in every process, before anything is opened. Process 0 creates the lock (host, pid;
-  of two runs started at once, one gets it: `_create_lock`) and rewrites it every LOCK_REFRESH_S; a lock whose process has ended (on this host) is taken over at
-  once, one of another host once it has not been rewritten for `stale_s` (waiting that long)."""
+  of two runs started at once, one gets it: `_create_lock`) and rewrites it every
+  LOCK_REFRESH_S; a lock whose process has ended (on this host) is taken over at once, one of
+  another host once it has not been rewritten for `stale_s` (waiting that long)."""
   path = os.path.join(workdir, LOCK_FILE)
   content = _lock_content()
   problem = _take_lock(workdir, stale_s, content) if jax.process_index() == 0 else ""
