@@ -4,8 +4,8 @@ The slow tests run `ssl-jax train` through `launch/local.py` as 2 processes x 4 
 the same config as 1 process x 8 (the test process itself), and compare `metrics.jsonl`:
 per-step losses, eval losses, and resuming across a change of process count. Others kill (or
 break) one process of a running job and time how long the rest take to exit, or Ctrl-C the
-launcher and resume. The fast ones check
-the launchers and the flag handling without starting a job. Each 2-process run takes 1-2 minutes
+launcher and resume. The fast ones check the launchers and the flag handling without starting a
+job. Each 2-process run takes 1-2 minutes
 on 2 CPU cores (imports and compilation dominate).
 """
 import contextlib
@@ -209,14 +209,13 @@ def test_tpu_pod_run_and_stop_reach_the_job_itself(tmp_path):
   # The remote commands of `run` and `stop`, run here by bash in a fresh home (what ssh runs on
   # each host): the pid file names the job, and `stop` delivers its SIGTERM to the job. A second
   # `run` while it runs is refused: it started a second job, whose pid replaced the first's.
-  remote = _remote
   (tmp_path / "ssl_jax").mkdir()
   env = {**os.environ, "HOME": str(tmp_path)}
   # A leading VAR=value (how XLA_FLAGS reaches the hosts) was run by nohup as the command.
   job = ("import os, signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: "
          "(open('stopped', 'w').close(), sys.exit(0))); "
          "open('ready', 'w').write(os.environ['XLA_FLAGS']); time.sleep(60)")
-  subprocess.run(["bash", "-c", remote("run", "--", "XLA_FLAGS=--xla_a --xla_b", sys.executable,
+  subprocess.run(["bash", "-c", _remote("run", "--", "XLA_FLAGS=--xla_a --xla_b", sys.executable,
                                        "-c", job)], env=env, check=True, timeout=60)
   deadline = time.monotonic() + 60
   while not (tmp_path / "ssl_jax" / "ready").exists():
@@ -228,13 +227,13 @@ def test_tpu_pod_run_and_stop_reach_the_job_itself(tmp_path):
   pid = int((tmp_path / "ssl_jax_logs" / "bert.pid").read_text())
   with open(f"/proc/{pid}/cmdline", "rb") as f:
     assert b"signal.SIGTERM" in f.read()  # the job, not a shell around it
-  again = subprocess.run(["bash", "-c", remote("run", "--", sys.executable, "-c", "pass")],
+  again = subprocess.run(["bash", "-c", _remote("run", "--", sys.executable, "-c", "pass")],
                          env=env, capture_output=True, text=True, timeout=60)
   assert again.returncode == 1
   assert (f"job bert is still running (pid {pid}, from ~/ssl_jax_logs/bert.pid); stop it first: "
           "launch/tpu_pod.py stop --name=bert --zone=z") in again.stderr, again.stderr
   assert int((tmp_path / "ssl_jax_logs" / "bert.pid").read_text()) == pid
-  subprocess.run(["bash", "-c", remote("stop")], env=env, check=True, timeout=60)
+  subprocess.run(["bash", "-c", _remote("stop")], env=env, check=True, timeout=60)
   while not (tmp_path / "ssl_jax" / "stopped").exists():
     assert time.monotonic() < deadline, "stop did not reach the job"
     time.sleep(0.05)
@@ -243,7 +242,7 @@ def test_tpu_pod_run_and_stop_reach_the_job_itself(tmp_path):
   gone = subprocess.Popen(["true"])
   gone.wait()
   (tmp_path / "ssl_jax_logs" / "bert.pid").write_text(f"{gone.pid}\n")
-  subprocess.run(["bash", "-c", remote("run", "--", sys.executable, "-c", "pass")], env=env,
+  subprocess.run(["bash", "-c", _remote("run", "--", sys.executable, "-c", "pass")], env=env,
                  check=True, timeout=60)
   assert int((tmp_path / "ssl_jax_logs" / "bert.pid").read_text()) != gone.pid
 

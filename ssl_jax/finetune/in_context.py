@@ -55,9 +55,12 @@ from absl import logging
 from ssl_jax import checkpointing
 from ssl_jax import config as config_lib
 from ssl_jax import metrics as metrics_lib
+from ssl_jax import trainer
 from ssl_jax.data import vocabularies
 from ssl_jax.finetune import config as finetune_config
+from ssl_jax.finetune import data as data_lib
 from ssl_jax.finetune import formats
+from ssl_jax.finetune import lm_init
 from ssl_jax.finetune import metrics as task_metrics
 from ssl_jax.finetune import text_to_text
 from ssl_jax.models import decoding
@@ -446,7 +449,6 @@ def read_examples(config, split: str) -> list[Example]:
     examples = [Example(template.format(a=p.inputs, b=''), p.references)
                 for p in text_to_text.read_tsv_pairs(d[setting])]
   else:   # GLUE TSV files or TFDS, read as the classification heads read them
-    from ssl_jax.finetune import data as data_lib  # pylint: disable=g-import-not-at-top
     reader = ml_collections.ConfigDict({'objective': 'classification', 'data': d.to_dict()})
     examples = [Example(template.format(a=ex.text_a, b=ex.text_b or ''), (options[ex.label],))
                 for ex in data_lib.read_examples(reader, split) if ex.label is not None]
@@ -496,7 +498,6 @@ def check(config) -> list[Example]:
     pool = (len(read_examples(config, 'train')) if reads
             else _query_groups(_passage_groups(examples))[1])
     if ic.shots > pool:
-      from ssl_jax.finetune import data as data_lib  # pylint: disable=g-import-not-at-top
       tfds = config.data.format == 'tfds'
       setting = 'config.data.train_split' if tfds else 'config.data.train_file'
       others = ' on other passages' if config.data.format == 'squad_json' else ''
@@ -525,9 +526,6 @@ def run(config, workdir: str, init: str = 'none') -> dict:
   """Scores a GPT (`init`: see ssl_jax.finetune.lm_init) in context on config.data's eval
   split; writes the scores to workdir/eval_results.json (and an eval row to metrics.jsonl) and
   the prompts and predictions to workdir/eval_predictions.jsonl. Runs on one device."""
-  from ssl_jax import trainer  # pylint: disable=g-import-not-at-top
-  from ssl_jax.finetune import data as data_lib  # pylint: disable=g-import-not-at-top
-  from ssl_jax.finetune import lm_init  # pylint: disable=g-import-not-at-top
   _check_workdir(workdir)
   eval_examples = check(config)
   if jax.process_count() > 1:
