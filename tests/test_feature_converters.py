@@ -8,6 +8,7 @@ import tensorflow as tf
 from seqio import test_utils
 
 from ssl_jax.data import corpora, packing, preprocessors, vocabularies
+from ssl_jax.objectives import mlm as mlm_objective
 from ssl_jax.objectives.mlm import BertFeatureConverter
 
 BERT_TASK_SPEC = {
@@ -206,7 +207,7 @@ def test_a_data_position_saved_with_seqio_packing_restores_into_ours(tmp_path):
 def test_bert_converter_with_mask_rate_sizes_predictions_to_what_a_row_can_hold():
   lengths = BertFeatureConverter.task_feature_lengths(128, 20)
   packed = BertFeatureConverter(pack=True, mask_rate=0.15).get_model_feature_lengths(lengths)
-  assert packed["masked_positions"] == 24  # ceil(0.15 * 128) + S, not 20 * S = 80
+  assert packed["masked_positions"] == 21  # not 20 * S = 80 (S = 4)
   unpacked = BertFeatureConverter(pack=False, mask_rate=0.15).get_model_feature_lengths(lengths)
   assert unpacked["masked_positions"] == 20
   # No prediction is lost and rows hold as many examples as without the bound.
@@ -221,6 +222,23 @@ def test_bert_converter_with_mask_rate_sizes_predictions_to_what_a_row_can_hold(
   rows = {rate: list(BertFeatureConverter(pack=True, mask_rate=rate)(
       examples, BertFeatureConverter.task_feature_lengths(128, 20)).as_numpy_iterator())
           for rate in (None, 0.15)}
-  assert rows[0.15][0]["masked_positions"].shape == (24,)
+  assert rows[0.15][0]["masked_positions"].shape == (21,)
   assert sum(int(r["masked_weights"].sum()) for r in rows[0.15]) == predictions
+  # The same rows as unbounded, padded to 21 predictions instead of 80.
   assert len(rows[0.15]) == len(rows[None])
+  for bounded, unbounded in zip(rows[0.15], rows[None]):
+    for k, v in bounded.items():
+      np.testing.assert_array_equal(v, unbounded[k][:v.shape[0]], err_msg=k)
+      assert not unbounded[k][v.shape[0]:].any(), k
+
+
+@pytest.mark.parametrize("length,rows,rate,cap", [(24, 3, 0.15, 20), (30, 4, 0.3, 20), (20, 2, 0.5, 3)])
+def test_most_predictions_per_row_is_the_most_any_split_of_a_row_gives(length, rows, rate, cap):
+  def predictions(n):  # bert_pretraining's count for n non-special tokens (tf.round in float32)
+    return min(cap, max(1, int(np.round(np.float32(n) * np.float32(rate)))))
+  def most(tokens, examples):  # every split into examples of n + 2 tokens ([CLS] ... [SEP])
+    if examples == 0 or tokens < 2:
+      return 0
+    return max([most(tokens, examples - 1)] + [predictions(n) + most(tokens - n - 2, examples - 1)
+                                               for n in range(tokens - 1)])
+  assert mlm_objective.most_predictions_per_row(length, rows, rate, cap) == most(length, rows)

@@ -3,9 +3,10 @@
 `OBJECTIVE` (bottom) is the loss; `BertFeatureConverter` turns `ssl_jax.data.preprocessors.bert_pretraining` examples into the `mlm` batch
 features of CONTRACTS.md, packing several examples per row or padding one per row.
 """
-import math
+import functools
 from typing import Mapping, Optional
 
+import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -24,7 +25,7 @@ class BertFeatureConverter(packing.Packing, seqio.FeatureConverter):
   (-1 = no sentence task). `task_feature_lengths(sequence_length, max_predictions)` builds the lengths.
 
   Model features, with L = sequence_length, S = examples per row and P = max_predictions * S (with
-  packing and `mask_rate` given, at most ceil(mask_rate * L) + S: no row can hold more predictions):
+  packing and `mask_rate` given, at most `most_predictions_per_row(L, S, ...)`: no row can hold more):
     `input_tokens`, `token_type_ids`, `segment_ids`, `positions` [L];
     `masked_positions` (indices into the row), `masked_targets`, `masked_weights` (float32),
     `masked_kinds` [P]; `sentence_positions` (each example's [CLS] index), `sentence_labels`,
@@ -103,10 +104,10 @@ class BertFeatureConverter(packing.Packing, seqio.FeatureConverter):
     rows = self.examples_per_row(length)
     predictions = task_feature_lengths["masked_positions"] * rows
     if self.pack and self._mask_rate is not None:
-      # An example predicts max(1, round(mask_rate * its tokens)), so a row of L tokens holds at most
-      # mask_rate * L + S predictions: a longer axis is padding that the MLM head would still project
-      # onto the whole vocabulary (P = 80 instead of 24 for L = 128, a 3x larger MLM head).
-      predictions = min(predictions, math.ceil(self._mask_rate * length) + rows)
+      # A longer axis is padding that the MLM head would still project onto the whole vocabulary
+      # (P = 80 instead of 21 for L = 128, S = 4: a 4x larger MLM head).
+      predictions = min(predictions, most_predictions_per_row(
+          length, rows, self._mask_rate, task_feature_lengths["masked_positions"]))
     lengths = {}
     for name in self.MODEL_FEATURES:
       lengths[name] = (predictions if name.startswith("masked_") else
@@ -123,6 +124,29 @@ class BertFeatureConverter(packing.Packing, seqio.FeatureConverter):
     ds = ds.map(_single_example_row, num_parallel_calls=tf.data.AUTOTUNE)
     return seqio.utils.trim_and_pad_dataset(ds, lengths)
 
+
+
+@functools.lru_cache(maxsize=None)
+def most_predictions_per_row(length: int, rows: int, mask_rate: float, max_predictions: int) -> int:
+  """The most predictions a packed row of `length` tokens and at most `rows` examples can hold.
+
+  `bert_pretraining` gives an example with n non-special tokens min(max_predictions, max(1,
+  round(n * mask_rate))) predictions (float32, half to even, as tf.round), and at least 2 special
+  tokens ([CLS] ... [SEP]). The most over all splits of the row into examples (an exact knapsack:
+  21 for L = 128, S = 4, mask rate 0.15; mask_rate * L + S = 23.2 bounds it loosely). A smaller
+  predictions axis would not lose predictions either (the packer starts a new row when any feature
+  is full) but would pack rows less densely; this one leaves the rows exactly as unbounded.
+  """
+  n = np.arange(length - 1)   # non-special tokens of one example
+  per_example = np.minimum(max_predictions, np.maximum(
+      1, np.round(n.astype(np.float32) * np.float32(mask_rate)))).astype(np.int64)
+  best = np.zeros(length + 1, np.int64)   # best[t]: the most predictions in t tokens
+  for _ in range(rows):
+    more = best.copy()
+    for tokens, predictions in zip(n + 2, per_example):
+      more[tokens:] = np.maximum(more[tokens:], predictions + best[:length + 1 - tokens])
+    best = more
+  return int(best[length])
 
 def _single_example_row(ex):
   """Model features of one unpacked example (before padding)."""
