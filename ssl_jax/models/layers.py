@@ -260,8 +260,8 @@ class MultiHeadAttention(nn.Module):
       bias = bias.astype(self.dtype)
     # Written out rather than jax.nn.dot_product_attention, whose XLA form adds a query-group axis
     # (for grouped-query attention) that costs XLA:CPU transposes: 3-4% of BERT `small`'s step.
-    # Heads lead ([B, N, L, H]) so that no dot of the backward pass contracts its left operand's
-    # rows (XLA:CPU gives such a dot to Eigen, slower and not bitwise stable across device counts).
+    # Heads lead ([B, N, L, H]): in [B, L, N, H] the keys' gradient contracted its left operand's
+    # rows, a dot XLA:CPU gives to Eigen (slower at BERT `small`'s head size 64).
     # Scores in float32 whatever the compute dtype.
     q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
     logits = jnp.einsum('bnqh,bnkh->bnqk', q, k, preferred_element_type=jnp.float32) * scale

@@ -125,7 +125,6 @@ class BertFeatureConverter(packing.Packing, seqio.FeatureConverter):
     return seqio.utils.trim_and_pad_dataset(ds, lengths)
 
 
-
 @functools.lru_cache(maxsize=None)
 def most_predictions_per_row(length: int, rows: int, mask_rate: float, max_predictions: int) -> int:
   """The most predictions a packed row of `length` tokens and at most `rows` examples can hold.
@@ -147,6 +146,7 @@ def most_predictions_per_row(length: int, rows: int, mask_rate: float, max_predi
       more[tokens:] = np.maximum(more[tokens:], predictions + best[:length + 1 - tokens])
     best = more
   return int(best[length])
+
 
 def _single_example_row(ex):
   """Model features of one unpacked example (before padding)."""
