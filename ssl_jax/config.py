@@ -70,9 +70,12 @@ def base_config(objective: str, family: str, preset: str) -> ml_collections.Conf
   c.data.corpus = ml_collections.ConfigDict(dict(num_documents=20_000, seed=0))
   c.data.vocab = ml_collections.ConfigDict(
       dict(kind="default", path="", extra_ids=100, lower_case=True))
+  # mlm.predictions_per_row: a packed row's masked_* length; 0 = the most a row can hold
+  # (`objectives.mlm.most_predictions_per_row`: 21 at 128 tokens). Set it to resume a data position
+  # saved before 2026-12-02, when that length was sized more loosely (24 at 128 tokens).
   c.data.mlm = ml_collections.ConfigDict(dict(
       mask_rate=0.15, mask_token_ratio=0.8, random_token_ratio=0.1, whole_word=False,
-      max_predictions=20, sentence_task="nsp"))
+      max_predictions=20, sentence_task="nsp", predictions_per_row=0))
   c.data.span_corruption = ml_collections.ConfigDict(dict(
       noise_density=0.15, mean_span_length=3.0))
   c.data.denoising = ml_collections.ConfigDict(dict(
@@ -204,6 +207,8 @@ def validate(config: ml_collections.ConfigDict):
   _check(d.mlm.max_predictions > 0, "data.mlm.max_predictions", d.mlm.max_predictions,
          "use a positive number.")
   _one_of("data.mlm.sentence_task", d.mlm.sentence_task, _SENTENCE_TASKS)
+  _check(d.mlm.get("predictions_per_row", 0) >= 0, "data.mlm.predictions_per_row",
+         d.mlm.get("predictions_per_row"), "use 0 (the most a packed row can hold) or a length.")
   if config.objective == "mlm" and d.mlm.sentence_task != "none":
     _check(model_cfg.type_vocab_size >= 2, "model.type_vocab_size", model_cfg.type_vocab_size,
            f"sentence_task={d.mlm.sentence_task!r} rows have two segments (token types 0 and 1); "

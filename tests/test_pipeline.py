@@ -106,6 +106,34 @@ def test_restore_refuses_text_files_that_changed(tmp_path):
     pipeline.make_iterator(config, "train", None).restore(tmp_path / "position")
 
 
+
+def test_a_bert_position_saved_with_a_longer_predictions_axis_resumes_with_predictions_per_row(tmp_path):
+  # Before 2026-12-02 a packed row's masked_* axis was ceil(0.15 * L) + S (12 at L = 64, S = 2);
+  # it is now the exact most (10). Such a position restores only into a stream of its shapes.
+  old = tiny_config("mlm", global_batch_size=4)
+  old.data.mlm.predictions_per_row = 12
+  it = pipeline.make_iterator(old, "train", None)
+  assert next(it)["masked_positions"].shape == (4, 12)
+  it.save(tmp_path / "position")
+  following = next(it)
+  with pytest.raises(ValueError, match=r"masked_positions: \[12\] in the checkpoint, \[10\] now.*"
+                                       r"config.data.mlm.predictions_per_row=12"):
+    pipeline.make_iterator(tiny_config("mlm", global_batch_size=4), "train", None).restore(
+        tmp_path / "position")
+  again = pipeline.make_iterator(old, "train", None)
+  again.restore(tmp_path / "position")
+  assert _digest(next(again)) == _digest(following)
+  # The same rows as the exact axis gives, padded further.
+  exact = pipeline.make_iterator(tiny_config("mlm", global_batch_size=4), "train", None)
+  next(exact)
+  batch = next(exact)
+  for k, v in batch.items():
+    np.testing.assert_array_equal(following[k][:, :v.shape[1]], v, err_msg=k)
+  old.data.mlm.predictions_per_row = 8   # one example alone can have 9
+  with pytest.raises(ValueError, match=r"config.data.mlm.predictions_per_row=8 is shorter than one "
+                                       r"example's predictions \(up to 9\)"):
+    next(pipeline.make_iterator(old, "train", None))
+
 def _digest(batch) -> str:
   h = hashlib.sha256()
   for k in sorted(batch):

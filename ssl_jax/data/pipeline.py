@@ -45,6 +45,7 @@ def feature_converter(config) -> seqio.FeatureConverter:
   if config.objective == "mlm":
     from ssl_jax.objectives import mlm  # pylint: disable=g-import-not-at-top  (imports the model stack)
     return mlm.BertFeatureConverter(pack=pack, mask_rate=float(config.data.mlm.mask_rate),
+                                    predictions_per_row=int(_get(config.data.mlm, "predictions_per_row", 0)),
                                     apply_length_check=False)
   raise ValueError(
       f"config.objective={config.objective!r} is not an objective; use one of {', '.join(tasks.OBJECTIVES)}.")
@@ -235,12 +236,18 @@ class DataIterator:
             if saved_lengths.get(k) != lengths.get(k))
       else:
         differences = f"{saved_lengths} in the checkpoint, {lengths} now"
+      hint = ""
+      if isinstance(lengths, dict) and isinstance(saved_lengths, dict) and all(
+          k.startswith("masked_") or lengths.get(k) == saved_lengths.get(k) for k in lengths):
+        hint = (" (ssl_jax before 2026-12-02 sized BERT's masked_* axis more loosely: to resume "
+                "such a position, set config.data.mlm.predictions_per_row="
+                f"{saved_lengths['masked_positions'][0]})")
       raise ValueError(
           f"the data position under {os.fspath(directory)!r} belongs to a stream of other "
           f"shapes ({differences}): the data settings that size the batches "
           "(config.data.sequence_length, targets_length, the objective's lengths) differ from "
-          "the checkpoint's config.json. Resume with the checkpoint's data settings, or use a "
-          "fresh --workdir.")
+          f"the checkpoint's config.json{hint}. Resume with the checkpoint's data settings, or use "
+          "a fresh --workdir.")
     if saved != self._process_count:
       raise ValueError(
           f"the data iterator checkpoint under {os.fspath(directory)!r} was saved by {saved} processes, but "

@@ -477,7 +477,10 @@ def _task_settings(config, source, tfds_name) -> dict:
     settings["tfds_name"] = tfds_name
   corruption = _OBJECTIVE_SETTINGS.get(config.objective)
   if corruption:
-    settings[corruption] = _plain(_get(data, corruption))
+    value = _plain(_get(data, corruption))
+    if isinstance(value, dict):   # mlm.predictions_per_row pads the batches, not the examples
+      value = {k: v for k, v in value.items() if k != "predictions_per_row"}
+    settings[corruption] = value
   return settings
 
 

@@ -25,7 +25,8 @@ class BertFeatureConverter(packing.Packing, seqio.FeatureConverter):
   (-1 = no sentence task). `task_feature_lengths(sequence_length, max_predictions)` builds the lengths.
 
   Model features, with L = sequence_length, S = examples per row and P = max_predictions * S (with
-  packing and `mask_rate` given, at most `most_predictions_per_row(L, S, ...)`: no row can hold more):
+  packing and `mask_rate` given, at most `most_predictions_per_row(L, S, ...)`: no row can hold more;
+  `predictions_per_row` > 0 sets P, e.g. to resume a data position saved when P was sized loosely):
     `input_tokens`, `token_type_ids`, `segment_ids`, `positions` [L];
     `masked_positions` (indices into the row), `masked_targets`, `masked_weights` (float32),
     `masked_kinds` [P]; `sentence_positions` (each example's [CLS] index), `sentence_labels`,
@@ -78,11 +79,12 @@ class BertFeatureConverter(packing.Packing, seqio.FeatureConverter):
   PACKING_FEATURE_DTYPES = {}
 
   def __init__(self, pack: bool = True, max_examples_per_row: Optional[int] = None,
-               mask_rate: Optional[float] = None, **kwargs):
+               mask_rate: Optional[float] = None, predictions_per_row: int = 0, **kwargs):
     if max_examples_per_row is not None and max_examples_per_row < 1:
       raise ValueError(f"max_examples_per_row={max_examples_per_row}; it must be >= 1 (or None).")
     self._max_examples_per_row = max_examples_per_row
     self._mask_rate = mask_rate
+    self._predictions_per_row = predictions_per_row
     super().__init__(pack=pack, **kwargs)
 
   @staticmethod
@@ -106,8 +108,16 @@ class BertFeatureConverter(packing.Packing, seqio.FeatureConverter):
     if self.pack and self._mask_rate is not None:
       # A longer axis is padding that the MLM head would still project onto the whole vocabulary
       # (P = 80 instead of 21 for L = 128, S = 4: a 4x larger MLM head).
-      predictions = min(predictions, most_predictions_per_row(
-          length, rows, self._mask_rate, task_feature_lengths["masked_positions"]))
+      cap = task_feature_lengths["masked_positions"]
+      predictions = min(predictions, most_predictions_per_row(length, rows, self._mask_rate, cap))
+      if self._predictions_per_row:
+        one = most_predictions_per_row(length, 1, self._mask_rate, cap)
+        if self._predictions_per_row < one:
+          raise ValueError(
+              f"config.data.mlm.predictions_per_row={self._predictions_per_row} is shorter than "
+              f"one example's predictions (up to {one}), which packing would cut; use at least "
+              f"{one}, or 0 (the most a row can hold: {predictions}).")
+        predictions = self._predictions_per_row
     lengths = {}
     for name in self.MODEL_FEATURES:
       lengths[name] = (predictions if name.startswith("masked_") else
