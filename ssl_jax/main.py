@@ -110,7 +110,12 @@ def _check_flags(command: str, arguments) -> None:
     problem = (f"`ssl-jax {'vocab train' if command == 'vocab' else command}` needs "
                f"{' and '.join('--' + name for name in missing)}; see `ssl-jax --help`.")
   if problem:
-    sys.exit(f"FATAL Flags parsing error: {problem}")
+    _flag_error(problem)
+
+
+def _flag_error(problem: str):
+  """Exits with `problem` on one line (app.UsageError would print the page of usage above it)."""
+  sys.exit(f"FATAL Flags parsing error: {problem}")
 
 
 def main(argv):
@@ -171,11 +176,14 @@ def _steps():
   """--steps as integers (None when not given)."""
   if _STEPS.value is None:
     return None
+  if not _STEPS.value:   # `--steps=`: probe would write an empty file over its results
+    _flag_error("--steps= names no step; give checkpoint steps, e.g. --steps=64,128, or leave "
+                "--steps out for every checkpoint.")
   try:
     return [int(s) for s in _STEPS.value]
   except ValueError:
-    raise app.UsageError(f"--steps={','.join(_STEPS.value)}: give checkpoint steps as integers, "
-                         "e.g. --steps=64,128.") from None
+    _flag_error(f"--steps={','.join(_STEPS.value)}: give checkpoint steps as integers, "
+                "e.g. --steps=64,128.")
 
 
 def _command(command: str, argv) -> Callable[[], object]:
@@ -189,8 +197,8 @@ def _command(command: str, argv) -> Callable[[], object]:
     from ssl_jax.interop import convert  # pylint: disable=g-import-not-at-top
     steps = _steps()
     if steps is not None and len(steps) != 1:
-      raise app.UsageError(f"--steps={','.join(_STEPS.value)}: `ssl-jax convert` writes one "
-                           "checkpoint; give one step (default: the latest).")
+      _flag_error(f"--steps={','.join(_STEPS.value)}: `ssl-jax convert` writes one "
+                  "checkpoint; give one step (default: the latest).")
     return functools.partial(convert.to_hf, _TO_HF.value, _OUT.value,
                              None if steps is None else steps[0])
   if command in ("finetune", "eval-suite"):

@@ -106,6 +106,18 @@ def test_probe_errors_name_the_probe_and_the_fix(bert_workdir, tmp_path):
                         "--steps=4,abc"], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert cli.returncode != 0
   assert "--steps=4,abc: give checkpoint steps as integers" in cli.stderr, cli.stderr[-2000:]
+  assert "--probe_sentences" not in cli.stderr   # the reason alone, not absl's page of usage
+  # An empty --steps wrote an empty probes.jsonl over the run's results, exit 0.
+  with pytest.raises(ValueError, match=r"steps=\[\] names no checkpoint step"):
+    runner.probe_workdir(bert_workdir, ["cka"], steps=[])
+  results = tmp_path / "results.jsonl"
+  results.write_text('{"step": 4, "probe": "cka", "name": "x", "value": 1.0}\n')
+  cli = subprocess.run([sys.executable, "-m", "ssl_jax.main", "probe", f"--workdir={bert_workdir}",
+                        "--steps=", f"--out={results}"], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+  assert cli.returncode != 0
+  assert "--steps= names no step" in cli.stderr, cli.stderr[-2000:]
+  assert results.read_text().startswith('{"step": 4')
   # A Hugging Face directory (ssl-jax convert --to_hf of a convert output) died on a KeyError.
   (tmp_path / "config.json").write_text('{"model_type": "gpt2", "n_layer": 2}')
   with pytest.raises(ValueError, match="not an `ssl-jax train` run's"):
@@ -158,7 +170,7 @@ def test_probe_a_relative_workdir(bert_workdir, tmp_path, monkeypatch, caplog):
   assert open("run/config.json", encoding="utf-8").read() == config
 
 
-def test_conllu_probe_sentences(bert_workdir, tmp_path):
+def test_conllu_probe_sentences(bert_workdir, tmp_path, caplog):
   path = tmp_path / "tiny.conllu"
   path.write_text("# sent_id = a\n"
                   "1\tThe\tthe\tDET\t_\t_\t2\tdet\t_\t_\n"
@@ -180,6 +192,9 @@ def test_conllu_probe_sentences(bert_workdir, tmp_path):
   # named fine-tuning settings (config.data.train_file, --config.data.tag_column).
   with pytest.raises(ValueError, match="--probe_sentences=-3: probes need at least one sentence"):
     data.conllu_sentences([str(path)], -3)
+  with caplog.at_level(logging.WARNING):   # fewer sentences than asked for: probed, and said
+    assert len(data.conllu_sentences([str(path)], 5)) == 2
+  assert "5 probe sentences asked for" in caplog.text and "hold 2" in caplog.text
   with pytest.raises(FileNotFoundError, match=r"--conllu names '.*missing.conllu', which does not"):
     data.conllu_sentences([str(tmp_path / "missing.conllu")])
   untagged = tmp_path / "untagged.conllu"

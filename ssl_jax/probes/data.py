@@ -118,6 +118,9 @@ def conllu_sentences(paths: Sequence[str], num_sentences: int | None = None) -> 
       sentences.append(WrittenSentence(zip(tagged.tokens, tagged.tags), tagged.text))
   if not sentences:
     raise ValueError(f"CoNLL-U files {list(paths)} hold no sentences; pass UD .conllu files.")
+  if num_sentences and num_sentences > len(sentences):
+    logging.warning("%d probe sentences asked for; the CoNLL-U files %s hold %d: probing those.",
+                    num_sentences, list(paths), len(sentences))
   return sentences[:num_sentences] if num_sentences else sentences
 
 

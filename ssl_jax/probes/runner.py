@@ -102,6 +102,9 @@ def probe_workdir(workdir: str, names: Sequence[str] | None = None, *,
     if names is not None:
       check_names(names, subject.name)   # before any checkpoint is read
     available = subject.steps()
+    if steps is not None and not list(steps):   # it would replace the results with nothing
+      raise ValueError(f"steps={steps!r} names no checkpoint step; give steps, or None for every "
+                       "checkpoint.")
     steps = available if steps is None else sorted(set(steps))  # each step probed once
     missing = sorted(set(steps) - set(available))
     if missing:
@@ -133,6 +136,7 @@ def probe_workdir(workdir: str, names: Sequence[str] | None = None, *,
     subject.close()
   if jax.process_index() == 0:   # every process of a multi-process job probes the same
     write_rows(rows, out)
+    logging.info("wrote %d rows (%d checkpoints) to %s", len(rows), len(steps), out)
   return rows
 
 
