@@ -44,8 +44,9 @@ def feature_converter(config) -> seqio.FeatureConverter:
     return packing.EncDecFeatureConverter(pack=pack, apply_length_check=False)
   if config.objective == "mlm":
     from ssl_jax.objectives import mlm  # pylint: disable=g-import-not-at-top  (imports the model stack)
-    return mlm.BertFeatureConverter(pack=pack, mask_rate=float(config.data.mlm.mask_rate),
-                                    predictions_per_row=int(_get(config.data.mlm, "predictions_per_row", 0)),
+    mlm_cfg = config.data.mlm
+    return mlm.BertFeatureConverter(pack=pack, mask_rate=float(mlm_cfg.mask_rate),
+                                    predictions_per_row=int(_get(mlm_cfg, "predictions_per_row", 0)),
                                     apply_length_check=False)
   raise ValueError(
       f"config.objective={config.objective!r} is not an objective; use one of {', '.join(tasks.OBJECTIVES)}.")

@@ -478,7 +478,7 @@ def _task_settings(config, source, tfds_name) -> dict:
   corruption = _OBJECTIVE_SETTINGS.get(config.objective)
   if corruption:
     value = _plain(_get(data, corruption))
-    if isinstance(value, dict):   # mlm.predictions_per_row pads the batches, not the examples
+    if isinstance(value, dict):   # mlm.predictions_per_row pads batches, not examples
       value = {k: v for k, v in value.items() if k != "predictions_per_row"}
     settings[corruption] = value
   return settings

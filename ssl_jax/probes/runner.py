@@ -102,10 +102,9 @@ def probe_workdir(workdir: str, names: Sequence[str] | None = None, *,
     if names is not None:
       check_names(names, subject.name)   # before any checkpoint is read
     available = subject.steps()
-    if steps is not None and not list(steps):   # it would replace the results with nothing
-      raise ValueError(f"steps={steps!r} names no checkpoint step; give steps, or None for every "
-                       "checkpoint.")
     steps = available if steps is None else sorted(set(steps))  # each step probed once
+    if not steps:   # it would replace the results with nothing
+      raise ValueError("steps=[] names no checkpoint step; give steps, or None for every checkpoint.")
     missing = sorted(set(steps) - set(available))
     if missing:
       raise ValueError(f"--steps names {missing}, which have no checkpoint in {workdir!r}; "
