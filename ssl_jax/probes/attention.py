@@ -4,7 +4,8 @@
     # {'layer_1/head_1': 1.93, ..., 'layer_1/mean': 1.71, 'uniform_baseline': 2.48}
 
 Entropy in nats of each query's attention distribution over the keys it may see, averaged over
-the real tokens of clean probe rows (BERT, T5 and BART encoders; GPT's causal decoder).
+the non-padding tokens of clean probe rows, [CLS]/[SEP] and EOS included (BERT, T5 and BART
+encoders; GPT's causal decoder).
 `uniform_baseline` is the entropy of attending uniformly (log of the number of visible keys,
 averaged the same way): with learned positions heads start at it and fall as they learn to
 focus; ALiBi's distance penalty (the tiny BERT's) starts them below it, looking nearby.
