@@ -207,8 +207,12 @@ def validate(config: ml_collections.ConfigDict):
   _check(d.mlm.max_predictions > 0, "data.mlm.max_predictions", d.mlm.max_predictions,
          "use a positive number.")
   _one_of("data.mlm.sentence_task", d.mlm.sentence_task, _SENTENCE_TASKS)
-  _check(d.mlm.get("predictions_per_row", 0) >= 0, "data.mlm.predictions_per_row",
-         d.mlm.get("predictions_per_row"), "use 0 (the most a packed row can hold) or a length.")
+  per_row = d.mlm.get("predictions_per_row", 0)
+  _check(per_row >= 0, "data.mlm.predictions_per_row", per_row,
+         "use 0 (the most a packed row can hold) or a length.")
+  _check(per_row == 0 or d.pack, "data.mlm.predictions_per_row", per_row,
+         "it sizes packed rows, and config.data.pack=False pads one example per row to "
+         "max_predictions; leave it at 0.")
   if config.objective == "mlm" and d.mlm.sentence_task != "none":
     _check(model_cfg.type_vocab_size >= 2, "model.type_vocab_size", model_cfg.type_vocab_size,
            f"sentence_task={d.mlm.sentence_task!r} rows have two segments (token types 0 and 1); "

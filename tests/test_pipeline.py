@@ -106,7 +106,6 @@ def test_restore_refuses_text_files_that_changed(tmp_path):
     pipeline.make_iterator(config, "train", None).restore(tmp_path / "position")
 
 
-
 def test_a_bert_position_saved_with_a_longer_predictions_axis_resumes_with_predictions_per_row(tmp_path):
   # Before 2026-12-02 a packed row's masked_* axis was ceil(0.15 * L) + S (12 at L = 64, S = 2);
   # it is now the exact most (10). Such a position restores only into a stream of its shapes.

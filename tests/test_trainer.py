@@ -228,10 +228,15 @@ def test_microbatches_on_a_three_axis_mesh_give_the_one_device_update():
      "is read by config.objective='denoising' only"),
     ("bart", "targets_length", 64, "config.data.targets_length=64 is invalid: it is read by "
      "config.objective='span_corruption' only"),
+    ("bert", "mlm.predictions_per_row", -1, "config.data.mlm.predictions_per_row=-1 is invalid"),
+    # Unpacked rows are max_predictions long: the setting would be ignored.
+    ("bert_unpacked", "mlm.predictions_per_row", 24, "config.data.mlm.predictions_per_row=24 is "
+     "invalid: it sizes packed rows"),
 ])
 def test_data_settings_are_checked_against_the_model_before_building(name, setting, value,
                                                                     message):
-  config = tiny_config(name)
+  config = tiny_config(name.removesuffix("_unpacked"))
+  config.data.pack = not name.endswith("_unpacked")
   section, _, field = setting.rpartition(".")
   (config.data[section] if section else config.data)[field] = value
   with pytest.raises(ValueError, match=message):
