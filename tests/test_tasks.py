@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 from ssl_jax import config as config_lib
 from ssl_jax.data import corpora
 from ssl_jax.data import pipeline
+from ssl_jax.data import sources
 from ssl_jax.data import tasks
 from ssl_jax.data import vocabularies
 
@@ -87,10 +88,10 @@ def test_text_files_without_blank_lines_warn_that_validation_is_training_text(tm
   path = tmp_path / "one_per_line.txt"
   path.write_text("".join(f"Document {i} is one line. It has two sentences.\n" for i in range(50)))
   config = tiny_config("causal_lm", source="text_files", text_files=str(path))
-  [document] = list(tasks.document_dataset(config, "validation").as_numpy_iterator())
+  [document] = list(sources.document_dataset(config, "validation").as_numpy_iterator())
   assert any("holds 1 document(s)" in r.getMessage() and "the training document itself"
              in r.getMessage() for r in caplog.records)
-  assert [d["text"] for d in tasks.document_dataset(config, "train").as_numpy_iterator()] == [
+  assert [d["text"] for d in sources.document_dataset(config, "train").as_numpy_iterator()] == [
       document["text"]]
 
 
@@ -104,8 +105,8 @@ def test_bfloat16_params_are_warned_about(caplog):
 
 def test_corpus_splits_are_disjoint_document_ranges():
   config = tiny_config("causal_lm")
-  train = list(tasks.document_dataset(config, "train").as_numpy_iterator())
-  validation = list(tasks.document_dataset(config, "validation").as_numpy_iterator())
+  train = list(sources.document_dataset(config, "train").as_numpy_iterator())
+  validation = list(sources.document_dataset(config, "validation").as_numpy_iterator())
   assert [d["doc_index"] for d in train] == list(range(64))
   assert [d["doc_index"] for d in validation] == list(range(64, 64 + 16))
   expected = [corpora.sentence_text(s).encode() for s in corpora.generate_document(64, 0)]
@@ -137,11 +138,11 @@ def test_text_files_source(tmp_path):
   path = tmp_path / "corpus.txt"
   path.write_text(_TEXT)
   config = tiny_config("causal_lm", source="text_files", text_files=str(path))
-  train = list(tasks.document_dataset(config, "train").as_numpy_iterator())
+  train = list(sources.document_dataset(config, "train").as_numpy_iterator())
   assert [list(d["sentences"]) for d in train] == [
       [b"The first document has a sentence.", b"It has a second one!", b"And a third?"],
       [b"Line one of document two", b"line two of document two"]]
-  validation = list(tasks.document_dataset(config, "validation").as_numpy_iterator())
+  validation = list(sources.document_dataset(config, "validation").as_numpy_iterator())
   assert [list(d["sentences"]) for d in validation] == [[b"Third document.", b"With two sentences."]]
   for objective in ("causal_lm", "mlm"):
     examples = _examples(tiny_config(objective, source="text_files", text_files=str(path)), "train", 4)
@@ -164,7 +165,7 @@ def test_text_files_errors(tmp_path):
   empty = tmp_path / "empty.txt"
   empty.write_text("\n  \n")
   with pytest.raises(ValueError, match="config.data.text_files"):
-    tasks.document_dataset(tiny_config("causal_lm", source="text_files", text_files=str(empty)), "train")
+    sources.document_dataset(tiny_config("causal_lm", source="text_files", text_files=str(empty)), "train")
 
 
 def test_tfds_source_with_mock_data():
@@ -173,7 +174,7 @@ def test_tfds_source_with_mock_data():
   assert isinstance(task.source, seqio.TfdsDataSource)
   with tfds.testing.mock_data(num_examples=6):
     examples = _examples(config, "train", 4)
-    docs = list(tasks.document_dataset(config, "validation").take(2).as_numpy_iterator())
+    docs = list(sources.document_dataset(config, "validation").take(2).as_numpy_iterator())
   assert len(examples) == 4 and all(len(ex["inputs"]) > 0 for ex in examples)
   assert len(docs) == 2 and docs[0]["text"] and docs[0]["doc_index"] != docs[1]["doc_index"]
   with pytest.raises(ValueError, match="config.data.tfds_name.*version"):
@@ -239,8 +240,8 @@ def test_tfds_corpus_without_validation_split_holds_out_train_and_errors_name_th
   SslJaxTestTrainOnly(data_dir=str(tmp_path)).download_and_prepare()
   config = tiny_config("causal_lm", source="tfds", tfds_name="ssl_jax_test_train_only:1.0.0",
                        tfds_data_dir=str(tmp_path))
-  validation = [d["text"] for d in tasks.document_dataset(config, "validation").as_numpy_iterator()]
-  train = [d["text"] for d in tasks.document_dataset(config, "train").as_numpy_iterator()]
+  validation = [d["text"] for d in sources.document_dataset(config, "validation").as_numpy_iterator()]
+  train = [d["text"] for d in sources.document_dataset(config, "train").as_numpy_iterator()]
   assert len(validation) == 2 and len(train) == 198 and not set(validation) & set(train)
   SslJaxTestNoText(data_dir=str(tmp_path)).download_and_prepare()
   with pytest.raises(ValueError, match=r"config.data.tfds_name='ssl_jax_test_no_text:1.0.0' names "
@@ -260,30 +261,30 @@ def test_tfds_corpus_without_validation_split_holds_out_train_and_errors_name_th
                            tfds_data_dir=str(tmp_path / "empty"))
   with pytest.raises(ValueError, match=r"config.data.tfds_name='ssl_jax_test_documents:1.0.0' is "
                      r"not prepared in config.data.tfds_data_dir="):
-    tasks.document_dataset(unprepared, "train")
+    sources.document_dataset(unprepared, "train")
   unprepared.data.mixture = "default_corpus:0.5,ssl_jax_test_documents:1.0.0:0.5"
   with pytest.raises(ValueError, match=re.escape(
       f"config.data.mixture={unprepared.data.mixture!r} (its entry 'ssl_jax_test_documents:1.0.0') "
       "is not prepared in config.data.tfds_data_dir=")):
-    tasks.document_dataset(unprepared, "train", source="ssl_jax_test_documents:1.0.0")
+    sources.document_dataset(unprepared, "train", source="ssl_jax_test_documents:1.0.0")
   assert not (tmp_path / "empty").exists()
   # A misspelt name, config or version: TFDS's error listed its whole catalog, not the setting.
   for name, reason in (("ssl_jax_test_train_onyl:1.0.0", "Dataset ssl_jax_test_train_onyl not found"),
                        ("c4/enn:3.1.0", "BuilderConfig enn not found")):
     with pytest.raises(ValueError, match=rf"config.data.tfds_name='{name}' is neither a TFDS catalog "
                        rf"dataset nor one prepared in config.data.tfds_data_dir=.*{reason}"):
-      tasks.document_dataset(tiny_config("causal_lm", source="tfds", tfds_name=name,
+      sources.document_dataset(tiny_config("causal_lm", source="tfds", tfds_name=name,
                                          tfds_data_dir=str(tmp_path)), "train")
   latin1 = tmp_path / "latin1.txt"
   latin1.write_bytes("Caf\xe9 au lait.".encode("latin-1"))
   with pytest.raises(ValueError, match=r"latin1.txt is not UTF-8 text"):
-    tasks.document_dataset(tiny_config("causal_lm", source="text_files", text_files=str(latin1)),
+    sources.document_dataset(tiny_config("causal_lm", source="text_files", text_files=str(latin1)),
                            "train")
   # A byte-order mark (Notepad's UTF-8) is not text: it began the first document, and a byte
   # vocabulary fed its three bytes to the model.
   bom = tmp_path / "bom.txt"
   bom.write_bytes("\ufeffCafé au lait.\n\nTea.\n".encode("utf-8"))
-  texts = [d["text"] for d in tasks.document_dataset(
+  texts = [d["text"] for d in sources.document_dataset(
       tiny_config("causal_lm", source="text_files", text_files=str(bom)), "train").as_numpy_iterator()]
   assert texts[0] == "Café au lait.".encode("utf-8")
 
@@ -311,7 +312,7 @@ def test_tfds_train_split_corrupts_each_epoch_anew_and_resumes(tmp_path):
   assert len(_examples(config, "validation", 100)) < 100  # validation is one pass
   # document_dataset (what `ssl-jax vocab train` reads) is one pass over train too: it was the
   # task's endless epochs, read until vocab train's 2M sentences.
-  assert len(list(tasks.document_dataset(config, "train").take(10).as_numpy_iterator())) == 3
+  assert len(list(sources.document_dataset(config, "train").take(10).as_numpy_iterator())) == 3
 
 
 def test_mixture_of_sources(tmp_path):

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 import helpers
 from ssl_jax.data import corpora
+from ssl_jax.data import sources
 from ssl_jax.data import tasks
 from ssl_jax.data import vocabularies
 
@@ -300,8 +301,8 @@ def test_vocab_train_command_trains_on_the_configured_source(tmp_path, caplog):
   words.write_text("".join(" ".join(random.Random(i).choices(made_up, k=8)) + ".\n\n"
                            for i in range(20)))
   config.data.update(mixture="default_corpus:1,text_files:1")
-  sentences = list(tasks.train_sentences(config))
+  sentences = list(sources.train_sentences(config))
   from_file = sum(s.split()[0] in made_up for s in sentences)
-  corpus_documents = [d["sentences"] for d in tasks.document_dataset(config, "train").as_numpy_iterator()]
+  corpus_documents = [d["sentences"] for d in sources.document_dataset(config, "train").as_numpy_iterator()]
   assert {s.decode() for d in corpus_documents for s in d} <= set(sentences)
   assert 0.7 * len(corpus_documents) < from_file < 1.5 * len(corpus_documents)

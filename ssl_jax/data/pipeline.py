@@ -21,6 +21,7 @@ import seqio
 import tensorflow as tf
 
 from ssl_jax.data import packing
+from ssl_jax.data import sources
 from ssl_jax.data import tasks
 
 _ITERATOR_PREFIX = "iterator"
@@ -114,8 +115,8 @@ def make_dataset(config, split: str, *, shard_info: Optional[seqio.ShardInfo] = 
     shard_info: default ShardInfo(jax.process_index(), jax.process_count()).
     batch_size: default the per-process batch (`per_process_batch_size`).
   """
-  if split not in tasks.SPLITS:
-    raise ValueError(f"split={split!r}; use one of {', '.join(tasks.SPLITS)}.")
+  if split not in sources.SPLITS:
+    raise ValueError(f"split={split!r}; use one of {', '.join(sources.SPLITS)}.")
   if shard_info is None:
     shard_info = seqio.ShardInfo(jax.process_index(), jax.process_count())
   if batch_size is None:

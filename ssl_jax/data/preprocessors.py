@@ -166,7 +166,7 @@ def _check_dataset_fields(ds, fields, function):
   if missing:
     raise ValueError(
         f"{function} needs input fields {fields} but the dataset lacks {missing} (it has "
-        f"{sorted(ds.element_spec)}); build documents with these fields (see ssl_jax.data.tasks).")
+        f"{sorted(ds.element_spec)}); build documents with these fields (see ssl_jax.data.sources).")
 
 
 def _with_eos(tokens, eos):

@@ -490,7 +490,7 @@ def train_sentencepiece(texts, vocab_size: int, out_path: str, *, character_cove
 
 def train_vocab_for_task(config, vocab_size: int, out: str, max_sentences: int = 2_000_000) -> str:
   """`ssl-jax vocab train`: a SentencePiece model over the sentences of the run's train split
-  (config.data.source's, or those of its mixture's sources at their rates: `tasks.train_sentences`,
+  (config.data.source's, or those of its mixture's sources at their rates: `sources.train_sentences`,
   up to `max_sentences`). An existing `out` is
   refused: a run naming it in config.data.vocab.path would read other ids under its checkpoints."""
   if tf.io.gfile.exists(out):
@@ -498,6 +498,6 @@ def train_vocab_for_task(config, vocab_size: int, out: str, max_sentences: int =
         f"--out={out!r} exists: a run whose config.data.vocab.path names it would read other "
         "token ids under its checkpoints. Pass a new --out (or remove the file, if no run uses "
         "it).")
-  from ssl_jax.data import tasks  # pylint: disable=g-import-not-at-top  (tasks imports this module)
-  texts = itertools.islice(tasks.train_sentences(config), max_sentences)
+  from ssl_jax.data import sources  # pylint: disable=g-import-not-at-top  (sources imports this module)
+  texts = itertools.islice(sources.train_sentences(config), max_sentences)
   return train_sentencepiece(texts, vocab_size, out, max_sentences=max_sentences)
