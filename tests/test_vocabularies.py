@@ -100,6 +100,42 @@ def test_wordpiece_decode(minilm_vocab_path):
   assert vocab.decode_tf(padded).numpy().tolist() == [b"unaffable people , hello !"] * 2
 
 
+def test_sentinels_decode_by_name_as_with_sentencepiece(tmp_path):
+  # WordPiece decoded a sentinel as [UNK] and the byte vocabulary dropped it: span-corruption inputs
+  # and targets, and T5/BART outputs, showed no spans. seqio's SentencePiece vocabulary names them.
+  words = ["the", "cat", "sat", "on", "mat"]
+  vocab_txt = tmp_path / "vocab.txt"
+  vocab_txt.write_text("\n".join([*vocabularies.SPECIAL_TOKENS, *words, "##s"]) + "\n")
+  texts = [" ".join(random.Random(i).choices(words, k=6)) for i in range(200)]
+  sp_model = vocabularies.train_sentencepiece(texts, vocab_size=30, out_path=str(tmp_path / "sp.model"))
+  vocabs = {kind: vocabularies.get_vocabulary(dict(kind=kind, path=path, extra_ids=3)) for kind, path in
+            [("sentencepiece", sp_model), ("wordpiece", str(vocab_txt)), ("byte", "")]}
+  expected = "the cat <extra_id_0> sat on <extra_id_2> mat"
+  for kind, vocab in vocabs.items():
+    s = vocabularies.special_ids(vocab).sentinels
+    space = " " if kind == "byte" else ""   # bytes hold the text's spaces; the others space words
+    ids = (vocab.encode("the cat" + space) + [s[0]] + vocab.encode(space + "sat on" + space) + [s[2]]
+           + vocab.encode(space + "mat"))
+    assert vocab.decode(ids) == expected, kind
+    padded = tf.constant([ids + [0, 0], [s[1]] + [0] * (len(ids) + 1)])
+    assert vocab.decode_tf(padded).numpy().tolist() == [expected.encode(), b"<extra_id_1>"], kind
+  # The text of a sentinel encodes to it, as with SentencePiece; bytes encode text byte for byte (as
+  # seqio's ByteVocabulary and ByT5).
+  wordpiece, byte = vocabs["wordpiece"], vocabs["byte"]
+  s = vocabularies.special_ids(wordpiece).sentinels
+  assert wordpiece.encode("cats<extra_id_1>sat") == [6, 10, s[1], 7]
+  assert wordpiece.decode(wordpiece.encode(expected)) == expected
+  assert wordpiece.encode_tf(tf.constant([expected])).to_list() == [wordpiece.encode(expected)]
+  assert not set(wordpiece.encode("<extra_id_3>")) & set(s)   # not one of the 3 sentinels
+  assert wordpiece.decode([s[0], 10]) == "<extra_id_0>s"   # a continuation joins its word
+  assert byte.encode("<extra_id_0>") == [b + 3 for b in b"<extra_id_0>"]
+  assert byte.decode(byte.encode(expected)) == expected
+  named = tmp_path / "named.txt"
+  named.write_text("[PAD]\n[UNK]\n<extra_id_0>\n")
+  with pytest.raises(ValueError, match=r"holds '<extra_id_0>'.*extra_ids=1 appends"):
+    vocabularies.WordPieceVocabulary(str(named), extra_ids=1)
+
+
 def _default(extra_ids=0):
   return vocabularies.get_vocabulary(
       ml_collections.ConfigDict(dict(kind="default", path="", extra_ids=extra_ids)))

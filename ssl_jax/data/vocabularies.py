@@ -7,7 +7,9 @@ Conventions (the same for every kind, so objectives never branch on the vocabula
 - PAD is id 0 (seqio's rule).
 - T5 sentinels follow seqio/T5: `extra_ids` ids appended after the base vocabulary, sentinel i is
   `vocab_size - 1 - i` (`<extra_id_0>` is the top id). The default vocabulary file therefore holds no
-  sentinels; `config.data.vocab.extra_ids` adds them.
+  sentinels; `config.data.vocab.extra_ids` adds them. Every kind decodes sentinel i as `<extra_id_i>`,
+  as seqio's SentencePiece vocabulary does; the text `<extra_id_i>` encodes to sentinel i (SentencePiece:
+  at a word start), except with the byte vocabulary, which encodes all text byte for byte (as seqio's).
 - WordPiece vocabularies have no end-of-sequence token; their `eos_id` is [SEP] (BERT's end-of-segment
   marker), so GPT/T5/BART examples end with [SEP]. A side effect: `vocab.decode` stops after the first
   [SEP], as it does after EOS for every seqio vocabulary.
@@ -57,6 +59,40 @@ class SpecialIds(NamedTuple):
   sentinels: tuple  # sentinel i at position i (seqio/T5: vocab_size - 1 - i); () without extra_ids
 
 
+class _NamedSentinels(seqio.Vocabulary):
+  """A vocabulary whose `decode` and `decode_tf` give sentinel i as `<extra_id_i>`, as seqio's
+  SentencePieceVocabulary does (seqio's others give UNK or nothing).
+
+  A subclass sets `_pieces`: the text of every id, the sentinels' names (`_sentinel_names`) last.
+  """
+  _pieces: tuple
+
+  @property
+  def _sentinel_names(self) -> tuple:
+    """`<extra_id_i>` of each sentinel, in id order (sentinel i is id vocab_size - 1 - i)."""
+    return tuple(f"<extra_id_{i}>" for i in reversed(range(self.extra_ids)))
+
+  @property
+  def _base_vocab_size(self) -> int:
+    # The sentinels counted in, as seqio's SentencePieceVocabulary counts them: seqio's `decode` and
+    # `decode_tf` make every id from `_base_vocab_size` on UNK before `_decode` could name it.
+    return len(self._pieces)
+
+  @property
+  def vocab_size(self) -> int:
+    return self._base_vocab_size
+
+  @functools.cached_property
+  def _pieces_tf(self):
+    with tf.init_scope():
+      return tf.constant(self._pieces)
+
+  def _piece_strings_tf(self, ids: tf.Tensor) -> tf.Tensor:
+    """int ids [...] -> the text of each id [...] (UNK's for an id outside the vocabulary)."""
+    in_range = tf.logical_and(ids >= 0, ids < len(self._pieces))
+    return tf.gather(self._pieces_tf, tf.where(in_range, ids, self.unk_id))
+
+
 def _wordpiece_tokens(path: str) -> list:
   """The tokens of a BERT `vocab.txt` (one per line, line number = id), or of the WordPiece model
   in a Hugging Face `tokenizer.json` (what transformers 5 saves instead of vocab.txt), id order."""
@@ -75,7 +111,7 @@ def _wordpiece_tokens(path: str) -> list:
   return tokens
 
 
-class WordPieceVocabulary(seqio.Vocabulary):
+class WordPieceVocabulary(_NamedSentinels):
   """A BERT WordPiece vocabulary (`vocab.txt`: one token per line, line number = id; or a Hugging
   Face `tokenizer.json` with a WordPiece model).
 
@@ -83,7 +119,9 @@ class WordPieceVocabulary(seqio.Vocabulary):
   tokens: BertNormalizer (drop control characters, spaces for whitespace, spaces around CJK ideographs,
   and with `lower_case` NFD + strip accents + lower-case), split at whitespace and punctuation, greedy
   longest-match-first WordPiece, words over 100 characters -> [UNK]; literal "[CLS]" etc. in the text are
-  the special token (as in HF). Known difference: unassigned code points are kept (HF drops them).
+  the special token (as in HF), and so is a literal "<extra_id_i>" of one of the `extra_ids` sentinels
+  (as in seqio's SentencePiece and HF's T5 tokenizers). Known difference: unassigned code points are kept
+  (HF drops them).
 
   Ids: [PAD] must be id 0; `unk_id` = [UNK]; `eos_id` = [SEP] (BERT has no EOS; see the module doc).
   """
@@ -97,9 +135,16 @@ class WordPieceVocabulary(seqio.Vocabulary):
           f"WordPiece vocabulary {vocab_path} must have [PAD] as its first line (id 0) and contain [UNK]; "
           "set config.data.vocab.path to a BERT vocab.txt.")
     super().__init__(extra_ids=extra_ids)
+    named = sorted(set(tokens) & set(self._sentinel_names))
+    if named:
+      raise ValueError(
+          f"WordPiece vocabulary {vocab_path} holds {named[0]!r}, the name of a sentinel that "
+          f"config.data.vocab.extra_ids={extra_ids} appends after its tokens; set extra_ids=0 or use "
+          "a vocab.txt without sentinel names.")
     self._path = vocab_path
     self._lower_case = lower_case
     self._tokens = tuple(tokens)
+    self._pieces = self._tokens + self._sentinel_names
     self._ids = {t: i for i, t in enumerate(tokens)}
     self._fingerprint = hashlib.sha256("\n".join(tokens).encode("utf-8")).hexdigest()[:16]
 
@@ -128,10 +173,6 @@ class WordPieceVocabulary(seqio.Vocabulary):
   def bos_id(self) -> Optional[int]:
     return None
 
-  @property
-  def _base_vocab_size(self) -> int:
-    return len(self._tokens)
-
   @functools.cached_property
   def _wordpiece(self):
     # FastWordpieceTokenizer holds its model as a constant flatbuffer, not a lookup-table resource, so
@@ -139,13 +180,8 @@ class WordPieceVocabulary(seqio.Vocabulary):
     # inside a tf.data map still creates it eagerly, once.
     with tf.init_scope():
       return tf_text.FastWordpieceTokenizer(
-          vocab=list(self._tokens), suffix_indicator="##", max_bytes_per_word=4 * _MAX_CHARS_PER_WORD,
+          vocab=list(self._pieces), suffix_indicator="##", max_bytes_per_word=4 * _MAX_CHARS_PER_WORD,
           token_out_type=tf.int32, unknown_token="[UNK]", no_pretokenization=True)
-
-  @functools.cached_property
-  def _tokens_tf(self):
-    with tf.init_scope():
-      return tf.constant(self._tokens)
 
   def _normalize_tf(self, s: tf.Tensor) -> tf.Tensor:
     s = tf.strings.regex_replace(s, r"[\t\n\r]", " ")
@@ -156,6 +192,9 @@ class WordPieceVocabulary(seqio.Vocabulary):
     # splits as punctuation and a word, as in the original BERT tokenizer.
     for i, token in enumerate(_PROTECTED_TOKENS):
       s = tf.strings.regex_replace(s, re.escape(token), f" {_PROTECT}{i}{_PROTECT} ")
+    if self.extra_ids:   # a sentinel's name too: sentinel i, as seqio's SentencePiece vocabularies read it
+      numbers = "|".join(map(str, range(self.extra_ids)))
+      s = tf.strings.regex_replace(s, f"<extra_id_({numbers})>", f" {_PROTECT}x\\1{_PROTECT} ")
     s = tf.strings.regex_replace(s, _WHITESPACE, " ")
     s = tf.strings.regex_replace(s, _CJK, r" \1 ")
     if self._lower_case:
@@ -170,6 +209,8 @@ class WordPieceVocabulary(seqio.Vocabulary):
     words = tf.strings.split(self._normalize_tf(s))
     for i, token in enumerate(_PROTECTED_TOKENS):
       words = tf.strings.regex_replace(words, f"^{_PROTECT}{i}{_PROTECT}$", token)
+    if self.extra_ids:   # the tokenizer's vocabulary holds the sentinels' names after the tokens
+      words = tf.strings.regex_replace(words, f"^{_PROTECT}x(\\d+){_PROTECT}$", "<extra_id_\\1>")
     too_long = tf.strings.length(words, unit="UTF8_CHAR") > _MAX_CHARS_PER_WORD
     words = tf.ragged.map_flat_values(lambda w, t: tf.where(t, "[UNK]", w), words, too_long)
     return self._wordpiece.tokenize(words).merge_dims(-2, -1)
@@ -184,14 +225,13 @@ class WordPieceVocabulary(seqio.Vocabulary):
 
   def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
     """int ids [..., L] -> strings [...]: pieces joined, '##' continuations glued, [PAD] dropped."""
-    ids = tf.where(ids < self._base_vocab_size, ids, self.unk_id)
-    text = tf.strings.reduce_join(tf.gather(self._tokens_tf, ids), axis=-1, separator=" ")
+    text = tf.strings.reduce_join(self._piece_strings_tf(ids), axis=-1, separator=" ")
     text = tf.strings.regex_replace(text, r"\[PAD\]", "")
     text = tf.strings.regex_replace(text, r" ?##", "")
     return tf.strings.strip(tf.strings.regex_replace(text, " +", " "))
 
   def _decode(self, ids) -> str:
-    pieces = [self._tokens[i] if 0 < i < len(self._tokens) else ("" if i == 0 else "[UNK]")
+    pieces = [self._pieces[i] if 0 < i < len(self._pieces) else ("" if i == 0 else "[UNK]")
               for i in map(int, ids)]
     return " ".join(p for p in pieces if p).replace(" ##", "")
 
@@ -205,6 +245,25 @@ class WordPieceVocabulary(seqio.Vocabulary):
 
   def __repr__(self):
     return f"WordPieceVocabulary({self._path!r}, lower_case={self._lower_case}, extra_ids={self.extra_ids})"
+
+
+class ByteVocabulary(_NamedSentinels, seqio.ByteVocabulary):
+  """seqio's ByteVocabulary (ByT5's: UTF-8 byte b is id b + 3, after PAD, EOS and UNK), but its
+  sentinels decode by name. Text encodes byte for byte, "<extra_id_0>" too, as in seqio."""
+
+  @functools.cached_property
+  def _pieces(self) -> tuple:
+    return ((b"",) * self._num_special_tokens + tuple(bytes([b]) for b in range(self._byte_size))
+            + tuple(name.encode() for name in self._sentinel_names))
+
+  def _decode(self, ids) -> str:
+    text = b"".join(self._pieces[i] for i in map(int, ids) if 0 <= i < len(self._pieces))
+    return text.decode("utf-8", errors="ignore")
+
+  def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+    """int ids [..., L] -> strings [...]: the bytes and sentinel names joined, invalid UTF-8 dropped."""
+    text = tf.strings.reduce_join(self._piece_strings_tf(ids), axis=-1)
+    return tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="ignore")
 
 
 def default_vocabulary_tokens() -> list:
@@ -318,7 +377,7 @@ def _vocabulary(kind, path, extra_ids, lower_case, stamp):
           "it with --pad_id=0 --eos_id=1 --unk_id=2 --bos_id=-1, or with `ssl-jax vocab train`).")
     return vocab
   if kind == "byte":
-    return seqio.ByteVocabulary(extra_ids=extra_ids)
+    return ByteVocabulary(extra_ids=extra_ids)
   raise ValueError(
       f"config.data.vocab.kind={kind!r} is not a vocabulary kind; use one of {', '.join(KINDS)}.")
 
