@@ -1,6 +1,7 @@
 """Training-dynamics probes: every probe on real checkpoints or models of the four objectives,
 the `ssl-jax probe` CLI and its determinism, and the closed-form probe maths."""
 import filecmp
+import gc
 import json
 import logging
 import math
@@ -8,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import weakref
 
 import jax
 import numpy as np
@@ -140,6 +142,46 @@ def test_probes_of_one_checkpoint_share_its_word_representations(bert_workdir):
   again = representations.word_representations(subject, params,
                                                representations.clean_rows(subject, text))
   assert again is first
+  # A notebook's `del params` freed nothing: the cache held the checkpoint for good.
+  leaf = weakref.ref(jax.tree.leaves(params)[0])
+  del params
+  assert leaf() is None
+
+
+def test_an_interrupted_probe_run_keeps_the_checkpoints_it_finished(bert_workdir, tmp_path,
+                                                                     monkeypatch):
+  # probes.jsonl was written once, after the last checkpoint: a run killed part-way kept nothing.
+  probes = ["pos_accuracy", "cka"]
+  complete = runner.probe_workdir(bert_workdir, probes, num_sentences=4,
+                                  out=str(tmp_path / "complete.jsonl"))
+  restore = subject_lib.Subject.restore
+
+  def restore_until_preempted(self, step):
+    if step == 2:
+      raise RuntimeError("preempted")
+    return restore(self, step)
+
+  monkeypatch.setattr(subject_lib.Subject, "restore", restore_until_preempted)
+  out = str(tmp_path / "probes.jsonl")
+  with pytest.raises(RuntimeError, match="preempted"):
+    runner.probe_workdir(bert_workdir, probes, num_sentences=4, out=out)
+  assert runner.read_rows(out) == [r for r in complete if r["step"] == 1]
+
+
+def test_probe_workdir_keeps_no_checkpoint_alive(bert_workdir, tmp_path, monkeypatch):
+  # The word-representation cache held the last checkpoint's params for the process's life.
+  restore, restored = subject_lib.Subject.restore, []
+
+  def restore_and_watch(self, step):
+    params = restore(self, step)
+    restored.extend(weakref.ref(leaf) for leaf in jax.tree.leaves(params))
+    return params
+
+  monkeypatch.setattr(subject_lib.Subject, "restore", restore_and_watch)
+  runner.probe_workdir(bert_workdir, ["contextual_similarity", "cka"], num_sentences=4,
+                       out=str(tmp_path / "probes.jsonl"))
+  gc.collect()
+  assert restored and all(ref() is None for ref in restored)
 
 
 def test_probe_a_relative_workdir(bert_workdir, tmp_path, monkeypatch, caplog):

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Callable
+import weakref
 
+import jax
 import numpy as np
 
 from ssl_jax.probes import data
@@ -133,7 +135,10 @@ def word_labels(rows: Rows) -> dict[str, np.ndarray]:
   return _word_segments(rows)[3]
 
 
-# The last result, with the objects it belongs to (held, so their ids cannot be reused).
+# The last result, for the probes that read one checkpoint: [subject, rows, params leaves,
+# result], the subject and the leaves by weak reference. Holding the params would keep a whole
+# model alive after its caller drops it; this way the result goes with them (a leaf's callback),
+# and a freed object's reused id cannot match.
 _last: list = []
 
 
@@ -143,11 +148,17 @@ def _same_rows(a: Rows, b: Rows) -> bool:
                     and np.array_equal(a.token_index, b.token_index))
 
 
+def _same_leaves(refs: list[weakref.ref], leaves: list) -> bool:
+  return len(refs) == len(leaves) and all(ref() is leaf for ref, leaf in zip(refs, leaves))
+
+
 def word_representations(subject: Subject, params, rows: Rows) -> WordRepresentations:
-  """Per-word vectors of `rows` under `params` (the last result is kept: several probes read
-  the same checkpoint)."""
+  """Per-word vectors of `rows` under `params`. The last result is kept while `params` lives
+  (several probes read the same checkpoint) and no longer: the cache holds no params."""
   params = params_of(params)
-  if _last and _last[0] is subject and _last[2] is params and _same_rows(_last[1], rows):
+  leaves = jax.tree.leaves(params)
+  if (_last and _last[0]() is subject and _same_rows(_last[1], rows)
+      and _same_leaves(_last[2], leaves)):
     return _last[3]
   row_ids, positions, word_ids, labels = _word_segments(rows)
   states = batched(lambda t, s: subject.layer_states(params, t, s), rows.tokens,
@@ -160,5 +171,6 @@ def word_representations(subject: Subject, params, rows: Rows) -> WordRepresenta
   np.add.at(sums, (slice(None), word_ids), token_vectors)
   counts = np.bincount(word_ids, minlength=num_words)[None, :, None]
   result = WordRepresentations((sums / counts).astype(np.float32), **labels)
-  _last[:] = [subject, rows, params, result]
+  _last[:] = [weakref.ref(subject), rows,
+              [weakref.ref(leaf, lambda _: _last.clear()) for leaf in leaves], result]
   return result

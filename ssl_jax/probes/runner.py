@@ -5,7 +5,9 @@
     #                          "value": 0.0}, ... one line per value, steps ascending
 
 The output is a function of the checkpoints and the arguments only (probe sentences from a fixed
-seed, no dropout, closed-form probes), so two runs on the same workdir write the same file.
+seed, no dropout, closed-form probes), so two runs on the same workdir write the same file. The
+file is rewritten after each checkpoint is probed, so a run that stops part-way (killed, out of
+memory) leaves the rows of the checkpoints it finished.
 """
 from __future__ import annotations
 
@@ -82,7 +84,9 @@ def probe_workdir(workdir: str, names: Sequence[str] | None = None, *,
                   steps: Sequence[int] | None = None, out: str | None = None) -> list[dict]:
   """Runs the probes `names` (default: all that apply) on checkpoints `steps` (default: all)
   of `workdir`; writes the rows to `out` (default `<workdir>/probes.jsonl`), replacing that file,
-  and returns them.
+  and returns them. The file is rewritten (atomically) after each checkpoint with the rows of
+  every checkpoint probed so far: a run that stops part-way leaves those (one that stops before
+  the first checkpoint is probed leaves the file as it was).
 
   Raises:
     ValueError / FileNotFoundError naming the flag: an unknown or inapplicable probe, a
@@ -118,23 +122,25 @@ def probe_workdir(workdir: str, names: Sequence[str] | None = None, *,
           f"data.source={data_cfg.source!r}")
     text = data.fit(data.tokenize(probe_sentences(conllu, num_sentences), subject.vocab),
                     subject.sentence_tokens)   # warns once of what the model's positions cut
-    if jax.process_index() == 0 and os.path.dirname(out):
+    writer = jax.process_index() == 0   # every process of a multi-process job probes the same
+    if writer and os.path.dirname(out):
       tf.io.gfile.makedirs(os.path.dirname(out))   # now, not after hours of probing
     reference = None
     if names is None or cka.RepresentationCKA.name in names:
       reference = subject.restore(available[-1])   # CKA against the run's last checkpoint
     evaluators = make_evaluators(subject, names, text, reference)
     rows = []
-    for step in steps:
+    for count, step in enumerate(steps, 1):
       params = subject.restore(step)
       for evaluator in evaluators:
         rows += [{"step": step, "probe": evaluator.name, "name": name, "value": value}
                  for name, value in evaluator.run(params)]
-      logging.info("probed step %d of %s", step, workdir)
+      if writer:   # each checkpoint's rows are kept as soon as they exist: no crash loses them
+        write_rows(rows, out)
+      logging.info("probed step %d (%d of %d) of %s", step, count, len(steps), workdir)
   finally:
     subject.close()
-  if jax.process_index() == 0:   # every process of a multi-process job probes the same
-    write_rows(rows, out)
+  if writer:
     logging.info("wrote %d rows (%d checkpoints) to %s", len(rows), len(steps), out)
   return rows
 
