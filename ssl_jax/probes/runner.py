@@ -135,6 +135,7 @@ def probe_workdir(workdir: str, names: Sequence[str] | None = None, *,
       for evaluator in evaluators:
         rows += [{"step": step, "probe": evaluator.name, "name": name, "value": value}
                  for name, value in evaluator.run(params)]
+      del params   # before the next restore: one checkpoint in memory, not two
       if writer:   # each checkpoint's rows are kept as soon as they exist: no crash loses them
         write_rows(rows, out)
       logging.info("probed step %d (%d of %d) of %s", step, count, len(steps), workdir)
