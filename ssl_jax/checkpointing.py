@@ -173,7 +173,13 @@ def workdir_config(workdir: str) -> dict | None:
 def run_config(workdir: str, flag: str = "--workdir") -> ml_collections.ConfigDict:
   """The config of the `ssl-jax train` run in `workdir`, from its config.json (`flag` names the
   setting that gave `workdir`, for the errors: a missing file, another program's config.json)."""
-  saved = workdir_config(workdir)
+  return as_run_config(workdir_config(workdir), workdir, flag)
+
+
+def as_run_config(saved: dict | None, workdir: str,
+                  flag: str = "--workdir") -> ml_collections.ConfigDict:
+  """`run_config` of the config.json `workdir_config` read from `workdir` (`saved`), for a
+  caller that reads it for another check too: on gs:// each read is a round trip."""
   if saved is None:
     raise FileNotFoundError(f"{flag}={workdir!r} has no config.json; pass the --workdir of an "
                             "`ssl-jax train` run.")
@@ -191,10 +197,10 @@ def run_config(workdir: str, flag: str = "--workdir") -> ml_collections.ConfigDi
   return config
 
 
-def refuse_fine_tuning_run(workdir: str, command: str, instead: str) -> None:
-  """Raises if `workdir` holds a fine-tuning run (its config.json has a finetune section), which
-  `ssl-jax {command}` does not read; `instead` says what to do."""
-  saved = workdir_config(workdir)
+def refuse_fine_tuning_run(workdir: str, saved: dict | None, command: str, instead: str) -> None:
+  """Raises if `workdir` holds a fine-tuning run (`saved`, its config.json as `workdir_config`
+  read it, has a finetune section), which `ssl-jax {command}` does not read; `instead` says what
+  to do."""
   if saved is not None and "finetune" in saved:
     raise ValueError(
         f"--workdir={workdir!r} holds a fine-tuning run (objective {saved.get('objective')!r}, "

@@ -62,8 +62,9 @@ class MetricsLogger:
   """Writes train/eval rows to `workdir/metrics.jsonl` and `workdir/tensorboard`.
 
   Only process 0 writes files; other processes only log to the console. A row holds `step`,
-  `split`, the normalized metrics (objectives name their loss 'loss'), and for train rows
-  `learning_rate` (the rate the row's step applied: step s is optax's update s - 1, which reads
+  `split` ('train', 'eval', or the one `write_eval` is given; TensorBoard's tags are
+  `<split>/<metric>`), the normalized metrics (objectives name their loss 'loss'), and for train
+  rows `learning_rate` (the rate the row's step applied: step s is optax's update s - 1, which reads
   the schedule at s - 1; each non-finite step skipped before it holds the schedule back by one,
   which the step's `SCHEDULE_STEP` entry reports), `grad_norm` (the global norm of the gradient
   before clipping, if the step reports it), `tokens_per_sec`
@@ -153,20 +154,22 @@ class MetricsLogger:
         self._last_time += time.perf_counter() - start
 
   def write_eval(self, step: int, sums: MetricSums | Sequence[MetricSums], *,
-                 replace: bool = False) -> dict[str, float]:
+                 split: str = "eval", replace: bool = False) -> dict[str, float]:
     """Writes one eval row for `step` (blocks: eval results are wanted now) and returns it.
-    `replace`: an eval row of `step` with the same metrics already there (a finished fine-tuning
-    run, re-scored) is dropped first, so the step keeps one row."""
+    `split`: 'eval' for a run's own evals, or a name of what the row scored, which keeps it out
+    of the run's 'eval' rows (`ssl-jax eval`'s rows). `replace`: a row of `step` and `split` with
+    the same metrics already there (a finished fine-tuning run, re-scored) is dropped first, so
+    the step keeps one row."""
     sums_list = [sums] if isinstance(sums, Mapping) else list(sums)
     row = normalize(merge(sums_list))
     if replace and self._file:
       self._file.close()
       def same(line):
         old = parse_json_line(line) if _row_step(line) == step else {}
-        return old.get("split") == "eval" and old.keys() - {"step", "split"} == row.keys()
+        return old.get("split") == split and old.keys() - {"step", "split"} == row.keys()
       _drop_rows(self._path, same)
       self._file = tf.io.gfile.GFile(self._path, "a")
-    self._write_row(step, "eval", row)
+    self._write_row(step, split, row)
     return row
 
   def close(self) -> None:
@@ -294,8 +297,9 @@ def _row_step(line: str) -> float:
 
 def read_metrics(workdir: str | os.PathLike, split: str | None = None) -> list[dict[str, Any]]:
   """Rows of `workdir/metrics.jsonl` (optionally only one split), in file order; a null (a
-  non-finite value) is read as NaN. A line that does not parse (a row being written, or cut by
-  a crash; the next resume drops it) is left out."""
+  non-finite value) is read as NaN. Split 'eval' is the run's own evals, of one eval set, without
+  the rows `ssl-jax eval` appended (their split names what each scored). A line that does not
+  parse (a row being written, or cut by a crash; the next resume drops it) is left out."""
   rows = []
   with tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl")) as f:
     for line in f:

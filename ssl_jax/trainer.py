@@ -31,6 +31,7 @@ from ssl_jax import train_state as train_state_lib
 from ssl_jax import workdir as workdir_lib
 from ssl_jax.data import pipeline
 from ssl_jax.data import shards
+from ssl_jax.data import tasks
 from ssl_jax.data import vocabularies
 from ssl_jax.models import dense
 
@@ -334,9 +335,9 @@ class EvalSet:
     return (shards.global_arrays(b, self._sharding, self._global_batch) for b in self._local)
 
 
-def evaluate(eval_step, params, eval_set: EvalSet, step: int, logger) -> dict:
-  """Runs `eval_step` on every batch of `eval_set` and writes one eval row."""
-  return logger.write_eval(step, [eval_step(params, batch) for batch in eval_set])
+def evaluate(eval_step, params, eval_set: EvalSet, step: int, logger, split: str = "eval") -> dict:
+  """Runs `eval_step` on every batch of `eval_set` and writes one eval row (of `split`)."""
+  return logger.write_eval(step, [eval_step(params, batch) for batch in eval_set], split=split)
 
 
 def _raise_if_nonfinite(step: int, sums) -> None:
@@ -456,14 +457,19 @@ def _loop(exp, state, start, train_step, evaluate_fn, first_batch, train_iter, m
 
 def evaluate_workdir(config: ml_collections.ConfigDict | None, workdir: str) -> dict:
   """`ssl-jax eval`: evaluates the latest checkpoint in `workdir` and appends an eval row. With
-  `config` None, the run's own config (its config.json: its eval set and mesh)."""
+  `config` None, the run's own config (its config.json: its eval set and mesh).
+
+  The row's split is `_eval_split(config)`, not 'eval': it says what it scored, and the run's own
+  eval rows stay one series (of one eval set, the run's), whatever config scored the checkpoint.
+  """
+  saved = checkpointing.workdir_config(workdir)   # read once: on gs:// each read is a round trip
   # A text-to-text fine-tuning trains a pretraining objective, span corruption: its config, not
   # its objective, says what it is. Its scores are eval_results.json and its last eval row.
   checkpointing.refuse_fine_tuning_run(
-      workdir, "eval", "its scores are its eval_results.json (re-run its `ssl-jax finetune` "
-      "command to score it again).")
+      workdir, saved, "eval", "its scores are its eval_results.json (re-run its `ssl-jax "
+      "finetune` command to score it again).")
   if config is None:
-    config = checkpointing.run_config(workdir)
+    config = checkpointing.as_run_config(saved, workdir)
   if "finetune" in config:
     raise ValueError(f"--config is a fine-tuning config (objective {config.objective!r}); "
                      "`ssl-jax eval` scores pretraining runs: give a pretraining config, or none "
@@ -489,4 +495,14 @@ def evaluate_workdir(config: ml_collections.ConfigDict | None, workdir: str) -> 
   # A reader: the run may still be writing this workdir's rows.
   with metrics_lib.MetricsLogger(workdir, num_steps=config.train.num_steps, log_every=1,
                                  start_step=step, truncate=False) as logger:
-    return evaluate(eval_step, params, eval_set, step, logger)
+    return evaluate(eval_step, params, eval_set, step, logger, _eval_split(config))
+
+
+def _eval_split(config: ml_collections.ConfigDict) -> str:
+  """The split of `ssl-jax eval`'s rows: 'ssl-jax eval TASK NxB', the seqio task or mixture whose
+  validation split it read (its name ends in a hash covering every data setting its examples
+  depend on, the vocabulary's pieces too) and its `train.eval_steps` batches of
+  `train.global_batch_size` rows. Rows of one workdir that scored other examples have other
+  splits."""
+  return (f"ssl-jax eval {tasks.get_mixture_or_task(config).name} "
+          f"{config.train.eval_steps}x{config.train.global_batch_size}")

@@ -245,9 +245,11 @@ def test_of_two_runs_locking_a_workdir_at_once_one_gets_it(tmp_path, scheme):
 def test_resume_between_log_rows_writes_the_uninterrupted_rows_and_eval_keeps_them(tmp_path,
                                                                                    caplog):
   # Checkpoints at 2, 4, 6, rows every 3 steps: the rows written at a checkpoint close the window,
-  # so a run resumed from step 2 or 4 writes what an uninterrupted run writes.
+  # so a run resumed from step 2 or 4 writes what an uninterrupted run writes. Evals (one batch)
+  # at the checkpoints.
   flags = (*CLI_FLAGS, "--config.train.num_steps=6", "--config.train.save_every=2",
-           "--config.train.log_every=3", "--config.optim.learning_rate=1e-3")
+           "--config.train.log_every=3", "--config.optim.learning_rate=1e-3",
+           "--config.train.eval_every=2", "--config.train.eval_steps=1")
   reference, resumed = tmp_path / "reference", tmp_path / "resumed"
   helpers.train_here("gpt", reference, *flags, num_devices=1)
   helpers.train_here("gpt", resumed, *flags, num_devices=1)
@@ -262,18 +264,34 @@ def test_resume_between_log_rows_writes_the_uninterrupted_rows_and_eval_keeps_th
   # The logged rate is the one the row's step applied: warmup from 0 over 2 steps.
   assert [want[s]["learning_rate"] for s in (2, 3)] == pytest.approx([0.5e-3, 1e-3])
 
-  # `ssl-jax eval` of an earlier checkpoint (a run still going) appends, and drops no row.
+  # `ssl-jax eval` of an earlier checkpoint (a run still going) appends, and drops no row: with
+  # the run's config.json, and with a --config that scores other examples.
   subprocess.run(["rm", "-r", str(reference / "checkpoints" / "6")], check=True)
   before = open(reference / "metrics.jsonl", encoding="utf-8").read()
-  eval_config = tiny_config("gpt")
-  eval_config.train.eval_steps = 1
-  trainer.evaluate_workdir(eval_config, str(reference))
-  # ... scoring this config's eval set, not the run's: it says so
-  assert ("config.train.eval_steps=1 (the checkpoint's: 0); this eval row scores other examples"
+  run_evals = metrics.read_metrics(reference, "eval")
+  assert [r["step"] for r in run_evals] == [2, 4, 6]
+  again = trainer.evaluate_workdir(None, str(reference))
+  trainer.evaluate_workdir(helpers.cli_config("gpt", *flags, "--config.train.eval_steps=2"),
+                           str(reference))
+  # ... the second scoring another eval set than the run's: it says so
+  assert ("config.train.eval_steps=2 (the checkpoint's: 1); this eval row scores other examples"
           in caplog.text)
   after = open(reference / "metrics.jsonl", encoding="utf-8").read()
   assert after.startswith(before)
-  assert [json.loads(line)["split"] for line in after[len(before):].splitlines()] == ["eval"]
+  # Both rows are of step 4, as the run's own eval row there, and each names what it scored: the
+  # task (the same data, from config.json and from --config) and the batches. A reader of the
+  # 'eval' rows gets the run's.
+  ours, theirs = [json.loads(line) for line in after[len(before):].splitlines()]
+  assert ours["step"] == theirs["step"] == 4
+  task = ours["split"].split()[2]
+  assert task.startswith("ssl_jax_causal_lm_default_corpus_")
+  assert ours["split"] == f"ssl-jax eval {task} 1x8"
+  assert theirs["split"] == f"ssl-jax eval {task} 2x8"
+  assert metrics.read_metrics(reference, "eval") == run_evals
+  # The run's config.json scores the examples the run's eval did, with the step's params.
+  assert {k: v for k, v in ours.items() if k != "split"} == pytest.approx(
+      {k: v for k, v in run_evals[1].items() if k != "split"}, rel=1e-5)
+  assert {k: v for k, v in ours.items() if k not in ("step", "split")} == pytest.approx(again)
 
 
 def _mesh_not_device_count(config, tmp_path, checkpoint):

@@ -170,10 +170,13 @@ def text_files_read(config) -> tuple:
 
 def _settings_key(config, source, tfds_name):
   """A short hash of every setting the task's examples depend on (so equal settings share one task),
-  the vocabulary's pieces included (a file retrained at the same path makes another task)."""
+  the vocabulary's pieces included (a file retrained at the same path makes another task). A run's
+  config.json and a config file with its settings give one hash (`ssl-jax eval` names its rows
+  by it): the fingerprint config.json records of the pieces is left out, as the pieces are in."""
   vocab = vocabularies.get_vocabulary(config.data.vocab)
+  vocab_cfg = {k: v for k, v in _plain(config.data.vocab).items() if k != "fingerprint"}
   settings = {**_task_settings(config, source, tfds_name), "objective": config.objective,
-              "vocab": _plain(config.data.vocab), "vocab_pieces": vocabularies.fingerprint(vocab),
+              "vocab": vocab_cfg, "vocab_pieces": vocabularies.fingerprint(vocab),
               "tfds_data_dir": sources.config_get(config.data, "tfds_data_dir", "")}
   blob = json.dumps(settings, sort_keys=True, default=str)
   return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]

@@ -98,10 +98,11 @@ def probe_workdir(workdir: str, names: Sequence[str] | None = None, *,
     raise ValueError(f"--out={out!r} is a directory; name the file to write, e.g. "
                      f"--out={os.path.join(out, OUTPUT_FILE)}.")
   _check_replaceable(out)
+  saved = checkpointing.workdir_config(workdir)   # read once: on gs:// each read is a round trip
   checkpointing.refuse_fine_tuning_run(
-      workdir, "probe", "its checkpoints trace a task's training from a trained model, not "
-      "learning from scratch; probe the run it started from.")
-  subject = Subject.from_workdir(workdir)
+      workdir, saved, "probe", "its checkpoints trace a task's training from a trained model, "
+      "not learning from scratch; probe the run it started from.")
+  subject = Subject(checkpointing.as_run_config(saved, workdir), workdir)
   try:
     if names is not None:
       check_names(names, subject.name)   # before any checkpoint is read
