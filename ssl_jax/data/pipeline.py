@@ -28,17 +28,13 @@ _ITERATOR_PREFIX = "iterator"
 _META_FILE = "data_iterator.json"
 
 
-def _get(cfg, key, default=None):
-  return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-
-
 def feature_converter(config) -> seqio.FeatureConverter:
   """The objective's converter: LM (causal_lm), EncDec (span_corruption, denoising), Bert (mlm).
 
   Without seqio's length check: the Task already trims every sequence feature to its length, so the
   check cannot fail, and tracing it costs seconds of every process's start (autograph).
   """
-  pack = bool(_get(config.data, "pack", True))
+  pack = bool(sources.config_get(config.data, "pack", True))
   if config.objective == "causal_lm":
     return packing.LMFeatureConverter(pack=pack, apply_length_check=False)
   if config.objective in ("span_corruption", "denoising"):
@@ -46,9 +42,9 @@ def feature_converter(config) -> seqio.FeatureConverter:
   if config.objective == "mlm":
     from ssl_jax.objectives import mlm  # pylint: disable=g-import-not-at-top  (imports the model stack)
     mlm_cfg = config.data.mlm
+    per_row = int(sources.config_get(mlm_cfg, "predictions_per_row", 0))
     return mlm.BertFeatureConverter(pack=pack, mask_rate=float(mlm_cfg.mask_rate),
-                                    predictions_per_row=int(_get(mlm_cfg, "predictions_per_row", 0)),
-                                    apply_length_check=False)
+                                    predictions_per_row=per_row, apply_length_check=False)
   raise ValueError(
       f"config.objective={config.objective!r} is not an objective; use one of {', '.join(tasks.OBJECTIVES)}.")
 
@@ -131,7 +127,7 @@ def make_dataset(config, split: str, *, shard_info: Optional[seqio.ShardInfo] = 
   # seqio's Task trims every feature named in sequence_length, which fails on scalars (sentence_label).
   trimmed = {k: v for k, v in lengths.items() if k not in provider.output_features
              or provider.output_features[k].rank > 0}
-  seed = int(_get(config.data, "seed", 0))
+  seed = int(sources.config_get(config.data, "seed", 0))
 
   def examples(source):
     ds = source.get_dataset(
